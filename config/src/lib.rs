@@ -1,0 +1,240 @@
+//! Weft's configuration: a YAML file read into typed, checked structures.
+//!
+//! 1. [`Config::from_file`] (or [`Config::parse`]) reads the YAML with serde;
+//!    unknown keys, bad durations and sizes are errors.
+//! 2. [`Config::validate`] checks what types cannot: names are unique, every cluster a
+//!    listener names exists, addresses parse.
+//! 3. Every [`ConfigError`] names the file, the line and column, and the key at fault.
+//!
+//! ```no_run
+//! let config = weft_config::Config::from_file("weft.yaml".as_ref())?;
+//! for listener in &config.listeners {
+//!     println!("{} on {}", listener.name.value, listener.address.value);
+//! }
+//! # Ok::<(), weft_config::ConfigError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod model;
+mod units;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+pub use model::*;
+pub use serde_saphyr::{Location, Spanned};
+pub use units::{Duration, Size};
+
+/// What is wrong with a configuration, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML does not parse, or does not fit the schema.
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file, or `<inline>`.
+        file: String,
+        /// 1-based line, 0 when unknown.
+        line: u64,
+        /// 1-based column, 0 when unknown.
+        column: u64,
+        /// What the parser said.
+        message: String,
+    },
+    /// The YAML parses but says something impossible.
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        /// The file, or `<inline>`.
+        file: String,
+        /// 1-based line.
+        line: u64,
+        /// 1-based column.
+        column: u64,
+        /// The key at fault, e.g. `listeners[0].default_cluster`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read, parse and validate a configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        config.base_dir = path.parent().map(Path::to_owned);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse YAML text; `file` names it in errors. Call [`Config::validate`] next.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        serde_saphyr::from_str::<Config>(text).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ConfigError::Syntax {
+                file: file.to_owned(),
+                line,
+                column,
+                message: strip_location(&e.to_string()),
+            }
+        })
+        .map(|mut c| {
+            c.file = file.to_owned();
+            c
+        })
+    }
+
+    /// Parse and validate YAML text; `file` names it in errors, relative module paths
+    /// resolve against `base_dir`.
+    pub fn from_str(text: &str, file: &str, base_dir: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = Self::parse(text, file)?;
+        config.base_dir = base_dir.map(Path::to_owned);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid<T>(&self, at: &Location, key: String, message: impl Into<String>) -> Result<T, ConfigError> {
+        Err(ConfigError::Invalid {
+            file: self.file.clone(),
+            line: at.line(),
+            column: at.column(),
+            key,
+            message: message.into(),
+        })
+    }
+
+    /// Check what the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut clusters = HashSet::new();
+        for (i, c) in self.clusters.iter().enumerate() {
+            if !clusters.insert(c.name.value.as_str()) {
+                return self.invalid(&c.name.referenced, format!("clusters[{i}].name"), format!("duplicate cluster name {:?}", c.name.value));
+            }
+            if c.endpoints.is_empty() {
+                return self.invalid(&c.name.referenced, format!("clusters[{i}].endpoints"), "a cluster needs at least one endpoint");
+            }
+            for (j, e) in c.endpoints.iter().enumerate() {
+                if parse_endpoint(&e.value).is_none() {
+                    return self.invalid(&e.referenced, format!("clusters[{i}].endpoints[{j}]"), format!("{:?} is not host:port", e.value));
+                }
+            }
+        }
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !names.insert(l.name.value.as_str()) {
+                return self.invalid(&l.name.referenced, format!("listeners[{i}].name"), format!("duplicate listener name {:?}", l.name.value));
+            }
+            if l.address.value.parse::<std::net::SocketAddr>().is_err() {
+                return self.invalid(&l.address.referenced, format!("listeners[{i}].address"), format!("{:?} is not ip:port", l.address.value));
+            }
+            if l.address.value.ends_with(":0") == false && !addrs.insert(l.address.value.as_str()) {
+                return self.invalid(&l.address.referenced, format!("listeners[{i}].address"), format!("{} is used by another listener", l.address.value));
+            }
+            if let Some(d) = &l.default_cluster {
+                if !clusters.contains(d.value.as_str()) {
+                    return self.invalid(&d.referenced, format!("listeners[{i}].default_cluster"), format!("no cluster named {:?}", d.value));
+                }
+            }
+            let mut filter_names = HashSet::new();
+            for (j, f) in l.filters.iter().enumerate() {
+                if !filter_names.insert(f.name.value.as_str()) {
+                    return self.invalid(&f.name.referenced, format!("listeners[{i}].filters[{j}].name"), format!("duplicate filter name {:?} in this chain", f.name.value));
+                }
+                if let Err(msg) = ModuleRef::parse(&f.module.value) {
+                    return self.invalid(&f.module.referenced, format!("listeners[{i}].filters[{j}].module"), msg);
+                }
+                if let Some(sha) = &f.sha256 {
+                    if sha.value.len() != 64 || !sha.value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return self.invalid(&sha.referenced, format!("listeners[{i}].filters[{j}].sha256"), "expected 64 hex digits");
+                    }
+                }
+            }
+        }
+        if let Some(admin) = &self.admin {
+            if admin.address.value.parse::<std::net::SocketAddr>().is_err() {
+                return self.invalid(&admin.address.referenced, "admin.address".into(), format!("{:?} is not ip:port", admin.address.value));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a filter's module comes from, with relative paths resolved against the
+    /// configuration file's folder.
+    pub fn module_source(&self, filter: &FilterConfig) -> ModuleRef {
+        match ModuleRef::parse(&filter.module.value) {
+            Ok(ModuleRef::File(p)) if p.is_relative() => match &self.base_dir {
+                Some(base) => ModuleRef::File(base.join(p)),
+                None => ModuleRef::File(p),
+            },
+            Ok(m) => m,
+            // validate() has ruled this out; keep the text so the loader's error names it.
+            Err(_) => ModuleRef::File(PathBuf::from(&filter.module.value)),
+        }
+    }
+
+    /// Describe where a key of this file is, for errors found after validation (for
+    /// example when a filter rejects its configuration).
+    pub fn locate(&self, at: &Location) -> String {
+        format!("{}:{}:{}", self.file, at.line(), at.column())
+    }
+}
+
+/// `host:port` with a numeric port.
+pub fn parse_endpoint(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+/// A module reference: a built-in filter or a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModuleRef {
+    /// `builtin:NAME`, embedded in the binary.
+    Builtin(String),
+    /// A path to a `.wasm` component.
+    File(PathBuf),
+}
+
+impl ModuleRef {
+    /// Parse `builtin:NAME` or a path.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(name) = s.strip_prefix("builtin:") {
+            if name.is_empty() {
+                return Err("`builtin:` needs a filter name, e.g. builtin:router".into());
+            }
+            return Ok(Self::Builtin(name.to_owned()));
+        }
+        if s.is_empty() {
+            return Err("empty module reference".into());
+        }
+        Ok(Self::File(PathBuf::from(s)))
+    }
+}
+
+/// serde-saphyr's message may end with its own " at line X column Y"; ours already
+/// says where.
+fn strip_location(msg: &str) -> String {
+    let msg = msg.trim();
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

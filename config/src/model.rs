@@ -1,0 +1,228 @@
+//! The configuration model. Every struct refuses unknown keys.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::units::{Duration, Size};
+
+/// A whole Weft configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin listener (`/ready`, `/metrics`); none when omitted.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Where the proxy accepts traffic.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// Where it sends traffic.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+    /// How it stops.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// The file this came from, for errors.
+    #[serde(skip)]
+    pub file: String,
+    /// The folder relative module paths resolve against.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
+}
+
+/// The admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ip:port`; port 0 picks a free one.
+    pub address: Spanned<String>,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { drain_timeout: default_drain() }
+    }
+}
+
+fn default_drain() -> Duration {
+    Duration(std::time::Duration::from_secs(30))
+}
+
+/// A listener: an address, optional TLS, limits, and a filter chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and metrics.
+    pub name: Spanned<String>,
+    /// `ip:port`; port 0 picks a free one.
+    pub address: Spanned<String>,
+    /// Serve TLS (HTTP/2 and HTTP/1.1 offered by ALPN).
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+    /// The cluster requests go to when no filter routes them.
+    #[serde(default)]
+    pub default_cluster: Option<Spanned<String>>,
+    /// Protection limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The filter chain, in order.
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
+}
+
+/// Server-side TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain.
+    pub cert: Spanned<PathBuf>,
+    /// PEM private key.
+    pub key: Spanned<PathBuf>,
+}
+
+/// Limits that protect a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// A client must send its whole request head within this time.
+    pub header_read_timeout: Duration,
+    /// The upstream must answer (response head) within this time; 504 after.
+    pub request_timeout: Duration,
+    /// Largest request head; larger gets 431.
+    pub max_header_size: Size,
+    /// Largest body a filter may ask to buffer; larger gets 413.
+    pub max_body_size: Size,
+    /// Connections idle longer than this are closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration(std::time::Duration::from_secs(10)),
+            request_timeout: Duration(std::time::Duration::from_secs(30)),
+            max_header_size: Size(16 * 1024),
+            max_body_size: Size(1024 * 1024),
+            idle_timeout: Duration(std::time::Duration::from_secs(300)),
+        }
+    }
+}
+
+/// What happens to a request when its filter fails (traps, panics, runs past its
+/// deadline or its memory limit).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Answer 503 naming the filter. The broken instance is replaced for later
+    /// requests.
+    #[default]
+    FailClosed,
+    /// Skip the filter for this request, as if it had said continue.
+    FailOpen,
+    /// Run the hook again on a fresh instance; if that fails too, answer 503.
+    Reload,
+}
+
+/// One filter of a chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Name in this chain, used in logs, errors and metrics.
+    pub name: Spanned<String>,
+    /// `builtin:NAME`, or a path to a `.wasm` component (relative to this file).
+    pub module: Spanned<String>,
+    /// Expected sha256 of the module, hex; loading fails when it differs.
+    #[serde(default)]
+    pub sha256: Option<Spanned<String>>,
+    /// What a failure of this filter does to the request.
+    #[serde(default)]
+    pub failure: FailurePolicy,
+    /// CPU deadline of one hook call.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout: Duration,
+    /// Memory limit of one instance.
+    #[serde(default = "default_memory")]
+    pub memory: Size,
+    /// The filter's own configuration, handed to it as JSON.
+    #[serde(default)]
+    pub config: Option<Spanned<serde_json::Value>>,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration(std::time::Duration::from_millis(20))
+}
+
+fn default_memory() -> Size {
+    Size(16 * 1024 * 1024)
+}
+
+/// An upstream cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Unique name; filters route by it.
+    pub name: Spanned<String>,
+    /// `host:port` of each endpoint; requests go round robin.
+    pub endpoints: Vec<Spanned<String>>,
+    /// Protocol spoken to the endpoints.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// Time to establish a connection; 503 after.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Pooled connections idle longer than this are closed.
+    #[serde(default = "default_pool_idle")]
+    pub idle_timeout: Duration,
+    /// Most idle pooled connections kept per endpoint.
+    #[serde(default = "default_pool_max_idle")]
+    pub max_idle_per_endpoint: usize,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(2))
+}
+
+fn default_pool_idle() -> Duration {
+    Duration(std::time::Duration::from_secs(90))
+}
+
+fn default_pool_max_idle() -> usize {
+    256
+}
+
+/// How a cluster is spoken to.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2: prior knowledge (h2c) in clear text, ALPN `h2` with TLS.
+    Http2,
+    /// With TLS, whatever ALPN agrees (h2 preferred); in clear text, HTTP/1.1.
+    Auto,
+}
+
+/// Client-side TLS to a cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM file of the certificate authorities to trust.
+    pub ca: Spanned<PathBuf>,
+    /// Server name to send and verify; the endpoint's host when omitted.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}

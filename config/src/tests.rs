@@ -1,0 +1,96 @@
+use super::*;
+
+fn err(yaml: &str) -> String {
+    match Config::from_str(yaml, "weft.yaml", None) {
+        Ok(_) => panic!("expected an error for:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const GOOD: &str = r#"
+admin:
+  address: 127.0.0.1:9901
+listeners:
+  - name: ingress
+    address: 127.0.0.1:8080
+    default_cluster: web
+    limits:
+      header_read_timeout: 5s
+      max_header_size: 8KiB
+    filters:
+      - name: router
+        module: builtin:router
+        failure: fail-open
+        timeout: 5ms
+        config:
+          routes:
+            - match: { path: { prefix: /api } }
+              cluster: web
+clusters:
+  - name: web
+    endpoints: [127.0.0.1:9001, "localhost:9002"]
+    protocol: http2
+"#;
+
+#[test]
+fn parses_a_full_config() {
+    let c = Config::from_str(GOOD, "weft.yaml", None).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.limits.header_read_timeout.0, std::time::Duration::from_secs(5));
+    assert_eq!(l.limits.max_header_size.0, 8 * 1024);
+    assert_eq!(l.filters[0].failure, FailurePolicy::FailOpen);
+    assert_eq!(l.filters[0].timeout.0, std::time::Duration::from_millis(5));
+    assert_eq!(c.clusters[0].protocol, UpstreamProtocol::Http2);
+    assert!(l.filters[0].config.as_ref().unwrap().value["routes"].is_array());
+    assert_eq!(c.module_source(&l.filters[0]), ModuleRef::Builtin("router".into()));
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let e = err("listeners:\n  - name: a\n    adress: 127.0.0.1:1\n");
+    assert!(e.starts_with("weft.yaml:3:"), "{e}");
+    assert!(e.contains("adress"), "{e}");
+}
+
+#[test]
+fn invalid_yaml_names_line() {
+    let e = err("listeners:\n  - name: a\n   address: [\n");
+    assert!(e.starts_with("weft.yaml:"), "{e}");
+    assert!(!e.starts_with("weft.yaml:0:"), "{e}");
+}
+
+#[test]
+fn bad_duration_and_policy() {
+    let e = err("listeners:\n  - name: a\n    address: 127.0.0.1:1\n    limits:\n      request_timeout: soon\n");
+    assert!(e.contains("weft.yaml:5:") && e.contains("invalid duration"), "{e}");
+    let e = err("listeners:\n  - name: a\n    address: 127.0.0.1:1\n    filters:\n      - name: f\n        module: builtin:router\n        failure: explode\n");
+    assert!(e.contains("weft.yaml:7:") && e.contains("explode"), "{e}");
+}
+
+#[test]
+fn missing_cluster_is_named() {
+    let e = err("listeners:\n  - name: a\n    address: 127.0.0.1:1\n    default_cluster: nowhere\n");
+    assert_eq!(e, "weft.yaml:4:22: listeners[0].default_cluster: no cluster named \"nowhere\"");
+}
+
+#[test]
+fn duplicate_names_and_bad_endpoints() {
+    let e = err("clusters:\n  - name: a\n    endpoints: [x:1]\n  - name: a\n    endpoints: [x:1]\n");
+    assert!(e.contains("weft.yaml:4:") && e.contains("duplicate cluster"), "{e}");
+    let e = err("clusters:\n  - name: a\n    endpoints: [nope]\n");
+    assert!(e.contains("weft.yaml:3:") && e.contains("clusters[0].endpoints[0]"), "{e}");
+}
+
+#[test]
+fn relative_modules_resolve_against_the_file() {
+    let c = Config::from_str(
+        "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    filters:\n      - name: f\n        module: filters/f.wasm\n",
+        "conf/weft.yaml",
+        Some(Path::new("conf")),
+    )
+    .unwrap();
+    assert_eq!(
+        c.module_source(&c.listeners[0].filters[0]),
+        ModuleRef::File(PathBuf::from("conf/filters/f.wasm"))
+    );
+}

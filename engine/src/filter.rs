@@ -1,0 +1,439 @@
+//! A loaded filter: its compiled component, a pool of warm instances, and the failure
+//! policy that decides what a broken hook does to the request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use wasmtime::component::{Component, Resource};
+use wasmtime::{Store, Trap};
+
+use crate::bindings::{FilterWorld, FilterWorldPre, types};
+use crate::host::{FilterShared, HostState, RequestHead, ResponseHead};
+use crate::metrics::FilterMetrics;
+use crate::state::SharedState;
+use crate::{Engine, EPOCH_TICK, FailurePolicy, LoadError};
+
+/// Everything needed to load one filter.
+#[derive(Clone, Debug)]
+pub struct FilterSpec<'a> {
+    /// Name in its chain; shown in logs, errors and metrics.
+    pub name: &'a str,
+    /// Where the module came from (a path, `builtin:router`), for errors.
+    pub source: &'a str,
+    /// The component's bytes.
+    pub bytes: &'a [u8],
+    /// Expected sha256 (hex); loading fails when it differs.
+    pub expected_sha256: Option<String>,
+    /// The filter's configuration as JSON; `null` when none.
+    pub config_json: String,
+    /// What a failing hook does to its request.
+    pub policy: FailurePolicy,
+    /// CPU deadline of one hook call.
+    pub timeout: Duration,
+    /// Memory limit of one instance, in bytes.
+    pub memory: usize,
+    /// Most idle instances kept warm.
+    pub max_idle: usize,
+}
+
+impl<'a> FilterSpec<'a> {
+    /// A spec with default limits, no config, and the fail-closed policy.
+    pub fn new(name: &'a str, source: &'a str, bytes: &'a [u8]) -> Self {
+        Self {
+            name,
+            source,
+            bytes,
+            expected_sha256: None,
+            config_json: "null".to_owned(),
+            policy: FailurePolicy::FailClosed,
+            timeout: Duration::from_millis(20),
+            memory: 16 << 20,
+            max_idle: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
+        }
+    }
+}
+
+/// Why a hook failed.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("filter {filter:?} failed: {reason}")]
+pub struct FilterFailure {
+    /// The filter's name.
+    pub filter: Arc<str>,
+    /// What happened: the panic message, the trap, the deadline or the memory limit.
+    pub reason: String,
+}
+
+/// The result of a hook call after the failure policy has been applied.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    /// The hook ran and decided.
+    Done(T),
+    /// The hook failed and the policy is fail-open: go on as if it continued.
+    Skipped(FilterFailure),
+    /// The hook failed and the request must fail (fail-closed, or reload that failed
+    /// again).
+    Failed(FilterFailure),
+}
+
+struct Instance {
+    store: Store<HostState>,
+    world: FilterWorld,
+}
+
+struct Inner {
+    name: Arc<str>,
+    digest: String,
+    interest: types::Interest,
+    pre: FilterWorldPre<HostState>,
+    engine: Engine,
+    shared: Arc<FilterShared>,
+    config_json: String,
+    policy: FailurePolicy,
+    timeout: Duration,
+    deadline_ticks: u64,
+    memory: usize,
+    idle: ArrayQueue<Instance>,
+}
+
+/// A loaded filter, cheap to clone and share across connections.
+#[derive(Clone)]
+pub struct Filter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter")
+            .field("name", &self.inner.name)
+            .field("sha256", &self.inner.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Hook {
+    Request,
+    Response,
+}
+
+impl Filter {
+    pub(crate) fn load(
+        engine: &Engine,
+        spec: FilterSpec<'_>,
+        digest: String,
+        component: &Component,
+    ) -> Result<Self, LoadError> {
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            source_name: spec.source.to_owned(),
+            message: format!("{e:#}"),
+        };
+        let pre = engine
+            .inner
+            .linker
+            .instantiate_pre(component)
+            .map_err(wrong_world)?;
+        let pre = FilterWorldPre::new(pre).map_err(wrong_world)?;
+        let name: Arc<str> = Arc::from(spec.name);
+        let shared = Arc::new(FilterShared {
+            name: name.clone(),
+            metrics: Arc::new(FilterMetrics::new(spec.name, engine.metrics())),
+            state: SharedState::default(),
+        });
+        let deadline_ticks = spec.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1;
+        let mut inner = Inner {
+            name,
+            digest,
+            interest: types::Interest {
+                request: false,
+                request_body: types::BodyMode::None,
+                response: false,
+                response_body: types::BodyMode::None,
+            },
+            pre,
+            engine: engine.clone(),
+            shared,
+            config_json: spec.config_json,
+            policy: spec.policy,
+            timeout: spec.timeout,
+            deadline_ticks,
+            memory: spec.memory,
+            idle: ArrayQueue::new(spec.max_idle.max(1)),
+        };
+        // The first instance proves the filter starts and accepts its config, and
+        // tells which hooks it wants.
+        let (instance, interest) = inner.instantiate().map_err(|e| match e {
+            StartError::Rejected(message) => LoadError::ConfigRejected {
+                filter: spec.name.to_owned(),
+                message,
+            },
+            StartError::Failed(message) => LoadError::Start {
+                filter: spec.name.to_owned(),
+                message,
+            },
+        })?;
+        inner.interest = interest;
+        let _ = inner.idle.push(instance);
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The filter's name in its chain.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The shared name, for errors that outlive the filter.
+    pub fn name_arc(&self) -> Arc<str> {
+        self.inner.name.clone()
+    }
+
+    /// Hex sha256 of its module.
+    pub fn sha256(&self) -> &str {
+        &self.inner.digest
+    }
+
+    /// The hooks and bodies it asked for.
+    pub fn interest(&self) -> &types::Interest {
+        &self.inner.interest
+    }
+
+    /// Its failure policy.
+    pub fn policy(&self) -> FailurePolicy {
+        self.inner.policy
+    }
+
+    /// Run `on-request`. The head goes in and comes back, changed by the filter.
+    pub fn on_request(&self, head: RequestHead) -> (RequestHead, Outcome<types::Action>) {
+        let body_access = self.inner.interest.request_body == types::BodyMode::Buffered;
+        let mut slot = Slot::Request(head);
+        let outcome = self.run(&mut slot, body_access, Hook::Request, |world, store| {
+            world
+                .weft_filter_filter()
+                .call_on_request(store, Resource::new_borrow(0))
+                .map(Decision::Request)
+        });
+        let Slot::Request(head) = slot else {
+            unreachable!("the slot keeps its kind")
+        };
+        (head, outcome.map(|d| match d {
+            Decision::Request(a) => a,
+            Decision::Response(_) => types::Action::Continue,
+        }))
+    }
+
+    /// Run `on-response`. The head goes in and comes back, changed by the filter.
+    pub fn on_response(
+        &self,
+        head: ResponseHead,
+    ) -> (ResponseHead, Outcome<types::ResponseAction>) {
+        let body_access = self.inner.interest.response_body == types::BodyMode::Buffered;
+        let mut slot = Slot::Response(head);
+        let outcome = self.run(&mut slot, body_access, Hook::Response, |world, store| {
+            world
+                .weft_filter_filter()
+                .call_on_response(store, Resource::new_borrow(0))
+                .map(Decision::Response)
+        });
+        let Slot::Response(head) = slot else {
+            unreachable!("the slot keeps its kind")
+        };
+        (head, outcome.map(|d| match d {
+            Decision::Response(a) => a,
+            Decision::Request(_) => types::ResponseAction::Continue,
+        }))
+    }
+
+    fn run(
+        &self,
+        slot: &mut Slot,
+        body_access: bool,
+        hook: Hook,
+        call: impl Fn(&FilterWorld, &mut Store<HostState>) -> wasmtime::Result<Decision>,
+    ) -> Outcome<Decision> {
+        let inner = &*self.inner;
+        let mut attempts = if inner.policy == FailurePolicy::Reload { 2 } else { 1 };
+        loop {
+            attempts -= 1;
+            let result = match inner.checkout() {
+                Ok(instance) => inner.call(instance, slot, body_access, &call),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(decision) => return Outcome::Done(decision),
+                Err(reason) => {
+                    let failure = FilterFailure {
+                        filter: inner.name.clone(),
+                        reason,
+                    };
+                    let hook = match hook {
+                        Hook::Request => "on-request",
+                        Hook::Response => "on-response",
+                    };
+                    tracing::warn!(
+                        filter = &*inner.name,
+                        hook,
+                        policy = ?inner.policy,
+                        "filter failed: {}",
+                        failure.reason
+                    );
+                    if attempts > 0 {
+                        continue;
+                    }
+                    return match inner.policy {
+                        FailurePolicy::FailOpen => Outcome::Skipped(failure),
+                        FailurePolicy::FailClosed | FailurePolicy::Reload => {
+                            Outcome::Failed(failure)
+                        }
+                    };
+                }
+            }
+        }
+    }
+}
+
+impl<T> Outcome<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+        match self {
+            Outcome::Done(t) => Outcome::Done(f(t)),
+            Outcome::Skipped(e) => Outcome::Skipped(e),
+            Outcome::Failed(e) => Outcome::Failed(e),
+        }
+    }
+}
+
+enum Slot {
+    Request(RequestHead),
+    Response(ResponseHead),
+    /// Only while the head is inside the store, during a call.
+    Taken,
+}
+
+enum Decision {
+    Request(types::Action),
+    Response(types::ResponseAction),
+}
+
+enum StartError {
+    Rejected(String),
+    Failed(String),
+}
+
+impl Inner {
+    /// A fresh instance, initialised with the filter's config.
+    fn instantiate(&self) -> Result<(Instance, types::Interest), StartError> {
+        let state = HostState::new(
+            self.shared.clone(),
+            self.memory,
+            self.engine.inner.epoch_start,
+        );
+        let mut store = Store::new(&self.engine.inner.wasmtime, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks);
+        let world = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| StartError::Failed(self.describe(&e, &store)))?;
+        store.set_epoch_deadline(self.deadline_ticks);
+        let interest = match world
+            .weft_filter_filter()
+            .call_init(&mut store, &self.config_json)
+        {
+            Ok(Ok(interest)) => interest,
+            Ok(Err(message)) => return Err(StartError::Rejected(message)),
+            Err(e) => return Err(StartError::Failed(self.describe(&e, &store))),
+        };
+        Ok((Instance { store, world }, interest))
+    }
+
+    fn checkout(&self) -> Result<Instance, String> {
+        if let Some(instance) = self.idle.pop() {
+            return Ok(instance);
+        }
+        match self.instantiate() {
+            Ok((instance, _)) => Ok(instance),
+            Err(StartError::Rejected(m)) => Err(format!("rejected its config: {m}")),
+            Err(StartError::Failed(m)) => Err(m),
+        }
+    }
+
+    fn call(
+        &self,
+        mut instance: Instance,
+        slot: &mut Slot,
+        body_access: bool,
+        call: &impl Fn(&FilterWorld, &mut Store<HostState>) -> wasmtime::Result<Decision>,
+    ) -> Result<Decision, String> {
+        let data = instance.store.data_mut();
+        data.body_access = body_access;
+        // The head moves into the store for the call and back out after it, also
+        // after a trap: the request is never lost with a broken instance.
+        let placeholder = match slot {
+            Slot::Request(_) => {
+                let Slot::Request(head) = std::mem::replace(slot, Slot::Taken) else {
+                    unreachable!()
+                };
+                data.request = Some(head);
+                true
+            }
+            Slot::Response(_) => {
+                let Slot::Response(head) = std::mem::replace(slot, Slot::Taken) else {
+                    unreachable!()
+                };
+                data.response = Some(head);
+                false
+            }
+            Slot::Taken => unreachable!(),
+        };
+        instance.store.set_epoch_deadline(self.deadline_ticks);
+        let result = call(&instance.world, &mut instance.store);
+        let data = instance.store.data_mut();
+        *slot = if placeholder {
+            Slot::Request(data.request.take().expect("put in above"))
+        } else {
+            Slot::Response(data.response.take().expect("put in above"))
+        };
+        match result {
+            Ok(decision) => {
+                // A full pool means enough warm instances; drop the extra one.
+                let _ = self.idle.push(instance);
+                Ok(decision)
+            }
+            // A trap poisons the store: this instance is dropped, never reused.
+            Err(e) => Err(self.describe(&e, &instance.store)),
+        }
+    }
+
+    /// Say why a call failed in words an operator can act on.
+    fn describe(&self, e: &wasmtime::Error, store: &Store<HostState>) -> String {
+        let stderr = store.data().stderr.take();
+        if let Some(i) = stderr.find("panicked at") {
+            let panic = stderr[i..].trim().replace('\n', " ");
+            return format!("{panic}");
+        }
+        if let Some(trap) = e.downcast_ref::<Trap>() {
+            return match trap {
+                Trap::Interrupt => format!(
+                    "ran past its deadline of {:?} and was stopped",
+                    self.timeout
+                ),
+                Trap::StackOverflow => "overflowed its stack".to_owned(),
+                other => format!("trapped: {other}"),
+            };
+        }
+        let text = format!("{e:#}");
+        if text.contains("growing memory") || text.contains("memory") && text.contains("limit") {
+            return format!(
+                "exceeded its memory limit of {} bytes: {}",
+                self.memory,
+                first_line(&text)
+            );
+        }
+        first_line(&text).to_owned()
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
