@@ -23,17 +23,6 @@ pub struct RequestRef;
 /// Marker for the `response` resource; see [`RequestRef`].
 pub struct ResponseRef;
 
-/// HTTP version a client speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HttpVersion {
-    /// HTTP/1.0
-    Http10,
-    /// HTTP/1.1
-    Http11,
-    /// HTTP/2
-    Http2,
-}
-
 /// The downstream connection a request came in on. Built once per connection.
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
@@ -47,8 +36,6 @@ pub struct ConnectionInfo {
     pub peer_identity: Option<String>,
     /// The server name from the TLS hello.
     pub sni: Option<String>,
-    /// HTTP version.
-    pub version: HttpVersion,
 }
 
 /// A request head lent to the filter chain, with its body when a filter asked for it.
@@ -372,10 +359,10 @@ impl types::HostRequest for HostState {
             tls: c.tls,
             peer_identity: c.peer_identity.clone(),
             sni: c.sni.clone(),
-            version: match c.version {
-                HttpVersion::Http10 => types::HttpVersion::Http10,
-                HttpVersion::Http11 => types::HttpVersion::Http11,
-                HttpVersion::Http2 => types::HttpVersion::Http2,
+            version: match req.parts.version {
+                http::Version::HTTP_10 | http::Version::HTTP_09 => types::HttpVersion::Http10,
+                http::Version::HTTP_2 => types::HttpVersion::Http2,
+                _ => types::HttpVersion::Http11,
             },
         }
     }

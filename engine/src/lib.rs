@@ -41,7 +41,7 @@ pub use bindings::types::{
     Action, BodyMode, Header, HeaderError, Interest, LocalResponse, ResponseAction,
 };
 pub use filter::{Filter, FilterFailure, FilterSpec, Outcome};
-pub use host::{ConnectionInfo, HostState, HttpVersion, RequestHead, ResponseHead};
+pub use host::{ConnectionInfo, HostState, RequestHead, ResponseHead};
 pub use metrics::MetricsHub;
 pub use weft_config::FailurePolicy;
 

@@ -1,0 +1,74 @@
+//! The admin listener: `/ready` for orchestrators, `/metrics` for Prometheus.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::ProxyBody;
+
+pub(crate) struct Admin {
+    pub(crate) ready: AtomicBool,
+    pub(crate) registry: Registry,
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
+    match req.uri().path() {
+        "/ready" if admin.ready.load(Ordering::Acquire) => {
+            text(StatusCode::OK, "ready\n".into(), "text/plain")
+        }
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), "text/plain"),
+        "/metrics" => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
+                Ok(()) => text(
+                    StatusCode::OK,
+                    out,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"), "text/plain"),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "try /ready or /metrics\n".into(), "text/plain"),
+    }
+}
+
+pub(crate) async fn run(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+            () = crate::listener::stopped(&mut stop) => return,
+        };
+        let admin = admin.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let resp = handle(&admin, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}

@@ -1,0 +1,161 @@
+//! A listener's filter chain: the loaded filters in order, and what the chain as a
+//! whole needs (buffered bodies, response hooks) so the request path does no work
+//! that no filter asked for.
+
+use std::sync::Arc;
+
+use weft_config::{Config, FilterConfig, ListenerConfig, ModuleRef};
+use weft_engine::{BodyMode, Engine, Filter, FilterSpec, LoadError};
+
+/// Why a filter of the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {key}: {message}")]
+pub struct ChainError {
+    /// `file:line:column` of the filter entry.
+    pub location: String,
+    /// The key at fault, e.g. `listeners[0].filters[1].module`.
+    pub key: String,
+    /// What went wrong.
+    pub message: String,
+    /// The engine's error, when it came from there.
+    #[source]
+    pub source: Option<LoadError>,
+}
+
+/// The filters of one listener, in order.
+#[derive(Clone, Debug, Default)]
+pub struct FilterChain {
+    filters: Arc<[Filter]>,
+    /// Indices of the filters with a request hook.
+    on_request: Arc<[usize]>,
+    /// Whether any filter wants the request body buffered.
+    pub request_body: bool,
+    /// Whether any filter has a response hook.
+    pub response: bool,
+    /// Whether any filter wants the response body buffered.
+    pub response_body: bool,
+}
+
+impl FilterChain {
+    /// Load every filter of a listener. Fails on the first filter that cannot load,
+    /// naming it and where it is configured.
+    pub fn load(
+        engine: &Engine,
+        config: &Config,
+        index: usize,
+        listener: &ListenerConfig,
+    ) -> Result<Self, ChainError> {
+        let mut filters = Vec::with_capacity(listener.filters.len());
+        for (j, f) in listener.filters.iter().enumerate() {
+            filters.push(load_filter(engine, config, index, j, f)?);
+        }
+        Ok(Self::new(filters))
+    }
+
+    /// A chain of already loaded filters.
+    pub fn new(filters: Vec<Filter>) -> Self {
+        let on_request: Vec<usize> = filters
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.interest().request)
+            .map(|(i, _)| i)
+            .collect();
+        let request_body = filters
+            .iter()
+            .any(|f| f.interest().request && f.interest().request_body == BodyMode::Buffered);
+        let response = filters.iter().any(|f| f.interest().response);
+        let response_body = filters
+            .iter()
+            .any(|f| f.interest().response && f.interest().response_body == BodyMode::Buffered);
+        Self {
+            filters: filters.into(),
+            on_request: on_request.into(),
+            request_body,
+            response,
+            response_body,
+        }
+    }
+
+    /// The filters, in order.
+    pub fn filters(&self) -> &[Filter] {
+        &self.filters
+    }
+
+    /// The positions of the filters with a request hook, in order.
+    pub fn request_filters(&self) -> &[usize] {
+        &self.on_request
+    }
+}
+
+fn load_filter(
+    engine: &Engine,
+    config: &Config,
+    listener: usize,
+    index: usize,
+    f: &FilterConfig,
+) -> Result<Filter, ChainError> {
+    let key = |k: &str| format!("listeners[{listener}].filters[{index}].{k}");
+    let module_at = config.locate(&f.module.referenced);
+    let (bytes, source): (std::borrow::Cow<'static, [u8]>, String) =
+        match config.module_source(f) {
+            ModuleRef::Builtin(name) => match weft_builtin::get(&name) {
+                Some(b) => (b.into(), format!("builtin:{name}")),
+                None => {
+                    let known: Vec<_> = weft_builtin::names().collect();
+                    return Err(ChainError {
+                        location: module_at,
+                        key: key("module"),
+                        message: format!(
+                            "no built-in filter named {name:?} (built-ins: {})",
+                            known.join(", ")
+                        ),
+                        source: None,
+                    });
+                }
+            },
+            ModuleRef::File(path) => match std::fs::read(&path) {
+                Ok(b) => (b.into(), path.display().to_string()),
+                Err(e) => {
+                    return Err(ChainError {
+                        location: module_at,
+                        key: key("module"),
+                        message: format!("cannot read {}: {e}", path.display()),
+                        source: None,
+                    });
+                }
+            },
+        };
+    let config_json = match &f.config {
+        Some(c) => c.value.to_string(),
+        None => "null".to_owned(),
+    };
+    let mut spec = FilterSpec::new(&f.name.value, &source, &bytes);
+    spec.expected_sha256 = f.sha256.as_ref().map(|s| s.value.clone());
+    spec.config_json = config_json;
+    spec.policy = f.failure;
+    spec.timeout = f.timeout.0;
+    spec.memory = f.memory.bytes();
+    engine.load(spec).map_err(|e| {
+        let (location, k) = match &e {
+            LoadError::ConfigRejected { .. } => (
+                f.config
+                    .as_ref()
+                    .map_or_else(|| config.locate(&f.name.referenced), |c| config.locate(&c.referenced)),
+                key("config"),
+            ),
+            LoadError::Integrity { .. } => (
+                f.sha256
+                    .as_ref()
+                    .map_or(module_at.clone(), |s| config.locate(&s.referenced)),
+                key("sha256"),
+            ),
+            _ => (module_at.clone(), key("module")),
+        };
+        ChainError {
+            location,
+            key: k,
+            message: e.to_string(),
+            source: Some(e),
+        }
+    })
+}

@@ -1,0 +1,376 @@
+//! The request path of one listener, as a chain of steps. Each step says why it is
+//! there; together they are everything a request goes through.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use weft_engine::{
+    Action, ConnectionInfo, LocalResponse, Outcome, RequestHead, ResponseAction, ResponseHead,
+};
+
+use crate::body::{self, BufferError, ProxyBody};
+use crate::chain::FilterChain;
+use crate::cluster::Cluster;
+use crate::error::{ProxyError, Side};
+
+/// The longest delay a filter may ask for; longer asks are cut to it.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a listener's requests need, swapped as a whole when configuration changes.
+#[derive(Debug)]
+pub struct ListenerState {
+    /// The listener's name.
+    pub name: Arc<str>,
+    /// Its filter chain.
+    pub chain: FilterChain,
+    /// Every cluster, by name.
+    pub clusters: Arc<HashMap<String, Arc<Cluster>>>,
+    /// Where requests go when no filter routes them.
+    pub default_cluster: Option<Arc<Cluster>>,
+    /// The upstream must answer within this time.
+    pub request_timeout: Duration,
+    /// The largest body a filter may have buffered.
+    pub max_body: usize,
+}
+
+/// Serve one request. Never fails: every error becomes a response that says who
+/// failed and why.
+pub(crate) async fn serve(
+    state: Arc<ListenerState>,
+    conn: Arc<ConnectionInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    match proxy(&state, conn, req).await {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            tracing::debug!(listener = &*state.name, status = e.status.as_u16(), "{e}");
+            Ok(e.into_response())
+        }
+    }
+}
+
+async fn proxy(
+    state: &ListenerState,
+    conn: Arc<ConnectionInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let chain = &state.chain;
+    let (mut parts, body) = req.into_parts();
+
+    // Hop-by-hop headers describe the client's connection, not the request; they
+    // must not reach filters or the upstream.
+    strip_hop_by_hop(&mut parts.headers);
+
+    // HTTP/2 carries the target in :authority, HTTP/1 in Host. Filters and HTTP/1
+    // upstreams see one `host` header either way.
+    if !parts.headers.contains_key(HOST) {
+        if let Some(value) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(HOST, value);
+        }
+    }
+
+    // Bodies stream through untouched unless a filter asked to see them whole.
+    let (buffered, stream) = if chain.request_body {
+        match body::buffer(body, state.max_body).await {
+            Ok(b) => (Some(b), None),
+            Err(BufferError::TooLarge) => {
+                return Err(ProxyError::new(
+                    Side::Downstream,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {} bytes", state.max_body),
+                ));
+            }
+            Err(BufferError::Peer(e)) => {
+                return Err(ProxyError::new(
+                    Side::Downstream,
+                    StatusCode::BAD_REQUEST,
+                    format!("client failed while sending the body: {e}"),
+                ));
+            }
+        }
+    } else {
+        (None, Some(body))
+    };
+
+    let mut head = RequestHead {
+        parts,
+        body: buffered,
+        id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+        conn,
+    };
+
+    // The filter chain, in order: each filter may change the request, route it,
+    // delay it, or answer it.
+    let mut route: Option<&Arc<Cluster>> = None;
+    for &i in chain.request_filters() {
+        let filter = &chain.filters()[i];
+        let (h, outcome) = filter.on_request(head);
+        head = h;
+        match outcome {
+            Outcome::Done(Action::Continue) | Outcome::Skipped(_) => {}
+            Outcome::Done(Action::Route(name)) => match state.clusters.get(&name) {
+                Some(c) => route = Some(c),
+                None => {
+                    return Err(ProxyError::new(
+                        Side::Filter,
+                        StatusCode::BAD_GATEWAY,
+                        format!("filter {:?} routed to unknown cluster {name:?}", filter.name()),
+                    ));
+                }
+            },
+            Outcome::Done(Action::Delay(ns)) => {
+                tokio::time::sleep(Duration::from_nanos(ns).min(MAX_DELAY)).await;
+            }
+            Outcome::Done(Action::Respond(local)) => {
+                // Filters before this one see the local response like an upstream one.
+                let head = local_response(filter.name(), local, head.id)?;
+                return Ok(respond(chain, i, head, None));
+            }
+            Outcome::Failed(f) => {
+                return Err(ProxyError::new(
+                    Side::Filter,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    f.to_string(),
+                ));
+            }
+        }
+    }
+
+    // The upstream cluster: the last route a filter chose, or the listener's default.
+    let Some(cluster) = route.or(state.default_cluster.as_ref()) else {
+        return Err(ProxyError::new(
+            Side::Internal,
+            StatusCode::NOT_FOUND,
+            format!(
+                "no route: no filter routed {} {} and listener {:?} has no default_cluster",
+                head.parts.method,
+                head.parts.uri.path(),
+                state.name
+            ),
+        ));
+    };
+
+    // The upstream exchange, bounded in time; a connect failure is safe to retry
+    // because the upstream never saw the request.
+    let RequestHead {
+        parts, body, id, ..
+    } = head;
+    let body = match (body, stream) {
+        (Some(b), _) => ProxyBody::full(b),
+        (None, Some(s)) => ProxyBody::Stream(s),
+        (None, None) => ProxyBody::empty(),
+    };
+    let resp = match tokio::time::timeout(state.request_timeout, cluster.send(parts, body)).await
+    {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) if e.connect => {
+            return Err(ProxyError::new(
+                Side::Upstream,
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cluster {:?}: {e}", cluster.name()),
+            )
+            .retry_safe());
+        }
+        Ok(Err(e)) => {
+            return Err(ProxyError::new(
+                Side::Upstream,
+                StatusCode::BAD_GATEWAY,
+                format!("cluster {:?}: {e}", cluster.name()),
+            ));
+        }
+        Err(_) => {
+            return Err(ProxyError::new(
+                Side::Upstream,
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "cluster {:?} did not answer within {:?}",
+                    cluster.name(),
+                    state.request_timeout
+                ),
+            ));
+        }
+    };
+
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    if !chain.response {
+        return Ok(Response::from_parts(rparts, ProxyBody::Stream(rbody)));
+    }
+    // Response hooks, buffering the body only when a filter asked to see it.
+    let (body, stream) = if chain.response_body {
+        match body::buffer(rbody, state.max_body).await {
+            Ok(b) => (Some(b), None),
+            Err(BufferError::TooLarge) => {
+                return Err(ProxyError::new(
+                    Side::Upstream,
+                    StatusCode::BAD_GATEWAY,
+                    format!("response body larger than {} bytes", state.max_body),
+                ));
+            }
+            Err(BufferError::Peer(e)) => {
+                return Err(ProxyError::new(
+                    Side::Upstream,
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream failed while sending the body: {e}"),
+                ));
+            }
+        }
+    } else {
+        (None, Some(rbody))
+    };
+    let head = ResponseHead {
+        parts: rparts,
+        body,
+        request_id: id,
+    };
+    Ok(respond(chain, chain.filters().len(), head, stream))
+}
+
+/// Run the response hooks of the filters before position `upto`, last first, and
+/// build the response.
+fn respond(
+    chain: &FilterChain,
+    upto: usize,
+    mut head: ResponseHead,
+    mut stream: Option<Incoming>,
+) -> Response<ProxyBody> {
+    if chain.response {
+        for filter in chain.filters()[..upto]
+            .iter()
+            .rev()
+            .filter(|f| f.interest().response)
+        {
+            let (h, outcome) = filter.on_response(head);
+            head = h;
+            match outcome {
+                Outcome::Done(ResponseAction::Continue) | Outcome::Skipped(_) => {}
+                Outcome::Done(ResponseAction::Respond(local)) => {
+                    match local_response(filter.name(), local, head.request_id) {
+                        Ok(h) => {
+                            head = h;
+                            stream = None;
+                        }
+                        Err(e) => return e.into_response(),
+                    }
+                }
+                Outcome::Failed(f) => {
+                    return ProxyError::new(
+                        Side::Filter,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        f.to_string(),
+                    )
+                    .into_response();
+                }
+            }
+        }
+    }
+    let body = match (head.body, stream) {
+        (Some(b), _) => ProxyBody::full(b),
+        (None, Some(s)) => ProxyBody::Stream(s),
+        (None, None) => ProxyBody::empty(),
+    };
+    Response::from_parts(head.parts, body)
+}
+
+/// A filter's local response as a response head, checked.
+fn local_response(
+    filter: &str,
+    local: LocalResponse,
+    request_id: u64,
+) -> Result<ResponseHead, ProxyError> {
+    let bad = |what: String| {
+        ProxyError::new(
+            Side::Filter,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("filter {filter:?} sent an invalid local response: {what}"),
+        )
+    };
+    let status = StatusCode::from_u16(local.status)
+        .map_err(|_| bad(format!("status {}", local.status)))?;
+    let mut builder = Response::builder().status(status);
+    for h in local.headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| bad(format!("header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(&h.value)
+            .map_err(|_| bad(format!("value of header {:?}", h.name)))?;
+        builder = builder.header(name, value);
+    }
+    let (mut parts, ()) = builder
+        .body(())
+        .map_err(|e| bad(e.to_string()))?
+        .into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Ok(ResponseHead {
+        parts,
+        body: Some(local.body.into()),
+        request_id,
+    })
+}
+
+/// Remove the headers that only mean something on one connection (RFC 9110 §7.6.1),
+/// including those the `connection` header names. `te: trailers` stays: gRPC needs it.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if name != TE {
+                headers.remove(name);
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(TE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key("te"));
+    }
+}
