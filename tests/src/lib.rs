@@ -1,0 +1,398 @@
+//! Test support for Weft's end-to-end tests: real backends, real proxies and real
+//! clients on loopback, built so a test reads like a story:
+//!
+//! ```no_run
+//! # async fn t() {
+//! use weft_tests::*;
+//! let web = backend("web").start().await;
+//! let proxy = proxy(&format!("listeners: [...] # {}", web.addr)).start().await;
+//! let resp = client().get(proxy.addr, "/").await;
+//! assert_eq!(resp.header("x-backend"), Some("web"));
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// Paths of the guest components built for the tests.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// Every test gives up after this long rather than hang.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// Start describing a backend.
+pub fn backend(name: &'static str) -> BackendBuilder {
+    BackendBuilder { name, http2_only: false, tls: None }
+}
+
+/// A backend to be started.
+pub struct BackendBuilder {
+    name: &'static str,
+    http2_only: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A running backend. It answers every request with:
+/// - `x-backend`: its name; `x-path`: path and query; `x-host`: the host header (or
+///   the URI authority); `x-version`: the HTTP version;
+/// - `x-echo-NAME` for every request header `x-NAME`, values joined by `,`;
+/// - the request body as its body, or its name and a newline when that is empty.
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl BackendBuilder {
+    /// Speak only HTTP/2 (prior knowledge, or h2 by ALPN with TLS).
+    pub fn http2_only(mut self) -> Self {
+        self.http2_only = true;
+        self
+    }
+
+    /// Serve TLS with this config.
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Bind 127.0.0.1 on a free port and serve.
+    pub async fn start(self) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let addr = listener.local_addr().expect("backend address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let (name, h2, tls) = (self.name, self.http2_only, self.tls);
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+                    _ = stop_rx.changed() => return,
+                };
+                conns.fetch_add(1, Ordering::Relaxed);
+                let reqs = reqs.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        reqs.fetch_add(1, Ordering::Relaxed);
+                        answer(name, req)
+                    });
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    if h2 {
+                        builder = builder.http2_only();
+                    }
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(cfg) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Backend { addr, connections, requests, stop }
+    }
+}
+
+async fn answer(name: &'static str, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let host = parts
+        .headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let mut resp = Response::builder()
+        .header("x-backend", name)
+        .header("x-path", parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header("x-host", host)
+        .header("x-version", format!("{:?}", parts.version));
+    let mut names: Vec<_> = parts.headers.keys().filter(|k| k.as_str().starts_with("x-")).collect();
+    names.dedup();
+    for n in names {
+        let joined: Vec<_> = parts
+            .headers
+            .get_all(n)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        resp = resp.header(format!("x-echo-{}", &n.as_str()[2..]), joined.join(","));
+    }
+    let body = if body.is_empty() { Bytes::from(format!("{name}\n")) } else { body };
+    Ok(resp.body(Full::new(body)).expect("valid response"))
+}
+
+impl Backend {
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Start describing a proxy from YAML.
+pub fn proxy(yaml: &str) -> ProxyBuilder {
+    ProxyBuilder { yaml: yaml.to_owned() }
+}
+
+/// A proxy to be started.
+pub struct ProxyBuilder {
+    yaml: String,
+}
+
+/// A running proxy, shut down when dropped.
+pub struct Proxy {
+    /// The first listener's address.
+    pub addr: SocketAddr,
+    /// The running proxy.
+    pub running: Option<weft_proxy::RunningProxy>,
+}
+
+impl ProxyBuilder {
+    /// Parse, validate and start; panics with the error.
+    pub async fn start(self) -> Proxy {
+        match self.try_start().await {
+            Ok(p) => p,
+            Err(e) => panic!("proxy did not start: {e}"),
+        }
+    }
+
+    /// Parse, validate and start.
+    pub async fn try_start(self) -> Result<Proxy, String> {
+        let config = weft_config::Config::from_str(&self.yaml, "test.yaml", None)
+            .map_err(|e| e.to_string())?;
+        let running = weft_proxy::start(config).await.map_err(|e| e.to_string())?;
+        let addr = running.listeners().next().expect("a listener").1;
+        Ok(Proxy { addr, running: Some(running) })
+    }
+}
+
+impl Proxy {
+    /// The running proxy.
+    pub fn running(&self) -> &weft_proxy::RunningProxy {
+        self.running.as_ref().expect("running")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(p) = self.running.take() {
+            tokio::spawn(p.shutdown_within(Duration::from_secs(5)));
+        }
+    }
+}
+
+/// Check a configuration as the proxy would at start; the error text.
+pub fn config_error(yaml: &str) -> String {
+    let config = match weft_config::Config::from_str(yaml, "test.yaml", None) {
+        Ok(c) => c,
+        Err(e) => return e.to_string(),
+    };
+    match weft_proxy::check(&config) {
+        Ok(_) => panic!("expected the configuration to be refused:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+    /// HTTP version.
+    pub version: http::Version,
+}
+
+impl Reply {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// An HTTP client with a keep-alive pool.
+pub struct Client {
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+/// An HTTP/1.1 client.
+pub fn client() -> Client {
+    Client {
+        inner: HyperClient::builder(TokioExecutor::new()).build_http(),
+    }
+}
+
+/// An HTTP/2 client speaking prior knowledge (h2c).
+pub fn h2c_client() -> Client {
+    Client {
+        inner: HyperClient::builder(TokioExecutor::new()).http2_only(true).build_http(),
+    }
+}
+
+impl Client {
+    /// GET a path.
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Reply {
+        self.send(addr, "GET", path, &[], Bytes::new()).await
+    }
+
+    /// GET a path with headers.
+    pub async fn get_with(&self, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(addr, "GET", path, headers, Bytes::new()).await
+    }
+
+    /// Send a request and read the whole response; panics on a transport error.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body)).expect("valid request");
+        let resp = tokio::time::timeout(LIMIT, self.inner.request(req))
+            .await
+            .expect("response within the limit")
+            .expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply { status: parts.status, headers: parts.headers, body, version: parts.version }
+    }
+}
+
+/// Log lines captured from every test of this process.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
+    }
+}
+
+/// Capture the process's logs (installed once).
+pub fn logs() -> Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warn,weft=debug")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+        logs
+    })
+    .clone()
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1: `(cert PEM, key PEM)`.
+pub fn self_signed() -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate");
+    (cert.cert.pem(), cert.signing_key.serialize_pem())
+}
+
+/// A YAML-safe path for a file holding `contents`, in a fresh temporary folder that
+/// lives as long as the returned guard.
+pub fn temp_file(name: &str, contents: &[u8]) -> (TempDir, String) {
+    let dir = TempDir::new();
+    let path = dir.0.join(name);
+    std::fs::write(&path, contents).expect("write temp file");
+    let p = path.display().to_string();
+    (dir, p)
+}
+
+/// A temporary folder, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A new empty folder.
+    pub fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "weft-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,9 @@
+//! Weft end to end: real proxies, real backends, real filter components, on loopback.
+
+mod config_errors;
+mod fault;
+mod limits;
+mod protocols;
+mod routing;
+mod sandbox;
+mod sdk;

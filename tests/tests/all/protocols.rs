@@ -1,0 +1,146 @@
+//! HTTP/1.1 and HTTP/2 on both sides, TLS with ALPN, and connection reuse.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use weft_tests::*;
+
+fn plain(web: &Backend, protocol: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    default_cluster: web
+clusters:
+  - name: web
+    endpoints: ["{}"]
+    protocol: {protocol}
+"#,
+        web.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_end_to_end() {
+    let web = backend("web").http2_only().start().await;
+    let p = proxy(&plain(&web, "http2")).start().await;
+    let c = h2c_client();
+    for i in 0..20 {
+        let r = c.get(p.addr, &format!("/h2/{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.version, http::Version::HTTP_2, "client to proxy is HTTP/2");
+        assert_eq!(r.header("x-version"), Some("HTTP/2.0"), "proxy to backend is HTTP/2");
+        assert_eq!(r.header("x-path"), Some(format!("/h2/{i}").as_str()));
+    }
+    assert_eq!(web.connections(), 1, "one multiplexed upstream connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_keeps_upstream_connections_alive() {
+    let web = backend("web").start().await;
+    let p = proxy(&plain(&web, "http1")).start().await;
+    let c = client();
+    for _ in 0..200 {
+        let r = c
+            .send(p.addr, "POST", "/echo", &[("x-trace", "t1")], Bytes::from_static(b"ping"))
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.version, http::Version::HTTP_11);
+        assert_eq!(r.header("x-version"), Some("HTTP/1.1"));
+        assert_eq!(r.header("x-echo-trace"), Some("t1"));
+        assert_eq!(r.text(), "ping", "bodies stream through");
+    }
+    assert_eq!(web.requests(), 200);
+    assert!(web.connections() <= 4, "{} connections for 200 requests", web.connections());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stay_on_their_hop() {
+    let web = backend("web").start().await;
+    let p = proxy(&plain(&web, "http1")).start().await;
+    let r = client()
+        .get_with(p.addr, "/", &[("connection", "x-secret"), ("x-secret", "1"), ("x-public", "2")])
+        .await;
+    assert_eq!(r.header("x-echo-public"), Some("2"));
+    assert_eq!(r.header("x-echo-secret"), None, "headers named by connection are dropped");
+}
+
+fn server_tls(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// TLS on both sides: the client negotiates h2 with the proxy by ALPN, and the proxy
+/// negotiates h2 with a TLS backend by ALPN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_alpn_on_both_sides() {
+    let (cert, key) = self_signed();
+    let web = backend("web").tls(server_tls(&cert, &key)).start().await;
+    let (_d1, cert_path) = temp_file("cert.pem", cert.as_bytes());
+    let (_d2, key_path) = temp_file("key.pem", key.as_bytes());
+    let yaml = format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    default_cluster: web
+    tls: {{ cert: "{cert_path}", key: "{key_path}" }}
+clusters:
+  - name: web
+    endpoints: ["{}"]
+    protocol: auto
+    tls: {{ ca: "{cert_path}", server_name: localhost }}
+"#,
+        web.addr
+    );
+    let p = proxy(&yaml).start().await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://localhost/secure")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-version"], "HTTP/2.0", "ALPN picked h2 upstream");
+    assert_eq!(resp.headers()["x-path"], "/secure");
+}

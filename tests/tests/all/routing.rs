@@ -1,0 +1,153 @@
+//! The built-in router: by path, method, header and query; weighted splits; rewrites.
+
+use weft_tests::*;
+
+fn two_clusters(a: &Backend, b: &Backend, routes: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    filters:
+      - name: router
+        module: builtin:router
+        config:
+          routes:
+{routes}
+clusters:
+  - name: a
+    endpoints: ["{}"]
+  - name: b
+    endpoints: ["{}"]
+"#,
+        a.addr, b.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_path_method_header_and_query() {
+    let a = backend("a").start().await;
+    let b = backend("b").start().await;
+    let routes = r#"
+            - match: { path: { exact: /exact } }
+              cluster: b
+            - match: { path: { regex: "^/users/[0-9]+$" } }
+              cluster: b
+            - match: { path: { prefix: /write }, method: [POST, PUT] }
+              cluster: b
+            - match: { path: { prefix: /write } }
+              cluster: a
+            - match:
+                headers: [{ name: x-user, exact: alice }]
+              cluster: b
+            - match:
+                query: [{ name: debug, exact: "1" }]
+              cluster: b
+            - match: { path: { prefix: / } }
+              cluster: a
+"#;
+    let p = proxy(&two_clusters(&a, &b, routes)).start().await;
+    let c = client();
+    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        ("GET", "/exact", &[], "b"),
+        ("GET", "/exact/not", &[], "a"),
+        ("GET", "/users/42", &[], "b"),
+        ("GET", "/users/bob", &[], "a"),
+        ("POST", "/write/x", &[], "b"),
+        ("GET", "/write/x", &[], "a"),
+        ("GET", "/any", &[("x-user", "alice")], "b"),
+        ("GET", "/any", &[("x-user", "bob")], "a"),
+        ("GET", "/any?debug=1", &[], "b"),
+        ("GET", "/any?debug=0", &[], "a"),
+    ];
+    for (method, path, headers, want) in cases {
+        let r = c.send(p.addr, method, path, headers, Default::default()).await;
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+        assert_eq!(r.header("x-backend"), Some(*want), "{method} {path} {headers:?}");
+        assert_eq!(r.header("x-path"), Some(*path), "the path reaches the backend as sent");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_match_is_a_clear_404() {
+    let a = backend("a").start().await;
+    let b = backend("b").start().await;
+    let routes = "            - match: { path: { prefix: /api } }\n              cluster: a\n";
+    let p = proxy(&two_clusters(&a, &b, routes)).start().await;
+    let r = client().get(p.addr, "/elsewhere").await;
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("/elsewhere"), "{}", r.text());
+    assert_eq!(a.requests() + b.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_split_lands_within_five_percent() {
+    let a = backend("a").start().await;
+    let b = backend("b").start().await;
+    let routes = r#"
+            - match: { path: { prefix: / } }
+              split:
+                - { cluster: a, weight: 80 }
+                - { cluster: b, weight: 20 }
+"#;
+    let p = proxy(&two_clusters(&a, &b, routes)).start().await;
+    let c = client();
+    let total = 2000;
+    let mut to_a = 0;
+    for _ in 0..total {
+        let r = c.get(p.addr, "/split").await;
+        assert_eq!(r.status, 200);
+        if r.header("x-backend") == Some("a") {
+            to_a += 1;
+        }
+    }
+    let share = to_a as f64 / total as f64;
+    assert!((0.75..=0.85).contains(&share), "share to a: {share}");
+    assert_eq!(a.requests() + b.requests(), total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_and_host_rewrites_reach_the_backend() {
+    let a = backend("a").start().await;
+    let b = backend("b").start().await;
+    let routes = r#"
+            - match: { path: { prefix: /old/ } }
+              cluster: a
+              rewrite: { prefix: /new/, host: internal.example }
+            - match: { path: { prefix: /strip } }
+              cluster: b
+              rewrite: { prefix: / }
+"#;
+    let p = proxy(&two_clusters(&a, &b, routes)).start().await;
+    let c = client();
+    let r = c.get(p.addr, "/old/page?x=1").await;
+    assert_eq!(r.header("x-backend"), Some("a"));
+    assert_eq!(r.header("x-path"), Some("/new/page?x=1"));
+    assert_eq!(r.header("x-host"), Some("internal.example"));
+    let r = c.get(p.addr, "/strip/inner").await;
+    assert_eq!(r.header("x-backend"), Some("b"));
+    assert_eq!(r.header("x-path"), Some("/inner"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_rejects_a_bad_config_at_load() {
+    let e = config_error(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    filters:
+      - name: router
+        module: builtin:router
+        config:
+          routes:
+            - match: { path: { regex: "([" } }
+              cluster: a
+clusters:
+  - name: a
+    endpoints: ["127.0.0.1:1"]
+"#,
+    );
+    assert!(e.starts_with("test.yaml:9:"), "{e}");
+    assert!(e.contains("listeners[0].filters[0].config") && e.contains("rejected its config"), "{e}");
+}

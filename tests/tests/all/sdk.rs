@@ -1,0 +1,80 @@
+//! Filters written against weft-sdk: the hello example from a file path, and the
+//! stamp test filter for response hooks, bodies, shared state and metrics.
+
+use weft_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_example_loads_from_a_path() {
+    let web = backend("web").start().await;
+    let yaml = format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    default_cluster: web
+    filters:
+      - name: hello
+        module: "{}"
+        config: {{ greeting: "hi from wasm" }}
+clusters:
+  - name: web
+    endpoints: ["{}"]
+"#,
+        guests::HELLO,
+        web.addr
+    );
+    let p = proxy(&yaml).start().await;
+    let c = client();
+    let r = c.get(p.addr, "/hello").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hi from wasm");
+    assert_eq!(web.requests(), 0, "answered by the filter");
+    let r = c.get(p.addr, "/other").await;
+    assert_eq!(r.header("x-backend"), Some("web"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stamps_order_bodies_state_and_metrics() {
+    let web = backend("web").start().await;
+    let yaml = format!(
+        r#"
+admin:
+  address: 127.0.0.1:0
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    default_cluster: web
+    filters:
+      - name: first
+        module: "{stamp}"
+        config: {{ name: first, count: true }}
+      - name: second
+        module: "{stamp}"
+        config: {{ name: second, upper: true }}
+clusters:
+  - name: web
+    endpoints: ["{}"]
+"#,
+        web.addr,
+        stamp = guests::STAMP,
+    );
+    let p = proxy(&yaml).start().await;
+    let c = client();
+    for n in 1..=3 {
+        let r = c.get(p.addr, "/s").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-echo-stamp-req"), Some("first,second"), "request order");
+        let stamps: Vec<_> = r.headers.get_all("x-stamp").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(stamps, ["second", "first"], "responses run in reverse");
+        assert_eq!(r.header("x-echo-count"), Some(n.to_string().as_str()), "shared state counts");
+        assert_eq!(r.text(), "WEB\n", "the buffered body was rewritten");
+    }
+    let admin = p.running().admin_addr().unwrap();
+    let ready = c.get(admin, "/ready").await;
+    assert_eq!(ready.status, 200);
+    let metrics = c.get(admin, "/metrics").await.text();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("weft_filter_stamp_requests_total{filter=\"first\"") && l.ends_with(" 3")),
+        "{metrics}"
+    );
+}
