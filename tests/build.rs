@@ -1,4 +1,8 @@
 //! Builds the guests the tests load, once, and exposes their paths as constants.
+//!
+//! `HELLO_P1` is the hello example built the way `cargo component build` builds it: a
+//! `wasm32-wasip1` core module turned into a component with the WASI preview 1
+//! adapter, so the tests prove such filters load too.
 
 use std::fmt::Write;
 
@@ -17,6 +21,25 @@ fn main() {
         writeln!(src, "/// The `{package}` component.").unwrap();
         writeln!(src, "pub const {konst}: &str = {:?};", path.display().to_string()).unwrap();
     }
-    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("guests.rs");
-    std::fs::write(out, src).unwrap();
+
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let p1 = weft_guest_build::build_for("wasm32-wasip1", &[("hello-filter", "examples/hello-filter")]);
+    let module = std::fs::read(&p1[0].1).expect("read the wasip1 module");
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .expect("the module carries its component type")
+        .adapter(
+            "wasi_snapshot_preview1",
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        )
+        .expect("the adapter fits")
+        .validate(true)
+        .encode()
+        .expect("componentize the wasip1 module");
+    let p1_path = out.join("hello_filter_p1.wasm");
+    std::fs::write(&p1_path, component).unwrap();
+    writeln!(src, "/// The hello example as `cargo component build` makes it (wasip1 + adapter).").unwrap();
+    writeln!(src, "pub const HELLO_P1: &str = {:?};", p1_path.display().to_string()).unwrap();
+
+    std::fs::write(out.join("guests.rs"), src).unwrap();
 }

@@ -45,6 +45,12 @@ fn guest_target_dir() -> PathBuf {
 /// Panics with the nested cargo's output when the build fails: a build script has no
 /// better way to report it.
 pub fn build(guests: &[(&str, &str)]) -> Vec<(String, PathBuf)> {
+    build_for(TARGET, guests)
+}
+
+/// Like [`build`], for another wasm target (e.g. `wasm32-wasip1`, whose core modules
+/// `cargo component` turns into components with an adapter).
+pub fn build_for(target: &str, guests: &[(&str, &str)]) -> Vec<(String, PathBuf)> {
     let root = workspace_root();
     let target_dir = guest_target_dir();
     println!("cargo:rerun-if-changed={}", root.join("sdk").display());
@@ -57,7 +63,7 @@ pub fn build(guests: &[(&str, &str)]) -> Vec<(String, PathBuf)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .args(["build", "--release", "--target", target, "--target-dir"])
         .arg(&target_dir);
     for (package, _) in guests {
         cmd.args(["-p", package]);
@@ -78,7 +84,7 @@ pub fn build(guests: &[(&str, &str)]) -> Vec<(String, PathBuf)> {
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let hint = if stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`") {
-            "\nhint: run `rustup target add wasm32-wasip2`"
+            "\nhint: run `rustup target add wasm32-wasip2 wasm32-wasip1` (or ./dev, which does)"
         } else {
             ""
         };
@@ -88,7 +94,7 @@ pub fn build(guests: &[(&str, &str)]) -> Vec<(String, PathBuf)> {
         .iter()
         .map(|(package, _)| {
             let file = format!("{}.wasm", package.replace('-', "_"));
-            let path = target_dir.join(TARGET).join("release").join(file);
+            let path = target_dir.join(target).join("release").join(file);
             assert!(path.exists(), "{} was not built", path.display());
             (package.to_string(), path)
         })

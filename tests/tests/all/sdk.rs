@@ -78,3 +78,30 @@ clusters:
         "{metrics}"
     );
 }
+
+/// `cargo component build` makes a wasip1 module plus an adapter; such a filter
+/// imports WASI preview 2 interfaces the proxy grants nothing through, and loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cargo_component_style_build_loads() {
+    let web = backend("web").start().await;
+    let yaml = format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    default_cluster: web
+    filters:
+      - name: hello
+        module: "{}"
+        config: {{ greeting: "hi from wasip1" }}
+clusters:
+  - name: web
+    endpoints: ["{}"]
+"#,
+        guests::HELLO_P1,
+        web.addr
+    );
+    let p = proxy(&yaml).start().await;
+    let r = client().get(p.addr, "/hello").await;
+    assert_eq!(r.text(), "hi from wasip1");
+}
