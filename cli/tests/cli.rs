@@ -1,0 +1,129 @@
+//! The `weft` binary as a user runs it: bad configuration, the demo, and a graceful
+//! stop on SIGTERM that lets in-flight requests finish.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Ends the child when the test ends, whatever happened.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn weft() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-cli-{}-{:?}", std::process::id(), std::thread::current().id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A blocking HTTP/1.1 GET with `connection: close`; returns the whole response.
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < LIMIT, "weft did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_config_exits_non_zero_naming_file_and_line() {
+    let dir = temp_dir();
+    let path = dir.join("bad.yaml");
+    std::fs::write(&path, "listeners:\n  - name: main\n    adress: 127.0.0.1:0\n").unwrap();
+    let out = weft().args(["proxy", "-c"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml:3:") && stderr.contains("adress"), "{stderr}");
+
+    std::fs::write(
+        &path,
+        "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    filters:\n      - name: f\n        module: missing.wasm\n",
+    )
+    .unwrap();
+    let out = weft().args(["proxy", "--check", "-c"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml:6:17") && stderr.contains("missing.wasm"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Start `weft demo` on free ports and return it with the proxy's address, read from
+/// what it prints.
+fn demo() -> (Guard, SocketAddr) {
+    let mut child = weft()
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = Guard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("a proxy on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx.recv_timeout(LIMIT).expect("the demo prints its address");
+    (guard, addr.parse().unwrap())
+}
+
+#[test]
+fn demo_serves_and_stops_gracefully_on_sigterm() {
+    let (mut guard, addr) = demo();
+    let resp = get(addr, "/hello");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("blue backend: GET /hello"), "{resp}");
+    let resp = get(addr, "/nowhere");
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+
+    // A request held by the fault filter's 500 ms delay is in flight when SIGTERM
+    // arrives; it must still complete.
+    let in_flight = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        write!(s, "GET /hello HTTP/1.1\r\nhost: t\r\nx-weft-fault: delay\r\nconnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    signal(&guard.0, "-TERM");
+    let resp = in_flight.join().unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "in-flight request drained: {resp}");
+    let status = wait_exit(&mut guard.0);
+    assert!(status.success(), "{status:?}");
+    assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
+}
