@@ -116,6 +116,10 @@ impl HostState {
         }
     }
 
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
     fn req(&mut self) -> Option<&mut RequestHead> {
         self.request.as_mut()
     }

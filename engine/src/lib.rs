@@ -29,6 +29,7 @@ mod host;
 mod metrics;
 mod state;
 mod stderr;
+mod wasi_io;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -144,6 +145,7 @@ impl Engine {
         // Std guests import WASI even when they do nothing with it; each HostState
         // builds a WASI context that grants nothing.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| wasi_io::shadow(&mut linker))
             .map_err(|e| LoadError::Engine(e.to_string()))?;
         bindings::FilterWorld::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,

@@ -10,4 +10,5 @@ impl Guest for Other {
     }
 }
 
+#[cfg(target_arch = "wasm32")]
 export!(Other);
