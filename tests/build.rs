@@ -7,9 +7,17 @@
 use std::fmt::Write;
 
 const GUESTS: &[(&str, &str, &str)] = &[
-    ("MISBEHAVE", "weft-test-guest-misbehave", "tests/guests/misbehave"),
+    (
+        "MISBEHAVE",
+        "weft-test-guest-misbehave",
+        "tests/guests/misbehave",
+    ),
     ("STAMP", "weft-test-guest-stamp", "tests/guests/stamp"),
-    ("WRONG_WORLD", "weft-test-guest-wrong-world", "tests/guests/wrong-world"),
+    (
+        "WRONG_WORLD",
+        "weft-test-guest-wrong-world",
+        "tests/guests/wrong-world",
+    ),
     ("HELLO", "hello-filter", "examples/hello-filter"),
 ];
 
@@ -19,11 +27,19 @@ fn main() {
     let mut src = String::new();
     for ((konst, package, _), (_, path)) in GUESTS.iter().zip(&built) {
         writeln!(src, "/// The `{package}` component.").unwrap();
-        writeln!(src, "pub const {konst}: &str = {:?};", path.display().to_string()).unwrap();
+        writeln!(
+            src,
+            "pub const {konst}: &str = {:?};",
+            path.display().to_string()
+        )
+        .unwrap();
     }
 
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let p1 = weft_guest_build::build_for("wasm32-wasip1", &[("hello-filter", "examples/hello-filter")]);
+    let p1 = weft_guest_build::build_for(
+        "wasm32-wasip1",
+        &[("hello-filter", "examples/hello-filter")],
+    );
     let module = std::fs::read(&p1[0].1).expect("read the wasip1 module");
     let component = wit_component::ComponentEncoder::default()
         .module(&module)
@@ -38,8 +54,17 @@ fn main() {
         .expect("componentize the wasip1 module");
     let p1_path = out.join("hello_filter_p1.wasm");
     std::fs::write(&p1_path, component).unwrap();
-    writeln!(src, "/// The hello example as `cargo component build` makes it (wasip1 + adapter).").unwrap();
-    writeln!(src, "pub const HELLO_P1: &str = {:?};", p1_path.display().to_string()).unwrap();
+    writeln!(
+        src,
+        "/// The hello example as `cargo component build` makes it (wasip1 + adapter)."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const HELLO_P1: &str = {:?};",
+        p1_path.display().to_string()
+    )
+    .unwrap();
 
     std::fs::write(out.join("guests.rs"), src).unwrap();
 }

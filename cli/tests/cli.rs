@@ -23,7 +23,11 @@ fn weft() -> Command {
 }
 
 fn temp_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("weft-cli-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let dir = std::env::temp_dir().join(format!(
+        "weft-cli-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -32,14 +36,21 @@ fn temp_dir() -> std::path::PathBuf {
 fn get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
 }
 
 fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -58,21 +69,35 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 fn bad_config_exits_non_zero_naming_file_and_line() {
     let dir = temp_dir();
     let path = dir.join("bad.yaml");
-    std::fs::write(&path, "listeners:\n  - name: main\n    adress: 127.0.0.1:0\n").unwrap();
+    std::fs::write(
+        &path,
+        "listeners:\n  - name: main\n    adress: 127.0.0.1:0\n",
+    )
+    .unwrap();
     let out = weft().args(["proxy", "-c"]).arg(&path).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.yaml:3:") && stderr.contains("adress"), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml:3:") && stderr.contains("adress"),
+        "{stderr}"
+    );
 
     std::fs::write(
         &path,
         "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    filters:\n      - name: f\n        module: missing.wasm\n",
     )
     .unwrap();
-    let out = weft().args(["proxy", "--check", "-c"]).arg(&path).output().unwrap();
+    let out = weft()
+        .args(["proxy", "--check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.yaml:6:17") && stderr.contains("missing.wasm"), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml:6:17") && stderr.contains("missing.wasm"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -91,7 +116,11 @@ fn demo() -> (Guard, SocketAddr) {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("a proxy on ").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 let _ = tx.send(addr);
             }
         }
@@ -114,7 +143,11 @@ fn demo_serves_and_stops_gracefully_on_sigterm() {
     let in_flight = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(LIMIT)).unwrap();
-        write!(s, "GET /hello HTTP/1.1\r\nhost: t\r\nx-weft-fault: delay\r\nconnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET /hello HTTP/1.1\r\nhost: t\r\nx-weft-fault: delay\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
@@ -122,7 +155,10 @@ fn demo_serves_and_stops_gracefully_on_sigterm() {
     std::thread::sleep(Duration::from_millis(150));
     signal(&guard.0, "-TERM");
     let resp = in_flight.join().unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "in-flight request drained: {resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "in-flight request drained: {resp}"
+    );
     let status = wait_exit(&mut guard.0);
     assert!(status.success(), "{status:?}");
     assert!(TcpStream::connect(addr).is_err(), "no longer accepting");

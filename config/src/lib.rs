@@ -80,19 +80,20 @@ impl Config {
 
     /// Parse YAML text; `file` names it in errors. Call [`Config::validate`] next.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        serde_saphyr::from_str::<Config>(text).map_err(|e| {
-            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            ConfigError::Syntax {
-                file: file.to_owned(),
-                line,
-                column,
-                message: strip_location(&e.to_string()),
-            }
-        })
-        .map(|mut c| {
-            c.file = file.to_owned();
-            c
-        })
+        serde_saphyr::from_str::<Config>(text)
+            .map_err(|e| {
+                let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+                ConfigError::Syntax {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    message: strip_location(&e.to_string()),
+                }
+            })
+            .map(|mut c| {
+                c.file = file.to_owned();
+                c
+            })
     }
 
     /// Parse and validate YAML text; `file` names it in errors, relative module paths
@@ -104,7 +105,12 @@ impl Config {
         Ok(config)
     }
 
-    fn invalid<T>(&self, at: &Location, key: String, message: impl Into<String>) -> Result<T, ConfigError> {
+    fn invalid<T>(
+        &self,
+        at: &Location,
+        key: String,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
         Err(ConfigError::Invalid {
             file: self.file.clone(),
             line: at.line(),
@@ -119,14 +125,26 @@ impl Config {
         let mut clusters = HashSet::new();
         for (i, c) in self.clusters.iter().enumerate() {
             if !clusters.insert(c.name.value.as_str()) {
-                return self.invalid(&c.name.referenced, format!("clusters[{i}].name"), format!("duplicate cluster name {:?}", c.name.value));
+                return self.invalid(
+                    &c.name.referenced,
+                    format!("clusters[{i}].name"),
+                    format!("duplicate cluster name {:?}", c.name.value),
+                );
             }
             if c.endpoints.is_empty() {
-                return self.invalid(&c.name.referenced, format!("clusters[{i}].endpoints"), "a cluster needs at least one endpoint");
+                return self.invalid(
+                    &c.name.referenced,
+                    format!("clusters[{i}].endpoints"),
+                    "a cluster needs at least one endpoint",
+                );
             }
             for (j, e) in c.endpoints.iter().enumerate() {
                 if parse_endpoint(&e.value).is_none() {
-                    return self.invalid(&e.referenced, format!("clusters[{i}].endpoints[{j}]"), format!("{:?} is not host:port", e.value));
+                    return self.invalid(
+                        &e.referenced,
+                        format!("clusters[{i}].endpoints[{j}]"),
+                        format!("{:?} is not host:port", e.value),
+                    );
                 }
             }
         }
@@ -134,37 +152,69 @@ impl Config {
         let mut addrs = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             if !names.insert(l.name.value.as_str()) {
-                return self.invalid(&l.name.referenced, format!("listeners[{i}].name"), format!("duplicate listener name {:?}", l.name.value));
+                return self.invalid(
+                    &l.name.referenced,
+                    format!("listeners[{i}].name"),
+                    format!("duplicate listener name {:?}", l.name.value),
+                );
             }
             if l.address.value.parse::<std::net::SocketAddr>().is_err() {
-                return self.invalid(&l.address.referenced, format!("listeners[{i}].address"), format!("{:?} is not ip:port", l.address.value));
+                return self.invalid(
+                    &l.address.referenced,
+                    format!("listeners[{i}].address"),
+                    format!("{:?} is not ip:port", l.address.value),
+                );
             }
             if l.address.value.ends_with(":0") == false && !addrs.insert(l.address.value.as_str()) {
-                return self.invalid(&l.address.referenced, format!("listeners[{i}].address"), format!("{} is used by another listener", l.address.value));
+                return self.invalid(
+                    &l.address.referenced,
+                    format!("listeners[{i}].address"),
+                    format!("{} is used by another listener", l.address.value),
+                );
             }
             if let Some(d) = &l.default_cluster {
                 if !clusters.contains(d.value.as_str()) {
-                    return self.invalid(&d.referenced, format!("listeners[{i}].default_cluster"), format!("no cluster named {:?}", d.value));
+                    return self.invalid(
+                        &d.referenced,
+                        format!("listeners[{i}].default_cluster"),
+                        format!("no cluster named {:?}", d.value),
+                    );
                 }
             }
             let mut filter_names = HashSet::new();
             for (j, f) in l.filters.iter().enumerate() {
                 if !filter_names.insert(f.name.value.as_str()) {
-                    return self.invalid(&f.name.referenced, format!("listeners[{i}].filters[{j}].name"), format!("duplicate filter name {:?} in this chain", f.name.value));
+                    return self.invalid(
+                        &f.name.referenced,
+                        format!("listeners[{i}].filters[{j}].name"),
+                        format!("duplicate filter name {:?} in this chain", f.name.value),
+                    );
                 }
                 if let Err(msg) = ModuleRef::parse(&f.module.value) {
-                    return self.invalid(&f.module.referenced, format!("listeners[{i}].filters[{j}].module"), msg);
+                    return self.invalid(
+                        &f.module.referenced,
+                        format!("listeners[{i}].filters[{j}].module"),
+                        msg,
+                    );
                 }
                 if let Some(sha) = &f.sha256 {
                     if sha.value.len() != 64 || !sha.value.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return self.invalid(&sha.referenced, format!("listeners[{i}].filters[{j}].sha256"), "expected 64 hex digits");
+                        return self.invalid(
+                            &sha.referenced,
+                            format!("listeners[{i}].filters[{j}].sha256"),
+                            "expected 64 hex digits",
+                        );
                     }
                 }
             }
         }
         if let Some(admin) = &self.admin {
             if admin.address.value.parse::<std::net::SocketAddr>().is_err() {
-                return self.invalid(&admin.address.referenced, "admin.address".into(), format!("{:?} is not ip:port", admin.address.value));
+                return self.invalid(
+                    &admin.address.referenced,
+                    "admin.address".into(),
+                    format!("{:?} is not ip:port", admin.address.value),
+                );
             }
         }
         Ok(())

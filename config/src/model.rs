@@ -50,7 +50,9 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self { drain_timeout: default_drain() }
+        Self {
+            drain_timeout: default_drain(),
+        }
     }
 }
 

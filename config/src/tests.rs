@@ -36,13 +36,19 @@ clusters:
 fn parses_a_full_config() {
     let c = Config::from_str(GOOD, "weft.yaml", None).unwrap();
     let l = &c.listeners[0];
-    assert_eq!(l.limits.header_read_timeout.0, std::time::Duration::from_secs(5));
+    assert_eq!(
+        l.limits.header_read_timeout.0,
+        std::time::Duration::from_secs(5)
+    );
     assert_eq!(l.limits.max_header_size.0, 8 * 1024);
     assert_eq!(l.filters[0].failure, FailurePolicy::FailOpen);
     assert_eq!(l.filters[0].timeout.0, std::time::Duration::from_millis(5));
     assert_eq!(c.clusters[0].protocol, UpstreamProtocol::Http2);
     assert!(l.filters[0].config.as_ref().unwrap().value["routes"].is_array());
-    assert_eq!(c.module_source(&l.filters[0]), ModuleRef::Builtin("router".into()));
+    assert_eq!(
+        c.module_source(&l.filters[0]),
+        ModuleRef::Builtin("router".into())
+    );
 }
 
 #[test]
@@ -61,24 +67,42 @@ fn invalid_yaml_names_line() {
 
 #[test]
 fn bad_duration_and_policy() {
-    let e = err("listeners:\n  - name: a\n    address: 127.0.0.1:1\n    limits:\n      request_timeout: soon\n");
-    assert!(e.contains("weft.yaml:5:") && e.contains("invalid duration"), "{e}");
-    let e = err("listeners:\n  - name: a\n    address: 127.0.0.1:1\n    filters:\n      - name: f\n        module: builtin:router\n        failure: explode\n");
+    let e = err(
+        "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    limits:\n      request_timeout: soon\n",
+    );
+    assert!(
+        e.contains("weft.yaml:5:") && e.contains("invalid duration"),
+        "{e}"
+    );
+    let e = err(
+        "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    filters:\n      - name: f\n        module: builtin:router\n        failure: explode\n",
+    );
     assert!(e.contains("weft.yaml:7:") && e.contains("explode"), "{e}");
 }
 
 #[test]
 fn missing_cluster_is_named() {
-    let e = err("listeners:\n  - name: a\n    address: 127.0.0.1:1\n    default_cluster: nowhere\n");
-    assert_eq!(e, "weft.yaml:4:22: listeners[0].default_cluster: no cluster named \"nowhere\"");
+    let e =
+        err("listeners:\n  - name: a\n    address: 127.0.0.1:1\n    default_cluster: nowhere\n");
+    assert_eq!(
+        e,
+        "weft.yaml:4:22: listeners[0].default_cluster: no cluster named \"nowhere\""
+    );
 }
 
 #[test]
 fn duplicate_names_and_bad_endpoints() {
-    let e = err("clusters:\n  - name: a\n    endpoints: [x:1]\n  - name: a\n    endpoints: [x:1]\n");
-    assert!(e.contains("weft.yaml:4:") && e.contains("duplicate cluster"), "{e}");
+    let e =
+        err("clusters:\n  - name: a\n    endpoints: [x:1]\n  - name: a\n    endpoints: [x:1]\n");
+    assert!(
+        e.contains("weft.yaml:4:") && e.contains("duplicate cluster"),
+        "{e}"
+    );
     let e = err("clusters:\n  - name: a\n    endpoints: [nope]\n");
-    assert!(e.contains("weft.yaml:3:") && e.contains("clusters[0].endpoints[0]"), "{e}");
+    assert!(
+        e.contains("weft.yaml:3:") && e.contains("clusters[0].endpoints[0]"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -9,9 +9,11 @@ pub struct Duration(pub std::time::Duration);
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Duration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. 250ms, 30s, 1m")))
+        humantime::parse_duration(&s).map(Duration).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. 250ms, 30s, 1m"
+            ))
+        })
     }
 }
 
@@ -45,7 +47,11 @@ impl<'de> Deserialize<'de> for Size {
             Raw::Text(s) => s
                 .parse::<bytesize::ByteSize>()
                 .map(|b| Size(b.as_u64()))
-                .map_err(|e| serde::de::Error::custom(format!("invalid size {s:?} ({e}); write e.g. 16KiB, 1MB"))),
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "invalid size {s:?} ({e}); write e.g. 16KiB, 1MB"
+                    ))
+                }),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::bindings::{FilterWorld, FilterWorldPre, types};
 use crate::host::{FilterShared, HostState, RequestHead, ResponseHead};
 use crate::metrics::FilterMetrics;
 use crate::state::SharedState;
-use crate::{Engine, EPOCH_TICK, FailurePolicy, LoadError};
+use crate::{EPOCH_TICK, Engine, FailurePolicy, LoadError};
 
 /// Everything needed to load one filter.
 #[derive(Clone, Debug)]
@@ -216,10 +216,13 @@ impl Filter {
         let Slot::Request(head) = slot else {
             unreachable!("the slot keeps its kind")
         };
-        (head, outcome.map(|d| match d {
-            Decision::Request(a) => a,
-            Decision::Response(_) => types::Action::Continue,
-        }))
+        (
+            head,
+            outcome.map(|d| match d {
+                Decision::Request(a) => a,
+                Decision::Response(_) => types::Action::Continue,
+            }),
+        )
     }
 
     /// Run `on-response`. The head goes in and comes back, changed by the filter.
@@ -238,10 +241,13 @@ impl Filter {
         let Slot::Response(head) = slot else {
             unreachable!("the slot keeps its kind")
         };
-        (head, outcome.map(|d| match d {
-            Decision::Response(a) => a,
-            Decision::Request(_) => types::ResponseAction::Continue,
-        }))
+        (
+            head,
+            outcome.map(|d| match d {
+                Decision::Response(a) => a,
+                Decision::Request(_) => types::ResponseAction::Continue,
+            }),
+        )
     }
 
     fn run(
@@ -252,7 +258,11 @@ impl Filter {
         call: impl Fn(&FilterWorld, &mut Store<HostState>) -> wasmtime::Result<Decision>,
     ) -> Outcome<Decision> {
         let inner = &*self.inner;
-        let mut attempts = if inner.policy == FailurePolicy::Reload { 2 } else { 1 };
+        let mut attempts = if inner.policy == FailurePolicy::Reload {
+            2
+        } else {
+            1
+        };
         loop {
             attempts -= 1;
             let result = match inner.checkout() {
@@ -410,7 +420,7 @@ impl Inner {
         let stderr = store.data().stderr.take();
         if let Some(i) = stderr.find("panicked at") {
             let panic = stderr[i..].trim().replace('\n', " ");
-            return format!("{panic}");
+            return panic;
         }
         if let Some(trap) = e.downcast_ref::<Trap>() {
             return match trap {
@@ -430,7 +440,9 @@ impl Inner {
                 first_line(&text)
             );
         }
-        first_line(&text).to_owned()
+        // The top of the chain is wasmtime's "error while executing at wasm backtrace";
+        // the root cause says what happened.
+        first_line(&e.root_cause().to_string()).to_owned()
     }
 }
 

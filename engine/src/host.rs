@@ -150,10 +150,7 @@ fn is_forbidden(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-fn header_pair(
-    name: &str,
-    value: &str,
-) -> Result<(HeaderName, HeaderValue), types::HeaderError> {
+fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), types::HeaderError> {
     let name =
         HeaderName::from_bytes(name.as_bytes()).map_err(|_| types::HeaderError::InvalidName)?;
     if is_forbidden(&name) {
@@ -389,7 +386,8 @@ impl types::HostResponse for HostState {
     }
 
     fn header(&mut self, _: Resource<ResponseRef>, name: String) -> Option<String> {
-        self.resp().and_then(|r| get_header(&r.parts.headers, &name))
+        self.resp()
+            .and_then(|r| get_header(&r.parts.headers, &name))
     }
 
     fn headers(&mut self, _: Resource<ResponseRef>) -> Vec<types::Header> {
@@ -431,7 +429,8 @@ impl types::HostResponse for HostState {
         if !self.body_access {
             return None;
         }
-        self.resp().and_then(|r| r.body.as_ref().map(|b| b.to_vec()))
+        self.resp()
+            .and_then(|r| r.body.as_ref().map(|b| b.to_vec()))
     }
 
     fn set_body(&mut self, _: Resource<ResponseRef>, body: Vec<u8>) -> Result<(), String> {

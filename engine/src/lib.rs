@@ -86,9 +86,7 @@ pub enum LoadError {
         message: String,
     },
     /// It is a component, but not of the `weft:filter/filter-world` world.
-    #[error(
-        "{source_name}: not a Weft filter (world weft:filter/filter-world@0.1.0): {message}"
-    )]
+    #[error("{source_name}: not a Weft filter (world weft:filter/filter-world@0.1.0): {message}")]
     WrongWorld {
         /// Where the bytes came from.
         source_name: String,
@@ -207,12 +205,11 @@ impl Engine {
             return Ok((hex_digest, component));
         }
         // Compiling takes milliseconds; never under the cache lock.
-        let component = Component::new(&self.inner.wasmtime, bytes).map_err(|e| {
-            LoadError::Compile {
+        let component =
+            Component::new(&self.inner.wasmtime, bytes).map_err(|e| LoadError::Compile {
                 source_name: source_name.clone(),
                 message: format!("{e:#}"),
-            }
-        })?;
+            })?;
         self.inner
             .compiled
             .lock()

@@ -46,7 +46,9 @@ struct MetricFamily {
 
 impl std::fmt::Debug for MetricFamily {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetricFamily").field("name", &self.name).finish()
+        f.debug_struct("MetricFamily")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -85,9 +87,9 @@ impl MetricsHub {
         let metric = match kind {
             MetricKind::Counter => Metric::Counter(Family::default()),
             MetricKind::Gauge => Metric::Gauge(Family::default()),
-            MetricKind::Histogram => {
-                Metric::Histogram(Family::new_with_constructor(new_histogram as fn() -> Histogram))
-            }
+            MetricKind::Histogram => Metric::Histogram(Family::new_with_constructor(
+                new_histogram as fn() -> Histogram,
+            )),
         };
         let family = Arc::new(MetricFamily {
             name: full,
@@ -193,7 +195,12 @@ impl FilterMetrics {
         f(&family.metric, &labels)
     }
 
-    pub(crate) fn add(&self, handle: u32, labels: Vec<String>, delta: i64) -> Result<(), MetricError> {
+    pub(crate) fn add(
+        &self,
+        handle: u32,
+        labels: Vec<String>,
+        delta: i64,
+    ) -> Result<(), MetricError> {
         self.with(handle, labels, |m, l| match m {
             Metric::Counter(c) => {
                 let delta = u64::try_from(delta).map_err(|_| MetricError::Conflict)?;
@@ -208,7 +215,12 @@ impl FilterMetrics {
         })
     }
 
-    pub(crate) fn set(&self, handle: u32, labels: Vec<String>, value: i64) -> Result<(), MetricError> {
+    pub(crate) fn set(
+        &self,
+        handle: u32,
+        labels: Vec<String>,
+        value: i64,
+    ) -> Result<(), MetricError> {
         self.with(handle, labels, |m, l| match m {
             Metric::Gauge(g) => {
                 g.get_or_create(l).set(value);
@@ -218,7 +230,12 @@ impl FilterMetrics {
         })
     }
 
-    pub(crate) fn observe(&self, handle: u32, labels: Vec<String>, value: f64) -> Result<(), MetricError> {
+    pub(crate) fn observe(
+        &self,
+        handle: u32,
+        labels: Vec<String>,
+        value: f64,
+    ) -> Result<(), MetricError> {
         self.with(handle, labels, |m, l| match m {
             Metric::Histogram(h) => {
                 h.get_or_create(l).observe(value);
@@ -238,10 +255,21 @@ mod tests {
         let hub = Arc::new(MetricsHub::default());
         let m = FilterMetrics::new("stamp", hub.clone());
         let id = m
-            .define(MetricKind::Counter, "hits_total", "Hits.", vec!["path".into()])
+            .define(
+                MetricKind::Counter,
+                "hits_total",
+                "Hits.",
+                vec!["path".into()],
+            )
             .unwrap();
         assert_eq!(
-            m.define(MetricKind::Counter, "hits_total", "Hits.", vec!["path".into()]).unwrap(),
+            m.define(
+                MetricKind::Counter,
+                "hits_total",
+                "Hits.",
+                vec!["path".into()]
+            )
+            .unwrap(),
             id
         );
         assert!(matches!(
@@ -253,8 +281,14 @@ mod tests {
             Err(MetricError::InvalidName)
         ));
         m.add(id, vec!["/a".into()], 3).unwrap();
-        assert!(matches!(m.add(id, vec![], 1), Err(MetricError::LabelMismatch)));
-        assert!(matches!(m.add(7, vec![], 1), Err(MetricError::UnknownMetric)));
+        assert!(matches!(
+            m.add(id, vec![], 1),
+            Err(MetricError::LabelMismatch)
+        ));
+        assert!(matches!(
+            m.add(7, vec![], 1),
+            Err(MetricError::UnknownMetric)
+        ));
 
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(hub));

@@ -111,7 +111,10 @@ mod tests {
         let s = SharedState::default();
         let v1 = s.compare_and_swap("k".into(), None, b"a".to_vec()).unwrap();
         assert!(v1.is_some());
-        assert_eq!(s.compare_and_swap("k".into(), None, b"b".to_vec()).unwrap(), None);
+        assert_eq!(
+            s.compare_and_swap("k".into(), None, b"b".to_vec()).unwrap(),
+            None
+        );
         let v2 = s.compare_and_swap("k".into(), v1, b"c".to_vec()).unwrap();
         assert!(v2 > v1);
         assert_eq!(s.get("k").unwrap().value, b"c");
@@ -123,7 +126,10 @@ mod tests {
         assert_eq!(s.increment("n".into(), 5).unwrap(), 5);
         assert_eq!(s.increment("n".into(), -2).unwrap(), 3);
         s.set("t".into(), b"text".to_vec()).unwrap();
-        assert!(matches!(s.increment("t".into(), 1), Err(StateError::NotANumber)));
+        assert!(matches!(
+            s.increment("t".into(), 1),
+            Err(StateError::NotANumber)
+        ));
         assert!(s.delete("n"));
         assert!(!s.delete("n"));
     }
@@ -131,7 +137,13 @@ mod tests {
     #[test]
     fn limits_hold() {
         let s = SharedState::default();
-        assert!(matches!(s.set("k".repeat(MAX_KEY + 1), vec![]), Err(StateError::TooLarge)));
-        assert!(matches!(s.set("k".into(), vec![0; MAX_VALUE + 1]), Err(StateError::TooLarge)));
+        assert!(matches!(
+            s.set("k".repeat(MAX_KEY + 1), vec![]),
+            Err(StateError::TooLarge)
+        ));
+        assert!(matches!(
+            s.set("k".into(), vec![0; MAX_VALUE + 1]),
+            Err(StateError::TooLarge)
+        ));
     }
 }

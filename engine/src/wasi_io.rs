@@ -105,7 +105,9 @@ impl streams::HostOutputStream for NonBlocking<'_> {
         now_stream(AsyncOutput::blocking_write_and_flush(self.0, stream, bytes))
     }
     fn blocking_write_zeroes_and_flush(&mut self, stream: Out, len: u64) -> StreamResult<()> {
-        now_stream(AsyncOutput::blocking_write_zeroes_and_flush(self.0, stream, len))
+        now_stream(AsyncOutput::blocking_write_zeroes_and_flush(
+            self.0, stream, len,
+        ))
     }
     fn subscribe(&mut self, stream: Out) -> wasmtime::Result<Resource<DynPollable>> {
         AsyncOutput::subscribe(self.0, stream)

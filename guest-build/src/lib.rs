@@ -55,7 +55,10 @@ pub fn build_for(target: &str, guests: &[(&str, &str)]) -> Vec<(String, PathBuf)
     let target_dir = guest_target_dir();
     println!("cargo:rerun-if-changed={}", root.join("sdk").display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
     for (_, dir) in guests {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
@@ -83,7 +86,9 @@ pub fn build_for(target: &str, guests: &[(&str, &str)]) -> Vec<(String, PathBuf)
     let output = cmd.output().expect("cannot run cargo for the wasm guests");
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`") {
+        let hint = if stderr.contains("target may not be installed")
+            || stderr.contains("can't find crate for `core`")
+        {
             "\nhint: run `rustup target add wasm32-wasip2 wasm32-wasip1` (or ./dev, which does)"
         } else {
             ""

@@ -35,7 +35,11 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
         "/ready" if admin.ready.load(Ordering::Acquire) => {
             text(StatusCode::OK, "ready\n".into(), "text/plain")
         }
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), "text/plain"),
+        "/ready" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready\n".into(),
+            "text/plain",
+        ),
         "/metrics" => {
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
@@ -44,10 +48,18 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
                     out,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 ),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"), "text/plain"),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{e}\n"),
+                    "text/plain",
+                ),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "try /ready or /metrics\n".into(), "text/plain"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "try /ready or /metrics\n".into(),
+            "text/plain",
+        ),
     }
 }
 

@@ -96,35 +96,34 @@ fn load_filter(
 ) -> Result<Filter, ChainError> {
     let key = |k: &str| format!("listeners[{listener}].filters[{index}].{k}");
     let module_at = config.locate(&f.module.referenced);
-    let (bytes, source): (std::borrow::Cow<'static, [u8]>, String) =
-        match config.module_source(f) {
-            ModuleRef::Builtin(name) => match weft_builtin::get(&name) {
-                Some(b) => (b.into(), format!("builtin:{name}")),
-                None => {
-                    let known: Vec<_> = weft_builtin::names().collect();
-                    return Err(ChainError {
-                        location: module_at,
-                        key: key("module"),
-                        message: format!(
-                            "no built-in filter named {name:?} (built-ins: {})",
-                            known.join(", ")
-                        ),
-                        source: None,
-                    });
-                }
-            },
-            ModuleRef::File(path) => match std::fs::read(&path) {
-                Ok(b) => (b.into(), path.display().to_string()),
-                Err(e) => {
-                    return Err(ChainError {
-                        location: module_at,
-                        key: key("module"),
-                        message: format!("cannot read {}: {e}", path.display()),
-                        source: None,
-                    });
-                }
-            },
-        };
+    let (bytes, source): (std::borrow::Cow<'static, [u8]>, String) = match config.module_source(f) {
+        ModuleRef::Builtin(name) => match weft_builtin::get(&name) {
+            Some(b) => (b.into(), format!("builtin:{name}")),
+            None => {
+                let known: Vec<_> = weft_builtin::names().collect();
+                return Err(ChainError {
+                    location: module_at,
+                    key: key("module"),
+                    message: format!(
+                        "no built-in filter named {name:?} (built-ins: {})",
+                        known.join(", ")
+                    ),
+                    source: None,
+                });
+            }
+        },
+        ModuleRef::File(path) => match std::fs::read(&path) {
+            Ok(b) => (b.into(), path.display().to_string()),
+            Err(e) => {
+                return Err(ChainError {
+                    location: module_at,
+                    key: key("module"),
+                    message: format!("cannot read {}: {e}", path.display()),
+                    source: None,
+                });
+            }
+        },
+    };
     let config_json = match &f.config {
         Some(c) => c.value.to_string(),
         None => "null".to_owned(),
@@ -138,9 +137,10 @@ fn load_filter(
     engine.load(spec).map_err(|e| {
         let (location, k) = match &e {
             LoadError::ConfigRejected { .. } => (
-                f.config
-                    .as_ref()
-                    .map_or_else(|| config.locate(&f.name.referenced), |c| config.locate(&c.referenced)),
+                f.config.as_ref().map_or_else(
+                    || config.locate(&f.name.referenced),
+                    |c| config.locate(&c.referenced),
+                ),
                 key("config"),
             ),
             LoadError::Integrity { .. } => (

@@ -50,7 +50,11 @@ pub(crate) struct UpstreamError {
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::error::Error;
-        let what = if self.connect { "cannot connect to" } else { "request failed at" };
+        let what = if self.connect {
+            "cannot connect to"
+        } else {
+            "request failed at"
+        };
         write!(f, "{what} {}", self.endpoint)?;
         let mut cause = self.source.source();
         while let Some(c) = cause {
@@ -90,17 +94,20 @@ impl Cluster {
                 let b = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(tls)
                     .https_only();
-                let b = match &t.server_name {
-                    Some(name) => {
-                        let name = rustls::pki_types::ServerName::try_from(name.clone())
-                            .map_err(|e| tls::TlsError {
-                                path: t.ca.value.display().to_string(),
-                                message: format!("invalid server_name {name:?}: {e}"),
-                            })?;
-                        b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-                    }
-                    None => b,
-                };
+                let b =
+                    match &t.server_name {
+                        Some(name) => {
+                            let name = rustls::pki_types::ServerName::try_from(name.clone())
+                                .map_err(|e| tls::TlsError {
+                                    path: t.ca.value.display().to_string(),
+                                    message: format!("invalid server_name {name:?}: {e}"),
+                                })?;
+                            b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+                                name,
+                            ))
+                        }
+                        None => b,
+                    };
                 // ALPN offers what the cluster may speak.
                 let connector = match config.protocol {
                     UpstreamProtocol::Http1 => b.enable_http1().wrap_connector(http),
@@ -115,7 +122,11 @@ impl Cluster {
             endpoints,
             next: AtomicUsize::new(0),
             scheme,
-            version: if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 },
+            version: if h2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            },
             pool,
         })
     }

@@ -86,10 +86,7 @@ pub enum StartError {
 }
 
 /// Build every listener's state (filters loaded, clusters set up) without binding.
-fn build_states(
-    engine: &Engine,
-    config: &Config,
-) -> Result<Vec<ListenerState>, StartError> {
+fn build_states(engine: &Engine, config: &Config) -> Result<Vec<ListenerState>, StartError> {
     let mut clusters = HashMap::new();
     for (i, c) in config.clusters.iter().enumerate() {
         let cluster = Cluster::new(c).map_err(|source| StartError::Tls {
@@ -130,7 +127,14 @@ pub struct RunningProxy {
 impl std::fmt::Debug for RunningProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningProxy")
-            .field("listeners", &self.listeners.iter().map(|l| (&l.0, l.1)).collect::<Vec<_>>())
+            .field(
+                "listeners",
+                &self
+                    .listeners
+                    .iter()
+                    .map(|l| (&l.0, l.1))
+                    .collect::<Vec<_>>(),
+            )
             .field("admin", &self.admin_addr)
             .finish()
     }
@@ -157,12 +161,15 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         let tls = match &l.tls {
             None => None,
             Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-                tls::server_config(&resolve(&config, &t.cert.value), &resolve(&config, &t.key.value))
-                    .map_err(|source| StartError::Tls {
-                        location: config.locate(&t.cert.referenced),
-                        key: format!("listeners[{i}].tls"),
-                        source,
-                    })?,
+                tls::server_config(
+                    &resolve(&config, &t.cert.value),
+                    &resolve(&config, &t.key.value),
+                )
+                .map_err(|source| StartError::Tls {
+                    location: config.locate(&t.cert.referenced),
+                    key: format!("listeners[{i}].tls"),
+                    source,
+                })?,
             )),
         };
         let addr = tcp.local_addr().map_err(|source| StartError::Bind {
@@ -181,7 +188,15 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         bound.push((l.name.value.clone(), tcp, tls, state, settings));
     }
     for (name, tcp, tls, state, settings) in bound {
-        let task = listener::run(Arc::from(name.as_str()), tcp, tls, state, settings, stop_rx.clone(), drain);
+        let task = listener::run(
+            Arc::from(name.as_str()),
+            tcp,
+            tls,
+            state,
+            settings,
+            stop_rx.clone(),
+            drain,
+        );
         tasks.push(tokio::spawn(task));
     }
     let mut admin_addr = None;
@@ -201,7 +216,11 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
             ready: true.into(),
             registry,
         });
-        tasks.push(tokio::spawn(admin::run(tcp, admin.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(admin::run(
+            tcp,
+            admin.clone(),
+            stop_rx.clone(),
+        )));
         // Ready only once every listener is bound, which is now.
         admin.ready.store(true, Ordering::Release);
     }
@@ -244,7 +263,11 @@ impl RunningProxy {
     /// clusters take over for new requests; requests in flight finish on the old
     /// ones. All or nothing: on error the running configuration stays.
     pub fn reload(&self, config: &Config) -> Result<(), StartError> {
-        let names: Vec<_> = config.listeners.iter().map(|l| l.name.value.as_str()).collect();
+        let names: Vec<_> = config
+            .listeners
+            .iter()
+            .map(|l| l.name.value.as_str())
+            .collect();
         let running: Vec<_> = self.listeners.iter().map(|l| l.0.as_str()).collect();
         if names != running {
             return Err(StartError::NeedsRestart(format!(

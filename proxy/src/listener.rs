@@ -81,8 +81,14 @@ pub(crate) async fn run(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = &*name, "connections still open after {drain:?}; closing them");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = &*name,
+            "connections still open after {drain:?}; closing them"
+        );
     }
 }
 

@@ -126,7 +126,10 @@ async fn proxy(
                     return Err(ProxyError::new(
                         Side::Filter,
                         StatusCode::BAD_GATEWAY,
-                        format!("filter {:?} routed to unknown cluster {name:?}", filter.name()),
+                        format!(
+                            "filter {:?} routed to unknown cluster {name:?}",
+                            filter.name()
+                        ),
                     ));
                 }
             },
@@ -172,8 +175,7 @@ async fn proxy(
         (None, Some(s)) => ProxyBody::Stream(s),
         (None, None) => ProxyBody::empty(),
     };
-    let resp = match tokio::time::timeout(state.request_timeout, cluster.send(parts, body)).await
-    {
+    let resp = match tokio::time::timeout(state.request_timeout, cluster.send(parts, body)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) if e.connect => {
             return Err(ProxyError::new(
@@ -297,8 +299,8 @@ fn local_response(
             format!("filter {filter:?} sent an invalid local response: {what}"),
         )
     };
-    let status = StatusCode::from_u16(local.status)
-        .map_err(|_| bad(format!("status {}", local.status)))?;
+    let status =
+        StatusCode::from_u16(local.status).map_err(|_| bad(format!("status {}", local.status)))?;
     let mut builder = Response::builder().status(status);
     for h in local.headers {
         let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -358,7 +360,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("gzip"));

@@ -39,7 +39,12 @@ pub mod metrics {
         values.iter().map(|v| (*v).to_owned()).collect()
     }
 
-    fn define(kind: raw::MetricKind, name: &str, help: &str, label_names: &[&str]) -> Result<u32, MetricError> {
+    fn define(
+        kind: raw::MetricKind,
+        name: &str,
+        help: &str,
+        label_names: &[&str],
+    ) -> Result<u32, MetricError> {
         raw::define_metric(kind, name, help, &labels(label_names))
     }
 
@@ -109,7 +114,11 @@ pub mod state {
     }
     /// Write only if the key's version is `expected` (`None`: only if absent).
     /// `Ok(None)` when the version did not match.
-    pub fn compare_and_swap(key: &str, expected: Option<u64>, value: &[u8]) -> Result<Option<u64>, StateError> {
+    pub fn compare_and_swap(
+        key: &str,
+        expected: Option<u64>,
+        value: &[u8],
+    ) -> Result<Option<u64>, StateError> {
         raw::state_compare_and_swap(key, expected, value)
     }
     /// Add to an integer key atomically; returns the new value.

@@ -120,12 +120,19 @@ impl Action {
 impl LocalResponse {
     /// An empty response with this status.
     pub fn new(status: u16) -> Self {
-        Self { status, headers: Vec::new(), body: Vec::new() }
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     /// Add a header.
     pub fn header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
-        self.headers.push(Header { name: name.into(), value: value.as_ref().to_vec() });
+        self.headers.push(Header {
+            name: name.into(),
+            value: value.as_ref().to_vec(),
+        });
         self
     }
 
@@ -137,7 +144,8 @@ impl LocalResponse {
 
     /// Set a plain-text body (and its content type).
     pub fn text(self, body: impl AsRef<[u8]>) -> Self {
-        self.header("content-type", "text/plain; charset=utf-8").body(body)
+        self.header("content-type", "text/plain; charset=utf-8")
+            .body(body)
     }
 }
 

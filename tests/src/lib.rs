@@ -40,7 +40,11 @@ pub const LIMIT: Duration = Duration::from_secs(30);
 
 /// Start describing a backend.
 pub fn backend(name: &'static str) -> BackendBuilder {
-    BackendBuilder { name, http2_only: false, tls: None }
+    BackendBuilder {
+        name,
+        http2_only: false,
+        tls: None,
+    }
 }
 
 /// A backend to be started.
@@ -78,7 +82,9 @@ impl BackendBuilder {
 
     /// Bind 127.0.0.1 on a free port and serve.
     pub async fn start(self) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("backend address");
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -117,13 +123,25 @@ impl BackendBuilder {
                 });
             }
         });
-        Backend { addr, connections, requests, stop }
+        Backend {
+            addr,
+            connections,
+            requests,
+            stop,
+        }
     }
 }
 
-async fn answer(name: &'static str, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    name: &'static str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let host = parts
         .headers
         .get("host")
@@ -133,10 +151,17 @@ async fn answer(name: &'static str, req: Request<Incoming>) -> Result<Response<F
         .unwrap_or_default();
     let mut resp = Response::builder()
         .header("x-backend", name)
-        .header("x-path", parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(
+            "x-path",
+            parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        )
         .header("x-host", host)
         .header("x-version", format!("{:?}", parts.version));
-    let mut names: Vec<_> = parts.headers.keys().filter(|k| k.as_str().starts_with("x-")).collect();
+    let mut names: Vec<_> = parts
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-"))
+        .collect();
     names.dedup();
     for n in names {
         let joined: Vec<_> = parts
@@ -147,7 +172,11 @@ async fn answer(name: &'static str, req: Request<Incoming>) -> Result<Response<F
             .collect();
         resp = resp.header(format!("x-echo-{}", &n.as_str()[2..]), joined.join(","));
     }
-    let body = if body.is_empty() { Bytes::from(format!("{name}\n")) } else { body };
+    let body = if body.is_empty() {
+        Bytes::from(format!("{name}\n"))
+    } else {
+        body
+    };
     Ok(resp.body(Full::new(body)).expect("valid response"))
 }
 
@@ -171,7 +200,9 @@ impl Drop for Backend {
 
 /// Start describing a proxy from YAML.
 pub fn proxy(yaml: &str) -> ProxyBuilder {
-    ProxyBuilder { yaml: yaml.to_owned() }
+    ProxyBuilder {
+        yaml: yaml.to_owned(),
+    }
 }
 
 /// A proxy to be started.
@@ -202,7 +233,10 @@ impl ProxyBuilder {
             .map_err(|e| e.to_string())?;
         let running = weft_proxy::start(config).await.map_err(|e| e.to_string())?;
         let addr = running.listeners().next().expect("a listener").1;
-        Ok(Proxy { addr, running: Some(running) })
+        Ok(Proxy {
+            addr,
+            running: Some(running),
+        })
     }
 }
 
@@ -273,7 +307,9 @@ pub fn client() -> Client {
 /// An HTTP/2 client speaking prior knowledge (h2c).
 pub fn h2c_client() -> Client {
     Client {
-        inner: HyperClient::builder(TokioExecutor::new()).http2_only(true).build_http(),
+        inner: HyperClient::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http(),
     }
 }
 
@@ -310,7 +346,12 @@ impl Client {
             .expect("response");
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
-        Reply { status: parts.status, headers: parts.headers, body, version: parts.version }
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            version: parts.version,
+        }
     }
 }
 
@@ -320,7 +361,10 @@ pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for Logs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -331,7 +375,13 @@ impl std::io::Write for Logs {
 impl Logs {
     /// Everything logged so far.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
+        String::from_utf8_lossy(
+            &self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned()
     }
 }
 

@@ -2,11 +2,17 @@ use weft_sdk::prelude::*;
 
 #[derive(Deserialize)]
 #[serde(crate = "weft_sdk::serde")]
-struct Hello { greeting: String }
+struct Hello {
+    greeting: String,
+}
 
 impl Filter for Hello {
     fn on_request(&mut self, req: &Request) -> Action {
-        if req.path() == "/hello" { Action::respond(200, &self.greeting) } else { Action::Continue }
+        if req.path() == "/hello" {
+            Action::respond(200, &self.greeting)
+        } else {
+            Action::Continue
+        }
     }
 }
 

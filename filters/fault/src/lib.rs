@@ -52,8 +52,9 @@ mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| D::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. 200ms")))
+        humantime::parse_duration(&s).map_err(|e| {
+            D::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. 200ms"))
+        })
     }
 }
 
@@ -67,10 +68,16 @@ fn applies(req: &Request, header: &Option<HeaderMatch>, percentage: Option<f64>)
     random::chance(percentage.unwrap_or(100.0))
 }
 
-fn check_percentage(what: &str, p: Option<f64>, header: &Option<HeaderMatch>) -> Result<(), String> {
+fn check_percentage(
+    what: &str,
+    p: Option<f64>,
+    header: &Option<HeaderMatch>,
+) -> Result<(), String> {
     match p {
         None if header.is_none() => Err(format!("{what}: give a percentage, a header, or both")),
-        Some(p) if !(0.0..=100.0).contains(&p) => Err(format!("{what}.percentage {p} is not within 0 to 100")),
+        Some(p) if !(0.0..=100.0).contains(&p) => {
+            Err(format!("{what}.percentage {p} is not within 0 to 100"))
+        }
         _ => Ok(()),
     }
 }
@@ -82,7 +89,10 @@ impl Filter for Fault {
         }
         if let Some(a) = &self.abort {
             if !(200..=599).contains(&a.status) {
-                return Err(format!("abort.status {} is not within 200 to 599", a.status));
+                return Err(format!(
+                    "abort.status {} is not within 200 to 599",
+                    a.status
+                ));
             }
             check_percentage("abort", a.percentage, &a.header)?;
         }
@@ -97,7 +107,9 @@ impl Filter for Fault {
             if applies(req, &a.header, a.percentage) {
                 let body = a.body.as_deref().unwrap_or("fault injected: abort\n");
                 return Action::Respond(
-                    LocalResponse::new(a.status).text(body).header("x-weft-fault", "abort"),
+                    LocalResponse::new(a.status)
+                        .text(body)
+                        .header("x-weft-fault", "abort"),
                 );
             }
         }

@@ -43,7 +43,11 @@ struct Match {
 }
 
 #[derive(Deserialize)]
-#[serde(crate = "weft_sdk::serde", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(
+    crate = "weft_sdk::serde",
+    rename_all = "lowercase",
+    deny_unknown_fields
+)]
 enum PathMatch {
     Exact(String),
     Prefix(String),
@@ -91,9 +95,16 @@ impl ValueMatch {
     }
 
     fn check(&self) -> Result<(), String> {
-        let set = [self.exact.is_some(), self.regex.is_some(), self.present.is_some()];
+        let set = [
+            self.exact.is_some(),
+            self.regex.is_some(),
+            self.present.is_some(),
+        ];
         if set.iter().filter(|s| **s).count() > 1 {
-            return Err(format!("{:?}: give one of exact, regex, present", self.name));
+            return Err(format!(
+                "{:?}: give one of exact, regex, present",
+                self.name
+            ));
         }
         Ok(())
     }
@@ -143,7 +154,10 @@ impl Route {
         if !self.split.is_empty() && self.total_weight == 0 {
             return Err("split weights add up to 0".into());
         }
-        if let Some(Rewrite { prefix: Some(p), .. }) = &self.rewrite {
+        if let Some(Rewrite {
+            prefix: Some(p), ..
+        }) = &self.rewrite
+        {
             if !matches!(self.matches.path, Some(PathMatch::Prefix(_))) {
                 return Err("rewrite.prefix needs a path prefix match".into());
             }
@@ -178,10 +192,16 @@ impl Route {
                 return false;
             }
         }
-        if !m.headers.iter().all(|h| h.matches(req.header(&h.name).as_deref())) {
+        if !m
+            .headers
+            .iter()
+            .all(|h| h.matches(req.header(&h.name).as_deref()))
+        {
             return false;
         }
-        m.query.iter().all(|q| q.matches(query_param(query, &q.name).as_deref()))
+        m.query
+            .iter()
+            .all(|q| q.matches(query_param(query, &q.name).as_deref()))
     }
 
     fn cluster(&self) -> &str {
@@ -215,7 +235,10 @@ fn decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() && s.is_char_boundary(i + 1) && s.is_char_boundary(i + 3) => {
+            b'%' if i + 2 < bytes.len()
+                && s.is_char_boundary(i + 1)
+                && s.is_char_boundary(i + 3) =>
+            {
                 match u8::from_str_radix(&s[i + 1..i + 3], 16) {
                     Ok(b) => {
                         out.push(b);
@@ -261,7 +284,8 @@ impl Filter for Router {
             );
         };
         if let Some(rw) = &route.rewrite {
-            if let (Some(with), Some(PathMatch::Prefix(prefix))) = (&rw.prefix, &route.matches.path) {
+            if let (Some(with), Some(PathMatch::Prefix(prefix))) = (&rw.prefix, &route.matches.path)
+            {
                 if let Err(e) = req.set_path(&rewrite_prefix(&full, prefix, with)) {
                     return Action::respond(500, format!("router: cannot rewrite path: {e}\n"));
                 }
@@ -284,7 +308,10 @@ mod tests {
 
     #[test]
     fn prefix_rewrites_keep_single_slashes_and_queries() {
-        assert_eq!(rewrite_prefix("/old/page?x=1", "/old/", "/new/"), "/new/page?x=1");
+        assert_eq!(
+            rewrite_prefix("/old/page?x=1", "/old/", "/new/"),
+            "/new/page?x=1"
+        );
         assert_eq!(rewrite_prefix("/strip/inner", "/strip", "/"), "/inner");
         assert_eq!(rewrite_prefix("/strip", "/strip", "/"), "/");
         assert_eq!(rewrite_prefix("/api/v1", "/api", "/v2"), "/v2/v1");
@@ -293,8 +320,14 @@ mod tests {
 
     #[test]
     fn query_params_decode() {
-        assert_eq!(query_param(Some("a=1&debug=1"), "debug").as_deref(), Some("1"));
-        assert_eq!(query_param(Some("name=a%20b+c"), "name").as_deref(), Some("a b c"));
+        assert_eq!(
+            query_param(Some("a=1&debug=1"), "debug").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            query_param(Some("name=a%20b+c"), "name").as_deref(),
+            Some("a b c")
+        );
         assert_eq!(query_param(Some("flag"), "flag").as_deref(), Some(""));
         assert_eq!(query_param(None, "x"), None);
     }

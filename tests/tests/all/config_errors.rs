@@ -20,7 +20,10 @@ fn invalid_yaml_and_unknown_keys() {
     let e = config_error("listeners:\n  - name: main\n    address: [127.0.0.1:0\n");
     assert!(e.starts_with("test.yaml:"), "{e}");
     let e = config_error("listeners:\n  - name: main\n    address: 127.0.0.1:0\n    filterz: []\n");
-    assert!(e.starts_with("test.yaml:4:") && e.contains("filterz"), "{e}");
+    assert!(
+        e.starts_with("test.yaml:4:") && e.contains("filterz"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -34,7 +37,10 @@ fn missing_filter_file() {
 #[test]
 fn unknown_builtin() {
     let e = config_error(&with_module("builtin:nope", ""));
-    assert!(e.contains("no built-in filter named \"nope\"") && e.contains("router"), "{e}");
+    assert!(
+        e.contains("no built-in filter named \"nope\"") && e.contains("router"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -44,7 +50,10 @@ fn not_wasm_and_core_modules() {
     assert!(e.contains("not a WebAssembly file"), "{e}");
     let (_d, core) = temp_file("core.wasm", b"\0asm\x01\0\0\0");
     let e = config_error(&with_module(&core, ""));
-    assert!(e.starts_with("test.yaml:6:") && e.contains("core WebAssembly module, not a component"), "{e}");
+    assert!(
+        e.starts_with("test.yaml:6:") && e.contains("core WebAssembly module, not a component"),
+        "{e}"
+    );
     let (_d, broken) = temp_file("broken.wasm", b"\0asm\x0d\0\x01\0\xff\xff");
     let e = config_error(&with_module(&broken, ""));
     assert!(e.contains("invalid component"), "{e}");
@@ -59,19 +68,31 @@ fn component_of_the_wrong_world() {
 
 #[test]
 fn filter_rejecting_its_config() {
-    let e = config_error(&with_module(guests::MISBEHAVE, "        config: { reject: true }\n"));
+    let e = config_error(&with_module(
+        guests::MISBEHAVE,
+        "        config: { reject: true }\n",
+    ));
     assert!(e.starts_with("test.yaml:7:"), "{e}");
     assert!(e.contains("listeners[0].filters[0].config"), "{e}");
     assert!(e.contains("rejected on purpose: reject is true"), "{e}");
     // An unknown key in the filter's own config is the filter's to refuse.
-    let e = config_error(&with_module(guests::MISBEHAVE, "        config: { rejekt: true }\n"));
+    let e = config_error(&with_module(
+        guests::MISBEHAVE,
+        "        config: { rejekt: true }\n",
+    ));
     assert!(e.contains("rejekt"), "{e}");
 }
 
 #[test]
 fn sha256_is_checked() {
-    let e = config_error(&with_module(guests::HELLO, &format!("        sha256: {}\n", "0".repeat(64))));
-    assert!(e.starts_with("test.yaml:7:") && e.contains("sha256 is"), "{e}");
+    let e = config_error(&with_module(
+        guests::HELLO,
+        &format!("        sha256: {}\n", "0".repeat(64)),
+    ));
+    assert!(
+        e.starts_with("test.yaml:7:") && e.contains("sha256 is"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,12 +120,21 @@ clusters:
     let c = client();
     assert_eq!(c.get(p.addr, "/").await.header("x-stamp"), Some("v1"));
 
-    let bad = weft_config::Config::from_str(&yaml("v2", "/missing.wasm"), "next.yaml", None).unwrap();
+    let bad =
+        weft_config::Config::from_str(&yaml("v2", "/missing.wasm"), "next.yaml", None).unwrap();
     let e = p.running().reload(&bad).unwrap_err().to_string();
-    assert!(e.starts_with("next.yaml:8:") && e.contains("/missing.wasm"), "{e}");
-    assert_eq!(c.get(p.addr, "/").await.header("x-stamp"), Some("v1"), "still the last good chain");
+    assert!(
+        e.starts_with("next.yaml:8:") && e.contains("/missing.wasm"),
+        "{e}"
+    );
+    assert_eq!(
+        c.get(p.addr, "/").await.header("x-stamp"),
+        Some("v1"),
+        "still the last good chain"
+    );
 
-    let good = weft_config::Config::from_str(&yaml("v2", guests::STAMP), "next.yaml", None).unwrap();
+    let good =
+        weft_config::Config::from_str(&yaml("v2", guests::STAMP), "next.yaml", None).unwrap();
     p.running().reload(&good).unwrap();
     assert_eq!(c.get(p.addr, "/").await.header("x-stamp"), Some("v2"));
 }

@@ -27,7 +27,12 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_of_requests_abort() {
     let web = backend("web").start().await;
-    let p = proxy(&faulty(&web, "          abort: { status: 503, percentage: 50 }")).start().await;
+    let p = proxy(&faulty(
+        &web,
+        "          abort: { status: 503, percentage: 50 }",
+    ))
+    .start()
+    .await;
     let c = client();
     let total = 1000;
     let mut aborted = 0;
@@ -41,7 +46,11 @@ async fn half_of_requests_abort() {
     }
     let share = aborted as f64 / total as f64;
     assert!((0.44..=0.56).contains(&share), "aborted share {share}");
-    assert_eq!(web.requests(), total - aborted, "aborted requests never reach the backend");
+    assert_eq!(
+        web.requests(),
+        total - aborted,
+        "aborted requests never reach the backend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,6 +71,9 @@ async fn header_triggers_abort_and_delay() {
     let started = Instant::now();
     let r = c.get_with(p.addr, "/", &[("x-weft-fault", "delay")]).await;
     assert_eq!(r.status, 200);
-    assert!(started.elapsed() >= Duration::from_millis(300), "the delay was applied");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the delay was applied"
+    );
     assert_eq!(web.requests(), 2);
 }

@@ -33,7 +33,10 @@ async fn oversized_headers_get_431() {
         .await
         .unwrap();
     let mut buf = vec![0; 1024];
-    let n = tokio::time::timeout(LIMIT, s.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(LIMIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 431"), "{head}");
     assert_eq!(web.requests(), 0);
@@ -58,6 +61,56 @@ async fn slow_client_is_cut_off() {
         }
     })
     .await;
-    assert!(read.is_ok(), "connection still open after 10 s with a 500 ms header timeout");
+    assert!(
+        read.is_ok(),
+        "connection still open after 10 s with a 500 ms header timeout"
+    );
     assert_eq!(web.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_upstream_gets_504() {
+    // An upstream that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let yaml = format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    default_cluster: silent
+    limits: {{ request_timeout: 300ms }}
+clusters:
+  - name: silent
+    endpoints: ["{addr}"]
+"#
+    );
+    let p = proxy(&yaml).start().await;
+    let r = client().get(p.addr, "/").await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.header("x-weft-error"), Some("upstream"));
+    assert!(r.text().contains("did not answer within"), "{}", r.text());
+    hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_gets_503() {
+    // Bind then drop: nothing listens there any more.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = format!(
+        "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    default_cluster: gone\nclusters:\n  - name: gone\n    endpoints: [\"{addr}\"]\n"
+    );
+    let p = proxy(&yaml).start().await;
+    let r = client().get(p.addr, "/").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("cannot connect to"), "{}", r.text());
 }

@@ -29,8 +29,16 @@ async fn http2_end_to_end() {
     for i in 0..20 {
         let r = c.get(p.addr, &format!("/h2/{i}")).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.version, http::Version::HTTP_2, "client to proxy is HTTP/2");
-        assert_eq!(r.header("x-version"), Some("HTTP/2.0"), "proxy to backend is HTTP/2");
+        assert_eq!(
+            r.version,
+            http::Version::HTTP_2,
+            "client to proxy is HTTP/2"
+        );
+        assert_eq!(
+            r.header("x-version"),
+            Some("HTTP/2.0"),
+            "proxy to backend is HTTP/2"
+        );
         assert_eq!(r.header("x-path"), Some(format!("/h2/{i}").as_str()));
     }
     assert_eq!(web.connections(), 1, "one multiplexed upstream connection");
@@ -43,7 +51,13 @@ async fn http1_keeps_upstream_connections_alive() {
     let c = client();
     for _ in 0..200 {
         let r = c
-            .send(p.addr, "POST", "/echo", &[("x-trace", "t1")], Bytes::from_static(b"ping"))
+            .send(
+                p.addr,
+                "POST",
+                "/echo",
+                &[("x-trace", "t1")],
+                Bytes::from_static(b"ping"),
+            )
             .await;
         assert_eq!(r.status, 200);
         assert_eq!(r.version, http::Version::HTTP_11);
@@ -52,7 +66,11 @@ async fn http1_keeps_upstream_connections_alive() {
         assert_eq!(r.text(), "ping", "bodies stream through");
     }
     assert_eq!(web.requests(), 200);
-    assert!(web.connections() <= 4, "{} connections for 200 requests", web.connections());
+    assert!(
+        web.connections() <= 4,
+        "{} connections for 200 requests",
+        web.connections()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,10 +78,22 @@ async fn hop_by_hop_headers_stay_on_their_hop() {
     let web = backend("web").start().await;
     let p = proxy(&plain(&web, "http1")).start().await;
     let r = client()
-        .get_with(p.addr, "/", &[("connection", "x-secret"), ("x-secret", "1"), ("x-public", "2")])
+        .get_with(
+            p.addr,
+            "/",
+            &[
+                ("connection", "x-secret"),
+                ("x-secret", "1"),
+                ("x-public", "2"),
+            ],
+        )
         .await;
     assert_eq!(r.header("x-echo-public"), Some("2"));
-    assert_eq!(r.header("x-echo-secret"), None, "headers named by connection are dropped");
+    assert_eq!(
+        r.header("x-echo-secret"),
+        None,
+        "headers named by connection are dropped"
+    );
 }
 
 fn server_tls(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
@@ -141,6 +171,10 @@ clusters:
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
-    assert_eq!(resp.headers()["x-version"], "HTTP/2.0", "ALPN picked h2 upstream");
+    assert_eq!(
+        resp.headers()["x-version"],
+        "HTTP/2.0",
+        "ALPN picked h2 upstream"
+    );
     assert_eq!(resp.headers()["x-path"], "/secure");
 }

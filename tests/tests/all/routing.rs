@@ -61,10 +61,20 @@ async fn routes_by_path_method_header_and_query() {
         ("GET", "/any?debug=0", &[], "a"),
     ];
     for (method, path, headers, want) in cases {
-        let r = c.send(p.addr, method, path, headers, Default::default()).await;
+        let r = c
+            .send(p.addr, method, path, headers, Default::default())
+            .await;
         assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
-        assert_eq!(r.header("x-backend"), Some(*want), "{method} {path} {headers:?}");
-        assert_eq!(r.header("x-path"), Some(*path), "the path reaches the backend as sent");
+        assert_eq!(
+            r.header("x-backend"),
+            Some(*want),
+            "{method} {path} {headers:?}"
+        );
+        assert_eq!(
+            r.header("x-path"),
+            Some(*path),
+            "the path reaches the backend as sent"
+        );
     }
 }
 
@@ -149,5 +159,8 @@ clusters:
 "#,
     );
     assert!(e.starts_with("test.yaml:9:"), "{e}");
-    assert!(e.contains("listeners[0].filters[0].config") && e.contains("rejected its config"), "{e}");
+    assert!(
+        e.contains("listeners[0].filters[0].config") && e.contains("rejected its config"),
+        "{e}"
+    );
 }

@@ -31,19 +31,26 @@ const CASES: &[(&str, &str)] = &[
     ("/panic", "filter exploded on purpose"),
     ("/loop", "deadline"),
     ("/grow", "memory"),
+    ("/sleep", "must not wait"),
 ];
 
 async fn still_serving(p: &Proxy) {
     let r = client().get(p.addr, "/fine").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("x-echo-misbehave"), Some("passed"), "the filter runs again");
+    assert_eq!(
+        r.header("x-echo-misbehave"),
+        Some("passed"),
+        "the filter runs again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_closed_answers_503_naming_the_filter() {
     let logs = logs();
     let web = backend("web").start().await;
-    let p = proxy(&misbehaving(&web, "mis-closed", "fail-closed")).start().await;
+    let p = proxy(&misbehaving(&web, "mis-closed", "fail-closed"))
+        .start()
+        .await;
     still_serving(&p).await;
     for (path, reason) in CASES {
         let r = client().get(p.addr, path).await;
@@ -52,14 +59,22 @@ async fn fail_closed_answers_503_naming_the_filter() {
         let body = r.text();
         assert!(body.contains("\"mis-closed\""), "{path}: {body}");
         assert!(body.contains(reason), "{path}: {body}");
-        assert!(!body.trim().ends_with("unreachable") || *path == "/trap", "{body}");
+        assert!(
+            !body.trim().ends_with("unreachable") || *path == "/trap",
+            "{body}"
+        );
         still_serving(&p).await;
     }
-    assert_eq!(web.requests(), 1 + CASES.len(), "failed requests never reach the backend");
+    assert_eq!(
+        web.requests(),
+        1 + CASES.len(),
+        "failed requests never reach the backend"
+    );
     let log = logs.text();
     for (_, reason) in CASES {
         assert!(
-            log.lines().any(|l| l.contains("mis-closed") && l.contains(reason)),
+            log.lines()
+                .any(|l| l.contains("mis-closed") && l.contains(reason)),
             "log names filter and reason {reason:?}:\n{log}"
         );
     }
@@ -69,14 +84,22 @@ async fn fail_closed_answers_503_naming_the_filter() {
 async fn fail_open_skips_the_filter() {
     let logs = logs();
     let web = backend("web").start().await;
-    let p = proxy(&misbehaving(&web, "mis-open", "fail-open")).start().await;
+    let p = proxy(&misbehaving(&web, "mis-open", "fail-open"))
+        .start()
+        .await;
     for (path, reason) in CASES {
         let r = client().get(p.addr, path).await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
-        assert_eq!(r.header("x-path"), Some(*path), "the request went on without the filter");
+        assert_eq!(
+            r.header("x-path"),
+            Some(*path),
+            "the request went on without the filter"
+        );
         assert_eq!(r.header("x-echo-misbehave"), None);
         assert!(
-            logs.text().lines().any(|l| l.contains("mis-open") && l.contains(reason)),
+            logs.text()
+                .lines()
+                .any(|l| l.contains("mis-open") && l.contains(reason)),
             "log names filter and reason {reason:?}"
         );
         still_serving(&p).await;
@@ -87,7 +110,9 @@ async fn fail_open_skips_the_filter() {
 async fn reload_retries_on_a_fresh_instance() {
     let logs = logs();
     let web = backend("web").start().await;
-    let p = proxy(&misbehaving(&web, "mis-reload", "reload")).start().await;
+    let p = proxy(&misbehaving(&web, "mis-reload", "reload"))
+        .start()
+        .await;
     for (path, reason) in CASES {
         let r = client().get(p.addr, path).await;
         // These failures are deterministic: the fresh instance fails too.
@@ -98,7 +123,21 @@ async fn reload_retries_on_a_fresh_instance() {
             .lines()
             .filter(|l| l.contains("mis-reload") && l.contains(reason))
             .count();
-        assert!(failures >= 2, "{path}: tried on a fresh instance too ({failures} failures logged)");
+        assert!(
+            failures >= 2,
+            "{path}: tried on a fresh instance too ({failures} failures logged)"
+        );
         still_serving(&p).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_see_no_environment_files_or_network() {
+    let web = backend("web").start().await;
+    let p = proxy(&misbehaving(&web, "mis-escape", "fail-closed"))
+        .start()
+        .await;
+    let r = client().get(p.addr, "/escape").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-echo-escape"), Some("env=0 fs=false net=false"));
 }

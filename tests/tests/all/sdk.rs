@@ -63,10 +63,23 @@ clusters:
     for n in 1..=3 {
         let r = c.get(p.addr, "/s").await;
         assert_eq!(r.status, 200);
-        assert_eq!(r.header("x-echo-stamp-req"), Some("first,second"), "request order");
-        let stamps: Vec<_> = r.headers.get_all("x-stamp").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(
+            r.header("x-echo-stamp-req"),
+            Some("first,second"),
+            "request order"
+        );
+        let stamps: Vec<_> = r
+            .headers
+            .get_all("x-stamp")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
         assert_eq!(stamps, ["second", "first"], "responses run in reverse");
-        assert_eq!(r.header("x-echo-count"), Some(n.to_string().as_str()), "shared state counts");
+        assert_eq!(
+            r.header("x-echo-count"),
+            Some(n.to_string().as_str()),
+            "shared state counts"
+        );
         assert_eq!(r.text(), "WEB\n", "the buffered body was rewritten");
     }
     let admin = p.running().admin_addr().unwrap();
@@ -74,7 +87,10 @@ clusters:
     assert_eq!(ready.status, 200);
     let metrics = c.get(admin, "/metrics").await.text();
     assert!(
-        metrics.lines().any(|l| l.starts_with("weft_filter_stamp_requests_total{filter=\"first\"") && l.ends_with(" 3")),
+        metrics.lines().any(
+            |l| l.starts_with("weft_filter_stamp_requests_total{filter=\"first\"")
+                && l.ends_with(" 3")
+        ),
         "{metrics}"
     );
 }

@@ -1,5 +1,6 @@
 //! A filter that fails on purpose, by path, so the tests can check the sandbox:
-//! `/trap` traps, `/panic` panics, `/loop` never returns, `/grow` eats memory.
+//! `/trap` traps, `/panic` panics, `/loop` never returns, `/grow` eats memory,
+//! `/sleep` blocks on a timer, and `/escape` looks for the machine around it.
 
 use weft_sdk::prelude::*;
 
@@ -33,6 +34,21 @@ impl Filter for Misbehave {
             "/grow" => loop {
                 self.hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
             },
+            "/sleep" => {
+                // Blocks on a WASI clock: the host refuses to wait inside a hook.
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                Action::Continue
+            }
+            "/escape" => {
+                // What a filter can see of the machine: nothing.
+                let env = std::env::vars().count();
+                let fs = std::fs::read_dir("/").is_ok() || std::fs::read("/etc/hostname").is_ok();
+                let net = std::net::TcpStream::connect("127.0.0.1:1").is_ok();
+                println!("stdout works");
+                eprintln!("stderr works");
+                let _ = req.set_header("x-escape", &format!("env={env} fs={fs} net={net}"));
+                Action::Continue
+            }
             _ => {
                 let _ = req.set_header("x-misbehave", "passed");
                 Action::Continue

@@ -25,7 +25,11 @@ impl Filter for Stamp {
     }
 
     fn init(&mut self) -> Result<(), String> {
-        match Counter::define("stamp_requests_total", "Requests seen by the stamp filter.", &["path_kind"]) {
+        match Counter::define(
+            "stamp_requests_total",
+            "Requests seen by the stamp filter.",
+            &["path_kind"],
+        ) {
             Ok(c) => self.requests = Some(c),
             Err(e) => log::warn(&format!("no metric: {e:?}")),
         }

@@ -1,0 +1,97 @@
+//! A fixed-rate (open-loop) HTTP/1.1 load generator for latency: requests are sent on
+//! a schedule, and each latency counts from when the request *should* have been sent,
+//! so a stalled proxy cannot hide its stall (no coordinated omission).
+//!
+//! Usage: `loadgen URL RATE SECONDS [CONNECTIONS]`; prints one line:
+//! `requests=N errors=E p50_us=X p90_us=Y p99_us=Z max_us=M`.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 4 {
+        eprintln!("usage: loadgen URL RATE SECONDS [CONNECTIONS]");
+        std::process::exit(2);
+    }
+    let uri: hyper::Uri = args[1].parse().expect("URL");
+    let rate: f64 = args[2].parse().expect("RATE");
+    let seconds: f64 = args[3].parse().expect("SECONDS");
+    let conns: usize = args.get(4).map_or(16, |c| c.parse().expect("CONNECTIONS"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (latencies, errors) = rt.block_on(run(uri, rate, seconds, conns));
+    let mut l = latencies;
+    l.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if l.is_empty() {
+            return 0;
+        }
+        l[((l.len() as f64 * p) as usize).min(l.len() - 1)]
+    };
+    println!(
+        "requests={} errors={errors} p50_us={} p90_us={} p99_us={} max_us={}",
+        l.len(),
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        l.last().copied().unwrap_or(0)
+    );
+}
+
+async fn run(uri: hyper::Uri, rate: f64, seconds: f64, conns: usize) -> (Vec<u64>, usize) {
+    let total = (rate * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now() + Duration::from_millis(50);
+    let per_conn = conns.max(1);
+    let mut tasks = Vec::new();
+    for c in 0..per_conn {
+        let uri = uri.clone();
+        tasks.push(tokio::spawn(async move {
+            let authority = uri.authority().expect("URL with host:port").clone();
+            let stream = tokio::net::TcpStream::connect(authority.as_str())
+                .await
+                .expect("connect");
+            let _ = stream.set_nodelay(true);
+            let (mut send, conn) = http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("handshake");
+            tokio::spawn(conn);
+            let mut lat = Vec::with_capacity(total / per_conn + 1);
+            let mut errors = 0;
+            // Connection c sends requests c, c + conns, c + 2 conns, ...
+            let mut i = c;
+            while i < total {
+                let due = start + interval * i as u32;
+                tokio::time::sleep_until(due.into()).await;
+                let req = hyper::Request::get(uri.path())
+                    .header("host", authority.as_str())
+                    .body(Empty::<Bytes>::new())
+                    .expect("request");
+                match send.send_request(req).await {
+                    Ok(resp) if resp.status().is_success() => {
+                        let _ = resp.into_body().collect().await;
+                        lat.push(due.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+                i += per_conn;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("task");
+        all.extend(l);
+        errors += e;
+    }
+    (all, errors)
+}

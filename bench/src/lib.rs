@@ -1,0 +1,2 @@
+//! Weft's benchmark tools; `bench/run` drives them. See `bench/README.md`.
+#![forbid(unsafe_code)]
