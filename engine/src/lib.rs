@@ -32,6 +32,8 @@ mod stderr;
 mod wasi_io;
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -116,6 +118,10 @@ pub enum LoadError {
 
 struct EngineInner {
     wasmtime: wasmtime::Engine,
+    /// Where compiled components are kept across restarts; none disables it.
+    cache_dir: Option<PathBuf>,
+    /// Identifies the engine's settings in cache file names.
+    engine_hash: u64,
     linker: Linker<HostState>,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
     metrics: Arc<MetricsHub>,
@@ -129,8 +135,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine with Weft's settings, and its deadline clock running.
+    /// An engine with Weft's settings, and its deadline clock running. Compiled
+    /// components are cached on disk in `WEFT_CACHE_DIR` (`off` disables it), else
+    /// `$XDG_CACHE_HOME/weft` or `~/.cache/weft`.
     pub fn new() -> Result<Self, LoadError> {
+        Self::with_cache_dir(default_cache_dir())
+    }
+
+    /// Like [`Engine::new`], with compiled components cached in `cache_dir` (none:
+    /// not on disk).
+    pub fn with_cache_dir(cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         // Hook deadlines: a tick thread bumps the epoch, each call gets a budget.
@@ -151,8 +165,12 @@ impl Engine {
         )
         .map_err(|e| LoadError::Engine(e.to_string()))?;
         start_ticker(wasmtime.weak());
+        let mut hasher = std::hash::DefaultHasher::new();
+        wasmtime.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Self {
             inner: Arc::new(EngineInner {
+                cache_dir,
+                engine_hash: hasher.finish(),
                 wasmtime,
                 linker,
                 compiled: Mutex::default(),
@@ -204,18 +222,67 @@ impl Engine {
         if let Some(component) = cached {
             return Ok((hex_digest, component));
         }
-        // Compiling takes milliseconds; never under the cache lock.
-        let component =
-            Component::new(&self.inner.wasmtime, bytes).map_err(|e| LoadError::Compile {
-                source_name: source_name.clone(),
-                message: format!("{e:#}"),
-            })?;
+        let cache_file = self.inner.cache_dir.as_ref().map(|dir| {
+            dir.join(format!(
+                "{hex_digest}-{:016x}.cwasm",
+                self.inner.engine_hash
+            ))
+        });
+        let component = match cache_file.as_deref().and_then(|f| self.load_compiled(f)) {
+            Some(component) => component,
+            None => {
+                // Compiling takes milliseconds; never under the cache lock.
+                let component = Component::new(&self.inner.wasmtime, bytes).map_err(|e| {
+                    LoadError::Compile {
+                        source_name: source_name.clone(),
+                        message: format!("{e:#}"),
+                    }
+                })?;
+                if let Some(file) = &cache_file {
+                    store_compiled(file, &component);
+                }
+                component
+            }
+        };
         self.inner
             .compiled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(digest, component.clone());
         Ok((hex_digest, component))
+    }
+
+    /// A component compiled earlier by an engine with the same settings, from the
+    /// disk cache. Loading it skips the compiler entirely, which also keeps the
+    /// compiler's code and memory out of the proxy's resident set.
+    #[allow(unsafe_code)]
+    fn load_compiled(&self, file: &std::path::Path) -> Option<Component> {
+        if !file.exists() {
+            return None;
+        }
+        // SAFETY: wasmtime runs deserialized code as it is. The file is one this
+        // engine wrote into its own cache folder (created 0700), named by the sha256
+        // of the source module and the hash of the engine's settings; wasmtime
+        // checks its header and the engine compatibility before using it. Whoever
+        // can write there can already replace the proxy binary's neighbours; set
+        // WEFT_CACHE_DIR=off to never load compiled code from disk.
+        match unsafe { Component::deserialize_file(&self.inner.wasmtime, file) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(file = %file.display(), "ignoring cached component: {e}");
+                None
+            }
+        }
+    }
+
+    /// The file a module's compiled form is cached in, if the disk cache is on.
+    pub fn cache_file(&self, bytes: &[u8]) -> Option<PathBuf> {
+        let dir = self.inner.cache_dir.as_ref()?;
+        Some(dir.join(format!(
+            "{}-{:016x}.cwasm",
+            Self::digest(bytes),
+            self.inner.engine_hash
+        )))
     }
 
     /// Load a filter: check, compile (cached), instantiate, and hand it its config.
@@ -228,6 +295,39 @@ impl Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// `WEFT_CACHE_DIR` (`off` disables the cache), else `$XDG_CACHE_HOME/weft`, else
+/// `~/.cache/weft`.
+fn default_cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("WEFT_CACHE_DIR") {
+        Some(v) if v == "off" || v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("weft")),
+    }
+}
+
+/// Write a compiled component to the disk cache, atomically (write, then rename);
+/// a failure only costs a compile on the next start.
+fn store_compiled(file: &std::path::Path, component: &Component) {
+    use std::os::unix::fs::DirBuilderExt;
+    let result = (|| -> std::io::Result<()> {
+        let dir = file.parent().unwrap_or(file);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let bytes = component.serialize().map_err(std::io::Error::other)?;
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, file)
+    })();
+    if let Err(e) = result {
+        tracing::debug!(file = %file.display(), "cannot cache the compiled component: {e}");
     }
 }
 

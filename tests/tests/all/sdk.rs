@@ -121,3 +121,36 @@ clusters:
     let r = client().get(p.addr, "/hello").await;
     assert_eq!(r.text(), "hi from wasip1");
 }
+
+/// Compiled components are cached on disk by sha256; a damaged cache file is
+/// ignored and replaced, never trusted.
+#[test]
+fn compiled_components_are_cached_on_disk() {
+    use weft_engine::{Engine, FilterSpec};
+    let dir = TempDir::new();
+    let bytes = std::fs::read(guests::HELLO).unwrap();
+    let spec = || {
+        let mut s = FilterSpec::new("hello", "hello.wasm", &bytes);
+        s.config_json = r#"{"greeting":"hi"}"#.into();
+        s
+    };
+    let engine = Engine::with_cache_dir(Some(dir.0.clone())).unwrap();
+    let file = engine.cache_file(&bytes).unwrap();
+    engine.load(spec()).unwrap();
+    let written = std::fs::read(&file).expect("cached after the first compile");
+    assert!(written.len() > 1000);
+
+    // A fresh engine loads from the file.
+    Engine::with_cache_dir(Some(dir.0.clone()))
+        .unwrap()
+        .load(spec())
+        .unwrap();
+
+    // A damaged file is refused by wasmtime's checks, recompiled and rewritten.
+    std::fs::write(&file, b"garbage").unwrap();
+    Engine::with_cache_dir(Some(dir.0.clone()))
+        .unwrap()
+        .load(spec())
+        .unwrap();
+    assert_eq!(std::fs::read(&file).unwrap().len(), written.len());
+}
