@@ -67,14 +67,21 @@ fn hooks(c: &mut Criterion) {
             head = Some(run(&router, h));
         })
     });
-    c.bench_function("load/router cached (instantiate + init)", |b| {
+    c.bench_function("load/router compiled in memory (instantiate + init)", |b| {
         b.iter(|| black_box(load(&engine, "router", ROUTER)))
     });
     let mut group = c.benchmark_group("load");
     group.sample_size(10);
     group.bench_function("router cold (compile + instantiate + init)", |b| {
-        b.iter(|| black_box(load(&Engine::new().expect("engine"), "router", ROUTER)))
+        b.iter(|| {
+            let engine = Engine::with_cache_dir(None).expect("engine");
+            black_box(load(&engine, "router", ROUTER))
+        })
     });
+    group.bench_function(
+        "router from the disk cache (deserialize + instantiate + init)",
+        |b| b.iter(|| black_box(load(&Engine::new().expect("engine"), "router", ROUTER))),
+    );
     group.finish();
 }
 

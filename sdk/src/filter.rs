@@ -1,77 +1,111 @@
 //! The [`Filter`] trait and the glue that runs one filter value per instance.
 
-use std::any::Any;
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use serde::de::DeserializeOwned;
 
-use crate::{Action, Interest, LocalResponse, Request, Response, ResponseAction};
+use crate::{Action, Interest, LocalResponse, Request, Response, ResponseAction, config};
 
-/// A Weft filter. The type is its own configuration: the proxy's `config` for the
-/// filter is deserialized into it, then [`Filter::init`] runs.
+/// A Weft filter. The type is its own configuration: the filter's `config` from the
+/// proxy's YAML is deserialized into it (a missing `config` counts as `{}` when that
+/// deserializes), then [`Filter::init`] runs once per instance.
+///
+/// Only [`Filter::on_request`] is required. By default the proxy calls it for every
+/// request, without the body, and never calls [`Filter::on_response`]: override
+/// [`Filter::interest`] to change that.
 pub trait Filter: DeserializeOwned + 'static {
-    /// The hooks and bodies this filter wants. Only what is asked for is called, so
-    /// a filter pays nothing for the rest. Default: [`Interest::REQUEST`].
-    fn interest() -> Interest
-    where
-        Self: Sized,
-    {
-        Interest::REQUEST
-    }
-
-    /// Check and prepare the configuration after deserializing it. An error is
-    /// shown to the operator as the reason the configuration was rejected.
+    /// Check and prepare the configuration after it was deserialized (compile
+    /// patterns, define [`metrics`](crate::metrics)). An error is shown to the
+    /// operator as the reason the proxy refused the configuration.
     fn init(&mut self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// The hooks and bodies this filter wants, asked once after a successful
+    /// [`Filter::init`]. The proxy calls only the hooks asked for, so a filter pays
+    /// nothing for the rest.
+    ///
+    /// The default is [`Interest::REQUEST`]: `on_request` without the body. Override
+    /// it to get `on_response` or buffered bodies, for example
+    /// `Interest::REQUEST.with_response()` or
+    /// `Interest::REQUEST.with_response_body()`. It may depend on the configuration.
+    fn interest(&self) -> Interest {
+        Interest::REQUEST
     }
 
     /// Called for every request. Return [`Action::Continue`] to pass it on.
     fn on_request(&mut self, req: &Request) -> Action;
 
-    /// Called for every response when [`Filter::interest`] asks for it.
-    fn on_response(&mut self, _resp: &Response) -> ResponseAction {
+    /// Called for every response when [`Filter::interest`] asks for it. Responses see
+    /// the filters in the reverse order of requests.
+    fn on_response(&mut self, resp: &Response) -> ResponseAction {
+        let _ = resp;
         ResponseAction::Continue
     }
 }
 
-thread_local! {
-    // Wasm instances are single-threaded: one filter value per instance.
-    static FILTER: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+/// Where [`crate::export!`] keeps an instance's filter value.
+#[doc(hidden)]
+pub type Slot<F> = RefCell<Option<F>>;
+
+/// Make a filter from its configuration as the proxy does: deserialize the JSON
+/// (`null` standing for a missing `config`), then run [`Filter::init`].
+///
+/// This is how the proxy's `init` call builds the filter value, so unit tests of a
+/// filter can check its configuration handling on the host, error messages included.
+///
+/// ```no_run
+/// # use weft_sdk::prelude::*;
+/// # #[derive(Deserialize)] #[serde(crate = "weft_sdk::serde")] struct Hello { greeting: String }
+/// # impl Filter for Hello { fn on_request(&mut self, _: &Request) -> Action { Action::Continue } }
+/// let hello: Hello = weft_sdk::from_config(r#"{"greeting":"hi"}"#)?;
+/// let err = weft_sdk::from_config::<Hello>("null").err().unwrap_or_default();
+/// assert_eq!(err, "no config given: missing field `greeting`");
+/// # Ok::<(), String>(())
+/// ```
+pub fn from_config<F: Filter>(config_json: &str) -> Result<F, String> {
+    let mut filter: F = config::parse(config_json)?;
+    filter.init()?;
+    Ok(filter)
 }
 
 #[doc(hidden)]
-pub fn init<F: Filter>(config: &str) -> Result<Interest, String> {
-    let mut filter: F = match serde_json::from_str(config) {
-        Ok(f) => f,
-        // A filter whose fields all have defaults accepts a missing config as {}.
-        Err(e) if config.trim() == "null" => {
-            serde_json::from_str("{}").map_err(|_| format!("invalid config: {e}"))?
-        }
-        Err(e) => return Err(format!("invalid config: {e}")),
-    };
-    filter.init()?;
-    FILTER.with(|slot| *slot.borrow_mut() = Some(Box::new(filter)));
-    Ok(F::interest())
+pub fn init<F: Filter>(slot: &'static LocalKey<Slot<F>>, config: &str) -> Result<Interest, String> {
+    // A failed second init must not leave the first configuration running.
+    slot.with(|s| s.replace(None));
+    let filter: F = from_config(config)?;
+    let interest = filter.interest();
+    slot.with(|s| s.replace(Some(filter)));
+    Ok(interest)
 }
 
-fn with_filter<F: Filter, R>(f: impl FnOnce(&mut F) -> R) -> Option<R> {
-    FILTER.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        slot.as_mut().and_then(|b| b.downcast_mut::<F>()).map(f)
+fn with_filter<F: Filter, R>(
+    slot: &'static LocalKey<Slot<F>>,
+    hook: impl FnOnce(&mut F) -> R,
+) -> Result<R, LocalResponse> {
+    slot.with(|s| {
+        // Hooks are never re-entered, but a failed borrow must not become a panic.
+        let Ok(mut guard) = s.try_borrow_mut() else {
+            return Err(failure("filter hook re-entered while running"));
+        };
+        match guard.as_mut() {
+            Some(filter) => Ok(hook(filter)),
+            None => Err(failure("filter hook called before init succeeded")),
+        }
     })
 }
 
-fn not_initialised() -> LocalResponse {
-    LocalResponse::new(500).text("filter hook called before init succeeded\n")
+fn failure(why: &str) -> LocalResponse {
+    LocalResponse::new(500).text(format!("{why}\n"))
 }
 
 #[doc(hidden)]
-pub fn on_request<F: Filter>(req: &Request) -> Action {
-    with_filter::<F, _>(|f| f.on_request(req)).unwrap_or_else(|| Action::Respond(not_initialised()))
+pub fn on_request<F: Filter>(slot: &'static LocalKey<Slot<F>>, req: &Request) -> Action {
+    with_filter(slot, |f: &mut F| f.on_request(req)).unwrap_or_else(Action::Respond)
 }
 
 #[doc(hidden)]
-pub fn on_response<F: Filter>(resp: &Response) -> ResponseAction {
-    with_filter::<F, _>(|f| f.on_response(resp))
-        .unwrap_or_else(|| ResponseAction::Respond(not_initialised()))
+pub fn on_response<F: Filter>(slot: &'static LocalKey<Slot<F>>, resp: &Response) -> ResponseAction {
+    with_filter(slot, |f: &mut F| f.on_response(resp)).unwrap_or_else(ResponseAction::Respond)
 }

@@ -1,41 +1,60 @@
-//! Services the proxy offers to filters. Calls are cheap and never block; the ones
-//! that can fail return `Result`.
+//! Services the proxy offers to filters. Every call is cheap and never blocks; the
+//! ones that can fail return `Result`, and nothing here panics on the proxy's answer.
 
 use crate::__weft_bindings::weft::filter::host as raw;
 
-/// Structured logs through the proxy's logger, tagged with the filter's name.
+/// Log records through the proxy's logger, tagged with the filter's name.
+///
+/// ```no_run
+/// weft_sdk::log::info("config loaded");
+/// weft_sdk::log::warn(&format!("unknown tenant {:?}", "acme"));
+/// ```
 pub mod log {
     use super::raw;
+    pub use raw::Level;
 
+    /// Log at this level.
+    pub fn log(level: Level, message: &str) {
+        raw::log(level, message);
+    }
     /// Log at trace level.
     pub fn trace(message: &str) {
-        raw::log(raw::Level::Trace, message);
+        raw::log(Level::Trace, message);
     }
     /// Log at debug level.
     pub fn debug(message: &str) {
-        raw::log(raw::Level::Debug, message);
+        raw::log(Level::Debug, message);
     }
     /// Log at info level.
     pub fn info(message: &str) {
-        raw::log(raw::Level::Info, message);
+        raw::log(Level::Info, message);
     }
     /// Log at warn level.
     pub fn warn(message: &str) {
-        raw::log(raw::Level::Warn, message);
+        raw::log(Level::Warn, message);
     }
     /// Log at error level.
     pub fn error(message: &str) {
-        raw::log(raw::Level::Error, message);
+        raw::log(Level::Error, message);
     }
 }
 
-/// Metrics exported on the proxy's `/metrics` as `weft_filter_<name>`, with a
-/// `filter` label naming the filter. Define them in [`crate::Filter::init`].
+/// Metrics on the proxy's admin `/metrics`, named `weft_filter_<name>` and labelled
+/// with the filter's name. Define them in [`crate::Filter::init`] and keep the
+/// handles in the filter value.
+///
+/// ```no_run
+/// use weft_sdk::metrics::Counter;
+/// let hits = Counter::define("hits_total", "Requests seen.", &["kind"])?;
+/// hits.inc(&["api"])?;
+/// # Ok::<(), weft_sdk::metrics::MetricError>(())
+/// ```
 pub mod metrics {
     use super::raw;
     pub use raw::MetricError;
 
-    fn labels(values: &[&str]) -> Vec<String> {
+    // The WIT list<string> lowers from owned strings only.
+    fn owned(values: &[&str]) -> Vec<String> {
         values.iter().map(|v| (*v).to_owned()).collect()
     }
 
@@ -45,61 +64,73 @@ pub mod metrics {
         help: &str,
         label_names: &[&str],
     ) -> Result<u32, MetricError> {
-        raw::define_metric(kind, name, help, &labels(label_names))
+        raw::define_metric(kind, name, help, &owned(label_names))
     }
 
     /// A counter: only goes up.
-    #[derive(Clone, Copy, Debug)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Counter(u32);
 
     impl Counter {
-        /// Define (or find) a counter with these label names.
+        /// Define (or find, with the same label names) a counter.
         pub fn define(name: &str, help: &str, label_names: &[&str]) -> Result<Self, MetricError> {
             define(raw::MetricKind::Counter, name, help, label_names).map(Self)
+        }
+        /// Add one to the series with these label values.
+        pub fn inc(&self, label_values: &[&str]) -> Result<(), MetricError> {
+            self.add(label_values, 1)
         }
         /// Add to the series with these label values.
         pub fn add(&self, label_values: &[&str], delta: u64) -> Result<(), MetricError> {
             let delta = i64::try_from(delta).unwrap_or(i64::MAX);
-            raw::metric_add(self.0, &labels(label_values), delta)
+            raw::metric_add(self.0, &owned(label_values), delta)
         }
     }
 
     /// A gauge: goes up and down.
-    #[derive(Clone, Copy, Debug)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Gauge(u32);
 
     impl Gauge {
-        /// Define (or find) a gauge with these label names.
+        /// Define (or find, with the same label names) a gauge.
         pub fn define(name: &str, help: &str, label_names: &[&str]) -> Result<Self, MetricError> {
             define(raw::MetricKind::Gauge, name, help, label_names).map(Self)
         }
-        /// Add (or, negative, subtract).
+        /// Add to the series with these label values (negative: subtract).
         pub fn add(&self, label_values: &[&str], delta: i64) -> Result<(), MetricError> {
-            raw::metric_add(self.0, &labels(label_values), delta)
+            raw::metric_add(self.0, &owned(label_values), delta)
         }
-        /// Set.
+        /// Set the series with these label values.
         pub fn set(&self, label_values: &[&str], value: i64) -> Result<(), MetricError> {
-            raw::metric_set(self.0, &labels(label_values), value)
+            raw::metric_set(self.0, &owned(label_values), value)
         }
     }
 
-    /// A histogram of observations.
-    #[derive(Clone, Copy, Debug)]
+    /// A histogram: observations counted in buckets.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Histogram(u32);
 
     impl Histogram {
-        /// Define (or find) a histogram with these label names.
+        /// Define (or find, with the same label names) a histogram.
         pub fn define(name: &str, help: &str, label_names: &[&str]) -> Result<Self, MetricError> {
             define(raw::MetricKind::Histogram, name, help, label_names).map(Self)
         }
-        /// Record one observation.
+        /// Record one observation in the series with these label values.
         pub fn observe(&self, label_values: &[&str], value: f64) -> Result<(), MetricError> {
-            raw::metric_observe(self.0, &labels(label_values), value)
+            raw::metric_observe(self.0, &owned(label_values), value)
         }
     }
 }
 
-/// Key-value state shared by every instance of this filter in this proxy.
+/// Key-value state shared by every instance of this filter in this proxy process
+/// (one filter's state is not another's). Writes are versioned, so instances can
+/// update a value without losing each other's writes.
+///
+/// ```no_run
+/// use weft_sdk::state;
+/// let seen = state::increment("requests", 1)?;
+/// # Ok::<(), weft_sdk::state::StateError>(())
+/// ```
 pub mod state {
     use super::raw;
     pub use raw::{Entry, StateError};
@@ -112,8 +143,8 @@ pub mod state {
     pub fn set(key: &str, value: &[u8]) -> Result<u64, StateError> {
         raw::state_set(key, value)
     }
-    /// Write only if the key's version is `expected` (`None`: only if absent).
-    /// `Ok(None)` when the version did not match.
+    /// Write a key only if its version is `expected` (`None`: only if it is absent).
+    /// Returns the new version, or `Ok(None)` when the version did not match.
     pub fn compare_and_swap(
         key: &str,
         expected: Option<u64>,
@@ -121,7 +152,8 @@ pub mod state {
     ) -> Result<Option<u64>, StateError> {
         raw::state_compare_and_swap(key, expected, value)
     }
-    /// Add to an integer key atomically; returns the new value.
+    /// Add `delta` to a key holding an integer (absent counts as 0), atomically;
+    /// returns the new value.
     pub fn increment(key: &str, delta: i64) -> Result<i64, StateError> {
         raw::state_increment(key, delta)
     }
@@ -131,22 +163,24 @@ pub mod state {
     }
 }
 
-/// Clocks.
+/// The proxy's clocks.
 pub mod time {
     use super::raw;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    /// A monotonic instant; only differences mean anything.
+    /// Time on a monotonic clock; only differences between two readings mean
+    /// anything.
     pub fn monotonic() -> Duration {
         Duration::from_nanos(raw::monotonic_now())
     }
     /// The wall clock.
     pub fn wall() -> SystemTime {
-        UNIX_EPOCH + Duration::from_nanos(raw::wall_now())
+        let since_epoch = Duration::from_nanos(raw::wall_now());
+        UNIX_EPOCH.checked_add(since_epoch).unwrap_or(UNIX_EPOCH)
     }
 }
 
-/// Randomness from the proxy (not for cryptography).
+/// Randomness from the proxy's generator (not for cryptography).
 pub mod random {
     use super::raw;
 
@@ -155,15 +189,16 @@ pub mod random {
         raw::random_u64()
     }
 
-    /// True with the given probability in percent (0 to 100).
+    /// True with the given probability in percent: `chance(25.0)` is true about one
+    /// time in four. 0 or less (or NaN) is never, 100 or more is always.
     pub fn chance(percent: f64) -> bool {
         if percent >= 100.0 {
             return true;
         }
-        if percent <= 0.0 {
+        if percent.is_nan() || percent <= 0.0 {
             return false;
         }
-        // 53 random bits make an evenly spread f64 in [0, 1).
+        // The top 53 bits make an evenly spread f64 in [0, 1).
         let unit = (raw::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
         unit * 100.0 < percent
     }

@@ -1,14 +1,20 @@
 //! Write Weft filters in Rust.
 //!
-//! A Weft filter is a WebAssembly component that the proxy runs on every request of a
-//! listener. With this crate:
+//! A Weft filter is a WebAssembly component that the proxy runs on the requests (and,
+//! when it asks, the responses) of a listener. With this crate:
 //!
 //! 1. Make a `cdylib` crate that depends on `weft-sdk`.
 //! 2. Declare the filter as a type that is also its configuration: the SDK
-//!    deserializes the filter's `config` (from the proxy's YAML) into it with serde.
-//! 3. Implement [`Filter`]: only [`Filter::on_request`] is required.
-//! 4. Export it with [`export!`], and build with
-//!    `cargo build --release --target wasm32-wasip2` (or `cargo component build`).
+//!    deserializes the filter's `config` (from the proxy's YAML, handed over as JSON)
+//!    into it with serde. Derive [`Deserialize`](serde::Deserialize) with
+//!    `#[serde(crate = "weft_sdk::serde")]`, so the crate needs no serde dependency of
+//!    its own.
+//! 3. Implement [`Filter`]: only [`Filter::on_request`] is required. Override
+//!    [`Filter::init`] to check the configuration and [`Filter::interest`] to get
+//!    [`Filter::on_response`] or message bodies.
+//! 4. Export it with [`export!`].
+//! 5. Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file in
+//!    `target/wasm32-wasip2/release/` is the filter's `module`.
 //!
 //! ```no_run
 //! use weft_sdk::prelude::*;
@@ -27,13 +33,18 @@
 //! ```
 //!
 //! The proxy keeps several instances of a filter and lends each hook call to a free
-//! one, so keep per-request state out of the filter value; use [`state`] for what
-//! instances share.
+//! one, so the two hooks of one request may run on different instances: keep only
+//! configuration (and caches of it) in the filter value, and use [`state`] for what
+//! instances must share. The proxy's services ([`log`], [`metrics`], [`state`],
+//! [`time`], [`random`]) never block, and the ones that can fail return `Result`.
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
+/// The one place the WIT contract (`wit/filter.wit`) becomes Rust. It is public only
+/// because [`export!`] expands in the filter's crate and must name the generated glue.
 #[doc(hidden)]
+#[allow(missing_docs, unsafe_code)]
 pub mod __weft_bindings {
-    #![allow(missing_docs)]
     wit_bindgen::generate!({
         path: "../wit",
         world: "filter-world",
@@ -43,14 +54,16 @@ pub mod __weft_bindings {
     });
 }
 
+mod config;
 mod filter;
-pub mod host;
+mod host;
+mod types;
 
 pub use __weft_bindings::weft::filter::types::{
     Action, BodyMode, Connection, Header, HeaderError, HttpVersion, Interest, LocalResponse,
     Request, Response, ResponseAction,
 };
-pub use filter::Filter;
+pub use filter::{Filter, from_config};
 pub use host::{log, metrics, random, state, time};
 pub use serde;
 
@@ -62,118 +75,64 @@ pub mod prelude {
     pub use serde::Deserialize;
 }
 
+/// What [`export!`] expands to needs; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::filter::{init, on_request, on_response};
+    pub use crate::__weft_bindings::exports::weft::filter::filter::Guest;
+    pub use crate::filter::{Slot, init, on_request, on_response};
 }
 
-/// Export a [`Filter`] type as the component's filter.
+/// Export a [`Filter`] type as this component's filter.
+///
+/// Call it once, at the top level of the filter's crate, with the filter type. It
+/// implements the WIT exports and keeps the instance's one filter value, created by
+/// the proxy's `init` call; a hook called before `init` succeeded answers 500.
 ///
 /// ```no_run
 /// # use weft_sdk::prelude::*;
-/// # #[derive(Deserialize)] #[serde(crate = "weft_sdk::serde")] struct MyFilter;
+/// # #[derive(Deserialize)] #[serde(crate = "weft_sdk::serde")] struct MyFilter {}
 /// # impl Filter for MyFilter { fn on_request(&mut self, _: &Request) -> Action { Action::Continue } }
 /// weft_sdk::export!(MyFilter);
 /// ```
 #[macro_export]
 macro_rules! export {
-    ($filter:ty) => {
+    ($filter:ty $(,)?) => {
+        // An unnamed const keeps the glue out of the filter crate's namespace while
+        // `$filter` still resolves where the macro was called.
         #[doc(hidden)]
-        struct __WeftExportedFilter;
+        const _: () = {
+            ::std::thread_local! {
+                // Wasm instances are single-threaded: this is the instance's filter.
+                static __WEFT_FILTER: $crate::__private::Slot<$filter> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
 
-        impl $crate::__weft_bindings::exports::weft::filter::filter::Guest for __WeftExportedFilter {
-            fn init(config: ::std::string::String) -> ::std::result::Result<$crate::Interest, ::std::string::String> {
-                $crate::__private::init::<$filter>(&config)
-            }
-            fn on_request(request: &$crate::Request) -> $crate::Action {
-                $crate::__private::on_request::<$filter>(request)
-            }
-            fn on_response(response: &$crate::Response) -> $crate::ResponseAction {
-                $crate::__private::on_response::<$filter>(response)
-            }
-        }
+            // Only the wasm export below names it; on the host it is unused.
+            #[allow(dead_code)]
+            struct __WeftExport;
 
-        // Only wasm has the component's export names; on the host (unit tests of a
-        // filter's logic) there is nothing to export.
-        #[cfg(target_arch = "wasm32")]
-        $crate::__weft_bindings::__weft_export_world!(__WeftExportedFilter with_types_in $crate::__weft_bindings);
+            impl $crate::__private::Guest for __WeftExport {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::core::result::Result<$crate::Interest, ::std::string::String> {
+                    $crate::__private::init::<$filter>(&__WEFT_FILTER, &config)
+                }
+
+                fn on_request(request: &$crate::Request) -> $crate::Action {
+                    $crate::__private::on_request::<$filter>(&__WEFT_FILTER, request)
+                }
+
+                fn on_response(response: &$crate::Response) -> $crate::ResponseAction {
+                    $crate::__private::on_response::<$filter>(&__WEFT_FILTER, response)
+                }
+            }
+
+            // Only wasm has the component's export names; on the host (unit tests of
+            // a filter's logic) there is nothing to export.
+            #[cfg(target_arch = "wasm32")]
+            $crate::__weft_bindings::__weft_export_world!(
+                __WeftExport with_types_in $crate::__weft_bindings
+            );
+        };
     };
-}
-
-impl Action {
-    /// Answer with this status and a `text/plain` body.
-    pub fn respond(status: u16, body: impl AsRef<[u8]>) -> Self {
-        Action::Respond(LocalResponse::new(status).text(body))
-    }
-
-    /// Send the request to this cluster (then go on with the next filter).
-    pub fn route(cluster: impl Into<String>) -> Self {
-        Action::Route(cluster.into())
-    }
-
-    /// Hold the request this long (then go on with the next filter).
-    pub fn delay(duration: std::time::Duration) -> Self {
-        Action::Delay(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX))
-    }
-}
-
-impl LocalResponse {
-    /// An empty response with this status.
-    pub fn new(status: u16) -> Self {
-        Self {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
-    }
-
-    /// Add a header.
-    pub fn header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
-        self.headers.push(Header {
-            name: name.into(),
-            value: value.as_ref().to_vec(),
-        });
-        self
-    }
-
-    /// Set the body.
-    pub fn body(mut self, body: impl AsRef<[u8]>) -> Self {
-        self.body = body.as_ref().to_vec();
-        self
-    }
-
-    /// Set a plain-text body (and its content type).
-    pub fn text(self, body: impl AsRef<[u8]>) -> Self {
-        self.header("content-type", "text/plain; charset=utf-8")
-            .body(body)
-    }
-}
-
-impl Interest {
-    /// The request hook only, no bodies: the default.
-    pub const REQUEST: Interest = Interest {
-        request: true,
-        request_body: BodyMode::None,
-        response: false,
-        response_body: BodyMode::None,
-    };
-
-    /// Also call `on_response`.
-    pub const fn with_response(mut self) -> Self {
-        self.response = true;
-        self
-    }
-
-    /// Buffer the request body for `on_request`.
-    pub const fn with_request_body(mut self) -> Self {
-        self.request_body = BodyMode::Buffered;
-        self
-    }
-
-    /// Call `on_response` with the response body buffered.
-    pub const fn with_response_body(mut self) -> Self {
-        self.response = true;
-        self.response_body = BodyMode::Buffered;
-        self
-    }
 }

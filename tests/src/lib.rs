@@ -198,6 +198,17 @@ impl Drop for Backend {
     }
 }
 
+/// YAML for the most common proxy of these tests: one listener `main` on a free port,
+/// whose requests go to the cluster `web` (this backend) unless a filter routes them,
+/// through `filters`: YAML list items indented by six spaces.
+pub fn chain(web: &Backend, filters: &str) -> String {
+    format!(
+        "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    default_cluster: web\n    \
+         filters:\n{filters}\nclusters:\n  - name: web\n    endpoints: [\"{}\"]\n",
+        web.addr
+    )
+}
+
 /// Start describing a proxy from YAML.
 pub fn proxy(yaml: &str) -> ProxyBuilder {
     ProxyBuilder {

@@ -1,15 +1,40 @@
 //! The built-in fault filter: abort requests with a status, or delay them, for a
-//! percentage of requests and/or only those carrying a header value. When both an
-//! abort and a delay apply to a request, the abort wins.
+//! percentage of requests and/or only for requests carrying a header value.
+//!
+//! 1. An `abort` answers the request itself (with `x-weft-fault: abort`), so the
+//!    upstream never sees it.
+//! 2. A `delay` holds the request, then lets it go on.
+//! 3. When both apply to one request, the abort wins: a hook returns one action.
+//!
+//! ```yaml
+//! abort:
+//!   status: 503
+//!   percentage: 50          # 0 to 100; defaults to 100 when `header` is given
+//!   header: { name: x-weft-fault, value: abort }   # optional
+//!   body: "fault injected"  # optional
+//! delay:
+//!   duration: 200ms
+//!   percentage: 100
+//!   header: { name: x-weft-fault, value: delay }
+//! ```
+//!
+//! ```no_run
+//! let fault: weft_filter_fault::Fault =
+//!     weft_sdk::from_config(r#"{"abort":{"status":503,"percentage":50}}"#)?;
+//! # Ok::<(), String>(())
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 
 use weft_sdk::prelude::*;
 use weft_sdk::random;
 
+/// The fault filter's configuration.
 #[derive(Deserialize)]
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
-struct Fault {
+pub struct Fault {
     #[serde(default)]
     abort: Option<Abort>,
     #[serde(default)]
@@ -31,7 +56,7 @@ struct Abort {
 #[derive(Deserialize)]
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
 struct Delay {
-    #[serde(with = "duration")]
+    #[serde(with = "humantime_duration")]
     duration: Duration,
     #[serde(default)]
     percentage: Option<f64>,
@@ -46,7 +71,7 @@ struct HeaderMatch {
     value: String,
 }
 
-mod duration {
+mod humantime_duration {
     use std::time::Duration;
     use weft_sdk::serde::{Deserialize, Deserializer, de::Error};
 
@@ -58,28 +83,43 @@ mod duration {
     }
 }
 
-/// When a fault applies: its header condition (if any) holds, and the dice agree.
-fn applies(req: &Request, header: &Option<HeaderMatch>, percentage: Option<f64>) -> bool {
-    if let Some(h) = header {
-        if req.header(&h.name).as_deref() != Some(h.value.as_str()) {
-            return false;
-        }
+const DEFAULT_ABORT_BODY: &str = "fault injected by the weft fault filter\n";
+
+/// Whether a fault with this condition hits this request: its header (if any) has
+/// the value, and the dice (if a percentage below 100 was given) agree.
+fn hits(req: &Request, header: Option<&HeaderMatch>, percentage: Option<f64>) -> bool {
+    if let Some(h) = header
+        && req.header(&h.name).as_deref() != Some(h.value.as_str())
+    {
+        return false;
     }
     random::chance(percentage.unwrap_or(100.0))
 }
 
-fn check_percentage(
+/// Check a fault's condition; lower-case its header name as the proxy's are.
+fn check_condition(
     what: &str,
-    p: Option<f64>,
-    header: &Option<HeaderMatch>,
+    percentage: Option<f64>,
+    header: Option<&mut HeaderMatch>,
 ) -> Result<(), String> {
-    match p {
-        None if header.is_none() => Err(format!("{what}: give a percentage, a header, or both")),
-        Some(p) if !(0.0..=100.0).contains(&p) => {
-            Err(format!("{what}.percentage {p} is not within 0 to 100"))
+    match percentage {
+        None if header.is_none() => {
+            return Err(format!(
+                "{what}: give a percentage (0 to 100), a header, or both"
+            ));
         }
-        _ => Ok(()),
+        Some(p) if !(0.0..=100.0).contains(&p) => {
+            return Err(format!("{what}.percentage: {p} is not within 0 to 100"));
+        }
+        _ => {}
     }
+    if let Some(h) = header {
+        if h.name.is_empty() {
+            return Err(format!("{what}.header.name is empty"));
+        }
+        h.name.make_ascii_lowercase();
+    }
+    Ok(())
 }
 
 impl Filter for Fault {
@@ -87,39 +127,96 @@ impl Filter for Fault {
         if self.abort.is_none() && self.delay.is_none() {
             return Err("configure abort, delay, or both".into());
         }
-        if let Some(a) = &self.abort {
+        if let Some(a) = &mut self.abort {
             if !(200..=599).contains(&a.status) {
                 return Err(format!(
-                    "abort.status {} is not within 200 to 599",
+                    "abort.status: {} is not within 200 to 599",
                     a.status
                 ));
             }
-            check_percentage("abort", a.percentage, &a.header)?;
+            check_condition("abort", a.percentage, a.header.as_mut())?;
         }
-        if let Some(d) = &self.delay {
-            check_percentage("delay", d.percentage, &d.header)?;
+        if let Some(d) = &mut self.delay {
+            check_condition("delay", d.percentage, d.header.as_mut())?;
         }
         Ok(())
     }
 
     fn on_request(&mut self, req: &Request) -> Action {
-        if let Some(a) = &self.abort {
-            if applies(req, &a.header, a.percentage) {
-                let body = a.body.as_deref().unwrap_or("fault injected: abort\n");
-                return Action::Respond(
-                    LocalResponse::new(a.status)
-                        .text(body)
-                        .header("x-weft-fault", "abort"),
-                );
-            }
+        if let Some(a) = &self.abort
+            && hits(req, a.header.as_ref(), a.percentage)
+        {
+            let body = a.body.as_deref().unwrap_or(DEFAULT_ABORT_BODY);
+            return Action::Respond(
+                LocalResponse::new(a.status)
+                    .text(body)
+                    .header("x-weft-fault", "abort"),
+            );
         }
-        if let Some(d) = &self.delay {
-            if applies(req, &d.header, d.percentage) {
-                return Action::delay(d.duration);
-            }
+        if let Some(d) = &self.delay
+            && hits(req, d.header.as_ref(), d.percentage)
+        {
+            return Action::delay(d.duration);
         }
         Action::Continue
     }
 }
 
 weft_sdk::export!(Fault);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(json: &str) -> String {
+        match weft_sdk::from_config::<Fault>(json) {
+            Ok(_) => panic!("accepted {json}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn good_configs_load() {
+        let f: Fault = weft_sdk::from_config(
+            r#"{"abort":{"status":503,"header":{"name":"X-Weft-Fault","value":"abort"}},
+                "delay":{"duration":"1s 200ms","percentage":12.5}}"#,
+        )
+        .unwrap();
+        let abort = f.abort.as_ref().unwrap();
+        assert_eq!(abort.header.as_ref().unwrap().name, "x-weft-fault");
+        assert_eq!(f.delay.unwrap().duration, Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let cases = [
+            ("null", "configure abort, delay, or both"),
+            ("{}", "configure abort, delay, or both"),
+            (
+                r#"{"abort":{"status":600,"percentage":1}}"#,
+                "abort.status: 600 is not within 200 to 599",
+            ),
+            (
+                r#"{"abort":{"status":503}}"#,
+                "abort: give a percentage (0 to 100), a header, or both",
+            ),
+            (
+                r#"{"delay":{"duration":"1s","percentage":101}}"#,
+                "delay.percentage: 101 is not within 0 to 100",
+            ),
+            (
+                r#"{"delay":{"duration":"soon","percentage":1}}"#,
+                "delay.duration: invalid duration \"soon\"",
+            ),
+            (
+                r#"{"abort":{"status":503,"percentage":1,"stauts":1}}"#,
+                "unknown field `stauts`",
+            ),
+            (r#"{"abrot":{}}"#, "unknown field `abrot`"),
+        ];
+        for (json, want) in cases {
+            let e = error(json);
+            assert!(e.contains(want), "{json}\n  gave {e}\n  want {want}");
+        }
+    }
+}

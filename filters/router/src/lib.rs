@@ -1,274 +1,454 @@
 //! The built-in router: picks the upstream cluster of a request by path, method,
 //! headers and query, splits traffic by weight, and rewrites path prefixes and hosts.
-//! The first matching route wins; no match answers 404.
+//!
+//! 1. Routes are tried in order; the first whose conditions all hold wins.
+//! 2. The winning route's `rewrite` (if any) changes the path and the authority.
+//! 3. The request goes to the route's `cluster`, or to one of its `split` clusters
+//!    picked at random in proportion to the weights.
+//! 4. No route matches: a local 404 naming the method and path.
+//!
+//! ```yaml
+//! routes:
+//!   - match:
+//!       path: { prefix: /api }     # or { exact: /a }, or { regex: "^/u/[0-9]+$" }
+//!       method: GET                # or [GET, HEAD]
+//!       headers: [{ name: x-user, exact: alice }]   # or regex, or present: true|false
+//!       query: [{ name: debug, exact: "1" }]
+//!     cluster: web                 # or split: [{ cluster: v1, weight: 80 }, ...]
+//!     rewrite: { prefix: /, host: web.internal }
+//! ```
+//!
+//! Paths match without their query string. A `prefix` is a plain string prefix (`/api`
+//! also matches `/apis`; write `/api/` to mean the folder). Header and query conditions
+//! look at the first value; query names and values are percent-decoded first.
+//!
+//! ```no_run
+//! let router: weft_filter_router::Router = weft_sdk::from_config(
+//!     r#"{"routes":[{"match":{"path":{"prefix":"/"}},"cluster":"web"}]}"#,
+//! )?;
+//! # Ok::<(), String>(())
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+use std::borrow::Cow;
 
 use regex_lite::Regex;
 use weft_sdk::prelude::*;
 use weft_sdk::random;
+use weft_sdk::serde::de::{self, Deserializer, SeqAccess, Visitor};
 
-/// The router's configuration: its routes, in order.
+/// The router's configuration (its routes, in order), and once initialised, the
+/// compiled form the request path uses.
 #[derive(Deserialize)]
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
-struct Router {
-    routes: Vec<Route>,
+pub struct Router {
+    routes: Vec<RouteConfig>,
+    #[serde(skip)]
+    compiled: Vec<Route>,
 }
 
 #[derive(Deserialize)]
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
-struct Route {
+struct RouteConfig {
     #[serde(default, rename = "match")]
-    matches: Match,
+    matches: MatchConfig,
     #[serde(default)]
     cluster: Option<String>,
     #[serde(default)]
-    split: Vec<Split>,
+    split: Option<Vec<SplitConfig>>,
     #[serde(default)]
-    rewrite: Option<Rewrite>,
-    /// Sum of split weights, set in init.
-    #[serde(skip)]
-    total_weight: u64,
+    rewrite: Option<RewriteConfig>,
 }
 
 #[derive(Default, Deserialize)]
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
-struct Match {
+struct MatchConfig {
     #[serde(default)]
-    path: Option<PathMatch>,
+    path: Option<PathConfig>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    method: Vec<String>,
     #[serde(default)]
-    method: Option<Methods>,
+    headers: Vec<ValueConfig>,
     #[serde(default)]
-    headers: Vec<ValueMatch>,
-    #[serde(default)]
-    query: Vec<ValueMatch>,
+    query: Vec<ValueConfig>,
 }
 
-#[derive(Deserialize)]
-#[serde(
-    crate = "weft_sdk::serde",
-    rename_all = "lowercase",
-    deny_unknown_fields
-)]
-enum PathMatch {
-    Exact(String),
-    Prefix(String),
-    Regex(#[serde(with = "regex_serde")] Regex),
-}
-
-#[derive(Deserialize)]
-#[serde(crate = "weft_sdk::serde", untagged)]
-enum Methods {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Methods {
-    fn contains(&self, method: &str) -> bool {
-        match self {
-            Methods::One(m) => m.eq_ignore_ascii_case(method),
-            Methods::Many(ms) => ms.iter().any(|m| m.eq_ignore_ascii_case(method)),
-        }
-    }
-}
-
-/// A header or query parameter condition: `exact`, `regex` or `present`.
+/// One of `exact`, `prefix`, `regex`.
 #[derive(Deserialize)]
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
-struct ValueMatch {
+struct PathConfig {
+    #[serde(default)]
+    exact: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    regex: Option<String>,
+}
+
+/// A header or query parameter condition: one of `exact`, `regex`, `present`; with
+/// none, the name only has to be there.
+#[derive(Deserialize)]
+#[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
+struct ValueConfig {
     name: String,
     #[serde(default)]
     exact: Option<String>,
-    #[serde(default, with = "regex_serde::option")]
-    regex: Option<Regex>,
+    #[serde(default)]
+    regex: Option<String>,
     #[serde(default)]
     present: Option<bool>,
 }
 
-impl ValueMatch {
-    fn matches(&self, value: Option<&str>) -> bool {
-        match (value, &self.exact, &self.regex, self.present) {
-            (v, None, None, Some(present)) => v.is_some() == present,
-            (Some(v), Some(exact), _, _) => v == exact,
-            (Some(v), None, Some(re), _) => re.is_match(v),
-            (Some(_), None, None, None) => true,
-            (None, ..) => false,
-        }
-    }
-
-    fn check(&self) -> Result<(), String> {
-        let set = [
-            self.exact.is_some(),
-            self.regex.is_some(),
-            self.present.is_some(),
-        ];
-        if set.iter().filter(|s| **s).count() > 1 {
-            return Err(format!(
-                "{:?}: give one of exact, regex, present",
-                self.name
-            ));
-        }
-        Ok(())
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
-struct Split {
+struct SplitConfig {
     cluster: String,
     weight: u32,
 }
 
 #[derive(Deserialize)]
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
-struct Rewrite {
+struct RewriteConfig {
     #[serde(default)]
     prefix: Option<String>,
     #[serde(default)]
     host: Option<String>,
 }
 
-mod regex_serde {
-    use regex_lite::Regex;
-    use weft_sdk::serde::{Deserialize, Deserializer, de::Error};
+/// `method: GET` and `method: [GET, HEAD]` both work.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct OneOrMany;
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Regex, D::Error> {
-        let s = String::deserialize(d)?;
-        Regex::new(&s).map_err(|e| D::Error::custom(format!("invalid regex {s:?}: {e}")))
+    impl<'de> Visitor<'de> for OneOrMany {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a method or a list of methods")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.to_owned()])
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut all = Vec::new();
+            while let Some(m) = seq.next_element::<String>()? {
+                all.push(m);
+            }
+            Ok(all)
+        }
     }
 
-    pub mod option {
-        use super::*;
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Regex>, D::Error> {
-            super::deserialize(d).map(Some)
+    d.deserialize_any(OneOrMany)
+}
+
+/// A route as the request path uses it: patterns compiled, names normalised.
+struct Route {
+    path: PathRule,
+    /// Upper case; empty means any method.
+    methods: Vec<String>,
+    headers: Vec<ValueRule>,
+    query: Vec<ValueRule>,
+    target: Target,
+    /// With a `prefix` path rule only.
+    rewrite_prefix: Option<String>,
+    rewrite_host: Option<String>,
+}
+
+enum PathRule {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+struct ValueRule {
+    name: String,
+    test: ValueTest,
+}
+
+enum ValueTest {
+    Exact(String),
+    Regex(Regex),
+    Present(bool),
+}
+
+enum Target {
+    Cluster(String),
+    /// Clusters with their weights, and the weights' sum (never 0).
+    Split(Vec<(String, u64)>, u64),
+}
+
+fn regex(what: &str, pattern: &str) -> Result<Regex, String> {
+    Regex::new(pattern).map_err(|e| format!("{what}: invalid regex {pattern:?}: {e}"))
+}
+
+fn non_empty(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    Ok(())
+}
+
+impl ValueConfig {
+    fn compile(&self, at: &str, lower_case_name: bool) -> Result<ValueRule, String> {
+        non_empty(&format!("{at}.name"), &self.name)?;
+        let test = match (&self.exact, &self.regex, self.present) {
+            (Some(exact), None, None) => ValueTest::Exact(exact.clone()),
+            (None, Some(pattern), None) => {
+                ValueTest::Regex(regex(&format!("{at}.regex"), pattern)?)
+            }
+            (None, None, Some(present)) => ValueTest::Present(present),
+            (None, None, None) => ValueTest::Present(true),
+            _ => return Err(format!("{at}: give only one of exact, regex, present")),
+        };
+        let name = if lower_case_name {
+            // The proxy's header names are lower case.
+            self.name.to_ascii_lowercase()
+        } else {
+            self.name.clone()
+        };
+        Ok(ValueRule { name, test })
+    }
+}
+
+impl ValueRule {
+    fn matches(&self, value: Option<&str>) -> bool {
+        match (&self.test, value) {
+            (ValueTest::Present(want), v) => v.is_some() == *want,
+            (ValueTest::Exact(exact), Some(v)) => v == exact,
+            (ValueTest::Regex(re), Some(v)) => re.is_match(v),
+            (_, None) => false,
         }
     }
 }
 
-impl Route {
-    fn check(&mut self) -> Result<(), String> {
-        match (&self.cluster, self.split.is_empty()) {
-            (Some(_), false) => return Err("give either cluster or split, not both".into()),
-            (None, true) => return Err("give a cluster or a split".into()),
-            _ => {}
-        }
-        self.total_weight = self.split.iter().map(|s| u64::from(s.weight)).sum();
-        if !self.split.is_empty() && self.total_weight == 0 {
-            return Err("split weights add up to 0".into());
-        }
-        if let Some(Rewrite {
-            prefix: Some(p), ..
-        }) = &self.rewrite
-        {
-            if !matches!(self.matches.path, Some(PathMatch::Prefix(_))) {
-                return Err("rewrite.prefix needs a path prefix match".into());
+impl RouteConfig {
+    /// Check the route and compile it; `at` names it in errors (`routes[2]`).
+    fn compile(&self, at: &str) -> Result<Route, String> {
+        let path = match &self.matches.path {
+            None => PathRule::Any,
+            Some(PathConfig {
+                exact: Some(p),
+                prefix: None,
+                regex: None,
+            }) => {
+                starts_with_slash(&format!("{at}.match.path.exact"), p)?;
+                PathRule::Exact(p.clone())
             }
-            if !p.starts_with('/') {
-                return Err(format!("rewrite.prefix {p:?} must start with /"));
+            Some(PathConfig {
+                exact: None,
+                prefix: Some(p),
+                regex: None,
+            }) => {
+                starts_with_slash(&format!("{at}.match.path.prefix"), p)?;
+                PathRule::Prefix(p.clone())
             }
-        }
-        if let Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) = &self.matches.path {
-            if !p.starts_with('/') {
-                return Err(format!("path {p:?} must start with /"));
+            Some(PathConfig {
+                exact: None,
+                prefix: None,
+                regex: Some(p),
+            }) => PathRule::Regex(regex(&format!("{at}.match.path.regex"), p)?),
+            Some(_) => {
+                return Err(format!("{at}.match.path: give one of exact, prefix, regex"));
             }
-        }
-        for m in self.matches.headers.iter().chain(&self.matches.query) {
-            m.check()?;
-        }
-        Ok(())
-    }
+        };
 
-    fn matches(&self, req: &Request, path: &str, query: Option<&str>) -> bool {
-        let m = &self.matches;
-        let path_ok = match &m.path {
-            None => true,
-            Some(PathMatch::Exact(p)) => path == p,
-            Some(PathMatch::Prefix(p)) => path.starts_with(p.as_str()),
-            Some(PathMatch::Regex(re)) => re.is_match(path),
+        let mut methods = Vec::with_capacity(self.matches.method.len());
+        for (i, m) in self.matches.method.iter().enumerate() {
+            non_empty(&format!("{at}.match.method[{i}]"), m)?;
+            methods.push(m.to_ascii_uppercase());
+        }
+        let headers = (self.matches.headers.iter().enumerate())
+            .map(|(i, h)| h.compile(&format!("{at}.match.headers[{i}]"), true))
+            .collect::<Result<_, _>>()?;
+        let query = (self.matches.query.iter().enumerate())
+            .map(|(i, q)| q.compile(&format!("{at}.match.query[{i}]"), false))
+            .collect::<Result<_, _>>()?;
+
+        let target = match (&self.cluster, &self.split) {
+            (Some(_), Some(_)) => {
+                return Err(format!("{at}: give either cluster or split, not both"));
+            }
+            (None, None) => return Err(format!("{at}: give a cluster or a split")),
+            (Some(cluster), None) => {
+                non_empty(&format!("{at}.cluster"), cluster)?;
+                Target::Cluster(cluster.clone())
+            }
+            (None, Some(split)) => {
+                let mut choices = Vec::with_capacity(split.len());
+                for (i, s) in split.iter().enumerate() {
+                    non_empty(&format!("{at}.split[{i}].cluster"), &s.cluster)?;
+                    choices.push((s.cluster.clone(), u64::from(s.weight)));
+                }
+                let total = choices.iter().map(|(_, w)| w).sum();
+                if total == 0 {
+                    return Err(format!("{at}.split: the weights add up to 0"));
+                }
+                Target::Split(choices, total)
+            }
+        };
+
+        let (mut rewrite_prefix, mut rewrite_host) = (None, None);
+        if let Some(rw) = &self.rewrite {
+            if let Some(with) = &rw.prefix {
+                if !matches!(path, PathRule::Prefix(_)) {
+                    return Err(format!(
+                        "{at}.rewrite.prefix: only a route with a match.path.prefix can rewrite it"
+                    ));
+                }
+                starts_with_slash(&format!("{at}.rewrite.prefix"), with)?;
+                rewrite_prefix = Some(with.clone());
+            }
+            if let Some(host) = &rw.host {
+                non_empty(&format!("{at}.rewrite.host"), host)?;
+                rewrite_host = Some(host.clone());
+            }
+        }
+
+        Ok(Route {
+            path,
+            methods,
+            headers,
+            query,
+            target,
+            rewrite_prefix,
+            rewrite_host,
+        })
+    }
+}
+
+fn starts_with_slash(what: &str, path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{what} {path:?} must start with /"));
+    }
+    Ok(())
+}
+
+impl Route {
+    /// `method` is fetched from the host on first need and kept for later routes.
+    fn matches(
+        &self,
+        req: &Request,
+        path: &str,
+        query: Option<&str>,
+        method: &mut Option<String>,
+    ) -> bool {
+        let path_ok = match &self.path {
+            PathRule::Any => true,
+            PathRule::Exact(p) => path == p,
+            PathRule::Prefix(p) => path.starts_with(p.as_str()),
+            PathRule::Regex(re) => re.is_match(path),
         };
         if !path_ok {
             return false;
         }
-        if let Some(methods) = &m.method {
-            if !methods.contains(&req.method()) {
+        if !self.methods.is_empty() {
+            let m = method.get_or_insert_with(|| req.method());
+            if !self.methods.iter().any(|want| want.eq_ignore_ascii_case(m)) {
                 return false;
             }
         }
-        if !m
-            .headers
+        self.headers
             .iter()
             .all(|h| h.matches(req.header(&h.name).as_deref()))
-        {
-            return false;
-        }
-        m.query
-            .iter()
-            .all(|q| q.matches(query_param(query, &q.name).as_deref()))
+            && self
+                .query
+                .iter()
+                .all(|q| q.matches(query_param(query, &q.name).as_deref()))
     }
 
     fn cluster(&self) -> &str {
-        if let Some(c) = &self.cluster {
-            return c;
-        }
-        let mut pick = random::u64() % self.total_weight;
-        for s in &self.split {
-            let w = u64::from(s.weight);
-            if pick < w {
-                return &s.cluster;
+        match &self.target {
+            Target::Cluster(c) => c,
+            Target::Split(choices, total) => {
+                let mut pick = random::u64() % total;
+                for (cluster, weight) in choices {
+                    if pick < *weight {
+                        return cluster;
+                    }
+                    pick -= weight;
+                }
+                // Unreachable while `total` is the weights' sum; any choice is fine.
+                choices.last().map_or("", |(c, _)| c.as_str())
             }
-            pick -= w;
         }
-        &self.split[self.split.len() - 1].cluster
     }
 }
 
-/// The first value of a query parameter, percent-decoded.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+/// The first value of a query parameter, percent-decoded; `Some("")` for a bare
+/// `?flag`.
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(k) == name).then(|| decode(v))
+        (!pair.is_empty() && decode(k) == name).then(|| decode(v))
     })
 }
 
-fn decode(s: &str) -> String {
+/// Percent- and `+`-decoding of a query component; borrows when there is nothing to
+/// decode, which is the common case.
+fn decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len()
-                && s.is_char_boundary(i + 1)
-                && s.is_char_boundary(i + 3) =>
-            {
-                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' => match (
+                bytes.get(i + 1).and_then(hex),
+                bytes.get(i + 2).and_then(hex),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Replace `prefix` at the start of `path` with `with`, without doubling slashes.
-fn rewrite_prefix(path_and_query: &str, prefix: &str, with: &str) -> String {
-    let rest = &path_and_query[prefix.len().min(path_and_query.len())..];
-    match (with.ends_with('/'), rest.starts_with('/')) {
-        (true, true) => format!("{with}{}", &rest[1..]),
-        (false, false) if !rest.is_empty() && !rest.starts_with('?') => format!("{with}/{rest}"),
-        _ => format!("{with}{rest}"),
+fn hex(b: &u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
     }
+}
+
+/// Replace `prefix` at the start of `path_and_query` with `with`, keeping the query,
+/// and never making `//` at the seam nor gluing two segments together.
+fn rewrite_prefix(path_and_query: &str, prefix: &str, with: &str) -> String {
+    let rest = path_and_query.get(prefix.len()..).unwrap_or("");
+    let mut out = String::with_capacity(with.len() + rest.len() + 1);
+    out.push_str(with);
+    match (with.ends_with('/'), rest.starts_with('/')) {
+        (true, true) => out.push_str(&rest[1..]),
+        (false, false) if !rest.is_empty() && !rest.starts_with('?') => {
+            out.push('/');
+            out.push_str(rest);
+        }
+        _ => out.push_str(rest),
+    }
+    out
 }
 
 impl Filter for Router {
     fn init(&mut self) -> Result<(), String> {
-        for (i, route) in self.routes.iter_mut().enumerate() {
-            route.check().map_err(|e| format!("route {i}: {e}"))?;
+        if self.routes.is_empty() {
+            return Err("routes: give at least one route".into());
         }
+        self.compiled = (self.routes.iter().enumerate())
+            .map(|(i, r)| r.compile(&format!("routes[{i}]")))
+            .collect::<Result<_, _>>()?;
         Ok(())
     }
 
@@ -278,23 +458,29 @@ impl Filter for Router {
             Some((p, q)) => (p, Some(q)),
             None => (full.as_str(), None),
         };
-        let Some(route) = self.routes.iter().find(|r| r.matches(req, path, query)) else {
+        let mut method = None;
+        let Some(route) = (self.compiled.iter()).find(|r| r.matches(req, path, query, &mut method))
+        else {
+            let method = method.unwrap_or_else(|| req.method());
             return Action::Respond(
-                LocalResponse::new(404).text(format!("no route for {} {path}\n", req.method())),
+                LocalResponse::new(404).text(format!("no route for {method} {path}\n")),
             );
         };
-        if let Some(rw) = &route.rewrite {
-            if let (Some(with), Some(PathMatch::Prefix(prefix))) = (&rw.prefix, &route.matches.path)
-            {
-                if let Err(e) = req.set_path(&rewrite_prefix(&full, prefix, with)) {
-                    return Action::respond(500, format!("router: cannot rewrite path: {e}\n"));
-                }
-            }
-            if let Some(host) = &rw.host {
-                if let Err(e) = req.set_authority(host) {
-                    return Action::respond(500, format!("router: cannot rewrite host: {e}\n"));
-                }
-            }
+        if let (Some(with), PathRule::Prefix(prefix)) = (&route.rewrite_prefix, &route.path)
+            && let Err(e) = req.set_path(&rewrite_prefix(&full, prefix, with))
+        {
+            return Action::respond(
+                500,
+                format!("router: the proxy refused the rewritten path: {e}\n"),
+            );
+        }
+        if let Some(host) = &route.rewrite_host
+            && let Err(e) = req.set_authority(host)
+        {
+            return Action::respond(
+                500,
+                format!("router: the proxy refused the rewritten host: {e}\n"),
+            );
         }
         Action::route(route.cluster())
     }
@@ -303,46 +489,4 @@ impl Filter for Router {
 weft_sdk::export!(Router);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_rewrites_keep_single_slashes_and_queries() {
-        assert_eq!(
-            rewrite_prefix("/old/page?x=1", "/old/", "/new/"),
-            "/new/page?x=1"
-        );
-        assert_eq!(rewrite_prefix("/strip/inner", "/strip", "/"), "/inner");
-        assert_eq!(rewrite_prefix("/strip", "/strip", "/"), "/");
-        assert_eq!(rewrite_prefix("/api/v1", "/api", "/v2"), "/v2/v1");
-        assert_eq!(rewrite_prefix("/api?q", "/api", "/v2"), "/v2?q");
-    }
-
-    #[test]
-    fn query_params_decode() {
-        assert_eq!(
-            query_param(Some("a=1&debug=1"), "debug").as_deref(),
-            Some("1")
-        );
-        assert_eq!(
-            query_param(Some("name=a%20b+c"), "name").as_deref(),
-            Some("a b c")
-        );
-        assert_eq!(query_param(Some("flag"), "flag").as_deref(), Some(""));
-        assert_eq!(query_param(None, "x"), None);
-    }
-
-    #[test]
-    fn config_is_checked() {
-        let parse = |json: &str| -> Result<(), String> {
-            let mut r: Router = serde_json::from_str(json).map_err(|e| e.to_string())?;
-            r.init()
-        };
-        assert!(parse(r#"{"routes":[{"cluster":"a"}]}"#).is_ok());
-        assert!(parse(r#"{"routes":[{}]}"#).unwrap_err().contains("route 0"));
-        assert!(parse(r#"{"routes":[{"split":[{"cluster":"a","weight":0}]}]}"#).is_err());
-        assert!(parse(r#"{"routes":[{"cluster":"a","rewrite":{"prefix":"/"}}]}"#).is_err());
-        assert!(parse(r#"{"routes":[{"match":{"path":{"regex":"("}},"cluster":"a"}]}"#).is_err());
-        assert!(parse(r#"{"routes":[{"cluster":"a","extra":1}]}"#).is_err());
-    }
-}
+mod tests;

@@ -5,22 +5,14 @@ use std::time::{Duration, Instant};
 use weft_tests::*;
 
 fn faulty(web: &Backend, fault: &str) -> String {
-    format!(
-        r#"
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    default_cluster: web
-    filters:
-      - name: fault
+    chain(
+        web,
+        &format!(
+            "      - name: fault
         module: builtin:fault
         config:
-{fault}
-clusters:
-  - name: web
-    endpoints: ["{}"]
-"#,
-        web.addr
+{fault}"
+        ),
     )
 }
 

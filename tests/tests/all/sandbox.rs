@@ -4,25 +4,16 @@
 use weft_tests::*;
 
 fn misbehaving(web: &Backend, name: &str, policy: &str) -> String {
-    format!(
-        r#"
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    default_cluster: web
-    filters:
-      - name: {name}
-        module: "{}"
+    let filter = format!(
+        "      - name: {name}
+        module: \"{}\"
         failure: {policy}
-        timeout: 50ms
-        memory: 8MiB
-clusters:
-  - name: web
-    endpoints: ["{}"]
-"#,
-        guests::MISBEHAVE,
-        web.addr
-    )
+        \
+         timeout: 50ms
+        memory: 8MiB",
+        guests::MISBEHAVE
+    );
+    chain(web, &filter)
 }
 
 /// What each misbehaviour must be reported as.

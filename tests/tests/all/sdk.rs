@@ -6,22 +6,12 @@ use weft_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_example_loads_from_a_path() {
     let web = backend("web").start().await;
-    let yaml = format!(
-        r#"
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    default_cluster: web
-    filters:
-      - name: hello
-        module: "{}"
-        config: {{ greeting: "hi from wasm" }}
-clusters:
-  - name: web
-    endpoints: ["{}"]
-"#,
-        guests::HELLO,
-        web.addr
+    let yaml = chain(
+        &web,
+        &format!(
+            "      - name: hello\n        module: \"{}\"\n        config: {{ greeting: \"hi from wasm\" }}",
+            guests::HELLO
+        ),
     );
     let p = proxy(&yaml).start().await;
     let c = client();
@@ -100,22 +90,12 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cargo_component_style_build_loads() {
     let web = backend("web").start().await;
-    let yaml = format!(
-        r#"
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    default_cluster: web
-    filters:
-      - name: hello
-        module: "{}"
-        config: {{ greeting: "hi from wasip1" }}
-clusters:
-  - name: web
-    endpoints: ["{}"]
-"#,
-        guests::HELLO_P1,
-        web.addr
+    let yaml = chain(
+        &web,
+        &format!(
+            "      - name: hello\n        module: \"{}\"\n        config: {{ greeting: \"hi from wasip1\" }}",
+            guests::HELLO_P1
+        ),
     );
     let p = proxy(&yaml).start().await;
     let r = client().get(p.addr, "/hello").await;

@@ -1,5 +1,12 @@
 //! A filter that leaves marks, so the tests can see hook order, response hooks,
 //! buffered bodies, shared state and metrics at work.
+//!
+//! Config: `{ name: String, count: bool = false, upper: bool = false }`.
+//! - Requests get `x-stamp-req: <name>` added (two stamps give two values), and with
+//!   `count`, `x-count: <n>` from the shared state key `requests`.
+//! - Responses get `x-stamp: <name>` added, and with `upper`, an ASCII upper-cased
+//!   body (the only case in which the filter asks for the buffered body).
+//! - The counter `stamp_requests_total{path_kind}` counts requests.
 
 use weft_sdk::metrics::Counter;
 use weft_sdk::prelude::*;
@@ -18,12 +25,6 @@ struct Stamp {
 }
 
 impl Filter for Stamp {
-    fn interest() -> Interest {
-        // Only the config knows whether bodies are wanted, and interest is per type:
-        // ask for the response body always; the filter leaves it alone unless `upper`.
-        Interest::REQUEST.with_response_body()
-    }
-
     fn init(&mut self) -> Result<(), String> {
         match Counter::define(
             "stamp_requests_total",
@@ -31,36 +32,52 @@ impl Filter for Stamp {
             &["path_kind"],
         ) {
             Ok(c) => self.requests = Some(c),
-            Err(e) => log::warn(&format!("no metric: {e:?}")),
+            // A missing metric must not stop the marks the tests look for.
+            Err(e) => log::warn(&format!("stamp: cannot define its metric: {e}")),
         }
         Ok(())
     }
 
+    fn interest(&self) -> Interest {
+        if self.upper {
+            Interest::REQUEST.with_response_body()
+        } else {
+            Interest::REQUEST.with_response()
+        }
+    }
+
     fn on_request(&mut self, req: &Request) -> Action {
-        let _ = req.add_header("x-stamp-req", &self.name);
+        if let Err(e) = req.add_header("x-stamp-req", &self.name) {
+            log::error(&format!("stamp: cannot add x-stamp-req: {e}"));
+        }
         if self.count {
             match state::increment("requests", 1) {
                 Ok(n) => {
-                    let _ = req.set_header("x-count", &n.to_string());
+                    if let Err(e) = req.set_header("x-count", &n.to_string()) {
+                        log::error(&format!("stamp: cannot set x-count: {e}"));
+                    }
                 }
-                Err(e) => log::error(&format!("state: {e:?}")),
+                Err(e) => log::error(&format!("stamp: cannot count: {e}")),
             }
         }
         if let Some(c) = &self.requests {
             let kind = if req.path() == "/" { "root" } else { "other" };
-            if let Err(e) = c.add(&[kind], 1) {
-                log::error(&format!("metric: {e:?}"));
+            if let Err(e) = c.inc(&[kind]) {
+                log::error(&format!("stamp: cannot count in its metric: {e}"));
             }
         }
         Action::Continue
     }
 
     fn on_response(&mut self, resp: &Response) -> ResponseAction {
-        let _ = resp.add_header("x-stamp", &self.name);
-        if self.upper {
-            if let Some(body) = resp.body() {
-                let _ = resp.set_body(&body.to_ascii_uppercase());
-            }
+        if let Err(e) = resp.add_header("x-stamp", &self.name) {
+            log::error(&format!("stamp: cannot add x-stamp: {e}"));
+        }
+        if self.upper
+            && let Some(body) = resp.body()
+            && let Err(e) = resp.set_body(&body.to_ascii_uppercase())
+        {
+            log::error(&format!("stamp: cannot replace the body: {e}"));
         }
         ResponseAction::Continue
     }
