@@ -22,7 +22,7 @@ fn load(engine: &Engine, name: &str, config: &str) -> Filter {
     engine.load(spec).expect("loads")
 }
 
-fn request() -> RequestHead {
+fn request() -> Box<RequestHead> {
     let req = http::Request::get("/api/users?id=7")
         .header("host", "bench.local")
         .header("user-agent", "criterion")
@@ -30,7 +30,7 @@ fn request() -> RequestHead {
         .expect("request");
     let (parts, ()) = req.into_parts();
     let addr = "127.0.0.1:40000".parse().expect("addr");
-    RequestHead {
+    Box::new(RequestHead {
         parts,
         body: None,
         id: 1,
@@ -41,10 +41,10 @@ fn request() -> RequestHead {
             peer_identity: None,
             sni: None,
         }),
-    }
+    })
 }
 
-fn run(filter: &Filter, head: RequestHead) -> RequestHead {
+fn run(filter: &Filter, head: Box<RequestHead>) -> Box<RequestHead> {
     let (head, outcome) = filter.on_request(head);
     assert!(matches!(outcome, Outcome::Done(_)));
     head

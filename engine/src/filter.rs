@@ -204,7 +204,7 @@ impl Filter {
     }
 
     /// Run `on-request`. The head goes in and comes back, changed by the filter.
-    pub fn on_request(&self, head: RequestHead) -> (RequestHead, Outcome<types::Action>) {
+    pub fn on_request(&self, head: Box<RequestHead>) -> (Box<RequestHead>, Outcome<types::Action>) {
         let body_access = self.inner.interest.request_body == types::BodyMode::Buffered;
         let mut slot = Slot::Request(head);
         let outcome = self.run(&mut slot, body_access, Hook::Request, |world, store| {
@@ -228,8 +228,8 @@ impl Filter {
     /// Run `on-response`. The head goes in and comes back, changed by the filter.
     pub fn on_response(
         &self,
-        head: ResponseHead,
-    ) -> (ResponseHead, Outcome<types::ResponseAction>) {
+        head: Box<ResponseHead>,
+    ) -> (Box<ResponseHead>, Outcome<types::ResponseAction>) {
         let body_access = self.inner.interest.response_body == types::BodyMode::Buffered;
         let mut slot = Slot::Response(head);
         let outcome = self.run(&mut slot, body_access, Hook::Response, |world, store| {
@@ -313,8 +313,10 @@ impl<T> Outcome<T> {
 }
 
 enum Slot {
-    Request(RequestHead),
-    Response(ResponseHead),
+    // Boxed: a head is a few hundred bytes and moves in and out of the store on
+    // every hook; a pointer moves for free.
+    Request(Box<RequestHead>),
+    Response(Box<ResponseHead>),
     /// Only while the head is inside the store, during a call.
     Taken,
 }

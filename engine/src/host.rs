@@ -76,8 +76,8 @@ pub struct HostState {
     pub(crate) limits: StoreLimits,
     pub(crate) stderr: TailPipe,
     pub(crate) shared: Arc<FilterShared>,
-    pub(crate) request: Option<RequestHead>,
-    pub(crate) response: Option<ResponseHead>,
+    pub(crate) request: Option<Box<RequestHead>>,
+    pub(crate) response: Option<Box<ResponseHead>>,
     /// Whether the filter running now may touch the buffered request/response body.
     pub(crate) body_access: bool,
     rng: fastrand::Rng,
@@ -121,11 +121,11 @@ impl HostState {
     }
 
     fn req(&mut self) -> Option<&mut RequestHead> {
-        self.request.as_mut()
+        self.request.as_deref_mut()
     }
 
     fn resp(&mut self) -> Option<&mut ResponseHead> {
-        self.response.as_mut()
+        self.response.as_deref_mut()
     }
 }
 

@@ -104,12 +104,13 @@ async fn proxy(
         (None, Some(body))
     };
 
-    let mut head = RequestHead {
+    // One allocation per request, so the head moves through every hook as a pointer.
+    let mut head = Box::new(RequestHead {
         parts,
         body: buffered,
         id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
         conn,
-    };
+    });
 
     // The filter chain, in order: each filter may change the request, route it,
     // delay it, or answer it.
@@ -169,7 +170,7 @@ async fn proxy(
     // because the upstream never saw the request.
     let RequestHead {
         parts, body, id, ..
-    } = head;
+    } = *head;
     let body = match (body, stream) {
         (Some(b), _) => ProxyBody::full(b),
         (None, Some(s)) => ProxyBody::Stream(s),
@@ -232,11 +233,11 @@ async fn proxy(
     } else {
         (None, Some(rbody))
     };
-    let head = ResponseHead {
+    let head = Box::new(ResponseHead {
         parts: rparts,
         body,
         request_id: id,
-    };
+    });
     Ok(respond(chain, chain.filters().len(), head, stream))
 }
 
@@ -245,7 +246,7 @@ async fn proxy(
 fn respond(
     chain: &FilterChain,
     upto: usize,
-    mut head: ResponseHead,
+    mut head: Box<ResponseHead>,
     mut stream: Option<Incoming>,
 ) -> Response<ProxyBody> {
     if chain.response {
@@ -278,12 +279,13 @@ fn respond(
             }
         }
     }
-    let body = match (head.body, stream) {
+    let ResponseHead { parts, body, .. } = *head;
+    let body = match (body, stream) {
         (Some(b), _) => ProxyBody::full(b),
         (None, Some(s)) => ProxyBody::Stream(s),
         (None, None) => ProxyBody::empty(),
     };
-    Response::from_parts(head.parts, body)
+    Response::from_parts(parts, body)
 }
 
 /// A filter's local response as a response head, checked.
@@ -291,7 +293,7 @@ fn local_response(
     filter: &str,
     local: LocalResponse,
     request_id: u64,
-) -> Result<ResponseHead, ProxyError> {
+) -> Result<Box<ResponseHead>, ProxyError> {
     let bad = |what: String| {
         ProxyError::new(
             Side::Filter,
@@ -315,11 +317,11 @@ fn local_response(
         .into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::CONTENT_LENGTH);
-    Ok(ResponseHead {
+    Ok(Box::new(ResponseHead {
         parts,
         body: Some(local.body.into()),
         request_id,
-    })
+    }))
 }
 
 /// Remove the headers that only mean something on one connection (RFC 9110 §7.6.1),
