@@ -83,23 +83,10 @@ async fn proxy(
 
     // Bodies stream through untouched unless a filter asked to see them whole.
     let (buffered, stream) = if chain.request_body {
-        match body::buffer(body, state.max_body).await {
-            Ok(b) => (Some(b), None),
-            Err(BufferError::TooLarge) => {
-                return Err(ProxyError::new(
-                    Side::Downstream,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body larger than {} bytes", state.max_body),
-                ));
-            }
-            Err(BufferError::Peer(e)) => {
-                return Err(ProxyError::new(
-                    Side::Downstream,
-                    StatusCode::BAD_REQUEST,
-                    format!("client failed while sending the body: {e}"),
-                ));
-            }
-        }
+        (
+            Some(whole(body, state.max_body, Side::Downstream).await?),
+            None,
+        )
     } else {
         (None, Some(body))
     };
@@ -213,23 +200,10 @@ async fn proxy(
     }
     // Response hooks, buffering the body only when a filter asked to see it.
     let (body, stream) = if chain.response_body {
-        match body::buffer(rbody, state.max_body).await {
-            Ok(b) => (Some(b), None),
-            Err(BufferError::TooLarge) => {
-                return Err(ProxyError::new(
-                    Side::Upstream,
-                    StatusCode::BAD_GATEWAY,
-                    format!("response body larger than {} bytes", state.max_body),
-                ));
-            }
-            Err(BufferError::Peer(e)) => {
-                return Err(ProxyError::new(
-                    Side::Upstream,
-                    StatusCode::BAD_GATEWAY,
-                    format!("upstream failed while sending the body: {e}"),
-                ));
-            }
-        }
+        (
+            Some(whole(rbody, state.max_body, Side::Upstream).await?),
+            None,
+        )
     } else {
         (None, Some(rbody))
     };
@@ -239,6 +213,31 @@ async fn proxy(
         request_id: id,
     });
     Ok(respond(chain, chain.filters().len(), head, stream))
+}
+
+/// Buffer a whole body for the filters that asked to see it. `side` is who sends it:
+/// too large from the client is 413, from the upstream 502.
+async fn whole(body: Incoming, limit: usize, side: Side) -> Result<bytes::Bytes, ProxyError> {
+    let (who, too_large, failed) = match side {
+        Side::Downstream => (
+            "client",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::BAD_REQUEST,
+        ),
+        _ => ("upstream", StatusCode::BAD_GATEWAY, StatusCode::BAD_GATEWAY),
+    };
+    body::buffer(body, limit).await.map_err(|e| match e {
+        BufferError::TooLarge => ProxyError::new(
+            side,
+            too_large,
+            format!("{who} body larger than {limit} bytes"),
+        ),
+        BufferError::Peer(e) => ProxyError::new(
+            side,
+            failed,
+            format!("{who} failed while sending the body: {e}"),
+        ),
+    })
 }
 
 /// Run the response hooks of the filters before position `upto`, last first, and

@@ -134,3 +134,39 @@ fn compiled_components_are_cached_on_disk() {
         .unwrap();
     assert_eq!(std::fs::read(&file).unwrap().len(), written.len());
 }
+
+/// A filter that asks for the request body gets it whole and may replace it; a body
+/// over the listener's `max_body_size` is refused with 413 before any filter runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_request_bodies_and_their_limit() {
+    let web = backend("web").start().await;
+    let yaml = chain(
+        &web,
+        &format!(
+            "      - name: rev\n        module: \"{}\"\n        config: {{ name: rev, reverse: true }}",
+            guests::STAMP
+        ),
+    )
+    .replace(
+        "    default_cluster: web\n",
+        "    default_cluster: web\n    limits: { max_body_size: 1KiB }\n",
+    );
+    let p = proxy(&yaml).start().await;
+    let c = client();
+    let r = c
+        .send(p.addr, "POST", "/", &[], bytes::Bytes::from_static(b"abc"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "cba", "the backend got the filter's body");
+    let r = c
+        .send(
+            p.addr,
+            "POST",
+            "/",
+            &[],
+            bytes::Bytes::from(vec![b'x'; 4096]),
+        )
+        .await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(web.requests(), 1);
+}

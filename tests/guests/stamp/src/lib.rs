@@ -6,6 +6,8 @@
 //!   `count`, `x-count: <n>` from the shared state key `requests`.
 //! - Responses get `x-stamp: <name>` added, and with `upper`, an ASCII upper-cased
 //!   body (the only case in which the filter asks for the buffered body).
+//! - With `reverse`, the filter asks for the buffered request body and reverses it
+//!   (so the backend's echo shows it was seen and replaced).
 //! - The counter `stamp_requests_total{path_kind}` counts requests.
 
 use weft_sdk::metrics::Counter;
@@ -20,6 +22,8 @@ struct Stamp {
     count: bool,
     #[serde(default)]
     upper: bool,
+    #[serde(default)]
+    reverse: bool,
     #[serde(skip)]
     requests: Option<Counter>,
 }
@@ -39,10 +43,15 @@ impl Filter for Stamp {
     }
 
     fn interest(&self) -> Interest {
-        if self.upper {
+        let interest = if self.upper {
             Interest::REQUEST.with_response_body()
         } else {
             Interest::REQUEST.with_response()
+        };
+        if self.reverse {
+            interest.with_request_body()
+        } else {
+            interest
         }
     }
 
@@ -58,6 +67,14 @@ impl Filter for Stamp {
                     }
                 }
                 Err(e) => log::error(&format!("stamp: cannot count: {e}")),
+            }
+        }
+        if self.reverse
+            && let Some(mut body) = req.body()
+        {
+            body.reverse();
+            if let Err(e) = req.set_body(&body) {
+                log::error(&format!("stamp: cannot replace the request body: {e}"));
             }
         }
         if let Some(c) = &self.requests {
