@@ -165,21 +165,21 @@ impl Config {
                     format!("{:?} is not ip:port", l.address.value),
                 );
             }
-            if l.address.value.ends_with(":0") == false && !addrs.insert(l.address.value.as_str()) {
+            if !l.address.value.ends_with(":0") && !addrs.insert(l.address.value.as_str()) {
                 return self.invalid(
                     &l.address.referenced,
                     format!("listeners[{i}].address"),
                     format!("{} is used by another listener", l.address.value),
                 );
             }
-            if let Some(d) = &l.default_cluster {
-                if !clusters.contains(d.value.as_str()) {
-                    return self.invalid(
-                        &d.referenced,
-                        format!("listeners[{i}].default_cluster"),
-                        format!("no cluster named {:?}", d.value),
-                    );
-                }
+            if let Some(d) = &l.default_cluster
+                && !clusters.contains(d.value.as_str())
+            {
+                return self.invalid(
+                    &d.referenced,
+                    format!("listeners[{i}].default_cluster"),
+                    format!("no cluster named {:?}", d.value),
+                );
             }
             let mut filter_names = HashSet::new();
             for (j, f) in l.filters.iter().enumerate() {
@@ -197,25 +197,25 @@ impl Config {
                         msg,
                     );
                 }
-                if let Some(sha) = &f.sha256 {
-                    if sha.value.len() != 64 || !sha.value.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return self.invalid(
-                            &sha.referenced,
-                            format!("listeners[{i}].filters[{j}].sha256"),
-                            "expected 64 hex digits",
-                        );
-                    }
+                if let Some(sha) = &f.sha256
+                    && (sha.value.len() != 64 || !sha.value.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    return self.invalid(
+                        &sha.referenced,
+                        format!("listeners[{i}].filters[{j}].sha256"),
+                        "expected 64 hex digits",
+                    );
                 }
             }
         }
-        if let Some(admin) = &self.admin {
-            if admin.address.value.parse::<std::net::SocketAddr>().is_err() {
-                return self.invalid(
-                    &admin.address.referenced,
-                    "admin.address".into(),
-                    format!("{:?} is not ip:port", admin.address.value),
-                );
-            }
+        if let Some(admin) = &self.admin
+            && admin.address.value.parse::<std::net::SocketAddr>().is_err()
+        {
+            return self.invalid(
+                &admin.address.referenced,
+                "admin.address".into(),
+                format!("{:?} is not ip:port", admin.address.value),
+            );
         }
         Ok(())
     }

@@ -203,14 +203,14 @@ impl Engine {
         }
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let hex_digest = hex::encode(digest);
-        if let Some(expected) = &spec.expected_sha256 {
-            if !expected.eq_ignore_ascii_case(&hex_digest) {
-                return Err(LoadError::Integrity {
-                    source_name,
-                    expected: expected.clone(),
-                    actual: hex_digest,
-                });
-            }
+        if let Some(expected) = &spec.expected_sha256
+            && !expected.eq_ignore_ascii_case(&hex_digest)
+        {
+            return Err(LoadError::Integrity {
+                source_name,
+                expected: expected.clone(),
+                actual: hex_digest,
+            });
         }
         let cached = self
             .inner

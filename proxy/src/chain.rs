@@ -19,7 +19,7 @@ pub struct ChainError {
     pub message: String,
     /// The engine's error, when it came from there.
     #[source]
-    pub source: Option<LoadError>,
+    pub source: Option<Box<LoadError>>,
 }
 
 /// The filters of one listener, in order.
@@ -155,7 +155,7 @@ fn load_filter(
             location,
             key: k,
             message: e.to_string(),
-            source: Some(e),
+            source: Some(Box::new(e)),
         }
     })
 }

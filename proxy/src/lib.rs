@@ -54,7 +54,7 @@ pub use tls::TlsError;
 pub enum StartError {
     /// A filter could not be loaded.
     #[error(transparent)]
-    Filter(#[from] ChainError),
+    Filter(Box<ChainError>),
     /// TLS material could not be used.
     #[error("{location}: {key}: {source}")]
     Tls {
@@ -83,6 +83,12 @@ pub enum StartError {
     /// The filter engine could not start.
     #[error(transparent)]
     Engine(#[from] weft_engine::LoadError),
+}
+
+impl From<ChainError> for StartError {
+    fn from(e: ChainError) -> Self {
+        Self::Filter(Box::new(e))
+    }
 }
 
 /// Build every listener's state (filters loaded, clusters set up) without binding.

@@ -71,14 +71,13 @@ async fn proxy(
 
     // HTTP/2 carries the target in :authority, HTTP/1 in Host. Filters and HTTP/1
     // upstreams see one `host` header either way.
-    if !parts.headers.contains_key(HOST) {
-        if let Some(value) = parts
+    if !parts.headers.contains_key(HOST)
+        && let Some(value) = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(HOST, value);
-        }
+    {
+        parts.headers.insert(HOST, value);
     }
 
     // Bodies stream through untouched unless a filter asked to see them whole.
@@ -347,10 +346,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in ["keep-alive", "proxy-connection"] {
         headers.remove(name);
     }
-    if let Some(te) = headers.get(TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(TE);
-        }
+    if let Some(te) = headers.get(TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        headers.remove(TE);
     }
 }
 

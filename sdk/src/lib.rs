@@ -133,6 +133,10 @@ macro_rules! export {
             $crate::__weft_bindings::__weft_export_world!(
                 __WeftExport with_types_in $crate::__weft_bindings
             );
+            // On the host the filter is still built and type-checked as a filter.
+            #[cfg(not(target_arch = "wasm32"))]
+            const _: fn(&str) -> ::std::result::Result<$filter, ::std::string::String> =
+                $crate::from_config::<$filter>;
         };
     };
 }

@@ -48,7 +48,8 @@ async fn routes_by_path_method_header_and_query() {
 "#;
     let p = proxy(&two_clusters(&a, &b, routes)).start().await;
     let c = client();
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         ("GET", "/exact", &[], "b"),
         ("GET", "/exact/not", &[], "a"),
         ("GET", "/users/42", &[], "b"),
