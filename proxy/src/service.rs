@@ -90,52 +90,56 @@ async fn proxy(
         (None, Some(body))
     };
 
-    // One allocation per request, so the head moves through every hook as a pointer.
-    let mut head = Box::new(RequestHead {
+    let mut head = RequestHead {
         parts,
         body: buffered,
         id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
         conn,
-    });
+    };
 
     // The filter chain, in order: each filter may change the request, route it,
-    // delay it, or answer it.
+    // delay it, or answer it. The head is boxed only while it moves through hooks,
+    // where a pointer moves for free; a chain without request hooks costs nothing.
     let mut route: Option<&Arc<Cluster>> = None;
-    for &i in chain.request_filters() {
-        let filter = &chain.filters()[i];
-        let (h, outcome) = filter.on_request(head);
-        head = h;
-        match outcome {
-            Outcome::Done(Action::Continue) | Outcome::Skipped(_) => {}
-            Outcome::Done(Action::Route(name)) => match state.clusters.get(&name) {
-                Some(c) => route = Some(c),
-                None => {
+    if !chain.request_filters().is_empty() {
+        let mut boxed = Box::new(head);
+        for &i in chain.request_filters() {
+            let filter = &chain.filters()[i];
+            let (h, outcome) = filter.on_request(boxed);
+            boxed = h;
+            match outcome {
+                Outcome::Done(Action::Continue) | Outcome::Skipped(_) => {}
+                Outcome::Done(Action::Route(name)) => match state.clusters.get(&name) {
+                    Some(c) => route = Some(c),
+                    None => {
+                        return Err(ProxyError::new(
+                            Side::Filter,
+                            StatusCode::BAD_GATEWAY,
+                            format!(
+                                "filter {:?} routed to unknown cluster {name:?}",
+                                filter.name()
+                            ),
+                        ));
+                    }
+                },
+                Outcome::Done(Action::Delay(ns)) => {
+                    tokio::time::sleep(Duration::from_nanos(ns).min(MAX_DELAY)).await;
+                }
+                Outcome::Done(Action::Respond(local)) => {
+                    // Filters before this one see the local response like an upstream one.
+                    let head = local_response(filter.name(), local, boxed.id)?;
+                    return Ok(respond(chain, i, head, None));
+                }
+                Outcome::Failed(f) => {
                     return Err(ProxyError::new(
                         Side::Filter,
-                        StatusCode::BAD_GATEWAY,
-                        format!(
-                            "filter {:?} routed to unknown cluster {name:?}",
-                            filter.name()
-                        ),
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        f.to_string(),
                     ));
                 }
-            },
-            Outcome::Done(Action::Delay(ns)) => {
-                tokio::time::sleep(Duration::from_nanos(ns).min(MAX_DELAY)).await;
-            }
-            Outcome::Done(Action::Respond(local)) => {
-                // Filters before this one see the local response like an upstream one.
-                let head = local_response(filter.name(), local, head.id)?;
-                return Ok(respond(chain, i, head, None));
-            }
-            Outcome::Failed(f) => {
-                return Err(ProxyError::new(
-                    Side::Filter,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    f.to_string(),
-                ));
             }
         }
+        head = *boxed;
     }
 
     // The upstream cluster: the last route a filter chose, or the listener's default.
@@ -156,7 +160,7 @@ async fn proxy(
     // because the upstream never saw the request.
     let RequestHead {
         parts, body, id, ..
-    } = *head;
+    } = head;
     let body = match (body, stream) {
         (Some(b), _) => ProxyBody::full(b),
         (None, Some(s)) => ProxyBody::Stream(s),
