@@ -16,12 +16,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod mesh;
 mod model;
 mod units;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+pub use mesh::{MeshConfig, ProxyGroup, Selector};
 pub use model::*;
 pub use serde_saphyr::{Location, Spanned};
 pub use units::{Duration, Size};
@@ -80,20 +82,9 @@ impl Config {
 
     /// Parse YAML text; `file` names it in errors. Call [`Config::validate`] next.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        serde_saphyr::from_str::<Config>(text)
-            .map_err(|e| {
-                let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-                ConfigError::Syntax {
-                    file: file.to_owned(),
-                    line,
-                    column,
-                    message: strip_location(&e.to_string()),
-                }
-            })
-            .map(|mut c| {
-                c.file = file.to_owned();
-                c
-            })
+        let mut config: Self = parse_yaml(text, file)?;
+        config.file = file.to_owned();
+        Ok(config)
     }
 
     /// Parse and validate YAML text; `file` names it in errors, relative module paths
@@ -103,6 +94,11 @@ impl Config {
         config.base_dir = base_dir.map(Path::to_owned);
         config.validate()?;
         Ok(config)
+    }
+
+    /// The key of listener `i` (plus `rest`) as it is written in the file.
+    pub fn listener_key(&self, i: usize, rest: &str) -> String {
+        format!("{}[{i}]{rest}", self.listeners_key)
     }
 
     fn invalid<T>(
@@ -154,21 +150,21 @@ impl Config {
             if !names.insert(l.name.value.as_str()) {
                 return self.invalid(
                     &l.name.referenced,
-                    format!("listeners[{i}].name"),
+                    self.listener_key(i, ".name"),
                     format!("duplicate listener name {:?}", l.name.value),
                 );
             }
             if l.address.value.parse::<std::net::SocketAddr>().is_err() {
                 return self.invalid(
                     &l.address.referenced,
-                    format!("listeners[{i}].address"),
+                    self.listener_key(i, ".address"),
                     format!("{:?} is not ip:port", l.address.value),
                 );
             }
             if !l.address.value.ends_with(":0") && !addrs.insert(l.address.value.as_str()) {
                 return self.invalid(
                     &l.address.referenced,
-                    format!("listeners[{i}].address"),
+                    self.listener_key(i, ".address"),
                     format!("{} is used by another listener", l.address.value),
                 );
             }
@@ -177,7 +173,7 @@ impl Config {
             {
                 return self.invalid(
                     &d.referenced,
-                    format!("listeners[{i}].default_cluster"),
+                    self.listener_key(i, ".default_cluster"),
                     format!("no cluster named {:?}", d.value),
                 );
             }
@@ -186,23 +182,44 @@ impl Config {
                 if !filter_names.insert(f.name.value.as_str()) {
                     return self.invalid(
                         &f.name.referenced,
-                        format!("listeners[{i}].filters[{j}].name"),
+                        self.listener_key(i, &format!(".filters[{j}].name")),
                         format!("duplicate filter name {:?} in this chain", f.name.value),
                     );
                 }
-                if let Err(msg) = ModuleRef::parse(&f.module.value) {
-                    return self.invalid(
-                        &f.module.referenced,
-                        format!("listeners[{i}].filters[{j}].module"),
-                        msg,
-                    );
+                let module_key = || self.listener_key(i, &format!(".filters[{j}].module"));
+                match (ModuleRef::parse(&f.module.value), self.from_mesh) {
+                    (Err(msg), _) => return self.invalid(&f.module.referenced, module_key(), msg),
+                    (Ok(ModuleRef::File(_)), true) => {
+                        return self.invalid(
+                            &f.module.referenced,
+                            module_key(),
+                            "a mesh config cannot name files: push the module with \
+                             `weft push FILE --name NAME` and use filter:NAME",
+                        );
+                    }
+                    (Ok(ModuleRef::Pushed(_)), false) => {
+                        return self.invalid(
+                            &f.module.referenced,
+                            module_key(),
+                            "filter:NAME names a filter pushed to a config server; \
+                             a proxy's own file uses a path or builtin:NAME",
+                        );
+                    }
+                    (Ok(ModuleRef::Pushed(name)), true) if f.sha256.is_none() => {
+                        return self.invalid(
+                            &f.module.referenced,
+                            module_key(),
+                            format!("no filter was pushed under the name {name:?}"),
+                        );
+                    }
+                    _ => {}
                 }
                 if let Some(sha) = &f.sha256
                     && (sha.value.len() != 64 || !sha.value.bytes().all(|b| b.is_ascii_hexdigit()))
                 {
                     return self.invalid(
                         &sha.referenced,
-                        format!("listeners[{i}].filters[{j}].sha256"),
+                        self.listener_key(i, &format!(".filters[{j}].sha256")),
                         "expected 64 hex digits",
                     );
                 }
@@ -241,6 +258,19 @@ impl Config {
     }
 }
 
+/// Deserialize YAML, with errors that say where.
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
+    serde_saphyr::from_str::<T>(text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        ConfigError::Syntax {
+            file: file.to_owned(),
+            line,
+            column,
+            message: strip_location(&e.to_string()),
+        }
+    })
+}
+
 /// `host:port` with a numeric port.
 pub fn parse_endpoint(s: &str) -> Option<(&str, u16)> {
     let (host, port) = s.rsplit_once(':')?;
@@ -251,23 +281,32 @@ pub fn parse_endpoint(s: &str) -> Option<(&str, u16)> {
     Some((host, port.parse().ok()?))
 }
 
-/// A module reference: a built-in filter or a file.
+/// A module reference: a built-in filter, a pushed filter or a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModuleRef {
     /// `builtin:NAME`, embedded in the binary.
     Builtin(String),
+    /// `filter:NAME`, pushed to the config server; the filter's `sha256` says which
+    /// version.
+    Pushed(String),
     /// A path to a `.wasm` component.
     File(PathBuf),
 }
 
 impl ModuleRef {
-    /// Parse `builtin:NAME` or a path.
+    /// Parse `builtin:NAME`, `filter:NAME` or a path.
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(name) = s.strip_prefix("builtin:") {
             if name.is_empty() {
                 return Err("`builtin:` needs a filter name, e.g. builtin:router".into());
             }
             return Ok(Self::Builtin(name.to_owned()));
+        }
+        if let Some(name) = s.strip_prefix("filter:") {
+            if name.is_empty() {
+                return Err("`filter:` needs the name a filter was pushed under".into());
+            }
+            return Ok(Self::Pushed(name.to_owned()));
         }
         if s.is_empty() {
             return Err("empty module reference".into());

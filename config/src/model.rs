@@ -8,7 +8,7 @@ use serde_saphyr::Spanned;
 use crate::units::{Duration, Size};
 
 /// A whole Weft configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The admin listener (`/ready`, `/metrics`); none when omitted.
@@ -29,10 +29,22 @@ pub struct Config {
     /// The folder relative module paths resolve against.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
+    /// Where these listeners sit in their file, for errors: `listeners` in a proxy's
+    /// own file, `proxies[N].listeners` in a mesh config.
+    #[serde(skip, default = "default_listeners_key")]
+    pub listeners_key: String,
+    /// Whether this came from a mesh config: its modules are `builtin:NAME` or
+    /// `filter:NAME` (pushed to the config server), never files.
+    #[serde(skip)]
+    pub from_mesh: bool,
+}
+
+fn default_listeners_key() -> String {
+    "listeners".to_owned()
 }
 
 /// The admin listener.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `ip:port`; port 0 picks a free one.
@@ -40,7 +52,7 @@ pub struct AdminConfig {
 }
 
 /// Graceful shutdown.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
@@ -61,7 +73,7 @@ fn default_drain() -> Duration {
 }
 
 /// A listener: an address, optional TLS, limits, and a filter chain.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Unique name, used in logs and metrics.
@@ -83,7 +95,7 @@ pub struct ListenerConfig {
 }
 
 /// Server-side TLS.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTlsConfig {
     /// PEM certificate chain.
@@ -93,7 +105,7 @@ pub struct ServerTlsConfig {
 }
 
 /// Limits that protect a listener.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// A client must send its whole request head within this time.
@@ -136,12 +148,13 @@ pub enum FailurePolicy {
 }
 
 /// One filter of a chain.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// Name in this chain, used in logs, errors and metrics.
     pub name: Spanned<String>,
-    /// `builtin:NAME`, or a path to a `.wasm` component (relative to this file).
+    /// `builtin:NAME`, a path to a `.wasm` component (relative to this file), or in a
+    /// mesh config `filter:NAME` for a filter pushed to the config server.
     pub module: Spanned<String>,
     /// Expected sha256 of the module, hex; loading fails when it differs.
     #[serde(default)]
@@ -169,7 +182,7 @@ fn default_memory() -> Size {
 }
 
 /// An upstream cluster.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Unique name; filters route by it.
@@ -219,7 +232,7 @@ pub enum UpstreamProtocol {
 }
 
 /// Client-side TLS to a cluster.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTlsConfig {
     /// PEM file of the certificate authorities to trust.

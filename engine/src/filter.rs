@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use wasmtime::component::{Component, Resource};
+use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
-use crate::bindings::{FilterWorld, FilterWorldPre, types};
+use crate::bindings::{FilterWorld, types};
 use crate::host::{FilterShared, HostState, RequestHead, ResponseHead};
 use crate::metrics::FilterMetrics;
 use crate::state::SharedState;
-use crate::{EPOCH_TICK, Engine, FailurePolicy, LoadError};
+use crate::{Compiled, EPOCH_TICK, Engine, FailurePolicy, LoadError};
 
 /// Everything needed to load one filter.
 #[derive(Clone, Debug)]
@@ -79,13 +79,30 @@ pub enum Outcome<T> {
 struct Instance {
     store: Store<HostState>,
     world: FilterWorld,
+    /// Counts this instance in `weft_engine_instances` while it lives.
+    _live: Live,
+}
+
+struct Live(Arc<crate::MetricsHub>);
+
+impl Live {
+    fn new(hub: Arc<crate::MetricsHub>) -> Self {
+        hub.instances.inc();
+        Self(hub)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.instances.dec();
+    }
 }
 
 struct Inner {
     name: Arc<str>,
     digest: String,
     interest: types::Interest,
-    pre: FilterWorldPre<HostState>,
+    compiled: Arc<Compiled>,
     engine: Engine,
     shared: Arc<FilterShared>,
     config_json: String,
@@ -121,18 +138,8 @@ impl Filter {
         engine: &Engine,
         spec: FilterSpec<'_>,
         digest: String,
-        component: &Component,
+        compiled: Arc<Compiled>,
     ) -> Result<Self, LoadError> {
-        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
-            source_name: spec.source.to_owned(),
-            message: format!("{e:#}"),
-        };
-        let pre = engine
-            .inner
-            .linker
-            .instantiate_pre(component)
-            .map_err(wrong_world)?;
-        let pre = FilterWorldPre::new(pre).map_err(wrong_world)?;
         let name: Arc<str> = Arc::from(spec.name);
         let shared = Arc::new(FilterShared {
             name: name.clone(),
@@ -149,7 +156,7 @@ impl Filter {
                 response: false,
                 response_body: types::BodyMode::None,
             },
-            pre,
+            compiled,
             engine: engine.clone(),
             shared,
             config_json: spec.config_json,
@@ -344,6 +351,7 @@ impl Inner {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks);
         let world = self
+            .compiled
             .pre
             .instantiate(&mut store)
             .map_err(|e| StartError::Failed(self.describe(&e, &store)))?;
@@ -356,7 +364,15 @@ impl Inner {
             Ok(Err(message)) => return Err(StartError::Rejected(message)),
             Err(e) => return Err(StartError::Failed(self.describe(&e, &store))),
         };
-        Ok((Instance { store, world }, interest))
+        let live = Live::new(self.engine.inner.metrics.clone());
+        Ok((
+            Instance {
+                store,
+                world,
+                _live: live,
+            },
+            interest,
+        ))
     }
 
     fn checkout(&self) -> Result<Instance, String> {

@@ -34,7 +34,7 @@ mod wasi_io;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -123,9 +123,24 @@ struct EngineInner {
     /// Identifies the engine's settings in cache file names.
     engine_hash: u64,
     linker: Linker<HostState>,
-    compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// Compiled components by sha256, held weakly: code no loaded filter uses is
+    /// freed, so swapping filter versions does not grow the proxy.
+    compiled: Mutex<HashMap<[u8; 32], Weak<Compiled>>>,
     metrics: Arc<MetricsHub>,
     epoch_start: Instant,
+}
+
+/// A compiled component, type-checked against the filter world and ready to
+/// instantiate; shared by every filter loaded from the same module.
+pub(crate) struct Compiled {
+    pub(crate) pre: bindings::FilterWorldPre<HostState>,
+    hub: Arc<MetricsHub>,
+}
+
+impl Drop for Compiled {
+    fn drop(&mut self) {
+        self.hub.components.dec();
+    }
 }
 
 /// The filter engine: compiler, component cache, linker and deadline clock.
@@ -190,8 +205,9 @@ impl Engine {
         hex::encode(Sha256::digest(bytes))
     }
 
-    /// Compile a component, or take it from the cache when these bytes were seen.
-    fn compile(&self, spec: &FilterSpec<'_>) -> Result<(String, Component), LoadError> {
+    /// Compile a component and check it against the filter world, or take it from
+    /// the cache when these bytes were seen.
+    fn compile(&self, spec: &FilterSpec<'_>) -> Result<(String, Arc<Compiled>), LoadError> {
         let source_name = spec.source.to_owned();
         let bytes = spec.bytes;
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
@@ -218,9 +234,9 @@ impl Engine {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&digest)
-            .cloned();
-        if let Some(component) = cached {
-            return Ok((hex_digest, component));
+            .and_then(Weak::upgrade);
+        if let Some(compiled) = cached {
+            return Ok((hex_digest, compiled));
         }
         let cache_file = self.inner.cache_dir.as_ref().map(|dir| {
             dir.join(format!(
@@ -244,12 +260,38 @@ impl Engine {
                 component
             }
         };
-        self.inner
+        // Type-check against the world once per module; every filter and instance
+        // of it reuses the result.
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            source_name: source_name.clone(),
+            message: format!("{e:#}"),
+        };
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
+        let pre = bindings::FilterWorldPre::new(pre).map_err(wrong_world)?;
+        self.inner.metrics.components.inc();
+        let compiled = Arc::new(Compiled {
+            pre,
+            hub: self.inner.metrics.clone(),
+        });
+        let mut cache = self
+            .inner
             .compiled
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(digest, component.clone());
-        Ok((hex_digest, component))
+            .unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|_, c| c.strong_count() > 0);
+        cache.insert(digest, Arc::downgrade(&compiled));
+        Ok((hex_digest, compiled))
+    }
+
+    /// Check that some bytes are a component of the Weft filter world, as
+    /// [`Engine::load`] would, without starting it. Returns its sha256 (hex).
+    pub fn check(&self, source: &str, bytes: &[u8]) -> Result<String, LoadError> {
+        self.compile(&FilterSpec::new("", source, bytes))
+            .map(|(digest, _)| digest)
     }
 
     /// A component compiled earlier by an engine with the same settings, from the
@@ -287,8 +329,8 @@ impl Engine {
 
     /// Load a filter: check, compile (cached), instantiate, and hand it its config.
     pub fn load(&self, spec: FilterSpec<'_>) -> Result<Filter, LoadError> {
-        let (digest, component) = self.compile(&spec)?;
-        Filter::load(self, spec, digest, &component)
+        let (digest, compiled) = self.compile(&spec)?;
+        Filter::load(self, spec, digest, compiled)
     }
 }
 

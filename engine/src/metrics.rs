@@ -52,10 +52,15 @@ impl std::fmt::Debug for MetricFamily {
     }
 }
 
-/// Every filter-defined metric of the process; register it once as a collector.
+/// Every filter-defined metric of the process, and the engine's own gauges; register
+/// it once as a collector.
 #[derive(Debug, Default)]
 pub struct MetricsHub {
     families: Mutex<Vec<Arc<MetricFamily>>>,
+    /// Filter instances alive (warm in a pool or running a hook).
+    pub(crate) instances: Gauge,
+    /// Compiled components alive (used by at least one loaded filter).
+    pub(crate) components: Gauge,
 }
 
 impl MetricsHub {
@@ -106,6 +111,20 @@ impl MetricsHub {
 
 impl Collector for MetricsHub {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (name, help, gauge) in [
+            (
+                "weft_engine_instances",
+                "Filter instances alive, warm or running a hook.",
+                &self.instances,
+            ),
+            (
+                "weft_engine_components",
+                "Compiled filter components in use.",
+                &self.components,
+            ),
+        ] {
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
         let families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
         for f in families.iter() {
             let (ty, metric): (_, &dyn EncodeMetric) = match &f.metric {

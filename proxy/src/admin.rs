@@ -1,7 +1,9 @@
-//! The admin listener: `/ready` for orchestrators, `/metrics` for Prometheus.
+//! The admin listener: `/ready` for orchestrators, `/metrics` for Prometheus,
+//! `/listeners` for tools that need the addresses listeners got.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{Request, Response, StatusCode};
@@ -18,6 +20,7 @@ use crate::body::ProxyBody;
 pub(crate) struct Admin {
     pub(crate) ready: AtomicBool,
     pub(crate) registry: Registry,
+    pub(crate) listeners: Mutex<Vec<(String, SocketAddr)>>,
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<ProxyBody> {
@@ -55,9 +58,24 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
                 ),
             }
         }
+        "/listeners" => {
+            let listeners = admin
+                .listeners
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let map: serde_json::Map<String, serde_json::Value> = listeners
+                .iter()
+                .map(|(name, addr)| (name.clone(), addr.to_string().into()))
+                .collect();
+            text(
+                StatusCode::OK,
+                format!("{}\n", serde_json::Value::Object(map)),
+                "application/json",
+            )
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "try /ready or /metrics\n".into(),
+            "try /ready, /metrics or /listeners\n".into(),
             "text/plain",
         ),
     }

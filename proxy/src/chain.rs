@@ -7,6 +7,8 @@ use std::sync::Arc;
 use weft_config::{Config, FilterConfig, ListenerConfig, ModuleRef};
 use weft_engine::{BodyMode, Engine, Filter, FilterSpec, LoadError};
 
+use crate::ModuleStore;
+
 /// Why a filter of the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("{location}: {key}: {message}")]
@@ -44,10 +46,11 @@ impl FilterChain {
         config: &Config,
         index: usize,
         listener: &ListenerConfig,
+        modules: &dyn ModuleStore,
     ) -> Result<Self, ChainError> {
         let mut filters = Vec::with_capacity(listener.filters.len());
         for (j, f) in listener.filters.iter().enumerate() {
-            filters.push(load_filter(engine, config, index, j, f)?);
+            filters.push(load_filter(engine, config, modules, index, j, f)?);
         }
         Ok(Self::new(filters))
     }
@@ -90,15 +93,16 @@ impl FilterChain {
 fn load_filter(
     engine: &Engine,
     config: &Config,
+    modules: &dyn ModuleStore,
     listener: usize,
     index: usize,
     f: &FilterConfig,
 ) -> Result<Filter, ChainError> {
-    let key = |k: &str| format!("listeners[{listener}].filters[{index}].{k}");
+    let key = |k: &str| config.listener_key(listener, &format!(".filters[{index}].{k}"));
     let module_at = config.locate(&f.module.referenced);
-    let (bytes, source): (std::borrow::Cow<'static, [u8]>, String) = match config.module_source(f) {
+    let (bytes, source): (bytes::Bytes, String) = match config.module_source(f) {
         ModuleRef::Builtin(name) => match weft_builtin::get(&name) {
-            Some(b) => (b.into(), format!("builtin:{name}")),
+            Some(b) => (bytes::Bytes::from_static(b), format!("builtin:{name}")),
             None => {
                 let known: Vec<_> = weft_builtin::names().collect();
                 return Err(ChainError {
@@ -112,8 +116,24 @@ fn load_filter(
                 });
             }
         },
+        ModuleRef::Pushed(name) => {
+            let sha = f.sha256.as_ref().map_or("", |s| s.value.as_str());
+            match modules.module(sha) {
+                Some(b) => (b, format!("filter:{name}")),
+                None => {
+                    return Err(ChainError {
+                        location: module_at,
+                        key: key("module"),
+                        message: format!(
+                            "filter:{name} (sha256 {sha}) is not among the pushed modules"
+                        ),
+                        source: None,
+                    });
+                }
+            }
+        }
         ModuleRef::File(path) => match std::fs::read(&path) {
-            Ok(b) => (b.into(), path.display().to_string()),
+            Ok(b) => (bytes::Bytes::from(b), path.display().to_string()),
             Err(e) => {
                 return Err(ChainError {
                     location: module_at,

@@ -4,9 +4,9 @@
 //! 1. Read a [`weft_config::Config`].
 //! 2. [`start`] it inside a tokio runtime: every filter is loaded and every listener
 //!    bound before it returns, so a bad filter or a taken port is an error here.
-//! 3. [`RunningProxy::reload`] swaps filter chains and clusters in place; requests
-//!    in flight finish on the chain they started with. A configuration that fails to
-//!    load leaves the running one untouched.
+//! 3. [`RunningProxy::reload`] swaps filter chains and clusters in place, and starts
+//!    or stops listeners; requests in flight finish on the chain they started with.
+//!    A configuration that fails to load leaves the running one untouched.
 //! 4. [`RunningProxy::shutdown`] stops accepting and drains in-flight requests.
 //!
 //! ```no_run
@@ -31,8 +31,8 @@ mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -77,9 +77,6 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// The new configuration changes what only a restart can change.
-    #[error("{0}")]
-    NeedsRestart(String),
     /// The filter engine could not start.
     #[error(transparent)]
     Engine(#[from] weft_engine::LoadError),
@@ -91,8 +88,35 @@ impl From<ChainError> for StartError {
     }
 }
 
-/// Build every listener's state (filters loaded, clusters set up) without binding.
-fn build_states(engine: &Engine, config: &Config) -> Result<Vec<ListenerState>, StartError> {
+/// Where the modules of pushed filters (`filter:NAME` with a sha256) come from.
+pub trait ModuleStore: Send + Sync {
+    /// The module with this sha256 (hex), if the store has it.
+    fn module(&self, sha256: &str) -> Option<bytes::Bytes>;
+}
+
+/// A store with no modules: a proxy's own file names only files and built-ins.
+#[derive(Debug, Default)]
+pub struct NoModules;
+
+impl ModuleStore for NoModules {
+    fn module(&self, _: &str) -> Option<bytes::Bytes> {
+        None
+    }
+}
+
+impl ModuleStore for HashMap<String, bytes::Bytes> {
+    fn module(&self, sha256: &str) -> Option<bytes::Bytes> {
+        self.get(sha256).cloned()
+    }
+}
+
+/// Build every listener's state (filters loaded, clusters set up, TLS read) without
+/// binding.
+fn build_states(
+    engine: &Engine,
+    config: &Config,
+    modules: &dyn ModuleStore,
+) -> Result<Vec<ListenerState>, StartError> {
     let mut clusters = HashMap::new();
     for (i, c) in config.clusters.iter().enumerate() {
         let cluster = Cluster::new(c).map_err(|source| StartError::Tls {
@@ -105,7 +129,26 @@ fn build_states(engine: &Engine, config: &Config) -> Result<Vec<ListenerState>, 
     let clusters = Arc::new(clusters);
     let mut states = Vec::with_capacity(config.listeners.len());
     for (i, l) in config.listeners.iter().enumerate() {
-        let chain = FilterChain::load(engine, config, i, l)?;
+        let chain = FilterChain::load(engine, config, i, l, modules)?;
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+                tls::server_config(
+                    &resolve(config, &t.cert.value),
+                    &resolve(config, &t.key.value),
+                )
+                .map_err(|source| StartError::Tls {
+                    location: config.locate(&t.cert.referenced),
+                    key: config.listener_key(i, ".tls"),
+                    source,
+                })?,
+            )),
+        };
+        let settings = listener::ConnSettings {
+            header_read_timeout: l.limits.header_read_timeout.0,
+            max_header_size: l.limits.max_header_size.bytes(),
+            idle_timeout: l.limits.idle_timeout.0,
+        };
         states.push(ListenerState {
             name: Arc::from(l.name.value.as_str()),
             chain,
@@ -116,96 +159,60 @@ fn build_states(engine: &Engine, config: &Config) -> Result<Vec<ListenerState>, 
             clusters: clusters.clone(),
             request_timeout: l.limits.request_timeout.0,
             max_body: l.limits.max_body_size.bytes(),
+            conn: Arc::new(listener::ConnParts::new(tls, &settings)),
         });
     }
     Ok(states)
 }
 
-/// A proxy that is serving.
-pub struct RunningProxy {
-    engine: Engine,
-    listeners: Vec<(String, SocketAddr, Arc<ArcSwap<ListenerState>>)>,
-    admin_addr: Option<SocketAddr>,
+/// A bound listener.
+struct Bound {
+    name: String,
+    /// The address as configured (`127.0.0.1:0` stays bound to the port it got).
+    configured: String,
+    addr: SocketAddr,
+    state: Arc<ArcSwap<ListenerState>>,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Inner {
+    engine: Engine,
+    runtime: tokio::runtime::Handle,
+    listeners: Mutex<Vec<Bound>>,
+    /// One reload at a time (SIGHUP and the config server may both ask).
+    reloading: Mutex<()>,
+    admin: Option<(SocketAddr, Arc<admin::Admin>)>,
+    admin_stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    drain: Duration,
+}
+
+/// A proxy that is serving; clones are handles to the same proxy.
+#[derive(Clone)]
+pub struct RunningProxy {
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for RunningProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningProxy")
-            .field(
-                "listeners",
-                &self
-                    .listeners
-                    .iter()
-                    .map(|l| (&l.0, l.1))
-                    .collect::<Vec<_>>(),
-            )
-            .field("admin", &self.admin_addr)
+            .field("listeners", &self.listeners())
+            .field("admin", &self.admin_addr())
             .finish()
     }
 }
 
-/// Load every filter, bind every listener, and start serving.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Load every filter, bind every listener, and start serving. Must be called inside
+/// a tokio runtime.
 pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     let engine = Engine::new()?;
-    let states = build_states(&engine, &config)?;
-    let (stop, stop_rx) = watch::channel(false);
-    let drain = config.shutdown.drain_timeout.0;
-    let mut listeners = Vec::new();
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let mut bound = Vec::new();
-    for (i, (l, state)) in config.listeners.iter().zip(states).enumerate() {
-        let tcp = TcpListener::bind(&l.address.value)
-            .await
-            .map_err(|source| StartError::Bind {
-                location: config.locate(&l.address.referenced),
-                key: format!("listeners[{i}].address"),
-                address: l.address.value.clone(),
-                source,
-            })?;
-        let tls = match &l.tls {
-            None => None,
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-                tls::server_config(
-                    &resolve(&config, &t.cert.value),
-                    &resolve(&config, &t.key.value),
-                )
-                .map_err(|source| StartError::Tls {
-                    location: config.locate(&t.cert.referenced),
-                    key: format!("listeners[{i}].tls"),
-                    source,
-                })?,
-            )),
-        };
-        let addr = tcp.local_addr().map_err(|source| StartError::Bind {
-            location: config.locate(&l.address.referenced),
-            key: format!("listeners[{i}].address"),
-            address: l.address.value.clone(),
-            source,
-        })?;
-        let settings = listener::ConnSettings {
-            header_read_timeout: l.limits.header_read_timeout.0,
-            max_header_size: l.limits.max_header_size.bytes(),
-            idle_timeout: l.limits.idle_timeout.0,
-        };
-        let state = Arc::new(ArcSwap::from_pointee(state));
-        listeners.push((l.name.value.clone(), addr, state.clone()));
-        bound.push((l.name.value.clone(), tcp, tls, state, settings));
-    }
-    for (name, tcp, tls, state, settings) in bound {
-        let task = listener::run(
-            Arc::from(name.as_str()),
-            tcp,
-            tls,
-            state,
-            settings,
-            stop_rx.clone(),
-            drain,
-        );
-        tasks.push(tokio::spawn(task));
-    }
-    let mut admin_addr = None;
+    let mut admin = None;
     if let Some(a) = &config.admin {
         let tcp = TcpListener::bind(&a.address.value)
             .await
@@ -215,31 +222,43 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
                 address: a.address.value.clone(),
                 source,
             })?;
-        admin_addr = tcp.local_addr().ok();
+        let addr = tcp.local_addr().map_err(|source| StartError::Bind {
+            location: config.locate(&a.address.referenced),
+            key: "admin.address".into(),
+            address: a.address.value.clone(),
+            source,
+        })?;
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(engine.metrics()));
-        let admin = Arc::new(admin::Admin {
-            ready: true.into(),
+        let state = Arc::new(admin::Admin {
+            ready: false.into(),
             registry,
+            listeners: Mutex::default(),
         });
-        tasks.push(tokio::spawn(admin::run(
-            tcp,
-            admin.clone(),
-            stop_rx.clone(),
-        )));
-        // Ready only once every listener is bound, which is now.
-        admin.ready.store(true, Ordering::Release);
+        tasks.push(tokio::spawn(admin::run(tcp, state.clone(), admin_stop_rx)));
+        tracing::info!(%addr, "admin listening");
+        admin = Some((addr, state));
     }
-    for (name, addr, _) in &listeners {
-        tracing::info!(listener = %name, %addr, "listening");
+    let proxy = RunningProxy {
+        inner: Arc::new(Inner {
+            engine,
+            runtime: tokio::runtime::Handle::current(),
+            listeners: Mutex::default(),
+            reloading: Mutex::default(),
+            admin,
+            admin_stop,
+            tasks: Mutex::new(tasks),
+            drain: config.shutdown.drain_timeout.0,
+        }),
+    };
+    if let Err(e) = proxy.reload(&config) {
+        proxy.shutdown().await;
+        return Err(e);
     }
-    Ok(RunningProxy {
-        engine,
-        listeners,
-        admin_addr,
-        stop,
-        tasks,
-    })
+    // Ready once every listener is bound, which is now; a proxy fed by a config
+    // server with nothing to serve yet says so.
+    proxy.set_ready(!config.listeners.is_empty());
+    Ok(proxy)
 }
 
 fn resolve(config: &Config, path: &std::path::Path) -> std::path::PathBuf {
@@ -252,58 +271,162 @@ fn resolve(config: &Config, path: &std::path::Path) -> std::path::PathBuf {
 impl RunningProxy {
     /// The bound address of a listener, by name.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|l| l.0 == name).map(|l| l.1)
+        lock(&self.inner.listeners)
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.addr)
     }
 
     /// Every listener's name and bound address.
-    pub fn listeners(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
-        self.listeners.iter().map(|l| (l.0.as_str(), l.1))
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        lock(&self.inner.listeners)
+            .iter()
+            .map(|l| (l.name.clone(), l.addr))
+            .collect()
     }
 
     /// The admin listener's bound address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
+        self.inner.admin.as_ref().map(|a| a.0)
     }
 
-    /// Apply a new configuration to the running listeners: new filter chains and
-    /// clusters take over for new requests; requests in flight finish on the old
-    /// ones. All or nothing: on error the running configuration stays.
+    /// The filter engine, shared by every listener.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Set what `/ready` answers.
+    pub fn set_ready(&self, ready: bool) {
+        if let Some((_, admin)) = &self.inner.admin {
+            admin.ready.store(ready, Ordering::Release);
+        }
+    }
+
+    /// Apply a new configuration (see [`RunningProxy::reload_with`]).
     pub fn reload(&self, config: &Config) -> Result<(), StartError> {
-        let names: Vec<_> = config
-            .listeners
-            .iter()
-            .map(|l| l.name.value.as_str())
-            .collect();
-        let running: Vec<_> = self.listeners.iter().map(|l| l.0.as_str()).collect();
-        if names != running {
-            return Err(StartError::NeedsRestart(format!(
-                "listeners changed from {running:?} to {names:?}; that needs a restart"
-            )));
+        self.reload_with(config, &NoModules)
+    }
+
+    /// Apply a new configuration, with pushed modules taken from `modules`. All or
+    /// nothing: every filter is loaded and every new address bound before anything
+    /// changes, and on error the running configuration stays.
+    ///
+    /// Listeners that keep their name and address keep their socket: their new
+    /// filter chain and clusters take over for new requests while requests in flight
+    /// finish on the old ones. New listeners start; removed ones stop accepting and
+    /// drain. Loading filters can take milliseconds: call this from a blocking
+    /// context when a runtime worker should not wait.
+    pub fn reload_with(&self, config: &Config, modules: &dyn ModuleStore) -> Result<(), StartError> {
+        let _one_at_a_time = lock(&self.inner.reloading);
+        let states = build_states(&self.inner.engine, config, modules)?;
+        let _runtime = self.inner.runtime.enter();
+        // Bind what is new first, so a taken port changes nothing.
+        let mut fresh = Vec::new();
+        {
+            let running = lock(&self.inner.listeners);
+            for (i, l) in config.listeners.iter().enumerate() {
+                let kept = running
+                    .iter()
+                    .any(|b| b.name == l.name.value && b.configured == l.address.value);
+                if kept {
+                    continue;
+                }
+                let bind_error = |source| StartError::Bind {
+                    location: config.locate(&l.address.referenced),
+                    key: config.listener_key(i, ".address"),
+                    address: l.address.value.clone(),
+                    source,
+                };
+                let tcp = bind(&l.address.value).map_err(bind_error)?;
+                let addr = tcp.local_addr().map_err(bind_error)?;
+                fresh.push((i, tcp, addr));
+            }
         }
-        let states = build_states(&self.engine, config)?;
-        for ((_, _, slot), state) in self.listeners.iter().zip(states) {
-            slot.store(Arc::new(state));
+        let mut running = lock(&self.inner.listeners);
+        let mut next = Vec::with_capacity(config.listeners.len());
+        let mut fresh = fresh.into_iter().peekable();
+        for (i, (l, state)) in config.listeners.iter().zip(states).enumerate() {
+            if let Some(pos) = running
+                .iter()
+                .position(|b| b.name == l.name.value && b.configured == l.address.value)
+            {
+                let bound = running.swap_remove(pos);
+                bound.state.store(Arc::new(state));
+                next.push(bound);
+                continue;
+            }
+            let Some((_, tcp, addr)) = fresh.next_if(|(j, _, _)| *j == i) else {
+                unreachable!("every listener not kept was bound above");
+            };
+            let state = Arc::new(ArcSwap::from_pointee(state));
+            let (stop, stop_rx) = watch::channel(false);
+            let task = listener::run(
+                Arc::from(l.name.value.as_str()),
+                tcp,
+                state.clone(),
+                stop_rx,
+                self.inner.drain,
+            );
+            lock(&self.inner.tasks).push(tokio::spawn(task));
+            tracing::info!(listener = %l.name.value, %addr, "listening");
+            next.push(Bound {
+                name: l.name.value.clone(),
+                configured: l.address.value.clone(),
+                addr,
+                state,
+                stop,
+            });
         }
+        // What is left was removed (or moved): stop accepting, drain in the background.
+        for gone in running.drain(..) {
+            tracing::info!(listener = %gone.name, addr = %gone.addr, "listener removed; draining");
+            let _ = gone.stop.send(true);
+        }
+        *running = next;
+        if let Some((_, admin)) = &self.inner.admin {
+            *lock(&admin.listeners) = running.iter().map(|b| (b.name.clone(), b.addr)).collect();
+        }
+        lock(&self.inner.tasks).retain(|t| !t.is_finished());
         Ok(())
     }
 
     /// Stop accepting, wait for in-flight requests (up to the drain timeout), stop.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
+    pub async fn shutdown(&self) {
+        for l in lock(&self.inner.listeners).iter() {
+            let _ = l.stop.send(true);
+        }
+        let _ = self.inner.admin_stop.send(true);
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        for task in tasks {
             let _ = task.await;
         }
     }
 
     /// Like [`RunningProxy::shutdown`], but bounded: gives up waiting after `limit`.
-    pub async fn shutdown_within(self, limit: Duration) {
+    pub async fn shutdown_within(&self, limit: Duration) {
         let _ = tokio::time::timeout(limit, self.shutdown()).await;
     }
+}
+
+/// Bind a listening socket the way tokio does (address reuse, non-blocking), without
+/// awaiting, so reloads can run on a blocking thread.
+fn bind(address: &str) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = address
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Check a configuration the way [`start`] would (every filter loaded and given its
 /// config, TLS files read), without binding anything. Returns the listener count.
 pub fn check(config: &Config) -> Result<usize, StartError> {
     let engine = Engine::new()?;
-    Ok(build_states(&engine, config)?.len())
+    Ok(build_states(&engine, config, &NoModules)?.len())
 }

@@ -23,6 +23,29 @@ pub(crate) struct ConnSettings {
     pub(crate) idle_timeout: Duration,
 }
 
+/// What a listener's connections are served with; swapped with its state on reload.
+pub(crate) struct ConnParts {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl std::fmt::Debug for ConnParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnParts")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnParts {
+    pub(crate) fn new(tls: Option<tokio_rustls::TlsAcceptor>, settings: &ConnSettings) -> Self {
+        Self {
+            tls,
+            builder: http_builder(settings),
+        }
+    }
+}
+
 fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -48,13 +71,10 @@ fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
 pub(crate) async fn run(
     name: Arc<str>,
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<ArcSwap<ListenerState>>,
-    settings: ConnSettings,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let builder = Arc::new(http_builder(&settings));
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -71,13 +91,12 @@ pub(crate) async fn run(
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
-        let builder = builder.clone();
+        let conn = state.load().conn.clone();
         let state = state.clone();
-        let tls = tls.clone();
         let watcher = graceful.watcher();
         let name = name.clone();
         tokio::spawn(async move {
-            serve_connection(name, stream, peer, local, tls, builder, state, watcher).await;
+            serve_connection(name, stream, peer, local, conn, state, watcher).await;
         });
     }
     drop(listener);
@@ -92,25 +111,24 @@ pub(crate) async fn run(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     name: Arc<str>,
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    conn: Arc<ConnParts>,
     state: Arc<ArcSwap<ListenerState>>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let mut info = ConnectionInfo {
         peer,
         local,
-        tls: tls.is_some(),
+        tls: conn.tls.is_some(),
         peer_identity: None,
         sni: None,
     };
-    let result = match tls {
+    let builder = &conn.builder;
+    let result = match &conn.tls {
         None => {
             let info = Arc::new(info);
             let svc = service_fn(move |req| service::serve(state.load_full(), info.clone(), req));

@@ -39,6 +39,8 @@ pub struct ListenerState {
     pub request_timeout: Duration,
     /// The largest body a filter may have buffered.
     pub max_body: usize,
+    /// TLS and HTTP settings for new connections.
+    pub(crate) conn: Arc<crate::listener::ConnParts>,
 }
 
 /// Serve one request. Never fails: every error becomes a response that says who

@@ -243,7 +243,7 @@ impl ProxyBuilder {
         let config = weft_config::Config::from_str(&self.yaml, "test.yaml", None)
             .map_err(|e| e.to_string())?;
         let running = weft_proxy::start(config).await.map_err(|e| e.to_string())?;
-        let addr = running.listeners().next().expect("a listener").1;
+        let addr = running.listeners().first().expect("a listener").1;
         Ok(Proxy {
             addr,
             running: Some(running),
@@ -261,7 +261,7 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         if let Some(p) = self.running.take() {
-            tokio::spawn(p.shutdown_within(Duration::from_secs(5)));
+            tokio::spawn(async move { p.shutdown_within(Duration::from_secs(5)).await });
         }
     }
 }

@@ -1,0 +1,150 @@
+//! The mesh config: what the config server stores and pushes to every proxy.
+//!
+//! One YAML file describes the whole mesh: the clusters, and per group of proxies
+//! (selected by service name and labels) the listeners with their filter chains.
+//! Modules are `builtin:NAME` or `filter:NAME`, a filter pushed to the config server;
+//! each snapshot resolves every `filter:NAME` to the sha256 of one pushed version.
+//!
+//! ```yaml
+//! clusters:
+//!   - name: web
+//!     endpoints: ["127.0.0.1:8081"]
+//! proxies:
+//!   - select: { service: web, labels: { zone: a } }
+//!     listeners:
+//!       - name: inbound
+//!         address: 127.0.0.1:15006
+//!         default_cluster: web
+//!         filters:
+//!           - name: hello
+//!             module: filter:hello
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::{ClusterConfig, Config, ConfigError, ListenerConfig, ModuleRef, ShutdownConfig};
+
+/// A whole mesh config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Clusters every proxy knows.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+    /// Groups of proxies and what they serve; a proxy takes the first group that
+    /// selects it.
+    pub proxies: Vec<ProxyGroup>,
+    /// The file this came from, for errors.
+    #[serde(skip)]
+    pub file: String,
+}
+
+/// The proxies a group applies to, and their listeners.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyGroup {
+    /// Which proxies; `{}` selects all.
+    pub select: Selector,
+    /// Their listeners and filter chains.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// Selects proxies by the service they sit beside and their labels.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    /// The service name; any when omitted.
+    #[serde(default)]
+    pub service: Option<Spanned<String>>,
+    /// Labels a proxy must all carry, with these values.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Selector {
+    /// Whether a proxy of `service` with `labels` is selected.
+    pub fn matches(&self, service: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.service.as_ref().is_none_or(|s| s.value == service)
+            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+impl MeshConfig {
+    /// Parse mesh YAML; `file` names it in errors. [`MeshConfig::validate`] next.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let mut mesh: Self = crate::parse_yaml(text, file)?;
+        mesh.file = file.to_owned();
+        Ok(mesh)
+    }
+
+    /// The index of the first group that selects a proxy.
+    pub fn select(&self, service: &str, labels: &BTreeMap<String, String>) -> Option<usize> {
+        self.proxies
+            .iter()
+            .position(|g| g.select.matches(service, labels))
+    }
+
+    /// The configuration of the proxies of group `index`, with each `filter:NAME`
+    /// resolved through `filters` (pushed name to sha256) unless the mesh pins a
+    /// `sha256` itself. Validated; errors name the mesh file and its keys.
+    pub fn proxy_config(
+        &self,
+        index: usize,
+        filters: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let group = &self.proxies[index];
+        let mut listeners = group.listeners.clone();
+        for listener in &mut listeners {
+            for f in &mut listener.filters {
+                if let (Ok(ModuleRef::Pushed(name)), None) =
+                    (ModuleRef::parse(&f.module.value), &f.sha256)
+                    && let Some(sha) = filters.get(&name)
+                {
+                    f.sha256 = Some(Spanned::new(
+                        sha.clone(),
+                        f.module.referenced,
+                        f.module.defined,
+                    ));
+                }
+            }
+        }
+        let config = Config {
+            admin: None,
+            listeners,
+            clusters: self.clusters.clone(),
+            shutdown: ShutdownConfig::default(),
+            file: self.file.clone(),
+            base_dir: None,
+            listeners_key: format!("proxies[{index}].listeners"),
+            from_mesh: true,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every group (see [`MeshConfig::proxy_config`]).
+    pub fn validate(&self, filters: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        for i in 0..self.proxies.len() {
+            self.proxy_config(i, filters)?;
+        }
+        Ok(())
+    }
+
+    /// The pushed filters (name, pinned sha256 if any) that group `index` uses.
+    pub fn pushed_filters(&self, index: usize) -> impl Iterator<Item = (String, Option<&str>)> {
+        self.proxies[index]
+            .listeners
+            .iter()
+            .flat_map(|l| &l.filters)
+            .filter_map(|f| match ModuleRef::parse(&f.module.value) {
+                Ok(ModuleRef::Pushed(name)) => {
+                    Some((name, f.sha256.as_ref().map(|s| s.value.as_str())))
+                }
+                _ => None,
+            })
+    }
+}
