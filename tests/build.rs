@@ -19,9 +19,13 @@ const GUESTS: &[(&str, &str, &str)] = &[
         "tests/guests/wrong-world",
     ),
     ("HELLO", "hello-filter", "examples/hello-filter"),
+    ("TAG_ONE", "weft-test-guest-tag-one", "tests/guests/tag-one"),
+    ("TAG_TWO", "weft-test-guest-tag-two", "tests/guests/tag-two"),
 ];
 
 fn main() {
+    // The two tag guests share their source, which sits beside them.
+    println!("cargo:rerun-if-changed=guests/tag.rs");
     let list: Vec<_> = GUESTS.iter().map(|(_, p, d)| (*p, *d)).collect();
     let built = weft_guest_build::build(&list);
     let mut src = String::new();

@@ -1,8 +1,11 @@
-//! `weft demo`: two demo backends and a proxy with the built-in router and fault
-//! filters, all on loopback, on embedded defaults.
+//! `weft demo`: Weft's whole job on loopback, on embedded defaults: a config server,
+//! two proxies it feeds with the built-in fault and router filters, and two demo
+//! backends.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -13,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use weft_config::Config;
+use weft_config::MeshConfig;
 
 const CONFIG: &str = include_str!("demo.yaml");
 
@@ -55,28 +58,80 @@ async fn backend(name: &'static str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-pub(crate) async fn run(listen: &str, admin: &str, print_config: bool) -> anyhow::Result<()> {
+/// The port after `listen`'s, or 0 when it is 0: the second proxy's listener.
+fn next_port(listen: &str) -> anyhow::Result<String> {
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?} is not ip:port"))?;
+    let port = match addr.port() {
+        0 => 0,
+        p => p.checked_add(1).context("--listen port is the last one")?,
+    };
+    Ok(SocketAddr::new(addr.ip(), port).to_string())
+}
+
+pub(crate) async fn run(
+    listen: &str,
+    admin: &str,
+    server_listen: SocketAddr,
+    print_config: bool,
+) -> anyhow::Result<()> {
     let blue = backend("blue").await?;
     let green = backend("green").await?;
     let yaml = CONFIG
         .replace("{listen}", listen)
-        .replace("{admin}", admin)
+        .replace("{listen_b}", &next_port(listen)?)
         .replace("{blue}", &blue.to_string())
         .replace("{green}", &green.to_string());
     if print_config {
         print!("{yaml}");
         return Ok(());
     }
-    let config = Config::from_str(&yaml, "<demo>", None)?;
-    let proxy = weft_proxy::start(config)
-        .await
-        .context("starting the demo proxy (is the port taken? try --listen 127.0.0.1:8081 --admin 127.0.0.1:9902)")?;
-    let addr = proxy.listener_addr("demo").context("demo listener")?;
-    let admin = proxy.admin_addr().context("admin listener")?;
+    MeshConfig::parse(&yaml, "<demo>")?.validate(&BTreeMap::new())?;
+
+    // The config server, with its data in a fresh folder.
+    let data = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let server = weft_config_server::start(weft_config_server::Options {
+        listen: server_listen,
+        data_dir: data.clone(),
+        token: None,
+        max_filter_size: 16 << 20,
+    })
+    .await
+    .context("starting the demo config server (is the port taken? try --server-listen 127.0.0.1:7071)")?;
+    let url = format!("http://{}", server.addr());
+    let token = std::fs::read_to_string(server.token_file())
+        .context("reading the demo server's token")?
+        .trim()
+        .to_owned();
+    let mesh_file = data.join("mesh.yaml");
+    std::fs::write(&mesh_file, &yaml)?;
+    let api = crate::client::ServerArgs::new(&url, &token);
+    crate::client::apply(&api, &mesh_file).await?;
+
+    // Two proxies that know nothing but the server's address.
+    let mut proxies = Vec::new();
+    for (replica, admin) in [("a", admin), ("b", "127.0.0.1:0")] {
+        let labels = BTreeMap::from([("replica".to_owned(), replica.to_owned())]);
+        let (proxy, agent) =
+            crate::start_subscribed(&url, &format!("demo-{replica}"), "demo", labels, admin, None)
+                .await
+                .context("starting a demo proxy (is the port taken? try --listen 127.0.0.1:8090 --admin 127.0.0.1:9902)")?;
+        let mut applied = agent.applied();
+        tokio::time::timeout(Duration::from_secs(30), applied.wait_for(Option::is_some))
+            .await
+            .context("the demo proxy got no configuration from the server within 30 s")??;
+        proxies.push((proxy, agent));
+    }
+    let addr = proxies[0].0.listener_addr("demo").context("demo listener")?;
+    let addr_b = proxies[1].0.listener_addr("demo").context("demo listener")?;
+    let admin = proxies[0].0.admin_addr().context("admin listener")?;
     println!(
         r#"
-Weft demo is running: a proxy on {addr} with the fault and router filters, in front of
-two backends, blue ({blue}) and green ({green}). Try:
+Weft demo is running: a config server on {url}, and a proxy on {addr} (a second one on
+{addr_b}) with the fault and router filters it pushed, in front of two backends, blue
+({blue}) and green ({green}). Try:
 
   curl -i http://{addr}/hello                              # routed to blue
   curl -i http://{addr}/old/page                           # prefix rewritten to /new/page
@@ -88,8 +143,24 @@ two backends, blue ({blue}) and green ({green}). Try:
   curl -i --http2-prior-knowledge http://{addr}/hello      # HTTP/2 (h2c)
   curl http://{admin}/ready ; curl http://{admin}/metrics
 
+Change the mesh live: edit {mesh} (say, the split weights), then
+
+  export WEFT_SERVER={url} WEFT_TOKEN={token}
+  ./target/release/weft apply -f {mesh}
+  ./target/release/weft status
+
 Press Ctrl-C to stop.
-"#
+"#,
+        mesh = mesh_file.display()
     );
-    crate::serve_until_signal(proxy, None).await
+    crate::wait_for_stop().await?;
+    tracing::info!("shutting down: draining in-flight requests");
+    for (proxy, agent) in proxies {
+        agent.stop();
+        proxy.shutdown_within(Duration::from_secs(60)).await;
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data);
+    tracing::info!("stopped");
+    Ok(())
 }

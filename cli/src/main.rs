@@ -1,8 +1,11 @@
 //! `weft`: the proxy, a demo, and the tools around them.
 #![forbid(unsafe_code)]
 
+mod client;
 mod demo;
+mod paths;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,17 +23,69 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy from a configuration file.
+    /// Run the proxy, from a configuration file or fed by a config server.
     Proxy {
-        /// The YAML configuration.
-        #[arg(short, long, default_value = "weft.yaml")]
-        config: PathBuf,
+        /// The YAML configuration (when not fed by a config server).
+        #[arg(short, long, conflicts_with = "config_server")]
+        config: Option<PathBuf>,
         /// Check the configuration (and load every filter), then exit.
-        #[arg(long)]
+        #[arg(long, requires = "config")]
         check: bool,
+        /// Subscribe to this config server (e.g. http://127.0.0.1:7070) for listeners,
+        /// clusters and filters.
+        #[arg(long, value_name = "URL")]
+        config_server: Option<String>,
+        #[command(flatten)]
+        identity: Identity,
     },
-    /// Run a demo on loopback: two backends behind a proxy with the router and fault
-    /// filters, on embedded defaults.
+    /// Run the config server: stores filters and mesh configs, pushes them to proxies.
+    ConfigServer {
+        /// Where the HTTP API and the proxies' gRPC stream listen.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: std::net::SocketAddr,
+        /// Where filters, versions and the API token are kept
+        /// [default: $XDG_DATA_HOME/weft/config-server or ~/.local/share/weft/config-server].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Largest filter module accepted, in bytes.
+        #[arg(long, default_value_t = 16 << 20)]
+        max_filter_size: usize,
+    },
+    /// Push a filter module (.wasm component) to the config server under a name.
+    Push {
+        /// The .wasm file.
+        file: PathBuf,
+        /// The name mesh configs use (`module: filter:NAME`).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Apply a mesh config (YAML) on the config server.
+    Apply {
+        /// The mesh YAML.
+        #[arg(short, long)]
+        file: PathBuf,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Show the current version and every proxy: what it applied, or why it refused.
+    Status {
+        /// Print the server's JSON as it is.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Make an earlier version current again (as a new version).
+    Rollback {
+        /// The version to return to.
+        version: u64,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Run a demo on loopback: a config server, two proxies it feeds with the router
+    /// and fault filters, and two backends, on embedded defaults.
     Demo {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -38,10 +93,41 @@ enum Command {
         /// Where the demo admin listener (/ready, /metrics) listens.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
-        /// Print the demo's configuration and exit.
+        /// Where the demo config server listens.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        server_listen: std::net::SocketAddr,
+        /// Print the demo's mesh config and exit.
         #[arg(long)]
         print_config: bool,
     },
+}
+
+/// Who a proxy fed by a config server is.
+#[derive(clap::Args)]
+struct Identity {
+    /// Unique id of this proxy [default: the host name].
+    #[arg(long)]
+    node: Option<String>,
+    /// The service this proxy sits beside; mesh configs select proxies by it.
+    #[arg(long, default_value = "default")]
+    service: String,
+    /// A label mesh configs can select on, as KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Admin listener (/ready, /metrics, /listeners) of a proxy fed by a config server.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// Where the last good snapshot is kept, so a restart serves without the server
+    /// [default: $XDG_STATE_HOME/weft/proxy-NODE or ~/.local/state/weft/proxy-NODE].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 fn init_logging() {
@@ -50,6 +136,10 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Standard output is for what a command prints (`weft status`, the demo's
+        // instructions); logs go beside errors.
+        .with_writer(std::io::stderr)
         .init();
 }
 
@@ -68,12 +158,33 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Proxy { config, check } => run_proxy(config, check).await,
+            Command::Proxy {
+                config,
+                check,
+                config_server: Some(url),
+                identity,
+            } => {
+                debug_assert!(config.is_none() && !check);
+                run_subscribed_proxy(url, identity).await
+            }
+            Command::Proxy { config, check, .. } => {
+                run_proxy(config.unwrap_or_else(|| "weft.yaml".into()), check).await
+            }
+            Command::ConfigServer {
+                listen,
+                data_dir,
+                max_filter_size,
+            } => run_config_server(listen, data_dir, max_filter_size).await,
+            Command::Push { file, name, server } => client::push(&server, &file, &name).await,
+            Command::Apply { file, server } => client::apply(&server, &file).await,
+            Command::Status { json, server } => client::status(&server, json).await,
+            Command::Rollback { version, server } => client::rollback(&server, version).await,
             Command::Demo {
                 listen,
                 admin,
+                server_listen,
                 print_config,
-            } => demo::run(&listen, &admin, print_config).await,
+            } => demo::run(&listen, &admin, server_listen, print_config).await,
         }
     });
     match result {
@@ -95,6 +206,87 @@ async fn run_proxy(path: PathBuf, check: bool) -> anyhow::Result<()> {
     }
     let proxy = weft_proxy::start(config).await?;
     serve_until_signal(proxy, Some(path)).await
+}
+
+/// A proxy with no file of its own: its admin listener at once, then what the config
+/// server (or, until it answers, the disk cache) says.
+async fn run_subscribed_proxy(url: String, identity: Identity) -> anyhow::Result<()> {
+    let node = identity.node.unwrap_or_else(paths::host_name);
+    let state_dir = identity
+        .state_dir
+        .unwrap_or_else(|| paths::state_dir(&format!("proxy-{node}")));
+    let (proxy, agent) = start_subscribed(
+        &url,
+        &node,
+        &identity.service,
+        identity.labels.into_iter().collect(),
+        &identity.admin,
+        Some(state_dir),
+    )
+    .await?;
+    let result = serve_until_signal(proxy, None).await;
+    agent.stop();
+    result
+}
+
+/// A proxy with only its admin listener, and the agent that feeds it.
+pub(crate) async fn start_subscribed(
+    url: &str,
+    node: &str,
+    service: &str,
+    labels: BTreeMap<String, String>,
+    admin: &str,
+    state_dir: Option<PathBuf>,
+) -> anyhow::Result<(weft_proxy::RunningProxy, weft_agent::Agent)> {
+    let yaml = format!("admin:\n  address: {admin:?}\n");
+    let config = Config::from_str(&yaml, "--admin", None)?;
+    let proxy = weft_proxy::start(config).await?;
+    let mut options = weft_agent::Options::new(url, node, service);
+    options.labels = labels;
+    options.state_dir = state_dir;
+    let agent = weft_agent::start(proxy.clone(), options).await?;
+    Ok((proxy, agent))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub(crate) async fn wait_for_stop() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+async fn run_config_server(
+    listen: std::net::SocketAddr,
+    data_dir: Option<PathBuf>,
+    max_filter_size: usize,
+) -> anyhow::Result<()> {
+    let data_dir = data_dir.unwrap_or_else(paths::server_data_dir);
+    let server = weft_config_server::start(weft_config_server::Options {
+        listen,
+        data_dir: data_dir.clone(),
+        token: std::env::var("WEFT_TOKEN").ok().filter(|t| !t.is_empty()),
+        max_filter_size,
+    })
+    .await?;
+    if let Some(token) = server.created_token() {
+        println!(
+            "created the API token (shown once; kept in {}):\n  {token}",
+            server.token_file().display()
+        );
+    }
+    println!(
+        "weft config server on http://{} (data in {})",
+        server.addr(),
+        data_dir.display()
+    );
+    wait_for_stop().await?;
+    server.shutdown().await;
+    Ok(())
 }
 
 /// Serve until SIGTERM or SIGINT, then drain. SIGHUP re-reads the configuration

@@ -1,0 +1,562 @@
+//! The control plane as operators run it: a real `weft config-server`, real `weft
+//! proxy --config-server` processes, the real `weft push/apply/status/rollback`
+//! commands, and HTTP load through the proxies while filters are swapped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use weft_tests::{TempDir, backend, guests};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Ends the child when the test ends, whatever happened.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn weft() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    cmd.env_remove("WEFT_TOKEN").env_remove("WEFT_SERVER");
+    cmd
+}
+
+/// Send the lines of a child's pipe to a channel, from a thread.
+fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The first line that contains `marker`, within the limit.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, marker: &str, seen: &mut Vec<String>) -> String {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no line with {marker:?}; saw:\n{}", seen.join("\n")));
+        seen.push(line.clone());
+        if line.contains(marker) {
+            return line;
+        }
+    }
+}
+
+struct Server {
+    _child: Guard,
+    addr: SocketAddr,
+    url: String,
+    token: String,
+    /// What it printed on stdout at start.
+    banner: Vec<String>,
+}
+
+/// `weft config-server` on `listen` with its data in `dir`.
+fn config_server(dir: &Path, listen: &str) -> Server {
+    let mut child = weft()
+        .args(["config-server", "--listen", listen, "--data-dir"])
+        .arg(dir)
+        .env("WEFT_CACHE_DIR", dir.join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = lines(child.stdout.take().unwrap());
+    let guard = Guard(child);
+    let mut banner = Vec::new();
+    let line = wait_line(&out, "weft config server on http://", &mut banner);
+    let addr: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let token = std::fs::read_to_string(dir.join("token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    Server {
+        _child: guard,
+        addr,
+        url: format!("http://{addr}"),
+        token,
+        banner,
+    }
+}
+
+impl Server {
+    /// Run a client command against this server, with its token.
+    fn cli(&self, args: &[&str]) -> Output {
+        let out = weft()
+            .args(args)
+            .args(["--server", &self.url, "--token", &self.token])
+            .output()
+            .unwrap();
+        out
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "weft {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `weft ...` expected to fail; returns its stderr.
+    fn cli_err(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "weft {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Push a module under a name; returns the version it made live.
+    fn push(&self, file: &str, name: &str) -> u64 {
+        let out = self.cli_ok(&["push", file, "--name", name]);
+        out.split("live as version ")
+            .nth(1)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no version in {out:?}"))
+    }
+
+    fn proxies(&self) -> Value {
+        let out = self.cli_ok(&["status", "--json"]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// Wait until every named proxy has applied `version`.
+    fn converged(&self, nodes: &[&str], version: u64) -> Value {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let status = self.proxies();
+            let done = nodes.iter().all(|n| {
+                status["proxies"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["node"] == *n && p["applied"] == version && p["connected"] == true)
+            });
+            if done {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxies {nodes:?} did not apply version {version}: {status:#}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+struct ProxyProc {
+    child: Guard,
+    admin: SocketAddr,
+}
+
+/// `weft proxy --config-server URL` as node `node`, caching in `state`.
+fn proxy(url: &str, node: &str, state: &Path) -> ProxyProc {
+    let mut child = weft()
+        .args([
+            "proxy",
+            "--config-server",
+            url,
+            "--node",
+            node,
+            "--service",
+            "web",
+            "--label",
+            "zone=a",
+            "--admin",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(state)
+        .env("WEFT_CACHE_DIR", state.join("compiled"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = lines(child.stderr.take().unwrap());
+    let guard = Guard(child);
+    let line = wait_line(&err, "admin listening", &mut Vec::new());
+    let admin = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Keep draining its logs so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in err {});
+    ProxyProc {
+        child: guard,
+        admin,
+    }
+}
+
+/// A blocking GET on the admin listener.
+fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+impl ProxyProc {
+    /// The address its `inbound` listener got, once it is ready.
+    fn inbound(&self) -> SocketAddr {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if admin_get(self.admin, "/ready").0 == 200 {
+                let (_, body) = admin_get(self.admin, "/listeners");
+                let v: Value = serde_json::from_str(&body).unwrap();
+                if let Some(a) = v["inbound"].as_str() {
+                    return a.parse().unwrap();
+                }
+            }
+            assert!(Instant::now() < deadline, "proxy never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (_, body) = admin_get(self.admin, "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+}
+
+/// The mesh of these tests: every `web` proxy in zone a gets an `inbound` listener
+/// with the pushed `tag` filter in front of the backend.
+fn mesh(backend: SocketAddr, extra: &str) -> String {
+    format!(
+        "clusters:
+  - name: web
+    endpoints: [\"{backend}\"]
+proxies:
+  - select: {{ service: web, labels: {{ zone: a }} }}
+    listeners:
+      - name: inbound
+        address: 127.0.0.1:0
+        default_cluster: web
+        filters:
+          - name: tag
+            module: filter:tag
+{extra}"
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Requests in a loop from `clients` tasks over `targets`, until `stop`; returns
+/// (failures with reasons, the tags seen, how many requests).
+async fn load(
+    targets: Vec<SocketAddr>,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> (Vec<String>, BTreeMap<String, usize>, usize) {
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let target = targets[i % targets.len()];
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            let mut failures = Vec::new();
+            let mut tags = BTreeMap::new();
+            let mut count = 0;
+            while !stop.load(Ordering::Relaxed) {
+                count += 1;
+                let req = http::Request::get(format!("http://{target}/load"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                match tokio::time::timeout(LIMIT, client.request(req)).await {
+                    Ok(Ok(resp)) => {
+                        let status = resp.status();
+                        let tag = resp
+                            .headers()
+                            .get("x-echo-tag")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("none")
+                            .to_owned();
+                        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+                        if status != 200 || body.is_err() {
+                            failures.push(format!("{status} {body:?}"));
+                        }
+                        *tags.entry(tag).or_insert(0) += 1;
+                    }
+                    Ok(Err(e)) => failures.push(format!("transport: {e:?}")),
+                    Err(_) => failures.push("no answer within the limit".into()),
+                }
+            }
+            (failures, tags, count)
+        }));
+    }
+    let mut all = (Vec::new(), BTreeMap::new(), 0);
+    for t in tasks {
+        let (f, tags, n) = t.await.unwrap();
+        all.0.extend(f);
+        for (k, v) in tags {
+            *all.1.entry(k).or_insert(0) += v;
+        }
+        all.2 += n;
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_swaps_under_load_fail_no_request_and_free_old_versions() {
+    let dir = TempDir::new();
+    let web = backend("web").start().await;
+    let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
+    assert!(
+        server.banner.iter().any(|l| l.contains("created the API token")),
+        "the first start prints the new token: {:?}",
+        server.banner
+    );
+    // A filter first, then the mesh that uses it.
+    let out = server.cli_ok(&["push", guests::TAG_ONE, "--name", "tag"]);
+    assert!(out.contains("no mesh config applied yet"), "{out}");
+    let mesh_file = write(&dir.0, "mesh.yaml", &mesh(web.addr, ""));
+    let out = server.cli_ok(&["apply", "-f", &mesh_file]);
+    let mut version: u64 = out.rsplit(' ').next().unwrap().trim().parse().unwrap();
+
+    let a = proxy(&server.url, "web-a", &dir.0.join("a"));
+    let b = proxy(&server.url, "web-b", &dir.0.join("b"));
+    let targets = vec![a.inbound(), b.inbound()];
+    server.converged(&["web-a", "web-b"], version);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(load(targets.clone(), 8, stop.clone()));
+    let mut rss = Vec::new();
+    for i in 0..20 {
+        let module = if i % 2 == 0 { guests::TAG_TWO } else { guests::TAG_ONE };
+        let pushed = tokio::task::block_in_place(|| server.push(module, "tag"));
+        assert!(pushed > version, "every push is a new version");
+        version = pushed;
+        tokio::task::block_in_place(|| server.converged(&["web-a", "web-b"], version));
+        if i == 4 || i == 19 {
+            rss.push((a.rss_kib(), b.rss_kib()));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (failures, tags, requests) = load.await.unwrap();
+    assert!(failures.is_empty(), "{} of {requests} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    let seen: BTreeSet<_> = tags.keys().map(String::as_str).collect();
+    assert_eq!(
+        seen,
+        BTreeSet::from(["one", "two"]),
+        "every response came from version one or two of the filter: {tags:?}"
+    );
+    // The last push was version one again: new requests see it.
+    let client = weft_tests::client();
+    for t in &targets {
+        assert_eq!(client.get(*t, "/").await.header("x-echo-tag"), Some("one"));
+    }
+    // Old versions are freed: one compiled component live per proxy, and a bounded
+    // number of instances.
+    for p in [&a, &b] {
+        assert_eq!(p.metric("weft_engine_components"), 1.0, "proxy {}", p.pid());
+        assert!(p.metric("weft_engine_instances") <= 8.0, "proxy {}", p.pid());
+    }
+    let (early, late) = (rss[0], rss[1]);
+    for (before, after) in [(early.0, late.0), (early.1, late.1)] {
+        assert!(
+            after < before + 8 * 1024,
+            "RSS grew from {before} KiB after 5 swaps to {after} KiB after 20"
+        );
+    }
+    eprintln!("{requests} requests, tags {tags:?}, RSS (KiB) after 5 and 20 swaps: {rss:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
+    let dir = TempDir::new();
+    let web = backend("web").start().await;
+    let data = dir.0.join("server");
+    let server = config_server(&data, "127.0.0.1:0");
+    server.cli_ok(&["push", guests::TAG_ONE, "--name", "tag"]);
+    let mesh_file = write(&dir.0, "mesh.yaml", &mesh(web.addr, ""));
+    server.cli_ok(&["apply", "-f", &mesh_file]);
+    let version = server.push(guests::TAG_TWO, "tag");
+    let state = dir.0.join("a");
+    let a = proxy(&server.url, "web-a", &state);
+    let inbound = a.inbound();
+    server.converged(&["web-a"], version);
+    let client = weft_tests::client();
+    assert_eq!(client.get(inbound, "/").await.header("x-echo-tag"), Some("two"));
+
+    // The server dies: the proxy keeps serving.
+    let (addr, url) = (server.addr, server.url.clone());
+    drop(server);
+    assert_eq!(client.get(inbound, "/").await.status, 200);
+
+    // A proxy started while the server is down serves from its disk cache.
+    drop(a);
+    let a = proxy(&url, "web-a", &state);
+    let inbound = a.inbound();
+    let reply = client.get(inbound, "/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-echo-tag"), Some("two"));
+
+    // The server comes back on the same address and data: every filter and version
+    // is there, the token is not printed again, and the proxy reconnects.
+    let server = config_server(&data, &addr.to_string());
+    assert!(!server.banner.iter().any(|l| l.contains("token")), "{:?}", server.banner);
+    let filters = server.cli_ok(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&filters).unwrap();
+    assert_eq!(status["version"], version);
+    server.converged(&["web-a"], version);
+    // And it converges on what is pushed next.
+    let next = server.push(guests::TAG_ONE, "tag");
+    server.converged(&["web-a"], next);
+    assert_eq!(client.get(inbound, "/").await.header("x-echo-tag"), Some("one"));
+    // A rollback is a new version with the old content.
+    let out = server.cli_ok(&["rollback", &version.to_string()]);
+    let rolled: u64 = out.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    assert!(rolled > next, "{out}");
+    server.converged(&["web-a"], rolled);
+    assert_eq!(client.get(inbound, "/").await.header("x-echo-tag"), Some("two"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
+    let dir = TempDir::new();
+    let web = backend("web").start().await;
+    let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
+    server.cli_ok(&["push", guests::TAG_ONE, "--name", "tag"]);
+    let mesh_file = write(&dir.0, "mesh.yaml", &mesh(web.addr, ""));
+    let out = server.cli_ok(&["apply", "-f", &mesh_file]);
+    let version: u64 = out.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    let a = proxy(&server.url, "web-a", &dir.0.join("a"));
+    let inbound = a.inbound();
+    server.converged(&["web-a"], version);
+
+    let not_wasm = write(&dir.0, "notes.wasm", "hello");
+    let err = server.cli_err(&["push", &not_wasm, "--name", "tag"]);
+    assert!(err.contains("400") && err.contains("not a WebAssembly"), "{err}");
+    let core = dir.0.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let err = server.cli_err(&["push", core.to_str().unwrap(), "--name", "tag"]);
+    assert!(err.contains("400") && err.contains("core WebAssembly module"), "{err}");
+    let err = server.cli_err(&["push", guests::WRONG_WORLD, "--name", "tag"]);
+    assert!(err.contains("422") && err.contains("not a Weft filter"), "{err}");
+    // The stamp filter refuses the tag filter's config (it needs a `name`).
+    let err = server.cli_err(&["push", guests::STAMP, "--name", "tag"]);
+    assert!(
+        err.contains("422") && err.contains("proxies[0].listeners[0].filters[0]") && err.contains("rejected its config"),
+        "{err}"
+    );
+    let broken = write(
+        &dir.0,
+        "broken.yaml",
+        &mesh(web.addr, "").replace("default_cluster: web", "default_cluster: nowhere"),
+    );
+    let err = server.cli_err(&["apply", "-f", &broken]);
+    assert!(
+        err.contains("422")
+            && err.contains("broken.yaml:9:26")
+            && err.contains("proxies[0].listeners[0].default_cluster")
+            && err.contains("nowhere"),
+        "{err}"
+    );
+    // Writes need the token.
+    let out = weft()
+        .args(["push", guests::TAG_TWO, "--name", "tag", "--server", &server.url, "--token", "wrong"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let out = weft()
+        .args(["push", guests::TAG_TWO, "--name", "tag", "--server", &server.url])
+        .env("XDG_DATA_HOME", dir.0.join("elsewhere"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401") && err.contains("--token"), "{err}");
+    // Nothing changed: same version, same filter.
+    let status = server.proxies();
+    assert_eq!(status["version"], version, "{status:#}");
+    let client = weft_tests::client();
+    assert_eq!(client.get(inbound, "/").await.header("x-echo-tag"), Some("one"));
+
+    // A snapshot the server cannot check fully fails on the proxy: its listener's
+    // address is taken there. The proxy says NACK, with the reason, and keeps serving.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra = format!(
+        "      - name: admin-mirror\n        address: {}\n        default_cluster: web\n",
+        taken.local_addr().unwrap()
+    );
+    let moved = write(&dir.0, "taken.yaml", &mesh(web.addr, &extra));
+    let out = server.cli_ok(&["apply", "-f", &moved]);
+    let refused: u64 = out.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    let deadline = Instant::now() + LIMIT;
+    let nack = loop {
+        let status = server.proxies();
+        let p = status["proxies"][0].clone();
+        if p["last"]["version"] == refused {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no answer to version {refused}: {status:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(nack["last"]["result"], "nack", "{nack:#}");
+    assert_eq!(nack["applied"], version, "{nack:#}");
+    let reason = nack["last"]["error"].as_str().unwrap();
+    assert!(
+        reason.contains("proxies[0].listeners[1].address") && reason.contains("cannot listen"),
+        "{reason}"
+    );
+    let table = server.cli_ok(&["status"]);
+    assert!(table.contains("NACK: web-a refused version") && table.contains("cannot listen"), "{table}");
+    assert_eq!(client.get(inbound, "/").await.header("x-echo-tag"), Some("one"));
+}

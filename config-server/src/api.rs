@@ -1,0 +1,237 @@
+//! The HTTP JSON API (see `openapi.yaml`, served at `GET /v1/openapi.yaml`).
+
+use std::error::Error as _;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router, middleware};
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::changes::too_large;
+use crate::error::ApiError;
+use crate::store::FilterVersion;
+use crate::{Shared, auth};
+
+/// The OpenAPI document of this API.
+const OPENAPI: &str = include_str!("../openapi.yaml");
+
+/// Mesh configs are YAML a person writes; anything larger is a mistake.
+const MAX_MESH_SIZE: usize = 4 << 20;
+
+type Reply = Result<Response, ApiError>;
+
+/// The API routes, each behind the token check.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/filters", get(list_filters))
+        .route("/v1/filters/{name}", get(get_filter).put(push_filter))
+        .route("/v1/mesh", put(apply_mesh))
+        .route("/v1/snapshot", get(snapshot))
+        .route("/v1/versions", get(versions))
+        .route("/v1/rollback/{version}", post(rollback))
+        .route("/v1/proxies", get(proxies))
+        .route("/v1/openapi.yaml", get(openapi))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            auth::require,
+        ))
+        .with_state(shared)
+}
+
+pub(crate) async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no such route: {}; see GET /v1/openapi.yaml",
+        uri.path()
+    ))
+}
+
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not accept {method}; see GET /v1/openapi.yaml", uri.path()),
+    )
+}
+
+#[derive(Serialize)]
+struct FilterView<'a> {
+    name: &'a str,
+    versions: &'a [FilterVersion],
+}
+
+async fn list_filters(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let published = shared.snapshot();
+    let filters: Vec<FilterView<'_>> = published
+        .state
+        .filters
+        .iter()
+        .map(|(name, versions)| FilterView { name, versions })
+        .collect();
+    Json(json!({ "filters": filters }))
+}
+
+async fn get_filter(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Reply {
+    let published = shared.snapshot();
+    let versions = published
+        .state
+        .filters
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("no filter was pushed under the name {name:?}")))?;
+    Ok(Json(FilterView {
+        name: &name,
+        versions,
+    })
+    .into_response())
+}
+
+async fn push_filter(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let max = shared.max_filter_size;
+    let bytes = read_body(&headers, body, max, |size| match size {
+        Some(size) => too_large(size, max),
+        None => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the module is larger than {max} bytes, the most this server accepts"),
+        ),
+    })
+    .await?;
+    let pushed = shared.push(name, bytes).await?;
+    let status = if pushed.changed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(pushed)).into_response())
+}
+
+#[derive(Deserialize)]
+struct MeshQuery {
+    file: Option<String>,
+}
+
+async fn apply_mesh(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<MeshQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let file = query
+        .file
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| "mesh.yaml".to_owned());
+    if file.len() > 1024 || file.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "`file` must be a file name of at most 1024 characters, without control characters",
+        ));
+    }
+    let too_big = |_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a mesh config may be at most {MAX_MESH_SIZE} bytes"),
+        )
+    };
+    let bytes = read_body(&headers, body, MAX_MESH_SIZE, too_big).await?;
+    let text = String::from_utf8(bytes.into())
+        .map_err(|e| ApiError::bad_request(format!("{file}: not UTF-8 text: {e}")))?;
+    let version = shared.apply(file, text).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "version": version }))).into_response())
+}
+
+async fn snapshot(State(shared): State<Arc<Shared>>) -> Reply {
+    let published = shared.snapshot();
+    let current = published
+        .current
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("no mesh config was applied yet: PUT /v1/mesh"))?;
+    Ok(Json(&*current.version).into_response())
+}
+
+async fn versions(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let published = shared.snapshot();
+    let versions: Vec<Value> = published
+        .state
+        .versions
+        .iter()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "created": v.created,
+                "cause": v.cause,
+                "mesh_file": v.mesh_file,
+                "filters": v.filters,
+            })
+        })
+        .collect();
+    Json(json!({ "versions": versions }))
+}
+
+async fn rollback(
+    State(shared): State<Arc<Shared>>,
+    version: Result<Path<u64>, PathRejection>,
+) -> Reply {
+    let Path(to) = version
+        .map_err(|e| ApiError::bad_request(format!("the version must be a number: {}", e.body_text())))?;
+    let version = shared.rollback(to).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "version": version, "from": to })),
+    )
+        .into_response())
+}
+
+async fn proxies(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let version = shared
+        .snapshot()
+        .current
+        .as_ref()
+        .map(|c| c.version.version);
+    let proxies = shared.proxies.list();
+    Json(json!({ "version": version, "proxies": proxies }))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
+}
+
+/// Read a request body of at most `max` bytes. A `Content-Length` over the limit is
+/// refused before reading anything; a body that only turns out too large while
+/// streaming is refused as soon as it does.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    too_large: impl Fn(Option<usize>) -> ApiError,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(size) = declared
+        && size > max
+    {
+        return Err(too_large(Some(size)));
+    }
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let over = std::iter::successors(e.source(), |e| (*e).source())
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
+        if over {
+            too_large(None)
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        }
+    })
+}

@@ -1,0 +1,127 @@
+//! Who may do what: writes need the API token; reads are open to this machine and
+//! need the token from anywhere else (they show the mesh and its filters).
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{Method, header};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::store::write_atomic;
+use crate::{ServerError, Shared};
+
+/// The API token: the one given, else the token file's, else a new one written to
+/// the token file. Returns the token and whether it was created now.
+pub(crate) fn load_token(
+    given: Option<String>,
+    dir: &Path,
+    file: &Path,
+) -> Result<(String, bool), ServerError> {
+    if let Some(token) = given {
+        return Ok((token, false));
+    }
+    match std::fs::read_to_string(file) {
+        Ok(text) => {
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(ServerError::EmptyToken {
+                    path: file.to_owned(),
+                });
+            }
+            return Ok((token.to_owned(), false));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServerError::Io {
+                path: file.to_owned(),
+                source,
+            });
+        }
+    }
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ServerError::Io { path, source }
+    };
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(io(Path::new("/dev/urandom")))?;
+    let token = hex::encode(random);
+    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("token");
+    write_atomic(dir, name, format!("{token}\n").as_bytes(), 0o600).map_err(io(file))?;
+    Ok((token, true))
+}
+
+/// Whether `Authorization` carries the token, compared in constant time (over
+/// digests, so not even the length leaks).
+pub(crate) fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
+    let Some(given) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    let a = Sha256::digest(given.trim().as_bytes());
+    let b = Sha256::digest(token.as_bytes());
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether a request needs the token: every write, and reads from other machines.
+pub(crate) fn needs_token(method: &Method, peer: SocketAddr) -> bool {
+    let read = method == Method::GET || method == Method::HEAD;
+    !(read && peer.ip().to_canonical().is_loopback())
+}
+
+/// Middleware on every API route.
+pub(crate) async fn require(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if needs_token(req.method(), peer) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !bearer_matches(given, &shared.token) {
+            let why = if given.is_some() {
+                "the API token is wrong"
+            } else {
+                "this request needs the API token: send `Authorization: Bearer TOKEN`"
+            };
+            tracing::warn!(%peer, method = %req.method(), path = req.uri().path(), "refused: {why}");
+            return ApiError::unauthorized(why).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_match_exactly() {
+        assert!(bearer_matches(Some("Bearer s3cret"), "s3cret"));
+        assert!(!bearer_matches(Some("Bearer s3cre"), "s3cret"));
+        assert!(!bearer_matches(Some("Bearer s3cretx"), "s3cret"));
+        assert!(!bearer_matches(Some("Basic s3cret"), "s3cret"));
+        assert!(!bearer_matches(None, "s3cret"));
+    }
+
+    #[test]
+    fn reads_are_open_to_loopback_only() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        let remote: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        assert!(!needs_token(&Method::GET, local));
+        assert!(!needs_token(&Method::GET, mapped));
+        assert!(needs_token(&Method::GET, remote));
+        assert!(needs_token(&Method::PUT, local));
+        assert!(needs_token(&Method::POST, local));
+    }
+}

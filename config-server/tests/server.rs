@@ -1,0 +1,643 @@
+//! The config server end to end: real sockets, real components, real gRPC.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_api::proxy_message::Kind;
+use weft_api::{Ack, BoundListener, ControlClient, Hello, Nack, ProxyMessage, Snapshot};
+use weft_config_server::{Options, RunningServer};
+use weft_tests::LIMIT;
+use weft_tests::guests::{HELLO, HELLO_P1, STAMP, WRONG_WORLD};
+
+const TOKEN: &str = "test-token";
+
+/// Two pushed filters and a built-in, for proxies of service `web`.
+const MESH: &str = "\
+clusters:
+  - name: web
+    endpoints: [\"127.0.0.1:9\"]
+proxies:
+  - select: { service: web }
+    listeners:
+      - name: inbound
+        address: 127.0.0.1:0
+        default_cluster: web
+        filters:
+          - name: fault
+            module: builtin:fault
+            config: {}
+          - name: stamp
+            module: filter:stamp
+            config: { name: a }
+          - name: hello
+            module: filter:hello
+            config: { greeting: hi }
+";
+
+// ---------------------------------------------------------------------------------
+// The story helpers.
+
+/// A data folder removed when the test ends.
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "weft-config-server-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start(dir: &DataDir, token: Option<&str>) -> RunningServer {
+    let mut opts = Options::new("127.0.0.1:0".parse().unwrap(), dir.0.clone());
+    opts.token = token.map(str::to_owned);
+    within(weft_config_server::start(opts))
+        .await
+        .expect("the config server starts")
+}
+
+async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("no answer within the test's limit")
+}
+
+/// The HTTP API of one server.
+struct Api {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    token: Option<String>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    json: Value,
+}
+
+impl Answer {
+    fn error(&self) -> &str {
+        self.json["error"].as_str().unwrap_or_else(|| panic!("no error in {}", self.json))
+    }
+}
+
+fn api(server: &RunningServer, token: Option<&str>) -> Api {
+    Api {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        base: format!("http://{}", server.addr()),
+        token: token.map(str::to_owned),
+    }
+}
+
+impl Api {
+    async fn call(&self, method: Method, path: &str, body: impl Into<Bytes>) -> Answer {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(body.into())).unwrap();
+        let resp = within(self.client.request(req)).await.expect("the request is answered");
+        let (parts, body) = resp.into_parts();
+        let bytes = within(body.collect()).await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            json,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, Bytes::new()).await
+    }
+
+    async fn push(&self, name: &str, bytes: impl Into<Bytes>) -> Answer {
+        self.call(Method::PUT, &format!("/v1/filters/{name}"), bytes).await
+    }
+
+    async fn push_file(&self, name: &str, path: &str) -> Answer {
+        self.push(name, std::fs::read(path).unwrap()).await
+    }
+
+    async fn apply(&self, yaml: &str) -> Answer {
+        self.call(Method::PUT, "/v1/mesh?file=mesh.yaml", yaml.to_owned())
+            .await
+    }
+
+    /// Poll `/v1/proxies` until the entry of `node` satisfies `ok`.
+    async fn proxy_until(&self, node: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        within(async {
+            loop {
+                let all = self.get("/v1/proxies").await.json;
+                if let Some(p) = all["proxies"]
+                    .as_array()
+                    .and_then(|ps| ps.iter().find(|p| p["node"] == node))
+                    && ok(p)
+                {
+                    return p.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
+fn sha256(path: &str) -> String {
+    weft_engine::Engine::digest(&std::fs::read(path).unwrap())
+}
+
+/// A proxy's side of the gRPC stream.
+struct Proxy {
+    to_server: mpsc::Sender<ProxyMessage>,
+    snapshots: tonic::Streaming<Snapshot>,
+}
+
+async fn subscribe(server: &RunningServer, hello: Hello) -> Result<Proxy, tonic::Status> {
+    let mut client = within(ControlClient::connect(format!("http://{}", server.addr())))
+        .await
+        .expect("connects")
+        .max_decoding_message_size(weft_api::MAX_MESSAGE_SIZE);
+    let (to_server, rx) = mpsc::channel(8);
+    to_server
+        .send(ProxyMessage {
+            kind: Some(Kind::Hello(hello)),
+        })
+        .await
+        .unwrap();
+    let snapshots = within(client.subscribe(ReceiverStream::new(rx)))
+        .await?
+        .into_inner();
+    Ok(Proxy {
+        to_server,
+        snapshots,
+    })
+}
+
+fn hello(node: &str, service: &str) -> Hello {
+    Hello {
+        node: node.into(),
+        service: service.into(),
+        agent: "test".into(),
+        ..Default::default()
+    }
+}
+
+impl Proxy {
+    async fn next(&mut self) -> Snapshot {
+        within(self.snapshots.message())
+            .await
+            .expect("the stream stays up")
+            .expect("a snapshot comes")
+    }
+
+    async fn send(&self, kind: Kind) {
+        self.to_server
+            .send(ProxyMessage { kind: Some(kind) })
+            .await
+            .unwrap();
+    }
+}
+
+fn module_shas(s: &Snapshot) -> Vec<&str> {
+    s.modules.iter().map(|m| m.sha256.as_str()).collect()
+}
+
+// ---------------------------------------------------------------------------------
+// The stories.
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let dir = DataDir::new();
+    let server = start(&dir, None).await;
+    let token = server.created_token().expect("first start creates the token").to_owned();
+    assert_eq!(std::fs::read_to_string(server.token_file()).unwrap().trim(), token);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(server.token_file()), 0o600);
+        assert_eq!(mode(&dir.0), 0o700);
+    }
+    let a = api(&server, Some(&token));
+    assert_eq!(a.push_file("stamp", STAMP).await.status, StatusCode::CREATED);
+    assert_eq!(a.push_file("hello", HELLO).await.status, StatusCode::CREATED);
+    let applied = a.apply(MESH).await;
+    assert_eq!(applied.status, StatusCode::CREATED, "{}", applied.json);
+    assert_eq!(applied.json["version"], 1);
+    within(server.shutdown()).await;
+
+    let server = start(&dir, None).await;
+    assert_eq!(server.created_token(), None, "the token is created once");
+    let a = api(&server, Some(&token));
+    let filters = a.get("/v1/filters").await.json;
+    let names: Vec<&str> = filters["filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hello", "stamp"]);
+    assert_eq!(filters["filters"][1]["versions"][0]["sha256"], sha256(STAMP));
+    let snapshot = a.get("/v1/snapshot").await;
+    assert_eq!(snapshot.status, StatusCode::OK);
+    assert_eq!(snapshot.json["version"], 1);
+    assert_eq!(snapshot.json["cause"], "apply mesh.yaml");
+    assert_eq!(snapshot.json["mesh"], MESH);
+    assert_eq!(snapshot.json["filters"]["hello"], sha256(HELLO));
+    // The token from the file still works for writes.
+    assert_eq!(a.push_file("hello", HELLO_P1).await.json["version"], 2);
+    within(server.shutdown()).await;
+}
+
+#[tokio::test]
+async fn writes_need_the_token() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    assert_eq!(server.created_token(), None);
+
+    let anonymous = api(&server, None);
+    let refused = anonymous.push_file("stamp", STAMP).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.headers[header::WWW_AUTHENTICATE], "Bearer");
+    assert!(refused.error().contains("Authorization: Bearer"), "{}", refused.error());
+
+    let wrong = api(&server, Some("not-the-token"));
+    let refused = wrong.push_file("stamp", STAMP).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.error(), "the API token is wrong");
+    let refused = wrong.call(Method::POST, "/v1/rollback/1", Bytes::new()).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let refused = wrong.apply(MESH).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+
+    // Reads from this machine need no token.
+    let filters = anonymous.get("/v1/filters").await;
+    assert_eq!(filters.status, StatusCode::OK);
+    assert_eq!(filters.json["filters"], Value::Array(vec![]));
+    let missing = anonymous.get("/v1/snapshot").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.error().contains("no mesh config"));
+    let doc = anonymous.get("/v1/openapi.yaml").await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.json.as_str().unwrap().starts_with("openapi: 3.0"));
+    let nowhere = anonymous.get("/v2/nothing").await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    assert!(nowhere.error().contains("no such route"));
+    within(server.shutdown()).await;
+}
+
+#[tokio::test]
+async fn modules_that_are_not_filters_are_refused() {
+    let dir = DataDir::new();
+    let mut opts = Options::new("127.0.0.1:0".parse().unwrap(), dir.0.clone());
+    opts.token = Some(TOKEN.into());
+    opts.max_filter_size = 1 << 20;
+    let server = within(weft_config_server::start(opts)).await.unwrap();
+    let a = api(&server, Some(TOKEN));
+
+    let r = a.push("stamp", "hello, world").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.error(), "stamp: not a WebAssembly file (no \\0asm header)");
+
+    let r = a.push("stamp", &b"\0asm\x01\0\0\0"[..]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().starts_with("stamp: is a core WebAssembly module, not a component"), "{}", r.error());
+
+    let r = a.push_file("other", WRONG_WORLD).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.error().starts_with("other: not a Weft filter (world weft:filter/filter-world@0.1.0)"),
+        "{}",
+        r.error()
+    );
+
+    let r = a.push_file("Bad/Name", STAMP).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "a slash is no filter route");
+    let r = a.push_file("Bad", STAMP).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().starts_with("invalid filter name \"Bad\""), "{}", r.error());
+
+    let r = a.push("big", vec![0u8; (1 << 20) + 1]).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.error().contains("up to 1048576 bytes"), "{}", r.error());
+
+    // Nothing of that was stored.
+    assert_eq!(a.get("/v1/filters").await.json["filters"], Value::Array(vec![]));
+
+    let r = a.push_file("stamp", STAMP).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.json["sha256"], sha256(STAMP));
+    assert_eq!(r.json["version"], Value::Null, "no mesh config yet");
+    let again = a.push_file("stamp", STAMP).await;
+    assert_eq!(again.status, StatusCode::OK, "the same bytes change nothing");
+    let versions = a.get("/v1/filters/stamp").await.json;
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
+    assert_eq!(a.get("/v1/filters/nope").await.status, StatusCode::NOT_FOUND);
+    within(server.shutdown()).await;
+}
+
+#[tokio::test]
+async fn mesh_errors_point_at_the_key() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    let a = api(&server, Some(TOKEN));
+
+    let r = a.apply("proxies: [").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().starts_with("mesh.yaml:"), "{}", r.error());
+
+    let r = a.apply(MESH).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        r.error(),
+        "mesh.yaml:15:21: proxies[0].listeners[0].filters[1].module: \
+         no filter was pushed under the name \"stamp\""
+    );
+
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+    let r = a.apply(&MESH.replace("default_cluster: web", "default_cluster: nowhere")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        r.error(),
+        "mesh.yaml:9:26: proxies[0].listeners[0].default_cluster: no cluster named \"nowhere\""
+    );
+
+    let pinned = MESH.replace(
+        "module: filter:hello\n",
+        &format!("module: filter:hello\n            sha256: {}\n", "0".repeat(64)),
+    );
+    let r = a.apply(&pinned).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.error().starts_with("mesh.yaml:19:21: proxies[0].listeners[0].filters[2].sha256: "),
+        "{}",
+        r.error()
+    );
+
+    let rejected = MESH.replace("config: { name: a }", "config: { nom: a }");
+    let r = a.apply(&rejected).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.error().starts_with(
+            "mesh.yaml:16:21: proxies[0].listeners[0].filters[1].config: filter \"stamp\" rejected its config"
+        ),
+        "{}",
+        r.error()
+    );
+
+    assert_eq!(a.get("/v1/versions").await.json["versions"], Value::Array(vec![]));
+    let r = a.apply(&pinned.replace(&"0".repeat(64), &sha256(HELLO))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    within(server.shutdown()).await;
+}
+
+#[tokio::test]
+async fn a_push_the_live_mesh_config_rejects_is_refused() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    let a = api(&server, Some(TOKEN));
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+    assert_eq!(a.apply(MESH).await.status, StatusCode::CREATED);
+
+    // The stamp filter wants `{name}`; the mesh gives `hello` `{greeting: hi}`.
+    let r = a.push_file("hello", STAMP).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.error().starts_with(
+            "mesh.yaml:19:21: proxies[0].listeners[0].filters[2].config: filter \"hello\" rejected its config: "
+        ),
+        "{}",
+        r.error()
+    );
+    let hello = a.get("/v1/filters/hello").await.json;
+    assert_eq!(hello["versions"].as_array().unwrap().len(), 1);
+    assert_eq!(hello["versions"][0]["sha256"], sha256(HELLO));
+    let versions = a.get("/v1/versions").await.json;
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
+    within(server.shutdown()).await;
+}
+
+#[tokio::test]
+async fn rollback_makes_a_new_version() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    let a = api(&server, Some(TOKEN));
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    let pushed = a.push_file("hello", HELLO_P1).await;
+    assert_eq!(pushed.status, StatusCode::CREATED);
+    assert_eq!(pushed.json["version"], 2);
+
+    let r = a.call(Method::POST, "/v1/rollback/1", Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    assert_eq!(r.json, serde_json::json!({ "version": 3, "from": 1 }));
+    let snapshot = a.get("/v1/snapshot").await.json;
+    assert_eq!(snapshot["version"], 3);
+    assert_eq!(snapshot["cause"], "rollback to 1");
+    assert_eq!(snapshot["filters"]["hello"], sha256(HELLO));
+    let versions = a.get("/v1/versions").await.json;
+    let causes: Vec<&str> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["cause"].as_str().unwrap())
+        .collect();
+    let p1 = sha256(HELLO_P1);
+    assert_eq!(
+        causes,
+        ["apply mesh.yaml", &format!("push hello {}", &p1[..12]), "rollback to 1"]
+    );
+
+    let r = a.call(Method::POST, "/v1/rollback/9", Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.error(), "no version 9: versions are 1 to 3");
+    let r = a.call(Method::POST, "/v1/rollback/latest", Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    within(server.shutdown()).await;
+}
+
+#[tokio::test]
+async fn proxies_get_their_modules_and_report_back() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    let a = api(&server, Some(TOKEN));
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    let (stamp, hello1, hello2) = (sha256(STAMP), sha256(HELLO), sha256(HELLO_P1));
+
+    let mut proxy = subscribe(&server, hello("web-1", "web")).await.unwrap();
+    let first = proxy.next().await;
+    assert_eq!(first.version, 1);
+    assert_eq!(first.mesh, MESH);
+    assert_eq!(first.filters["stamp"], stamp);
+    let mut shas = module_shas(&first);
+    shas.sort_unstable();
+    let mut want = vec![stamp.as_str(), hello1.as_str()];
+    want.sort_unstable();
+    assert_eq!(shas, want, "every pushed module the group uses, no built-in");
+    for m in &first.modules {
+        assert_eq!(weft_engine::Engine::digest(&m.wasm), m.sha256);
+    }
+
+    proxy
+        .send(Kind::Ack(Ack {
+            version: 1,
+            listeners: vec![BoundListener {
+                name: "inbound".into(),
+                address: "127.0.0.1:15006".into(),
+            }],
+            modules: vec![stamp.clone(), hello1.clone()],
+        }))
+        .await;
+    let p = a.proxy_until("web-1", |p| p["applied"] == 1).await;
+    assert_eq!(p["connected"], true);
+    assert_eq!(p["service"], "web");
+    assert_eq!(p["group"], 0);
+    assert_eq!(p["listeners"]["inbound"], "127.0.0.1:15006");
+    assert_eq!(p["last"]["result"], "ack");
+    assert!(p["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    // A new version of one filter carries only that module.
+    assert_eq!(a.push_file("hello", HELLO_P1).await.json["version"], 2);
+    let second = proxy.next().await;
+    assert_eq!(second.version, 2);
+    assert_eq!(module_shas(&second), [hello2.as_str()]);
+    assert_eq!(second.filters["hello"], hello2);
+
+    proxy
+        .send(Kind::Nack(Nack {
+            version: 2,
+            error: "mesh.yaml:21:21: no, thanks".into(),
+            modules: vec![stamp.clone(), hello1.clone(), hello2.clone()],
+        }))
+        .await;
+    let p = a.proxy_until("web-1", |p| p["last"]["result"] == "nack").await;
+    assert_eq!(p["applied"], 1, "a NACK leaves the proxy on its last good version");
+    assert_eq!(p["last"]["version"], 2);
+    assert_eq!(p["last"]["error"], "mesh.yaml:21:21: no, thanks");
+
+    // It now has every module: a rollback sends none.
+    a.call(Method::POST, "/v1/rollback/1", Bytes::new()).await;
+    let third = proxy.next().await;
+    assert_eq!(third.version, 3);
+    assert!(third.modules.is_empty());
+
+    // Shutting down ends the stream, so the proxy can reconnect elsewhere.
+    within(server.shutdown()).await;
+    let end = within(proxy.snapshots.message()).await;
+    assert!(matches!(end, Err(s) if s.code() == tonic::Code::Unavailable));
+}
+
+#[tokio::test]
+async fn streams_start_with_hello_and_only_selected_proxies_get_snapshots() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    let a = api(&server, Some(TOKEN));
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+    assert_eq!(a.apply(MESH).await.json["version"], 1);
+
+    // A stream that does not open with a Hello is refused.
+    let mut client = ControlClient::connect(format!("http://{}", server.addr()))
+        .await
+        .unwrap();
+    let ack = ProxyMessage {
+        kind: Some(Kind::Ack(Ack::default())),
+    };
+    let refused = within(client.subscribe(tokio_stream::iter([ack]))).await;
+    assert!(
+        matches!(&refused, Err(s) if s.code() == tonic::Code::InvalidArgument),
+        "{refused:?}"
+    );
+
+    // No group selects service `db`: it is listed, with no group, and sent nothing.
+    let mut db = subscribe(&server, hello("db-1", "db")).await.unwrap();
+    let p = a.proxy_until("db-1", |p| p["connected"] == true).await;
+    assert_eq!(p["group"], Value::Null);
+    assert_eq!(p["applied"], Value::Null);
+    let for_db = MESH.replace(
+        "proxies:\n",
+        "proxies:\n  - select: { service: db }\n    listeners: []\n",
+    );
+    assert_eq!(a.apply(&for_db).await.json["version"], 2);
+    let first = db.next().await;
+    assert_eq!(first.version, 2, "version 1 was never sent");
+    assert!(first.modules.is_empty(), "its group uses no module");
+    a.proxy_until("db-1", |p| p["group"] == 0).await;
+
+    // A proxy that already serves the live version is sent nothing until the next.
+    let mut web = subscribe(
+        &server,
+        Hello {
+            version: 2,
+            ..hello("web-1", "web")
+        },
+    )
+    .await
+    .unwrap();
+    let p = a.proxy_until("web-1", |p| p["group"] == 1).await;
+    assert_eq!(p["applied"], 2);
+    a.push_file("hello", HELLO_P1).await;
+    assert_eq!(web.next().await.version, 3);
+
+    // The same node again replaces the old stream, which ends.
+    let _again = subscribe(&server, hello("web-1", "web")).await.unwrap();
+    let end = within(async {
+        loop {
+            match web.snapshots.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(matches!(end, Err(s) if s.code() == tonic::Code::Aborted), "{end:?}");
+    let p = a.proxy_until("web-1", |p| p["applied"] == Value::Null).await;
+    assert_eq!(p["connected"], true);
+    within(server.shutdown()).await;
+}
+
+#[tokio::test]
+async fn a_damaged_state_stops_the_start() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    within(server.shutdown()).await;
+    std::fs::write(dir.0.join("state.json"), "{ not json").unwrap();
+    let mut opts = Options::new("127.0.0.1:0".parse().unwrap(), dir.0.clone());
+    opts.token = Some(TOKEN.into());
+    let err = within(weft_config_server::start(opts)).await.unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains(&dir.0.join("state.json").display().to_string()), "{err}");
+    assert!(err.contains("damaged state"), "{err}");
+    // Still there to look at.
+    assert_eq!(std::fs::read_to_string(dir.0.join("state.json")).unwrap(), "{ not json");
+}

@@ -1,0 +1,5 @@
+//! Version `one` of the tag filter (see `../../tag.rs`).
+
+const TAG: &str = "one";
+
+include!("../../tag.rs");

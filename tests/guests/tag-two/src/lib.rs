@@ -1,0 +1,5 @@
+//! Version `two` of the tag filter (see `../../tag.rs`).
+
+const TAG: &str = "two";
+
+include!("../../tag.rs");
