@@ -129,9 +129,9 @@ pub(crate) async fn run(
     let admin = proxies[0].0.admin_addr().context("admin listener")?;
     println!(
         r#"
-Weft demo is running: a config server on {url}, and a proxy on {addr} (a second one on
-{addr_b}) with the fault and router filters it pushed, in front of two backends, blue
-({blue}) and green ({green}). Try:
+Weft demo is running: a proxy on {addr} and a second one on {addr_b},
+both fed by the config server on {url} with the fault and router
+filters, in front of two backends, blue ({blue}) and green ({green}). Try:
 
   curl -i http://{addr}/hello                              # routed to blue
   curl -i http://{addr}/old/page                           # prefix rewritten to /new/page

@@ -55,7 +55,10 @@ pub(crate) async fn not_found(uri: Uri) -> ApiError {
 pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} does not accept {method}; see GET /v1/openapi.yaml", uri.path()),
+        format!(
+            "{} does not accept {method}; see GET /v1/openapi.yaml",
+            uri.path()
+        ),
     )
 }
 
@@ -76,16 +79,11 @@ async fn list_filters(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({ "filters": filters }))
 }
 
-async fn get_filter(
-    State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
-) -> Reply {
+async fn get_filter(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Reply {
     let published = shared.snapshot();
-    let versions = published
-        .state
-        .filters
-        .get(&name)
-        .ok_or_else(|| ApiError::not_found(format!("no filter was pushed under the name {name:?}")))?;
+    let versions = published.state.filters.get(&name).ok_or_else(|| {
+        ApiError::not_found(format!("no filter was pushed under the name {name:?}"))
+    })?;
     Ok(Json(FilterView {
         name: &name,
         versions,
@@ -183,8 +181,9 @@ async fn rollback(
     State(shared): State<Arc<Shared>>,
     version: Result<Path<u64>, PathRejection>,
 ) -> Reply {
-    let Path(to) = version
-        .map_err(|e| ApiError::bad_request(format!("the version must be a number: {}", e.body_text())))?;
+    let Path(to) = version.map_err(|e| {
+        ApiError::bad_request(format!("the version must be a number: {}", e.body_text()))
+    })?;
     let version = shared.rollback(to).await?;
     Ok((
         StatusCode::CREATED,
@@ -234,4 +233,44 @@ async fn read_body(
             ApiError::bad_request(format!("cannot read the request body: {e}"))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The routes `router` serves, with their methods.
+    const ROUTES: &[(&str, &[&str])] = &[
+        ("/v1/filters", &["get"]),
+        ("/v1/filters/{name}", &["get", "put"]),
+        ("/v1/mesh", &["put"]),
+        ("/v1/snapshot", &["get"]),
+        ("/v1/versions", &["get"]),
+        ("/v1/rollback/{version}", &["post"]),
+        ("/v1/proxies", &["get"]),
+        ("/v1/openapi.yaml", &["get"]),
+    ];
+
+    #[test]
+    fn the_openapi_document_covers_every_route() {
+        let doc: Value = serde_saphyr::from_str(OPENAPI).expect("openapi.yaml parses");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths = doc["paths"].as_object().expect("paths");
+        assert_eq!(paths.len(), ROUTES.len(), "{:?}", paths.keys());
+        for (path, methods) in ROUTES {
+            for method in *methods {
+                let op = &paths[*path][*method];
+                assert!(
+                    op["responses"].is_object(),
+                    "{method} {path} is not documented"
+                );
+                if *method != "get" {
+                    assert!(
+                        op["responses"]["401"].is_object(),
+                        "{method} {path}: no 401"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -66,7 +66,10 @@ pub(crate) fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
     };
     let a = Sha256::digest(given.trim().as_bytes());
     let b = Sha256::digest(token.as_bytes());
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Whether a request needs the token: every write, and reads from other machines.

@@ -92,11 +92,15 @@ impl Shared {
                 mesh: current.mesh.clone(),
             }));
         }
-        state.filters.entry(name.clone()).or_default().push(FilterVersion {
-            sha256: sha256.clone(),
-            size,
-            pushed: now(),
-        });
+        state
+            .filters
+            .entry(name.clone())
+            .or_default()
+            .push(FilterVersion {
+                sha256: sha256.clone(),
+                size,
+                pushed: now(),
+            });
         let version = next.as_ref().map(|c| c.version.version);
         if let Some(c) = &next {
             state.versions.push(c.version.clone());
@@ -115,7 +119,8 @@ impl Shared {
 
     /// Make a mesh config live, with the latest version of every pushed filter.
     pub async fn apply(self: &Arc<Self>, file: String, text: String) -> Result<u64, ApiError> {
-        let mesh = MeshConfig::parse(&text, &file).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let mesh =
+            MeshConfig::parse(&text, &file).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
         let _write = self.write.lock().await;
         let published = self.snapshot();

@@ -113,7 +113,9 @@ impl RunningServer {
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
         if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
         {
             tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
             task.abort();

@@ -142,9 +142,9 @@ impl Store {
         }
         for (name, versions) in &state.filters {
             for v in versions {
-                let module = self
-                    .module_path(&v.sha256)
-                    .ok_or_else(|| corrupt(format!("filter {name:?}: bad sha256 {:?}", v.sha256)))?;
+                let module = self.module_path(&v.sha256).ok_or_else(|| {
+                    corrupt(format!("filter {name:?}: bad sha256 {:?}", v.sha256))
+                })?;
                 if !module.is_file() {
                     return Err(corrupt(format!(
                         "filter {name:?} version {} has no module: {} is missing",

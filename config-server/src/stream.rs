@@ -12,9 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weft_api::proxy_message::Kind;
-use weft_api::{
-    Control, ControlServer, Hello, MAX_MESSAGE_SIZE, Module, ProxyMessage, Snapshot,
-};
+use weft_api::{Control, ControlServer, Hello, MAX_MESSAGE_SIZE, Module, ProxyMessage, Snapshot};
 
 use crate::store::now;
 use crate::{Current, Shared, validate};
@@ -182,13 +180,24 @@ async fn serve_proxy(
     let (stream, mut replaced) = shared.proxies.connect(&hello, peer);
     let node = hello.node.as_str();
     let labels: BTreeMap<String, String> = hello.labels.clone().into_iter().collect();
-    let mut has: HashSet<String> = hello.modules.iter().map(|m| m.to_ascii_lowercase()).collect();
+    let mut has: HashSet<String> = hello
+        .modules
+        .iter()
+        .map(|m| m.to_ascii_lowercase())
+        .collect();
     // The version the proxy serves or was last sent: never send it again.
     let mut serving = hello.version;
     let mut seen = None;
     let mut published = shared.published.subscribe();
     let mut stop = shared.stop.clone();
-    tracing::info!(node, service = hello.service, ?peer, version = hello.version, agent = hello.agent, "proxy connected");
+    tracing::info!(
+        node,
+        service = hello.service,
+        ?peer,
+        version = hello.version,
+        agent = hello.agent,
+        "proxy connected"
+    );
 
     let end = loop {
         let current = published.borrow_and_update().current.clone();
@@ -200,7 +209,11 @@ async fn serve_proxy(
             let group = current.mesh.select(&hello.service, &labels);
             shared.proxies.update(node, stream, |v| v.group = group);
             match group {
-                None => tracing::info!(node, version, "no group of the mesh config selects this proxy"),
+                None => tracing::info!(
+                    node,
+                    version,
+                    "no group of the mesh config selects this proxy"
+                ),
                 Some(_) if version == serving => {}
                 Some(group) => match snapshot_for(&shared, &current, group, &has).await {
                     Ok(snapshot) => {

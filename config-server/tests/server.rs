@@ -35,7 +35,7 @@ proxies:
         filters:
           - name: fault
             module: builtin:fault
-            config: {}
+            config: { abort: { status: 503, header: { name: x-fault, value: abort } } }
           - name: stamp
             module: filter:stamp
             config: { name: a }
@@ -98,7 +98,9 @@ struct Answer {
 
 impl Answer {
     fn error(&self) -> &str {
-        self.json["error"].as_str().unwrap_or_else(|| panic!("no error in {}", self.json))
+        self.json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error in {}", self.json))
     }
 }
 
@@ -119,12 +121,13 @@ impl Api {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         let req = req.body(Full::new(body.into())).unwrap();
-        let resp = within(self.client.request(req)).await.expect("the request is answered");
+        let resp = within(self.client.request(req))
+            .await
+            .expect("the request is answered");
         let (parts, body) = resp.into_parts();
         let bytes = within(body.collect()).await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            Value::String(String::from_utf8_lossy(&bytes).into_owned())
-        });
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Answer {
             status: parts.status,
             headers: parts.headers,
@@ -137,7 +140,8 @@ impl Api {
     }
 
     async fn push(&self, name: &str, bytes: impl Into<Bytes>) -> Answer {
-        self.call(Method::PUT, &format!("/v1/filters/{name}"), bytes).await
+        self.call(Method::PUT, &format!("/v1/filters/{name}"), bytes)
+            .await
     }
 
     async fn push_file(&self, name: &str, path: &str) -> Answer {
@@ -235,8 +239,14 @@ fn module_shas(s: &Snapshot) -> Vec<&str> {
 async fn state_survives_a_restart() {
     let dir = DataDir::new();
     let server = start(&dir, None).await;
-    let token = server.created_token().expect("first start creates the token").to_owned();
-    assert_eq!(std::fs::read_to_string(server.token_file()).unwrap().trim(), token);
+    let token = server
+        .created_token()
+        .expect("first start creates the token")
+        .to_owned();
+    assert_eq!(
+        std::fs::read_to_string(server.token_file()).unwrap().trim(),
+        token
+    );
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -244,8 +254,14 @@ async fn state_survives_a_restart() {
         assert_eq!(mode(&dir.0), 0o700);
     }
     let a = api(&server, Some(&token));
-    assert_eq!(a.push_file("stamp", STAMP).await.status, StatusCode::CREATED);
-    assert_eq!(a.push_file("hello", HELLO).await.status, StatusCode::CREATED);
+    assert_eq!(
+        a.push_file("stamp", STAMP).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        a.push_file("hello", HELLO).await.status,
+        StatusCode::CREATED
+    );
     let applied = a.apply(MESH).await;
     assert_eq!(applied.status, StatusCode::CREATED, "{}", applied.json);
     assert_eq!(applied.json["version"], 1);
@@ -262,7 +278,10 @@ async fn state_survives_a_restart() {
         .map(|f| f["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["hello", "stamp"]);
-    assert_eq!(filters["filters"][1]["versions"][0]["sha256"], sha256(STAMP));
+    assert_eq!(
+        filters["filters"][1]["versions"][0]["sha256"],
+        sha256(STAMP)
+    );
     let snapshot = a.get("/v1/snapshot").await;
     assert_eq!(snapshot.status, StatusCode::OK);
     assert_eq!(snapshot.json["version"], 1);
@@ -284,13 +303,19 @@ async fn writes_need_the_token() {
     let refused = anonymous.push_file("stamp", STAMP).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert_eq!(refused.headers[header::WWW_AUTHENTICATE], "Bearer");
-    assert!(refused.error().contains("Authorization: Bearer"), "{}", refused.error());
+    assert!(
+        refused.error().contains("Authorization: Bearer"),
+        "{}",
+        refused.error()
+    );
 
     let wrong = api(&server, Some("not-the-token"));
     let refused = wrong.push_file("stamp", STAMP).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert_eq!(refused.error(), "the API token is wrong");
-    let refused = wrong.call(Method::POST, "/v1/rollback/1", Bytes::new()).await;
+    let refused = wrong
+        .call(Method::POST, "/v1/rollback/1", Bytes::new())
+        .await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     let refused = wrong.apply(MESH).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
@@ -322,42 +347,69 @@ async fn modules_that_are_not_filters_are_refused() {
 
     let r = a.push("stamp", "hello, world").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.error(), "stamp: not a WebAssembly file (no \\0asm header)");
+    assert_eq!(
+        r.error(),
+        "stamp: not a WebAssembly file (no \\0asm header)"
+    );
 
     let r = a.push("stamp", &b"\0asm\x01\0\0\0"[..]).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.error().starts_with("stamp: is a core WebAssembly module, not a component"), "{}", r.error());
+    assert!(
+        r.error()
+            .starts_with("stamp: is a core WebAssembly module, not a component"),
+        "{}",
+        r.error()
+    );
 
     let r = a.push_file("other", WRONG_WORLD).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
-        r.error().starts_with("other: not a Weft filter (world weft:filter/filter-world@0.1.0)"),
+        r.error()
+            .starts_with("other: not a Weft filter (world weft:filter/filter-world@0.1.0)"),
         "{}",
         r.error()
     );
 
     let r = a.push_file("Bad/Name", STAMP).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "a slash is no filter route");
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "a slash is no filter route"
+    );
     let r = a.push_file("Bad", STAMP).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.error().starts_with("invalid filter name \"Bad\""), "{}", r.error());
+    assert!(
+        r.error().starts_with("invalid filter name \"Bad\""),
+        "{}",
+        r.error()
+    );
 
     let r = a.push("big", vec![0u8; (1 << 20) + 1]).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(r.error().contains("up to 1048576 bytes"), "{}", r.error());
 
     // Nothing of that was stored.
-    assert_eq!(a.get("/v1/filters").await.json["filters"], Value::Array(vec![]));
+    assert_eq!(
+        a.get("/v1/filters").await.json["filters"],
+        Value::Array(vec![])
+    );
 
     let r = a.push_file("stamp", STAMP).await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.json["sha256"], sha256(STAMP));
     assert_eq!(r.json["version"], Value::Null, "no mesh config yet");
     let again = a.push_file("stamp", STAMP).await;
-    assert_eq!(again.status, StatusCode::OK, "the same bytes change nothing");
+    assert_eq!(
+        again.status,
+        StatusCode::OK,
+        "the same bytes change nothing"
+    );
     let versions = a.get("/v1/filters/stamp").await.json;
     assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
-    assert_eq!(a.get("/v1/filters/nope").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        a.get("/v1/filters/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
     within(server.shutdown()).await;
 }
 
@@ -381,7 +433,9 @@ async fn mesh_errors_point_at_the_key() {
 
     a.push_file("stamp", STAMP).await;
     a.push_file("hello", HELLO).await;
-    let r = a.apply(&MESH.replace("default_cluster: web", "default_cluster: nowhere")).await;
+    let r = a
+        .apply(&MESH.replace("default_cluster: web", "default_cluster: nowhere"))
+        .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         r.error(),
@@ -390,12 +444,16 @@ async fn mesh_errors_point_at_the_key() {
 
     let pinned = MESH.replace(
         "module: filter:hello\n",
-        &format!("module: filter:hello\n            sha256: {}\n", "0".repeat(64)),
+        &format!(
+            "module: filter:hello\n            sha256: {}\n",
+            "0".repeat(64)
+        ),
     );
     let r = a.apply(&pinned).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
-        r.error().starts_with("mesh.yaml:19:21: proxies[0].listeners[0].filters[2].sha256: "),
+        r.error()
+            .starts_with("mesh.yaml:19:21: proxies[0].listeners[0].filters[2].sha256: "),
         "{}",
         r.error()
     );
@@ -411,8 +469,13 @@ async fn mesh_errors_point_at_the_key() {
         r.error()
     );
 
-    assert_eq!(a.get("/v1/versions").await.json["versions"], Value::Array(vec![]));
-    let r = a.apply(&pinned.replace(&"0".repeat(64), &sha256(HELLO))).await;
+    assert_eq!(
+        a.get("/v1/versions").await.json["versions"],
+        Value::Array(vec![])
+    );
+    let r = a
+        .apply(&pinned.replace(&"0".repeat(64), &sha256(HELLO)))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
     within(server.shutdown()).await;
 }
@@ -473,13 +536,19 @@ async fn rollback_makes_a_new_version() {
     let p1 = sha256(HELLO_P1);
     assert_eq!(
         causes,
-        ["apply mesh.yaml", &format!("push hello {}", &p1[..12]), "rollback to 1"]
+        [
+            "apply mesh.yaml",
+            &format!("push hello {}", &p1[..12]),
+            "rollback to 1"
+        ]
     );
 
     let r = a.call(Method::POST, "/v1/rollback/9", Bytes::new()).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.error(), "no version 9: versions are 1 to 3");
-    let r = a.call(Method::POST, "/v1/rollback/latest", Bytes::new()).await;
+    let r = a
+        .call(Method::POST, "/v1/rollback/latest", Bytes::new())
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     within(server.shutdown()).await;
 }
@@ -503,7 +572,10 @@ async fn proxies_get_their_modules_and_report_back() {
     shas.sort_unstable();
     let mut want = vec![stamp.as_str(), hello1.as_str()];
     want.sort_unstable();
-    assert_eq!(shas, want, "every pushed module the group uses, no built-in");
+    assert_eq!(
+        shas, want,
+        "every pushed module the group uses, no built-in"
+    );
     for m in &first.modules {
         assert_eq!(weft_engine::Engine::digest(&m.wasm), m.sha256);
     }
@@ -540,8 +612,13 @@ async fn proxies_get_their_modules_and_report_back() {
             modules: vec![stamp.clone(), hello1.clone(), hello2.clone()],
         }))
         .await;
-    let p = a.proxy_until("web-1", |p| p["last"]["result"] == "nack").await;
-    assert_eq!(p["applied"], 1, "a NACK leaves the proxy on its last good version");
+    let p = a
+        .proxy_until("web-1", |p| p["last"]["result"] == "nack")
+        .await;
+    assert_eq!(
+        p["applied"], 1,
+        "a NACK leaves the proxy on its last good version"
+    );
     assert_eq!(p["last"]["version"], 2);
     assert_eq!(p["last"]["error"], "mesh.yaml:21:21: no, thanks");
 
@@ -620,8 +697,13 @@ async fn streams_start_with_hello_and_only_selected_proxies_get_snapshots() {
         }
     })
     .await;
-    assert!(matches!(end, Err(s) if s.code() == tonic::Code::Aborted), "{end:?}");
-    let p = a.proxy_until("web-1", |p| p["applied"] == Value::Null).await;
+    assert!(
+        matches!(&end, Err(s) if s.code() == tonic::Code::Aborted),
+        "{end:?}"
+    );
+    let p = a
+        .proxy_until("web-1", |p| p["applied"] == Value::Null)
+        .await;
     assert_eq!(p["connected"], true);
     within(server.shutdown()).await;
 }
@@ -636,8 +718,14 @@ async fn a_damaged_state_stops_the_start() {
     opts.token = Some(TOKEN.into());
     let err = within(weft_config_server::start(opts)).await.unwrap_err();
     let err = err.to_string();
-    assert!(err.contains(&dir.0.join("state.json").display().to_string()), "{err}");
+    assert!(
+        err.contains(&dir.0.join("state.json").display().to_string()),
+        "{err}"
+    );
     assert!(err.contains("damaged state"), "{err}");
     // Still there to look at.
-    assert_eq!(std::fs::read_to_string(dir.0.join("state.json")).unwrap(), "{ not json");
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("state.json")).unwrap(),
+        "{ not json"
+    );
 }

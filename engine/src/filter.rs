@@ -76,6 +76,9 @@ pub enum Outcome<T> {
     Failed(FilterFailure),
 }
 
+/// The least time an instance gets to start (instantiate and `init`).
+const INIT_DEADLINE: Duration = Duration::from_secs(2);
+
 struct Instance {
     store: Store<HostState>,
     world: FilterWorld,
@@ -349,13 +352,18 @@ impl Inner {
         let mut store = Store::new(&self.engine.inner.wasmtime, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks);
+        // Starting an instance (its `init`: parsing config, building tables) is not
+        // a hook on the request path; the epoch deadline counts wall time, so on a
+        // busy machine the hook budget would refuse filters that are merely
+        // descheduled. It still has a bound, so an `init` that never returns is
+        // stopped.
+        store.set_epoch_deadline(self.init_deadline_ticks());
         let world = self
             .compiled
             .pre
             .instantiate(&mut store)
             .map_err(|e| StartError::Failed(self.describe(&e, &store)))?;
-        store.set_epoch_deadline(self.deadline_ticks);
+        store.set_epoch_deadline(self.init_deadline_ticks());
         let interest = match world
             .weft_filter_filter()
             .call_init(&mut store, &self.config_json)
@@ -373,6 +381,10 @@ impl Inner {
             },
             interest,
         ))
+    }
+
+    fn init_deadline_ticks(&self) -> u64 {
+        self.deadline_ticks.max(INIT_DEADLINE.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64)
     }
 
     fn checkout(&self) -> Result<Instance, String> {

@@ -83,6 +83,10 @@ pub fn build_for(target: &str, guests: &[(&str, &str)]) -> Vec<(String, PathBuf)
     ] {
         cmd.env_remove(var);
     }
+    // Filters travel to every proxy and sit in its memory: ship them without DWARF.
+    // Panic messages and the name section (for trap backtraces) stay.
+    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
     let output = cmd.output().expect("cannot run cargo for the wasm guests");
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
