@@ -118,3 +118,63 @@ fn relative_modules_resolve_against_the_file() {
         ModuleRef::File(PathBuf::from("conf/filters/f.wasm"))
     );
 }
+
+const MESH: &str = r#"
+clusters:
+  - name: web
+    endpoints: ["127.0.0.1:9001"]
+proxies:
+  - select: { service: web, labels: { zone: a } }
+    listeners:
+      - name: inbound
+        address: 127.0.0.1:0
+        default_cluster: web
+        filters:
+          - name: hello
+            module: filter:hello
+  - select: {}
+    listeners:
+      - name: other
+        address: 127.0.0.1:0
+        default_cluster: web
+        filters:
+          - name: hello
+            module: filter:hello
+            sha256: "1111111111111111111111111111111111111111111111111111111111111111"
+"#;
+
+#[test]
+fn mesh_groups_select_by_service_and_labels_in_order() {
+    let mesh = MeshConfig::parse(MESH, "mesh.yaml").unwrap();
+    let zone_a = std::collections::BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
+    assert_eq!(mesh.select("web", &zone_a), Some(0));
+    assert_eq!(mesh.select("web", &Default::default()), Some(1));
+    assert_eq!(mesh.select("db", &zone_a), Some(1));
+}
+
+#[test]
+fn mesh_resolves_pushed_filters_unless_pinned() {
+    let mesh = MeshConfig::parse(MESH, "mesh.yaml").unwrap();
+    let sha = "2".repeat(64);
+    let filters = std::collections::BTreeMap::from([("hello".to_owned(), sha.clone())]);
+    let c = mesh.proxy_config(0, &filters).unwrap();
+    assert_eq!(c.listeners[0].filters[0].sha256.as_ref().unwrap().value, sha);
+    let c = mesh.proxy_config(1, &filters).unwrap();
+    assert_eq!(c.listeners[0].filters[0].sha256.as_ref().unwrap().value, "1".repeat(64));
+    // Not pushed yet: the error names the mesh file, line and key.
+    let e = mesh.proxy_config(0, &Default::default()).unwrap_err().to_string();
+    assert!(
+        e.starts_with("mesh.yaml:13:21: proxies[0].listeners[0].filters[0].module:")
+            && e.contains("no filter was pushed under the name \"hello\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn files_belong_to_proxy_files_and_pushed_filters_to_meshes() {
+    let mesh = MeshConfig::parse(&MESH.replacen("filter:hello", "./hello.wasm", 1), "mesh.yaml").unwrap();
+    let e = mesh.validate(&Default::default()).unwrap_err().to_string();
+    assert!(e.contains("a mesh config cannot name files"), "{e}");
+    let e = err(&GOOD.replace("builtin:router", "filter:router"));
+    assert!(e.contains("filter:NAME names a filter pushed to a config server"), "{e}");
+}
