@@ -241,7 +241,10 @@ impl Subscriber {
                     modules: self.applied.modules.keys().cloned().collect(),
                 }),
                 Err(error) => {
-                    tracing::error!(version, "refused snapshot, keeping the last good one: {error}");
+                    tracing::error!(
+                        version,
+                        "refused snapshot, keeping the last good one: {error}"
+                    );
                     Kind::Nack(Nack {
                         version,
                         error,

@@ -81,9 +81,8 @@ impl ServerArgs {
             .await
             .with_context(|| format!("{method} {url}: reading the answer"))?
             .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            Value::String(String::from_utf8_lossy(&bytes).trim().to_owned())
-        });
+        let value: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).trim().to_owned()));
         if !status.is_success() {
             let path = path.split('?').next().unwrap_or(path);
             let reason = value

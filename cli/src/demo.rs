@@ -99,7 +99,9 @@ pub(crate) async fn run(
         max_filter_size: 16 << 20,
     })
     .await
-    .context("starting the demo config server (is the port taken? try --server-listen 127.0.0.1:7071)")?;
+    .context(
+        "starting the demo config server (is the port taken? try --server-listen 127.0.0.1:7071)",
+    )?;
     let url = format!("http://{}", server.addr());
     let token = std::fs::read_to_string(server.token_file())
         .context("reading the demo server's token")?
@@ -124,8 +126,14 @@ pub(crate) async fn run(
             .context("the demo proxy got no configuration from the server within 30 s")??;
         proxies.push((proxy, agent));
     }
-    let addr = proxies[0].0.listener_addr("demo").context("demo listener")?;
-    let addr_b = proxies[1].0.listener_addr("demo").context("demo listener")?;
+    let addr = proxies[0]
+        .0
+        .listener_addr("demo")
+        .context("demo listener")?;
+    let addr_b = proxies[1]
+        .0
+        .listener_addr("demo")
+        .context("demo listener")?;
     let admin = proxies[0].0.admin_addr().context("admin listener")?;
     println!(
         r#"

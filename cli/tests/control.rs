@@ -50,7 +50,11 @@ fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver
 }
 
 /// The first line that contains `marker`, within the limit.
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, marker: &str, seen: &mut Vec<String>) -> String {
+fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    marker: &str,
+    seen: &mut Vec<String>,
+) -> String {
     let deadline = Instant::now() + LIMIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -110,12 +114,11 @@ fn config_server(dir: &Path, listen: &str) -> Server {
 impl Server {
     /// Run a client command against this server, with its token.
     fn cli(&self, args: &[&str]) -> Output {
-        let out = weft()
+        weft()
             .args(args)
             .args(["--server", &self.url, "--token", &self.token])
             .output()
-            .unwrap();
-        out
+            .unwrap()
     }
 
     fn cli_ok(&self, args: &[&str]) -> String {
@@ -154,13 +157,12 @@ impl Server {
         let deadline = Instant::now() + LIMIT;
         loop {
             let status = self.proxies();
-            let done = nodes.iter().all(|n| {
-                status["proxies"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|p| p["node"] == *n && p["applied"] == version && p["connected"] == true)
-            });
+            let done =
+                nodes.iter().all(|n| {
+                    status["proxies"].as_array().unwrap().iter().any(|p| {
+                        p["node"] == *n && p["applied"] == version && p["connected"] == true
+                    })
+                });
             if done {
                 return status;
             }
@@ -225,7 +227,11 @@ fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out[9..12].parse().unwrap();
@@ -258,7 +264,8 @@ impl ProxyProc {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -358,7 +365,10 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_versions() {
     let web = backend("web").start().await;
     let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
     assert!(
-        server.banner.iter().any(|l| l.contains("created the API token")),
+        server
+            .banner
+            .iter()
+            .any(|l| l.contains("created the API token")),
         "the first start prints the new token: {:?}",
         server.banner
     );
@@ -378,7 +388,11 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_versions() {
     let load = tokio::spawn(load(targets.clone(), 8, stop.clone()));
     let mut rss = Vec::new();
     for i in 0..20 {
-        let module = if i % 2 == 0 { guests::TAG_TWO } else { guests::TAG_ONE };
+        let module = if i % 2 == 0 {
+            guests::TAG_TWO
+        } else {
+            guests::TAG_ONE
+        };
         let pushed = tokio::task::block_in_place(|| server.push(module, "tag"));
         assert!(pushed > version, "every push is a new version");
         version = pushed;
@@ -389,7 +403,12 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_versions() {
     }
     stop.store(true, Ordering::Relaxed);
     let (failures, tags, requests) = load.await.unwrap();
-    assert!(failures.is_empty(), "{} of {requests} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let seen: BTreeSet<_> = tags.keys().map(String::as_str).collect();
     assert_eq!(
         seen,
@@ -405,7 +424,11 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_versions() {
     // number of instances.
     for p in [&a, &b] {
         assert_eq!(p.metric("weft_engine_components"), 1.0, "proxy {}", p.pid());
-        assert!(p.metric("weft_engine_instances") <= 8.0, "proxy {}", p.pid());
+        assert!(
+            p.metric("weft_engine_instances") <= 8.0,
+            "proxy {}",
+            p.pid()
+        );
     }
     let (early, late) = (rss[0], rss[1]);
     for (before, after) in [(early.0, late.0), (early.1, late.1)] {
@@ -432,7 +455,10 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
     let inbound = a.inbound();
     server.converged(&["web-a"], version);
     let client = weft_tests::client();
-    assert_eq!(client.get(inbound, "/").await.header("x-echo-tag"), Some("two"));
+    assert_eq!(
+        client.get(inbound, "/").await.header("x-echo-tag"),
+        Some("two")
+    );
 
     // The server dies: the proxy keeps serving.
     let (addr, url) = (server.addr, server.url.clone());
@@ -450,7 +476,11 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
     // The server comes back on the same address and data: every filter and version
     // is there, the token is not printed again, and the proxy reconnects.
     let server = config_server(&data, &addr.to_string());
-    assert!(!server.banner.iter().any(|l| l.contains("token")), "{:?}", server.banner);
+    assert!(
+        !server.banner.iter().any(|l| l.contains("token")),
+        "{:?}",
+        server.banner
+    );
     let filters = server.cli_ok(&["status", "--json"]);
     let status: Value = serde_json::from_str(&filters).unwrap();
     assert_eq!(status["version"], version);
@@ -458,13 +488,19 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
     // And it converges on what is pushed next.
     let next = server.push(guests::TAG_ONE, "tag");
     server.converged(&["web-a"], next);
-    assert_eq!(client.get(inbound, "/").await.header("x-echo-tag"), Some("one"));
+    assert_eq!(
+        client.get(inbound, "/").await.header("x-echo-tag"),
+        Some("one")
+    );
     // A rollback is a new version with the old content.
     let out = server.cli_ok(&["rollback", &version.to_string()]);
     let rolled: u64 = out.rsplit(' ').next().unwrap().trim().parse().unwrap();
     assert!(rolled > next, "{out}");
     server.converged(&["web-a"], rolled);
-    assert_eq!(client.get(inbound, "/").await.header("x-echo-tag"), Some("two"));
+    assert_eq!(
+        client.get(inbound, "/").await.header("x-echo-tag"),
+        Some("two")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,17 +518,28 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
 
     let not_wasm = write(&dir.0, "notes.wasm", "hello");
     let err = server.cli_err(&["push", &not_wasm, "--name", "tag"]);
-    assert!(err.contains("400") && err.contains("not a WebAssembly"), "{err}");
+    assert!(
+        err.contains("400") && err.contains("not a WebAssembly"),
+        "{err}"
+    );
     let core = dir.0.join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let err = server.cli_err(&["push", core.to_str().unwrap(), "--name", "tag"]);
-    assert!(err.contains("400") && err.contains("core WebAssembly module"), "{err}");
+    assert!(
+        err.contains("400") && err.contains("core WebAssembly module"),
+        "{err}"
+    );
     let err = server.cli_err(&["push", guests::WRONG_WORLD, "--name", "tag"]);
-    assert!(err.contains("422") && err.contains("not a Weft filter"), "{err}");
+    assert!(
+        err.contains("422") && err.contains("not a Weft filter"),
+        "{err}"
+    );
     // The stamp filter refuses the tag filter's config (it needs a `name`).
     let err = server.cli_err(&["push", guests::STAMP, "--name", "tag"]);
     assert!(
-        err.contains("422") && err.contains("proxies[0].listeners[0].filters[0]") && err.contains("rejected its config"),
+        err.contains("422")
+            && err.contains("proxies[0].listeners[0].filters[0]")
+            && err.contains("rejected its config"),
         "{err}"
     );
     let broken = write(
@@ -510,13 +557,29 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
     );
     // Writes need the token.
     let out = weft()
-        .args(["push", guests::TAG_TWO, "--name", "tag", "--server", &server.url, "--token", "wrong"])
+        .args([
+            "push",
+            guests::TAG_TWO,
+            "--name",
+            "tag",
+            "--server",
+            &server.url,
+            "--token",
+            "wrong",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     let out = weft()
-        .args(["push", guests::TAG_TWO, "--name", "tag", "--server", &server.url])
+        .args([
+            "push",
+            guests::TAG_TWO,
+            "--name",
+            "tag",
+            "--server",
+            &server.url,
+        ])
         .env("XDG_DATA_HOME", dir.0.join("elsewhere"))
         .output()
         .unwrap();
@@ -527,7 +590,10 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
     let status = server.proxies();
     assert_eq!(status["version"], version, "{status:#}");
     let client = weft_tests::client();
-    assert_eq!(client.get(inbound, "/").await.header("x-echo-tag"), Some("one"));
+    assert_eq!(
+        client.get(inbound, "/").await.header("x-echo-tag"),
+        Some("one")
+    );
 
     // A snapshot the server cannot check fully fails on the proxy: its listener's
     // address is taken there. The proxy says NACK, with the reason, and keeps serving.
@@ -546,7 +612,10 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
         if p["last"]["version"] == refused {
             break p;
         }
-        assert!(Instant::now() < deadline, "no answer to version {refused}: {status:#}");
+        assert!(
+            Instant::now() < deadline,
+            "no answer to version {refused}: {status:#}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(nack["last"]["result"], "nack", "{nack:#}");
@@ -557,6 +626,12 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
         "{reason}"
     );
     let table = server.cli_ok(&["status"]);
-    assert!(table.contains("NACK: web-a refused version") && table.contains("cannot listen"), "{table}");
-    assert_eq!(client.get(inbound, "/").await.header("x-echo-tag"), Some("one"));
+    assert!(
+        table.contains("NACK: web-a refused version") && table.contains("cannot listen"),
+        "{table}"
+    );
+    assert_eq!(
+        client.get(inbound, "/").await.header("x-echo-tag"),
+        Some("one")
+    );
 }

@@ -158,11 +158,20 @@ fn mesh_resolves_pushed_filters_unless_pinned() {
     let sha = "2".repeat(64);
     let filters = std::collections::BTreeMap::from([("hello".to_owned(), sha.clone())]);
     let c = mesh.proxy_config(0, &filters).unwrap();
-    assert_eq!(c.listeners[0].filters[0].sha256.as_ref().unwrap().value, sha);
+    assert_eq!(
+        c.listeners[0].filters[0].sha256.as_ref().unwrap().value,
+        sha
+    );
     let c = mesh.proxy_config(1, &filters).unwrap();
-    assert_eq!(c.listeners[0].filters[0].sha256.as_ref().unwrap().value, "1".repeat(64));
+    assert_eq!(
+        c.listeners[0].filters[0].sha256.as_ref().unwrap().value,
+        "1".repeat(64)
+    );
     // Not pushed yet: the error names the mesh file, line and key.
-    let e = mesh.proxy_config(0, &Default::default()).unwrap_err().to_string();
+    let e = mesh
+        .proxy_config(0, &Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with("mesh.yaml:13:21: proxies[0].listeners[0].filters[0].module:")
             && e.contains("no filter was pushed under the name \"hello\""),
@@ -172,9 +181,16 @@ fn mesh_resolves_pushed_filters_unless_pinned() {
 
 #[test]
 fn files_belong_to_proxy_files_and_pushed_filters_to_meshes() {
-    let mesh = MeshConfig::parse(&MESH.replacen("filter:hello", "./hello.wasm", 1), "mesh.yaml").unwrap();
+    let mesh = MeshConfig::parse(
+        &MESH.replacen("filter:hello", "./hello.wasm", 1),
+        "mesh.yaml",
+    )
+    .unwrap();
     let e = mesh.validate(&Default::default()).unwrap_err().to_string();
     assert!(e.contains("a mesh config cannot name files"), "{e}");
     let e = err(&GOOD.replace("builtin:router", "filter:router"));
-    assert!(e.contains("filter:NAME names a filter pushed to a config server"), "{e}");
+    assert!(
+        e.contains("filter:NAME names a filter pushed to a config server"),
+        "{e}"
+    );
 }

@@ -384,7 +384,8 @@ impl Inner {
     }
 
     fn init_deadline_ticks(&self) -> u64 {
-        self.deadline_ticks.max(INIT_DEADLINE.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64)
+        self.deadline_ticks
+            .max(INIT_DEADLINE.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64)
     }
 
     fn checkout(&self) -> Result<Instance, String> {

@@ -316,7 +316,11 @@ impl RunningProxy {
     /// finish on the old ones. New listeners start; removed ones stop accepting and
     /// drain. Loading filters can take milliseconds: call this from a blocking
     /// context when a runtime worker should not wait.
-    pub fn reload_with(&self, config: &Config, modules: &dyn ModuleStore) -> Result<(), StartError> {
+    pub fn reload_with(
+        &self,
+        config: &Config,
+        modules: &dyn ModuleStore,
+    ) -> Result<(), StartError> {
         let _one_at_a_time = lock(&self.inner.reloading);
         let states = build_states(&self.inner.engine, config, modules)?;
         let _runtime = self.inner.runtime.enter();

@@ -17,7 +17,7 @@ impl Filter for Tag {
     fn on_request(&mut self, req: &Request) -> Action {
         match req.add_header("x-tag", &format!("{}{TAG}", self.prefix)) {
             Ok(()) => Action::Continue,
-            Err(e) => Action::respond(500, &format!("tag: {e}")),
+            Err(e) => Action::respond(500, format!("tag: {e}")),
         }
     }
 }

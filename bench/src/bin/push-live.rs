@@ -130,11 +130,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// A lightweight subscriber: a real stream, a sha256 check per module, an ACK.
-async fn subscriber(
-    url: String,
-    node: String,
-    received: Arc<Mutex<HashMap<u64, Vec<Instant>>>>,
-) {
+async fn subscriber(url: String, node: String, received: Arc<Mutex<HashMap<u64, Vec<Instant>>>>) {
     let mut client = weft_api::ControlClient::connect(url)
         .await
         .expect("connect")
@@ -199,11 +195,15 @@ async fn main() {
     std::fs::create_dir_all(&dir).expect("temp dir");
 
     // A backend for the load.
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let backend_addr = backend.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = backend.accept().await else { continue };
+            let Ok((s, _)) = backend.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|_req| async {
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
@@ -229,29 +229,62 @@ async fn main() {
         .trim()
         .to_owned();
     let http: Http = Client::builder(TokioExecutor::new()).build_http();
-    let (status, _) = call(&http, "PUT", &format!("{url}/v1/filters/hello"), &token, variant(&module, 0).into()).await;
+    let (status, _) = call(
+        &http,
+        "PUT",
+        &format!("{url}/v1/filters/hello"),
+        &token,
+        variant(&module, 0).into(),
+    )
+    .await;
     assert!(status < 300, "first push: {status}");
     let mesh = format!(
         "clusters:\n  - name: web\n    endpoints: [\"{backend_addr}\"]\nproxies:\n  - select: {{ service: web }}\n    listeners:\n      - name: inbound\n        address: 127.0.0.1:0\n        default_cluster: web\n        filters:\n          - name: hello\n            module: filter:hello\n            config: {{ greeting: hi }}\n"
     );
-    let (status, v) = call(&http, "PUT", &format!("{url}/v1/mesh?file=bench.yaml"), &token, mesh.into()).await;
+    let (status, v) = call(
+        &http,
+        "PUT",
+        &format!("{url}/v1/mesh?file=bench.yaml"),
+        &token,
+        mesh.into(),
+    )
+    .await;
     assert!(status < 300, "apply: {status} {v}");
 
     let mut procs = Vec::new();
     let mut admins = Vec::new();
     for i in 0..proxies {
         let mut cmd = Command::new(weft);
-        cmd.args(["proxy", "--config-server", &url, "--node", &format!("proxy-{i}"), "--service", "web", "--admin", "127.0.0.1:0", "--state-dir"])
-            .arg(dir.join(format!("proxy-{i}")))
-            .env("WEFT_CACHE_DIR", dir.join(format!("cache-{i}")))
-            .env("RUST_LOG", "warn,weft_proxy=info");
+        cmd.args([
+            "proxy",
+            "--config-server",
+            &url,
+            "--node",
+            &format!("proxy-{i}"),
+            "--service",
+            "web",
+            "--admin",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir.join(format!("proxy-{i}")))
+        .env("WEFT_CACHE_DIR", dir.join(format!("cache-{i}")))
+        .env("RUST_LOG", "warn,weft_proxy=info");
         let (child, line) = spawn_until(cmd, "admin listening", false);
-        admins.push(after(&line, "addr=").parse::<SocketAddr>().expect("admin address"));
+        admins.push(
+            after(&line, "addr=")
+                .parse::<SocketAddr>()
+                .expect("admin address"),
+        );
         procs.push(child);
     }
     let received: Arc<Mutex<HashMap<u64, Vec<Instant>>>> = Arc::default();
     for i in 0..subscribers {
-        tokio::spawn(subscriber(url.clone(), format!("light-{i}"), received.clone()));
+        tokio::spawn(subscriber(
+            url.clone(),
+            format!("light-{i}"),
+            received.clone(),
+        ));
     }
 
     // Wait until every proxy serves the current version.
@@ -268,7 +301,14 @@ async fn main() {
     };
     let start = Instant::now();
     loop {
-        let (_, v) = call(&http, "GET", &format!("{url}/v1/proxies"), &token, Bytes::new()).await;
+        let (_, v) = call(
+            &http,
+            "GET",
+            &format!("{url}/v1/proxies"),
+            &token,
+            Bytes::new(),
+        )
+        .await;
         let current = v["version"].as_u64().unwrap_or(0);
         let a = applied(&v);
         if a.len() == proxies && a.values().all(|&x| x == current) {
@@ -279,8 +319,21 @@ async fn main() {
     }
     let mut targets = Vec::new();
     for admin in admins.iter().take(2) {
-        let (_, v) = call(&http, "GET", &format!("http://{admin}/listeners"), "", Bytes::new()).await;
-        targets.push(v["inbound"].as_str().expect("inbound listener").parse::<SocketAddr>().expect("address"));
+        let (_, v) = call(
+            &http,
+            "GET",
+            &format!("http://{admin}/listeners"),
+            "",
+            Bytes::new(),
+        )
+        .await;
+        targets.push(
+            v["inbound"]
+                .as_str()
+                .expect("inbound listener")
+                .parse::<SocketAddr>()
+                .expect("address"),
+        );
     }
 
     // Load through two proxies for the whole run.
@@ -312,12 +365,26 @@ async fn main() {
     for n in 1..=pushes {
         let bytes = Bytes::from(variant(&module, n));
         let t0 = Instant::now();
-        let (status, v) = call(&http, "PUT", &format!("{url}/v1/filters/hello"), &token, bytes).await;
+        let (status, v) = call(
+            &http,
+            "PUT",
+            &format!("{url}/v1/filters/hello"),
+            &token,
+            bytes,
+        )
+        .await;
         assert!(status < 300, "push {n}: {status} {v}");
         let version = v["version"].as_u64().expect("a version");
         let mut live: HashMap<String, f64> = HashMap::new();
         loop {
-            let (_, v) = call(&http, "GET", &format!("{url}/v1/proxies"), &token, Bytes::new()).await;
+            let (_, v) = call(
+                &http,
+                "GET",
+                &format!("{url}/v1/proxies"),
+                &token,
+                Bytes::new(),
+            )
+            .await;
             let elapsed = t0.elapsed().as_secs_f64() * 1e3;
             for (node, applied) in applied(&v) {
                 if applied >= version {
@@ -334,7 +401,11 @@ async fn main() {
                     eprintln!("{node} refused version {version}: {}", p["last"]["error"]);
                 }
             }
-            let lights = received.lock().expect("not poisoned").get(&version).map_or(0, Vec::len);
+            let lights = received
+                .lock()
+                .expect("not poisoned")
+                .get(&version)
+                .map_or(0, Vec::len);
             let settled = live.len() + refused.iter().filter(|r| r.1 == version).count();
             if settled >= proxies && lights == subscribers {
                 break;
@@ -350,7 +421,11 @@ async fn main() {
             .flatten()
             .map(|t| t.duration_since(t0).as_secs_f64() * 1e3)
             .collect();
-        let worst = live.values().copied().chain(lights.iter().copied()).fold(0.0, f64::max);
+        let worst = live
+            .values()
+            .copied()
+            .chain(lights.iter().copied())
+            .fold(0.0, f64::max);
         all_live.push(worst);
         per_proxy.extend(live.into_values());
         per_light.extend(lights);
@@ -375,12 +450,23 @@ async fn main() {
             v.last().copied().unwrap_or(0.0)
         );
     };
-    println!("\nPush-to-live, {pushes} pushes of a new module version (ms from the push request):\n");
+    println!(
+        "\nPush-to-live, {pushes} pushes of a new module version (ms from the push request):\n"
+    );
     println!("| what | samples | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|");
-    row(&format!("each of {proxies} proxies (processes) serving it"), &mut per_proxy);
-    row(&format!("each of {subscribers} lightweight subscribers ACKing it"), &mut per_light);
-    row(&format!("all {} live", proxies + subscribers), &mut all_live);
+    row(
+        &format!("each of {proxies} proxies (processes) serving it"),
+        &mut per_proxy,
+    );
+    row(
+        &format!("each of {subscribers} lightweight subscribers ACKing it"),
+        &mut per_light,
+    );
+    row(
+        &format!("all {} live", proxies + subscribers),
+        &mut all_live,
+    );
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
         "\nRequests through two of the proxies during the {pushes} swaps: {}, failed: {failed}. \
