@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,23 +18,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use weft_tests::{TempDir, backend, guests};
 
-const LIMIT: Duration = Duration::from_secs(60);
+mod support;
 
-/// Ends the child when the test ends, whatever happened.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn weft() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
-    cmd.env_remove("WEFT_TOKEN").env_remove("WEFT_SERVER");
-    cmd
-}
+use support::{Guard, LIMIT, weft};
 
 /// Send the lines of a child's pipe to a channel, from a thread.
 fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
