@@ -49,7 +49,7 @@ pub use metrics::MetricsHub;
 pub use weft_config::FailurePolicy;
 
 /// How often the deadline clock ticks. Hook deadlines are rounded up to it.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Why a filter could not be loaded.
 #[derive(Debug, thiserror::Error)]

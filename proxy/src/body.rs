@@ -10,11 +10,15 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::upstream::UpstreamBody;
+
 /// A message body on its way through the proxy.
 #[derive(Debug)]
 pub enum ProxyBody {
-    /// Streamed through from the peer, never buffered.
+    /// Streamed through from the client, never buffered.
     Stream(Incoming),
+    /// Streamed through from an upstream, never buffered.
+    Upstream(UpstreamBody),
     /// A whole body in memory; `None` once sent.
     Full(Option<Bytes>),
 }
@@ -46,6 +50,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Stream(s) => Pin::new(s).poll_frame(cx),
+            Self::Upstream(s) => Pin::new(s).poll_frame(cx),
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -53,6 +58,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Stream(s) => s.is_end_stream(),
+            Self::Upstream(s) => s.is_end_stream(),
             Self::Full(b) => b.is_none(),
         }
     }
@@ -60,6 +66,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Stream(s) => s.size_hint(),
+            Self::Upstream(s) => s.size_hint(),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
@@ -75,7 +82,10 @@ pub(crate) enum BufferError {
 }
 
 /// Read a whole body, refusing more than `limit` bytes. Trailers are dropped.
-pub(crate) async fn buffer(body: Incoming, limit: usize) -> Result<Bytes, BufferError> {
+pub(crate) async fn buffer<B>(body: B, limit: usize) -> Result<Bytes, BufferError>
+where
+    B: Body<Data = Bytes, Error = hyper::Error>,
+{
     if body.size_hint().lower() > limit as u64 {
         return Err(BufferError::TooLarge);
     }

@@ -1,39 +1,31 @@
 //! Upstream clusters: endpoints, round-robin choice, and a keep-alive connection pool
-//! per cluster speaking HTTP/1.1 or HTTP/2, in clear text or TLS.
+//! per endpoint speaking HTTP/1.1 or HTTP/2, in clear text or TLS.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::uri::{Authority, Scheme};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use weft_config::{ClusterConfig, UpstreamProtocol};
 
 use crate::body::ProxyBody;
 use crate::tls;
-
-enum Pool {
-    Plain(Client<HttpConnector, ProxyBody>),
-    Tls(Client<HttpsConnector<HttpConnector>, ProxyBody>),
-}
+use crate::upstream::{Conn, ConnectError, Connector, Endpoint, TlsConnector, UpstreamBody};
 
 /// An upstream cluster.
 pub struct Cluster {
     name: String,
-    endpoints: Vec<Authority>,
+    endpoints: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
     scheme: Scheme,
-    version: http::Version,
-    pool: Pool,
+    connector: Connector,
 }
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoints: Vec<&Authority> = self.endpoints.iter().map(|e| &e.authority).collect();
         f.debug_struct("Cluster")
             .field("name", &self.name)
-            .field("endpoints", &self.endpoints)
+            .field("endpoints", &endpoints)
             .finish_non_exhaustive()
     }
 }
@@ -44,18 +36,17 @@ pub(crate) struct UpstreamError {
     /// The connection could not be made, so the upstream never saw the request.
     pub(crate) connect: bool,
     pub(crate) endpoint: Authority,
-    pub(crate) source: hyper_util::client::legacy::Error,
+    pub(crate) source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::error::Error;
         let what = if self.connect {
             "cannot connect to"
         } else {
             "request failed at"
         };
-        write!(f, "{what} {}", self.endpoint)?;
+        write!(f, "{what} {}: {}", self.endpoint, self.source)?;
         let mut cause = self.source.source();
         while let Some(c) = cause {
             write!(f, ": {c}")?;
@@ -66,55 +57,44 @@ impl std::fmt::Display for UpstreamError {
 }
 
 impl Cluster {
-    /// Build a cluster and its pool; TLS files are read here.
+    /// Build a cluster; TLS files are read here, connections are made on demand.
     pub fn new(config: &ClusterConfig) -> Result<Self, tls::TlsError> {
+        let max_idle = config.max_idle_per_endpoint;
         let endpoints = config
             .endpoints
             .iter()
             .filter_map(|e| e.value.parse::<Authority>().ok())
+            .map(|a| Arc::new(Endpoint::new(a, max_idle)))
             .collect();
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout.0));
-        http.enforce_http(config.tls.is_none());
-        let h2 = config.protocol == UpstreamProtocol::Http2;
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.idle_timeout.0)
-            .pool_max_idle_per_host(config.max_idle_per_endpoint)
-            // The proxy sets Host itself, from the client's request or a filter.
-            .set_host(false)
-            .http2_only(h2);
-        let (scheme, pool) = match &config.tls {
-            None => (Scheme::HTTP, Pool::Plain(builder.build(http))),
+        let (scheme, tls) = match &config.tls {
+            None => (Scheme::HTTP, None),
             Some(t) => {
-                let tls = tls::client_config(&t.ca.value)?;
-                let b = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_only();
-                let b =
-                    match &t.server_name {
-                        Some(name) => {
-                            let name = rustls::pki_types::ServerName::try_from(name.clone())
-                                .map_err(|e| tls::TlsError {
-                                    path: t.ca.value.display().to_string(),
-                                    message: format!("invalid server_name {name:?}: {e}"),
-                                })?;
-                            b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-                                name,
-                            ))
-                        }
-                        None => b,
-                    };
+                let mut client = tls::client_config(&t.ca.value)?;
                 // ALPN offers what the cluster may speak.
-                let connector = match config.protocol {
-                    UpstreamProtocol::Http1 => b.enable_http1().wrap_connector(http),
-                    UpstreamProtocol::Http2 => b.enable_http2().wrap_connector(http),
-                    UpstreamProtocol::Auto => b.enable_all_versions().wrap_connector(http),
+                client.alpn_protocols = match config.protocol {
+                    UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+                    UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+                    UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
                 };
-                (Scheme::HTTPS, Pool::Tls(builder.build(connector)))
+                let server_name = match &t.server_name {
+                    Some(name) => Some(
+                        rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+                            tls::TlsError {
+                                path: t.ca.value.display().to_string(),
+                                message: format!("invalid server_name {name:?}: {e}"),
+                            }
+                        })?,
+                    ),
+                    None => None,
+                };
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+                (
+                    Scheme::HTTPS,
+                    Some(TlsConnector {
+                        connector,
+                        server_name,
+                    }),
+                )
             }
         };
         Ok(Self {
@@ -122,12 +102,12 @@ impl Cluster {
             endpoints,
             next: AtomicUsize::new(0),
             scheme,
-            version: if h2 {
-                http::Version::HTTP_2
-            } else {
-                http::Version::HTTP_11
+            connector: Connector {
+                connect_timeout: config.connect_timeout.0,
+                idle_timeout: config.idle_timeout.0,
+                http2_only: config.protocol == UpstreamProtocol::Http2,
+                tls,
             },
-            pool,
         })
     }
 
@@ -137,39 +117,82 @@ impl Cluster {
     }
 
     /// The next endpoint, round robin.
-    fn pick(&self) -> &Authority {
+    fn pick(&self) -> &Arc<Endpoint> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         &self.endpoints[i % self.endpoints.len()]
     }
 
-    /// Send a request to one endpoint of the cluster. The request's URI is rewritten to
-    /// that endpoint; its `host` header is kept.
+    /// Send a request to one endpoint of the cluster. The request's URI is rewritten
+    /// for that endpoint; its `host` header is kept. A request that a pooled
+    /// connection gave back unsent (the upstream closed it meanwhile) goes again, once,
+    /// on another connection.
     pub(crate) async fn send(
         &self,
-        mut parts: http::request::Parts,
+        parts: http::request::Parts,
         body: ProxyBody,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let endpoint = self.pick().clone();
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        let endpoint = self.pick();
         let pq = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(self.scheme.clone());
-        uri.authority = Some(endpoint.clone());
-        uri.path_and_query = Some(pq);
-        parts.uri = http::Uri::from_parts(uri).expect("scheme, authority and path are set");
-        parts.version = self.version;
-        let req = http::Request::from_parts(parts, body);
-        let result = match &self.pool {
-            Pool::Plain(c) => c.request(req).await,
-            Pool::Tls(c) => c.request(req).await,
+        let connect_failed = |e: ConnectError| UpstreamError {
+            connect: true,
+            endpoint: endpoint.authority.clone(),
+            source: e.into(),
         };
-        result.map_err(|source| UpstreamError {
-            connect: source.is_connect(),
-            endpoint,
-            source,
-        })
+        let mut req = http::Request::from_parts(parts, body);
+        let mut retried = false;
+        loop {
+            let (conn, pooled) = endpoint
+                .checkout(&self.connector)
+                .await
+                .map_err(connect_failed)?;
+            let mut refused = match conn {
+                Conn::Http1(mut sender) => {
+                    // HTTP/1 sends the origin form; the host header names the target.
+                    *req.uri_mut() = http::Uri::from(pq.clone());
+                    *req.version_mut() = http::Version::HTTP_11;
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => {
+                            return Ok(resp
+                                .map(|b| UpstreamBody::new(b, Some((endpoint.clone(), sender)))));
+                        }
+                        Err(e) => e,
+                    }
+                }
+                Conn::Http2(mut sender) => {
+                    let mut uri = http::uri::Parts::default();
+                    uri.scheme = Some(self.scheme.clone());
+                    uri.authority = Some(endpoint.authority.clone());
+                    uri.path_and_query = Some(pq.clone());
+                    *req.uri_mut() =
+                        http::Uri::from_parts(uri).expect("scheme, authority and path are set");
+                    *req.version_mut() = http::Version::HTTP_2;
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => return Ok(resp.map(|b| UpstreamBody::new(b, None))),
+                        Err(e) => e,
+                    }
+                }
+            };
+            match refused.take_message() {
+                Some(back) if pooled && !retried => {
+                    retried = true;
+                    req = back;
+                }
+                back => {
+                    return Err(UpstreamError {
+                        // Unsent on a fresh connection: the upstream never saw it.
+                        connect: back.is_some(),
+                        endpoint: endpoint.authority.clone(),
+                        source: refused.into_error().into(),
+                    });
+                }
+            }
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

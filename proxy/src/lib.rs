@@ -28,6 +28,7 @@ mod error;
 mod listener;
 mod service;
 mod tls;
+mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +49,7 @@ pub use cluster::Cluster;
 pub use error::{ProxyError, Side};
 pub use service::ListenerState;
 pub use tls::TlsError;
+pub use upstream::UpstreamBody;
 
 /// Why a proxy could not start, or a configuration could not be applied.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,7 @@ use crate::body::{self, BufferError, ProxyBody};
 use crate::chain::FilterChain;
 use crate::cluster::Cluster;
 use crate::error::{ProxyError, Side};
+use crate::upstream::UpstreamBody;
 
 /// The longest delay a filter may ask for; longer asks are cut to it.
 const MAX_DELAY: Duration = Duration::from_secs(60);
@@ -201,7 +202,7 @@ async fn proxy(
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
     if !chain.response {
-        return Ok(Response::from_parts(rparts, ProxyBody::Stream(rbody)));
+        return Ok(Response::from_parts(rparts, ProxyBody::Upstream(rbody)));
     }
     // Response hooks, buffering the body only when a filter asked to see it.
     let (body, stream) = if chain.response_body {
@@ -222,7 +223,10 @@ async fn proxy(
 
 /// Buffer a whole body for the filters that asked to see it. `side` is who sends it:
 /// too large from the client is 413, from the upstream 502.
-async fn whole(body: Incoming, limit: usize, side: Side) -> Result<bytes::Bytes, ProxyError> {
+async fn whole<B>(body: B, limit: usize, side: Side) -> Result<bytes::Bytes, ProxyError>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = hyper::Error>,
+{
     let (who, too_large, failed) = match side {
         Side::Downstream => (
             "client",
@@ -251,7 +255,7 @@ fn respond(
     chain: &FilterChain,
     upto: usize,
     mut head: Box<ResponseHead>,
-    mut stream: Option<Incoming>,
+    mut stream: Option<UpstreamBody>,
 ) -> Response<ProxyBody> {
     if chain.response {
         for filter in chain.filters()[..upto]
@@ -286,7 +290,7 @@ fn respond(
     let ResponseHead { parts, body, .. } = *head;
     let body = match (body, stream) {
         (Some(b), _) => ProxyBody::full(b),
-        (None, Some(s)) => ProxyBody::Stream(s),
+        (None, Some(s)) => ProxyBody::Upstream(s),
         (None, None) => ProxyBody::empty(),
     };
     Response::from_parts(parts, body)

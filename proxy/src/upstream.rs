@@ -1,0 +1,301 @@
+//! Connections to one upstream endpoint, and their pool.
+//!
+//! HTTP/1.1 connections carry one exchange at a time. A connection goes back to its
+//! endpoint's idle queue the moment its response body has been read to the end, by
+//! the body itself ([`UpstreamBody`]): no task, lock or timer per request. A lock-free
+//! queue holds the idle ones; a sweeper task, started with the first connection,
+//! closes those idle longer than the cluster's `idle_timeout`.
+//!
+//! HTTP/2 connections multiplex: one per endpoint, shared by every request.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::uri::Authority;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::body::ProxyBody;
+
+/// How connections to a cluster's endpoints are made.
+pub(crate) struct Connector {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    /// Speak HTTP/2 without asking (h2c, or TLS with ALPN `h2` only).
+    pub(crate) http2_only: bool,
+    pub(crate) tls: Option<TlsConnector>,
+}
+
+/// TLS to the endpoints, with the ALPN list the cluster's protocol allows.
+pub(crate) struct TlsConnector {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    /// The name to verify; the endpoint's host when `None`.
+    pub(crate) server_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+/// A connection ready for one request.
+pub(crate) enum Conn {
+    Http1(http1::SendRequest<ProxyBody>),
+    Http2(http2::SendRequest<ProxyBody>),
+}
+
+/// A failure to reach an endpoint: the request was never sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+}
+
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// One endpoint of a cluster and its connections.
+pub(crate) struct Endpoint {
+    pub(crate) authority: Authority,
+    idle: ArrayQueue<Idle>,
+    h2: ArcSwapOption<http2::SendRequest<ProxyBody>>,
+    /// Only one HTTP/2 connection is made at a time; the others wait and share it.
+    h2_connecting: tokio::sync::Mutex<()>,
+    sweeper: AtomicBool,
+}
+
+impl Endpoint {
+    pub(crate) fn new(authority: Authority, max_idle: usize) -> Self {
+        Self {
+            authority,
+            idle: ArrayQueue::new(max_idle.max(1)),
+            h2: ArcSwapOption::empty(),
+            h2_connecting: tokio::sync::Mutex::new(()),
+            sweeper: AtomicBool::new(false),
+        }
+    }
+
+    /// A pooled connection, or a new one. The flag says whether it was pooled: a
+    /// request a pooled connection refused unsent may go again on another.
+    pub(crate) async fn checkout(
+        self: &Arc<Self>,
+        connector: &Connector,
+    ) -> Result<(Conn, bool), ConnectError> {
+        if let Some(h2) = self.shared_h2() {
+            return Ok((Conn::Http2(h2), true));
+        }
+        while let Some(mut idle) = self.idle.pop() {
+            // A connection goes idle once its last response was read to the end, so
+            // it is ready at once, or closed by the upstream meanwhile.
+            if idle.sender.ready().await.is_ok() {
+                return Ok((Conn::Http1(idle.sender), true));
+            }
+        }
+        if connector.http2_only {
+            let _one_at_a_time = self.h2_connecting.lock().await;
+            if let Some(h2) = self.shared_h2() {
+                return Ok((Conn::Http2(h2), true));
+            }
+            return Ok((self.connect(connector).await?, false));
+        }
+        Ok((self.connect(connector).await?, false))
+    }
+
+    fn shared_h2(&self) -> Option<http2::SendRequest<ProxyBody>> {
+        let guard = self.h2.load();
+        let h2 = guard.as_deref()?;
+        if h2.is_closed() {
+            return None;
+        }
+        Some(h2.clone())
+    }
+
+    async fn connect(self: &Arc<Self>, connector: &Connector) -> Result<Conn, ConnectError> {
+        let tcp = tokio::time::timeout(
+            connector.connect_timeout,
+            TcpStream::connect(self.authority.as_str()),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout(connector.connect_timeout))??;
+        let _ = tcp.set_nodelay(true);
+        self.start_sweeper(connector.idle_timeout);
+        let Some(tls) = &connector.tls else {
+            return self.handshake(tcp, connector.http2_only).await;
+        };
+        let name = match &tls.server_name {
+            Some(n) => n.clone(),
+            None => rustls::pki_types::ServerName::try_from(self.authority.host().to_owned())
+                .map_err(|_| ConnectError::ServerName(self.authority.host().to_owned()))?,
+        };
+        let handshake = tls.connector.connect(name, tcp);
+        let stream = tokio::time::timeout(connector.connect_timeout, handshake)
+            .await
+            .map_err(|_| ConnectError::Timeout(connector.connect_timeout))??;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        self.handshake(stream, h2).await
+    }
+
+    async fn handshake<T>(self: &Arc<Self>, io: T, h2: bool) -> Result<Conn, ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        let authority = self.authority.clone();
+        if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(ConnectError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%authority, "upstream HTTP/2 connection ended: {e}");
+                }
+            });
+            self.h2.store(Some(Arc::new(sender.clone())));
+            Ok(Conn::Http2(sender))
+        } else {
+            let (sender, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(ConnectError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%authority, "upstream connection ended: {e}");
+                }
+            });
+            Ok(Conn::Http1(sender))
+        }
+    }
+
+    /// Back to the idle queue; dropped (and so closed) when the queue is full.
+    fn checkin(&self, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let _ = self.idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Close idle connections older than `idle_timeout`, every half of it, for as long
+    /// as the endpoint exists.
+    fn start_sweeper(self: &Arc<Self>, idle_timeout: Duration) {
+        if self.sweeper.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let endpoint: Weak<Self> = Arc::downgrade(self);
+        let period = (idle_timeout / 2).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(endpoint) = endpoint.upgrade() else {
+                    return;
+                };
+                endpoint.sweep(idle_timeout);
+            }
+        });
+    }
+
+    fn sweep(&self, idle_timeout: Duration) {
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else {
+                return;
+            };
+            if idle.since.elapsed() < idle_timeout && !idle.sender.is_closed() {
+                let _ = self.idle.push(idle);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn idle_len(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// A response body from an upstream. Read to its end, it hands its HTTP/1
+/// connection back to the pool; dropped before that, the connection closes with it.
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkin: Option<(Arc<Endpoint>, http1::SendRequest<ProxyBody>)>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        pooled: Option<(Arc<Endpoint>, http1::SendRequest<ProxyBody>)>,
+    ) -> Self {
+        let mut body = Self {
+            inner,
+            checkin: pooled,
+        };
+        // HEAD, 204, 304 and empty bodies are at their end already; hyper may never
+        // poll them.
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some((endpoint, sender)) = self.checkin.take() {
+            endpoint.checkin(sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            // The last frame: hyper stops polling once `is_end_stream` says so.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(None) => this.release(),
+            // A broken body leaves the connection in an unknown state: never reuse it.
+            Poll::Ready(Some(Err(_))) => this.checkin = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
