@@ -86,7 +86,7 @@ async fn proxy(
     // Bodies stream through untouched unless a filter asked to see them whole.
     let (buffered, stream) = if chain.request_body {
         (
-            Some(whole(body, state.max_body, Side::Downstream).await?),
+            Some(Box::pin(whole(body, state.max_body, Side::Downstream)).await?),
             None,
         )
     } else {
@@ -207,7 +207,7 @@ async fn proxy(
     // Response hooks, buffering the body only when a filter asked to see it.
     let (body, stream) = if chain.response_body {
         (
-            Some(whole(rbody, state.max_body, Side::Upstream).await?),
+            Some(Box::pin(whole(rbody, state.max_body, Side::Upstream)).await?),
             None,
         )
     } else {

@@ -109,9 +109,11 @@ impl Endpoint {
             if let Some(h2) = self.shared_h2() {
                 return Ok((Conn::Http2(h2), true));
             }
-            return Ok((self.connect(connector).await?, false));
+            return Ok((Box::pin(self.connect(connector)).await?, false));
         }
-        Ok((self.connect(connector).await?, false))
+        // Boxed: connecting (TLS handshake included) is a large future, and every
+        // request's future would otherwise carry its size, moved on each request.
+        Ok((Box::pin(self.connect(connector)).await?, false))
     }
 
     fn shared_h2(&self) -> Option<http2::SendRequest<ProxyBody>> {
