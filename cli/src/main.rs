@@ -17,6 +17,11 @@ use weft_config::Config;
 #[derive(Parser)]
 #[command(name = "weft", version, about)]
 struct Cli {
+    /// Threads that serve traffic [default: the cores this process may use]. With one,
+    /// a single-threaded scheduler runs everything on it, with no hand-offs between
+    /// threads: the cheapest way to serve on one core, as a sidecar usually does.
+    #[arg(long, global = true, value_name = "N", env = "WEFT_WORKERS")]
+    workers: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -146,10 +151,18 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = cli
+        .workers
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, std::num::NonZeroUsize::get);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

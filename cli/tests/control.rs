@@ -166,8 +166,9 @@ struct ProxyProc {
     admin: SocketAddr,
 }
 
-/// `weft proxy --config-server URL` as node `node`, caching in `state`.
-fn proxy(url: &str, node: &str, state: &Path) -> ProxyProc {
+/// `weft proxy --config-server URL` as node `node`, caching in `state`, serving on
+/// `workers` threads (one runs the single-threaded scheduler).
+fn proxy(url: &str, node: &str, state: &Path, workers: usize) -> ProxyProc {
     let mut child = weft()
         .args([
             "proxy",
@@ -184,6 +185,7 @@ fn proxy(url: &str, node: &str, state: &Path) -> ProxyProc {
             "--state-dir",
         ])
         .arg(state)
+        .env("WEFT_WORKERS", workers.to_string())
         .env("WEFT_CACHE_DIR", state.join("compiled"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -365,8 +367,9 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_versions() {
     let out = server.cli_ok(&["apply", "-f", &mesh_file]);
     let mut version: u64 = out.rsplit(' ').next().unwrap().trim().parse().unwrap();
 
-    let a = proxy(&server.url, "web-a", &dir.0.join("a"));
-    let b = proxy(&server.url, "web-b", &dir.0.join("b"));
+    // One proxy on each scheduler: single-threaded, and two threads.
+    let a = proxy(&server.url, "web-a", &dir.0.join("a"), 1);
+    let b = proxy(&server.url, "web-b", &dir.0.join("b"), 2);
     let targets = vec![a.inbound(), b.inbound()];
     server.converged(&["web-a", "web-b"], version);
 
@@ -437,7 +440,7 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
     server.cli_ok(&["apply", "-f", &mesh_file]);
     let version = server.push(guests::TAG_TWO, "tag");
     let state = dir.0.join("a");
-    let a = proxy(&server.url, "web-a", &state);
+    let a = proxy(&server.url, "web-a", &state, 2);
     let inbound = a.inbound();
     server.converged(&["web-a"], version);
     let client = weft_tests::client();
@@ -453,7 +456,7 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
 
     // A proxy started while the server is down serves from its disk cache.
     drop(a);
-    let a = proxy(&url, "web-a", &state);
+    let a = proxy(&url, "web-a", &state, 1);
     let inbound = a.inbound();
     let reply = client.get(inbound, "/").await;
     assert_eq!(reply.status, 200);
@@ -498,7 +501,7 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
     let mesh_file = write(&dir.0, "mesh.yaml", &mesh(web.addr, ""));
     let out = server.cli_ok(&["apply", "-f", &mesh_file]);
     let version: u64 = out.rsplit(' ').next().unwrap().trim().parse().unwrap();
-    let a = proxy(&server.url, "web-a", &dir.0.join("a"));
+    let a = proxy(&server.url, "web-a", &dir.0.join("a"), 2);
     let inbound = a.inbound();
     server.converged(&["web-a"], version);
 
