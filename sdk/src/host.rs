@@ -180,13 +180,32 @@ pub mod time {
     }
 }
 
-/// Randomness from the proxy's generator (not for cryptography).
+/// Randomness (not for cryptography): a generator inside the filter instance, seeded
+/// once from the proxy's, so that drawing a number costs no call out of the sandbox.
 pub mod random {
+    use std::cell::Cell;
+
     use super::raw;
+
+    thread_local! {
+        // wyrand's state; 0 means not seeded yet (a seed of 0 is replaced by 1).
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
 
     /// A random u64.
     pub fn u64() -> u64 {
-        raw::random_u64()
+        STATE.with(|state| {
+            let mut s = state.get();
+            if s == 0 {
+                s = raw::random_u64().max(1);
+            }
+            // wyrand: one add and one 128-bit multiply per number, and it passes
+            // BigCrush and PractRand.
+            s = s.wrapping_add(0xa076_1d64_78bd_642f);
+            state.set(s);
+            let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+            ((t >> 64) as u64) ^ (t as u64)
+        })
     }
 
     /// True with the given probability in percent: `chance(25.0)` is true about one
@@ -199,7 +218,7 @@ pub mod random {
             return false;
         }
         // The top 53 bits make an evenly spread f64 in [0, 1).
-        let unit = (raw::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let unit = (u64() >> 11) as f64 / (1u64 << 53) as f64;
         unit * 100.0 < percent
     }
 }
