@@ -97,12 +97,25 @@ impl Endpoint {
         if let Some(h2) = self.shared_h2() {
             return Ok((Conn::Http2(h2), true));
         }
-        while let Some(mut idle) = self.idle.pop() {
+        while let Some(idle) = self.idle.pop() {
             // A connection goes idle once its last response was read to the end, so
-            // it is ready at once, or closed by the upstream meanwhile.
-            if idle.sender.ready().await.is_ok() {
+            // it is almost always ready at once, or closed by the upstream meanwhile.
+            if idle.sender.is_ready() {
                 return Ok((Conn::Http1(idle.sender), true));
             }
+            if idle.sender.is_closed() {
+                continue;
+            }
+            // Not yet: its task has not caught up, or it is still sending a request
+            // body the upstream answered early. Never make this request wait on it:
+            // it rejoins the queue when ready.
+            tracing::trace!(endpoint = %self.authority, "pooled connection not ready yet");
+            let (endpoint, mut sender) = (Arc::clone(self), idle.sender);
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    endpoint.checkin(sender);
+                }
+            });
         }
         if connector.http2_only {
             let _one_at_a_time = self.h2_connecting.lock().await;

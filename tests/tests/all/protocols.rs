@@ -178,3 +178,89 @@ clusters:
     );
     assert_eq!(resp.headers()["x-path"], "/secure");
 }
+
+/// An upstream may answer before it has read the request body (a 413, say). Its
+/// connection is then still busy carrying that body; a later request must not wait
+/// behind the slow upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_answered_early_holds_up_no_other_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    // Uploads get 413 at once and their bodies are never read; the rest get 200.
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                    if text.contains("content-length") {
+                        let _ = conn
+                            .write_all(
+                                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
+                            )
+                            .await;
+                        // Hold the connection, never reading the body.
+                        while let Ok(n) = conn.read(&mut buf).await {
+                            if n == 0 {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    head.drain(..end + 4);
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    let p = proxy(&format!(
+        "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    default_cluster: web\n\
+         clusters:\n  - name: web\n    endpoints: [\"{addr}\"]\n"
+    ))
+    .start()
+    .await;
+
+    // A client announces 100 kB and sends 10 bytes of it, then stalls.
+    let mut upload = TcpStream::connect(p.addr).await.unwrap();
+    upload
+        .write_all(b"POST /up HTTP/1.1\r\nhost: web\r\ncontent-length: 100000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = upload.read(&mut buf).await.unwrap();
+            assert!(n > 0, "proxy closed the upload before answering");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the early 413 reached the client");
+    assert!(answer.starts_with(b"HTTP/1.1 413"), "{answer:?}");
+
+    // The upload's upstream connection is still busy: the next request takes another.
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client().get(p.addr, "/after"),
+    )
+    .await
+    .expect("a request waited behind the stalled upload");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "ok");
+    drop(upload);
+    server.abort();
+}
