@@ -2,7 +2,6 @@
 //! `/listeners` for tools that need the addresses listeners got.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -15,12 +14,13 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::Bound;
 use crate::body::ProxyBody;
 
 pub(crate) struct Admin {
     pub(crate) ready: AtomicBool,
     pub(crate) registry: Registry,
-    pub(crate) listeners: Mutex<Vec<(String, SocketAddr)>>,
+    pub(crate) listeners: Arc<Mutex<Vec<Bound>>>,
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<ProxyBody> {
@@ -65,7 +65,7 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
                 .unwrap_or_else(PoisonError::into_inner);
             let map: serde_json::Map<String, serde_json::Value> = listeners
                 .iter()
-                .map(|(name, addr)| (name.clone(), addr.to_string().into()))
+                .map(|l| (l.name.clone(), l.addr.to_string().into()))
                 .collect();
             text(
                 StatusCode::OK,

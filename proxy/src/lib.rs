@@ -168,19 +168,27 @@ fn build_states(
 }
 
 /// A bound listener.
-struct Bound {
-    name: String,
+pub(crate) struct Bound {
+    pub(crate) name: String,
     /// The address as configured (`127.0.0.1:0` stays bound to the port it got).
     configured: String,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     state: Arc<ArcSwap<ListenerState>>,
     stop: watch::Sender<bool>,
+}
+
+impl Bound {
+    /// A reload keeps this listener's socket when its name and address stay.
+    fn kept_by(&self, l: &weft_config::ListenerConfig) -> bool {
+        self.name == l.name.value && self.configured == l.address.value
+    }
 }
 
 struct Inner {
     engine: Engine,
     runtime: tokio::runtime::Handle,
-    listeners: Mutex<Vec<Bound>>,
+    /// Shared with the admin listener, which shows them.
+    listeners: Arc<Mutex<Vec<Bound>>>,
     /// One reload at a time (SIGHUP and the config server may both ask).
     reloading: Mutex<()>,
     admin: Option<(SocketAddr, Arc<admin::Admin>)>,
@@ -214,28 +222,25 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     let engine = Engine::new()?;
     let (admin_stop, admin_stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let listeners: Arc<Mutex<Vec<Bound>>> = Arc::default();
     let mut admin = None;
     if let Some(a) = &config.admin {
-        let tcp = TcpListener::bind(&a.address.value)
-            .await
-            .map_err(|source| StartError::Bind {
-                location: config.locate(&a.address.referenced),
-                key: "admin.address".into(),
-                address: a.address.value.clone(),
-                source,
-            })?;
-        let addr = tcp.local_addr().map_err(|source| StartError::Bind {
+        let bind_error = |source| StartError::Bind {
             location: config.locate(&a.address.referenced),
             key: "admin.address".into(),
             address: a.address.value.clone(),
             source,
-        })?;
+        };
+        let tcp = TcpListener::bind(&a.address.value)
+            .await
+            .map_err(bind_error)?;
+        let addr = tcp.local_addr().map_err(bind_error)?;
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(engine.metrics()));
         let state = Arc::new(admin::Admin {
             ready: false.into(),
             registry,
-            listeners: Mutex::default(),
+            listeners: listeners.clone(),
         });
         tasks.push(tokio::spawn(admin::run(tcp, state.clone(), admin_stop_rx)));
         tracing::info!(%addr, "admin listening");
@@ -245,7 +250,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         inner: Arc::new(Inner {
             engine,
             runtime: tokio::runtime::Handle::current(),
-            listeners: Mutex::default(),
+            listeners,
             reloading: Mutex::default(),
             admin,
             admin_stop,
@@ -331,10 +336,7 @@ impl RunningProxy {
         {
             let running = lock(&self.inner.listeners);
             for (i, l) in config.listeners.iter().enumerate() {
-                let kept = running
-                    .iter()
-                    .any(|b| b.name == l.name.value && b.configured == l.address.value);
-                if kept {
+                if running.iter().any(|b| b.kept_by(l)) {
                     continue;
                 }
                 let bind_error = |source| StartError::Bind {
@@ -352,10 +354,7 @@ impl RunningProxy {
         let mut next = Vec::with_capacity(config.listeners.len());
         let mut fresh = fresh.into_iter().peekable();
         for (i, (l, state)) in config.listeners.iter().zip(states).enumerate() {
-            if let Some(pos) = running
-                .iter()
-                .position(|b| b.name == l.name.value && b.configured == l.address.value)
-            {
+            if let Some(pos) = running.iter().position(|b| b.kept_by(l)) {
                 let bound = running.swap_remove(pos);
                 bound.state.store(Arc::new(state));
                 next.push(bound);
@@ -389,9 +388,6 @@ impl RunningProxy {
             let _ = gone.stop.send(true);
         }
         *running = next;
-        if let Some((_, admin)) = &self.inner.admin {
-            *lock(&admin.listeners) = running.iter().map(|b| (b.name.clone(), b.addr)).collect();
-        }
         lock(&self.inner.tasks).retain(|t| !t.is_finished());
         Ok(())
     }

@@ -175,11 +175,7 @@ impl Endpoint {
                 .handshake(io)
                 .await
                 .map_err(ConnectError::Handshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%authority, "upstream HTTP/2 connection ended: {e}");
-                }
-            });
+            drive(conn, authority);
             self.h2.store(Some(Arc::new(sender.clone())));
             Ok(Conn::Http2(sender))
         } else {
@@ -187,11 +183,7 @@ impl Endpoint {
                 .handshake(io)
                 .await
                 .map_err(ConnectError::Handshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%authority, "upstream connection ended: {e}");
-                }
-            });
+            drive(conn, authority);
             Ok(Conn::Http1(sender))
         }
     }
@@ -244,6 +236,18 @@ impl Endpoint {
     pub(crate) fn idle_len(&self) -> usize {
         self.idle.len()
     }
+}
+
+/// Run a connection's task until the connection ends.
+fn drive<C>(conn: C, authority: Authority)
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%authority, "upstream connection ended: {e}");
+        }
+    });
 }
 
 /// A response body from an upstream. Read to its end, it hands its HTTP/1
