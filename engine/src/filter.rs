@@ -11,6 +11,7 @@ use wasmtime::{Store, Trap};
 use crate::bindings::{FilterWorld, types};
 use crate::host::{FilterShared, HostState, RequestHead, ResponseHead};
 use crate::metrics::FilterMetrics;
+use crate::metrics::Live;
 use crate::state::SharedState;
 use crate::{Compiled, EPOCH_TICK, Engine, FailurePolicy, LoadError};
 
@@ -84,21 +85,6 @@ struct Instance {
     world: FilterWorld,
     /// Counts this instance in `weft_engine_instances` while it lives.
     _live: Live,
-}
-
-struct Live(Arc<crate::MetricsHub>);
-
-impl Live {
-    fn new(hub: Arc<crate::MetricsHub>) -> Self {
-        hub.instances.inc();
-        Self(hub)
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.instances.dec();
-    }
 }
 
 struct Inner {
@@ -372,7 +358,7 @@ impl Inner {
             Ok(Err(message)) => return Err(StartError::Rejected(message)),
             Err(e) => return Err(StartError::Failed(self.describe(&e, &store))),
         };
-        let live = Live::new(self.engine.inner.metrics.clone());
+        let live = Live::new(&self.engine.inner.metrics.instances);
         Ok((
             Instance {
                 store,

@@ -134,13 +134,8 @@ struct EngineInner {
 /// instantiate; shared by every filter loaded from the same module.
 pub(crate) struct Compiled {
     pub(crate) pre: bindings::FilterWorldPre<HostState>,
-    hub: Arc<MetricsHub>,
-}
-
-impl Drop for Compiled {
-    fn drop(&mut self) {
-        self.hub.components.dec();
-    }
+    /// Counts this component in `weft_engine_components` while it lives.
+    _live: metrics::Live,
 }
 
 /// The filter engine: compiler, component cache, linker and deadline clock.
@@ -272,10 +267,9 @@ impl Engine {
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = bindings::FilterWorldPre::new(pre).map_err(wrong_world)?;
-        self.inner.metrics.components.inc();
         let compiled = Arc::new(Compiled {
             pre,
-            hub: self.inner.metrics.clone(),
+            _live: metrics::Live::new(&self.inner.metrics.components),
         });
         let mut cache = self
             .inner

@@ -52,6 +52,22 @@ impl std::fmt::Debug for MetricFamily {
     }
 }
 
+/// Holds one in a gauge of live things for as long as the thing it belongs to lives.
+pub(crate) struct Live(Gauge);
+
+impl Live {
+    pub(crate) fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Every filter-defined metric of the process, and the engine's own gauges; register
 /// it once as a collector.
 #[derive(Debug, Default)]
