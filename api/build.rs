@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let fds = protox::compile([proto], ["proto"])?;
     tonic_prost_build::configure()
+        // Ordered maps, as the config and the mesh model use: no conversion at each
+        // message, and a stable order on the wire.
+        .btree_map(".")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

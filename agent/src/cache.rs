@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 /// Why the cached snapshot cannot be read or written.
 #[derive(Debug, thiserror::Error)]
-pub enum CacheError {
+pub(crate) enum CacheError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -105,7 +105,7 @@ impl DiskCache {
             snapshot: weft_api::Snapshot {
                 version: file.version,
                 mesh: file.mesh,
-                filters: file.filters.into_iter().collect(),
+                filters: file.filters,
                 modules: Vec::new(),
             },
             modules,

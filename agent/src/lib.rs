@@ -24,20 +24,18 @@
 
 mod cache;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use weft_api::proxy_message::Kind;
 use weft_api::{Ack, BoundListener, ControlClient, Hello, Nack, ProxyMessage, Snapshot};
-use weft_config::{Config, MeshConfig, ModuleRef};
+use weft_config::MeshConfig;
 use weft_proxy::RunningProxy;
-
-pub use cache::CacheError;
 
 /// Where to subscribe, and who this proxy is.
 #[derive(Clone, Debug)]
@@ -111,7 +109,7 @@ struct Applied {
     version: Option<u64>,
     /// The mesh text, the selected group and the sha256 of every pushed filter the
     /// group uses: equal means nothing to reload.
-    fingerprint: Option<(String, usize, Vec<String>)>,
+    fingerprint: Option<(String, usize, BTreeSet<String>)>,
     /// Modules the live configuration uses, by sha256.
     modules: HashMap<String, Bytes>,
 }
@@ -121,7 +119,7 @@ struct Subscriber {
     options: Options,
     applied: Applied,
     version_tx: watch::Sender<Option<u64>>,
-    cache: Option<cache::DiskCache>,
+    cache: Option<Arc<cache::DiskCache>>,
 }
 
 /// Apply the snapshot cached on disk (if any), then subscribe in the background.
@@ -133,7 +131,10 @@ pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, Agent
         }
     })?;
     let (version_tx, applied) = watch::channel(None);
-    let cache = options.state_dir.clone().map(cache::DiskCache::new);
+    let cache = options
+        .state_dir
+        .clone()
+        .map(|dir| Arc::new(cache::DiskCache::new(dir)));
     let mut subscriber = Subscriber {
         proxy,
         options,
@@ -202,7 +203,7 @@ impl Subscriber {
         let hello = Hello {
             node: self.options.node.clone(),
             service: self.options.service.clone(),
-            labels: self.options.labels.clone().into_iter().collect(),
+            labels: self.options.labels.clone(),
             version: self.applied.version.unwrap_or(0),
             modules: self.applied.modules.keys().cloned().collect(),
             agent: env!("CARGO_PKG_VERSION").to_owned(),
@@ -218,13 +219,12 @@ impl Subscriber {
             .into_inner();
         tracing::info!(server = %self.options.server, node = %self.options.node, "subscribed to the config server");
         let mut delivered = false;
-        while let Some(snapshot) = snapshots.message().await? {
+        while let Some(mut snapshot) = snapshots.message().await? {
             delivered = true;
             let version = snapshot.version;
-            let modules = snapshot
-                .modules
-                .iter()
-                .map(|m| (m.sha256.clone(), Bytes::from(m.wasm.clone())))
+            let modules = std::mem::take(&mut snapshot.modules)
+                .into_iter()
+                .map(|m| (m.sha256, Bytes::from(m.wasm)))
                 .collect();
             let reply = match self.apply(snapshot, modules).await {
                 Ok(()) => Kind::Ack(Ack {
@@ -266,15 +266,9 @@ impl Subscriber {
         mut received: HashMap<String, Bytes>,
     ) -> Result<(), String> {
         let version = snapshot.version;
-        for (sha, wasm) in &received {
-            let actual = hex::encode(Sha256::digest(wasm));
-            if &actual != sha {
-                return Err(format!(
-                    "module {sha} arrived with sha256 {actual}; refusing it"
-                ));
-            }
-        }
-        let filters: BTreeMap<String, String> = snapshot.filters.into_iter().collect();
+        // Received modules are not hashed here: the engine checks every module it
+        // loads against the sha256 the configuration names, and refuses a mismatch.
+        let filters = snapshot.filters;
         let mesh = MeshConfig::parse(&snapshot.mesh, &format!("mesh v{version}"))
             .map_err(|e| e.to_string())?;
         let group = mesh
@@ -288,11 +282,11 @@ impl Subscriber {
         let config = mesh
             .proxy_config(group, &filters)
             .map_err(|e| e.to_string())?;
-        let needed = needed_modules(&config);
+        let needed = config.pushed_modules();
         let fingerprint = (snapshot.mesh.clone(), group, needed.clone());
         if self.applied.fingerprint.as_ref() == Some(&fingerprint) {
             // Another group or filter changed; this proxy's configuration did not.
-            self.mark_applied(version, &snapshot.mesh, &filters);
+            self.mark_applied(version, snapshot.mesh, filters).await;
             return Ok(());
         }
         let mut modules = HashMap::with_capacity(needed.len());
@@ -317,33 +311,33 @@ impl Subscriber {
         self.applied.modules = modules;
         self.applied.fingerprint = Some(fingerprint);
         self.proxy.set_ready(true);
-        self.mark_applied(version, &snapshot.mesh, &filters);
+        self.mark_applied(version, snapshot.mesh, filters).await;
         tracing::info!(version, "snapshot applied");
         Ok(())
     }
 
-    fn mark_applied(&mut self, version: u64, mesh: &str, filters: &BTreeMap<String, String>) {
+    async fn mark_applied(
+        &mut self,
+        version: u64,
+        mesh: String,
+        filters: BTreeMap<String, String>,
+    ) {
         self.applied.version = Some(version);
         self.version_tx.send_replace(Some(version));
-        if let Some(cache) = &self.cache
-            && let Err(e) = cache.store(version, mesh, filters, &self.applied.modules)
-        {
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        // Writing and syncing files blocks: keep it off the workers serving requests.
+        let modules = self.applied.modules.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || cache.store(version, &mesh, &filters, &modules))
+                .await;
+        let stored = stored
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = stored {
             // Serving goes on; only a restart without the server would miss it.
             tracing::warn!(version, "cannot cache the snapshot on disk: {e}");
         }
     }
-}
-
-/// The sha256 of every pushed module a configuration uses.
-fn needed_modules(config: &Config) -> Vec<String> {
-    let mut shas: Vec<String> = config
-        .listeners
-        .iter()
-        .flat_map(|l| &l.filters)
-        .filter(|f| matches!(ModuleRef::parse(&f.module.value), Ok(ModuleRef::Pushed(_))))
-        .filter_map(|f| f.sha256.as_ref().map(|s| s.value.to_ascii_lowercase()))
-        .collect();
-    shas.sort();
-    shas.dedup();
-    shas
 }

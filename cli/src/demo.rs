@@ -92,12 +92,10 @@ pub(crate) async fn run(
     // The config server, with its data in a fresh folder.
     let data = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    let server = weft_config_server::start(weft_config_server::Options {
-        listen: server_listen,
-        data_dir: data.clone(),
-        token: None,
-        max_filter_size: 16 << 20,
-    })
+    let server = weft_config_server::start(weft_config_server::Options::new(
+        server_listen,
+        data.clone(),
+    ))
     .await
     .context(
         "starting the demo config server (is the port taken? try --server-listen 127.0.0.1:7071)",

@@ -53,7 +53,7 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Largest filter module accepted, in bytes.
-        #[arg(long, default_value_t = 16 << 20)]
+        #[arg(long, default_value_t = weft_config_server::Options::DEFAULT_MAX_FILTER_SIZE)]
         max_filter_size: usize,
     },
     /// Push a filter module (.wasm component) to the config server under a name.

@@ -37,12 +37,14 @@ impl Shared {
             return Err(too_large(bytes.len(), self.max_filter_size));
         }
         let size = bytes.len() as u64;
-        let sha256 = {
+        // Kept until the end: the live mesh's chains load the module compiled here.
+        let checked = {
             let (engine, name, bytes) = (self.engine.clone(), name.clone(), bytes.clone());
             blocking(move || engine.check(&name, &bytes))
                 .await?
                 .map_err(refused_module)?
         };
+        let sha256 = checked.sha256.clone();
 
         let _write = self.write.lock().await;
         let published = self.snapshot();
@@ -76,7 +78,8 @@ impl Shared {
                     store: &this.store,
                     pending: Some((&sha, &module)),
                 };
-                validate::load_chains(&this.engine, &cur.mesh, &filters, &modules).map(|()| filters)
+                let configs = cur.mesh.validate(&filters).map_err(|e| e.to_string())?;
+                validate::load_chains(&this.engine, &configs, &modules).map(|()| filters)
             })
             .await?
             .map_err(ApiError::unprocessable)?;
@@ -125,16 +128,18 @@ impl Shared {
         let _write = self.write.lock().await;
         let published = self.snapshot();
         let filters = published.state.latest_filters();
-        mesh.validate(&filters)
+        let configs = mesh
+            .validate(&filters)
             .map_err(|e| ApiError::unprocessable(e.to_string()))?;
-        validate::check_pins(&mesh, &published.state).map_err(ApiError::unprocessable)?;
+        validate::check_pins(&configs, &published.state)
+            .map_err(|e| ApiError::unprocessable(e.to_string()))?;
         let this = self.clone();
         let (mesh, filters) = blocking(move || {
             let modules = Modules {
                 store: &this.store,
                 pending: None,
             };
-            validate::load_chains(&this.engine, &mesh, &filters, &modules).map(|()| (mesh, filters))
+            validate::load_chains(&this.engine, &configs, &modules).map(|()| (mesh, filters))
         })
         .await?
         .map_err(ApiError::unprocessable)?;

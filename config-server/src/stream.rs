@@ -15,7 +15,7 @@ use weft_api::proxy_message::Kind;
 use weft_api::{Control, ControlServer, Hello, MAX_MESSAGE_SIZE, Module, ProxyMessage, Snapshot};
 
 use crate::store::now;
-use crate::{Current, Shared, validate};
+use crate::{Current, Shared};
 
 /// A stream that says nothing is not a proxy; do not keep it.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,7 +87,7 @@ impl Registry {
         let view = ProxyView {
             node: hello.node.clone(),
             service: hello.service.clone(),
-            labels: hello.labels.clone().into_iter().collect(),
+            labels: hello.labels.clone(),
             agent: hello.agent.clone(),
             connected: true,
             peer: peer.map(|p| p.to_string()),
@@ -179,7 +179,6 @@ async fn serve_proxy(
 ) {
     let (stream, mut replaced) = shared.proxies.connect(&hello, peer);
     let node = hello.node.as_str();
-    let labels: BTreeMap<String, String> = hello.labels.clone().into_iter().collect();
     let mut has: HashSet<String> = hello
         .modules
         .iter()
@@ -206,7 +205,7 @@ async fn serve_proxy(
         {
             let version = current.version.version;
             seen = Some(version);
-            let group = current.mesh.select(&hello.service, &labels);
+            let group = current.mesh.select(&hello.service, &hello.labels);
             shared.proxies.update(node, stream, |v| v.group = group);
             match group {
                 None => tracing::info!(
@@ -281,8 +280,11 @@ async fn snapshot_for(
     has: &HashSet<String>,
 ) -> Result<Snapshot, Status> {
     let version = &current.version;
-    let needed = validate::needed_modules(&current.mesh, group, &version.filters)
-        .map_err(|e| Status::internal(format!("version {}: {e}", version.version)))?;
+    let needed = current
+        .mesh
+        .proxy_config(group, &version.filters)
+        .map_err(|e| Status::internal(format!("version {}: {e}", version.version)))?
+        .pushed_modules();
     let missing: Vec<String> = needed.into_iter().filter(|s| !has.contains(s)).collect();
     let store = shared.store.clone();
     let modules = tokio::task::spawn_blocking(move || {
@@ -304,7 +306,7 @@ async fn snapshot_for(
     Ok(Snapshot {
         version: version.version,
         mesh: version.mesh.clone(),
-        filters: version.filters.clone().into_iter().collect(),
+        filters: version.filters.clone(),
         modules,
     })
 }

@@ -1,10 +1,8 @@
 //! The checks a change must pass before it is stored: a version the server accepts
 //! is one every selected proxy can load, because the server has loaded it itself.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use bytes::Bytes;
-use weft_config::{ConfigError, MeshConfig, ModuleRef};
+use weft_config::{Config, ConfigError, ModuleRef};
 use weft_engine::Engine;
 use weft_proxy::{FilterChain, ModuleStore};
 
@@ -51,10 +49,11 @@ impl ModuleStore for Modules<'_> {
     }
 }
 
-/// Every `sha256:` the mesh pins must be a pushed version of that filter.
-pub(crate) fn check_pins(mesh: &MeshConfig, state: &State) -> Result<(), String> {
-    for (i, group) in mesh.proxies.iter().enumerate() {
-        for (l, listener) in group.listeners.iter().enumerate() {
+/// Every `sha256:` of the groups' configurations (those the mesh pins, and those
+/// resolved from the latest versions) must be a pushed version of that filter.
+pub(crate) fn check_pins(configs: &[Config], state: &State) -> Result<(), ConfigError> {
+    for config in configs {
+        for (l, listener) in config.listeners.iter().enumerate() {
             for (j, f) in listener.filters.iter().enumerate() {
                 let (Ok(ModuleRef::Pushed(name)), Some(sha)) =
                     (ModuleRef::parse(&f.module.value), &f.sha256)
@@ -76,55 +75,46 @@ pub(crate) fn check_pins(mesh: &MeshConfig, state: &State) -> Result<(), String>
                 } else {
                     format!("its versions are {}", known.join(", "))
                 };
-                return Err(format!(
-                    "{}:{}:{}: proxies[{i}].listeners[{l}].filters[{j}].sha256: \
-                     {} is not a pushed version of filter {name:?}: {known}",
-                    mesh.file,
-                    sha.referenced.line(),
-                    sha.referenced.column(),
-                    sha.value
-                ));
+                return config.invalid(
+                    &sha.referenced,
+                    config.listener_key(l, &format!(".filters[{j}].sha256")),
+                    format!(
+                        "{} is not a pushed version of filter {name:?}: {known}",
+                        sha.value
+                    ),
+                );
             }
         }
     }
     Ok(())
 }
 
-/// Load every listener's filter chain of every group, as the proxies will: each
-/// module is compiled and each filter's `init` sees its config.
+/// Load every listener's filter chain of every group's configuration, as the
+/// proxies will: each module is compiled and each filter's `init` sees its config.
+/// The chains stay loaded until the end, so a module several listeners use is
+/// compiled once.
 pub(crate) fn load_chains(
     engine: &Engine,
-    mesh: &MeshConfig,
-    filters: &BTreeMap<String, String>,
+    configs: &[Config],
     modules: &Modules<'_>,
 ) -> Result<(), String> {
-    for i in 0..mesh.proxies.len() {
-        let config = mesh.proxy_config(i, filters).map_err(|e| e.to_string())?;
+    let mut loaded = Vec::new();
+    for config in configs {
         for (l, listener) in config.listeners.iter().enumerate() {
-            FilterChain::load(engine, &config, l, listener, modules).map_err(|e| e.to_string())?;
+            loaded.push(
+                FilterChain::load(engine, config, l, listener, modules)
+                    .map_err(|e| e.to_string())?,
+            );
         }
     }
+    drop(loaded);
     Ok(())
-}
-
-/// The sha256 of every pushed module the proxies of group `index` load.
-pub(crate) fn needed_modules(
-    mesh: &MeshConfig,
-    index: usize,
-    filters: &BTreeMap<String, String>,
-) -> Result<BTreeSet<String>, ConfigError> {
-    let config = mesh.proxy_config(index, filters)?;
-    Ok(config
-        .listeners
-        .iter()
-        .flat_map(|l| &l.filters)
-        .filter(|f| matches!(ModuleRef::parse(&f.module.value), Ok(ModuleRef::Pushed(_))))
-        .filter_map(|f| f.sha256.as_ref().map(|s| s.value.to_ascii_lowercase()))
-        .collect())
 }
 
 #[cfg(test)]
 mod tests {
+    use weft_config::MeshConfig;
+
     use super::*;
 
     #[test]
@@ -149,8 +139,9 @@ mod tests {
             "mesh.yaml",
         )
         .unwrap();
+        let configs = mesh.validate(&Default::default()).unwrap();
         let mut state = State::default();
-        let err = check_pins(&mesh, &state).unwrap_err();
+        let err = check_pins(&configs, &state).unwrap_err().to_string();
         assert!(
             err.starts_with("mesh.yaml:9:21: proxies[0].listeners[0].filters[0].sha256: "),
             "{err}"
@@ -164,6 +155,6 @@ mod tests {
                 pushed: String::new(),
             }],
         );
-        check_pins(&mesh, &state).unwrap();
+        check_pins(&configs, &state).unwrap();
     }
 }

@@ -98,10 +98,14 @@ impl Config {
 
     /// The key of listener `i` (plus `rest`) as it is written in the file.
     pub fn listener_key(&self, i: usize, rest: &str) -> String {
-        format!("{}[{i}]{rest}", self.listeners_key)
+        match self.mesh_group {
+            Some(g) => format!("proxies[{g}].listeners[{i}]{rest}"),
+            None => format!("listeners[{i}]{rest}"),
+        }
     }
 
-    fn invalid<T>(
+    /// An error at `at` (from this file), naming `key` as written in the file.
+    pub fn invalid<T>(
         &self,
         at: &Location,
         key: String,
@@ -187,7 +191,7 @@ impl Config {
                     );
                 }
                 let module_key = || self.listener_key(i, &format!(".filters[{j}].module"));
-                match (ModuleRef::parse(&f.module.value), self.from_mesh) {
+                match (ModuleRef::parse(&f.module.value), self.mesh_group.is_some()) {
                     (Err(msg), _) => return self.invalid(&f.module.referenced, module_key(), msg),
                     (Ok(ModuleRef::File(_)), true) => {
                         return self.invalid(
@@ -249,6 +253,17 @@ impl Config {
             // validate() has ruled this out; keep the text so the loader's error names it.
             Err(_) => ModuleRef::File(PathBuf::from(&filter.module.value)),
         }
+    }
+
+    /// The sha256 (lower-case hex) of every pushed module (`filter:NAME`) the
+    /// listeners load, each once.
+    pub fn pushed_modules(&self) -> std::collections::BTreeSet<String> {
+        self.listeners
+            .iter()
+            .flat_map(|l| &l.filters)
+            .filter(|f| matches!(ModuleRef::parse(&f.module.value), Ok(ModuleRef::Pushed(_))))
+            .filter_map(|f| f.sha256.as_ref().map(|s| s.value.to_ascii_lowercase()))
+            .collect()
     }
 
     /// Describe where a key of this file is, for errors found after validation (for

@@ -119,32 +119,17 @@ impl MeshConfig {
             shutdown: ShutdownConfig::default(),
             file: self.file.clone(),
             base_dir: None,
-            listeners_key: format!("proxies[{index}].listeners"),
-            from_mesh: true,
+            mesh_group: Some(index),
         };
         config.validate()?;
         Ok(config)
     }
 
-    /// Check every group (see [`MeshConfig::proxy_config`]).
-    pub fn validate(&self, filters: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-        for i in 0..self.proxies.len() {
-            self.proxy_config(i, filters)?;
-        }
-        Ok(())
-    }
-
-    /// The pushed filters (name, pinned sha256 if any) that group `index` uses.
-    pub fn pushed_filters(&self, index: usize) -> impl Iterator<Item = (String, Option<&str>)> {
-        self.proxies[index]
-            .listeners
-            .iter()
-            .flat_map(|l| &l.filters)
-            .filter_map(|f| match ModuleRef::parse(&f.module.value) {
-                Ok(ModuleRef::Pushed(name)) => {
-                    Some((name, f.sha256.as_ref().map(|s| s.value.as_str())))
-                }
-                _ => None,
-            })
+    /// Check every group (see [`MeshConfig::proxy_config`]); returns their
+    /// configurations, in group order.
+    pub fn validate(&self, filters: &BTreeMap<String, String>) -> Result<Vec<Config>, ConfigError> {
+        (0..self.proxies.len())
+            .map(|i| self.proxy_config(i, filters))
+            .collect()
     }
 }

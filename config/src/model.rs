@@ -29,18 +29,12 @@ pub struct Config {
     /// The folder relative module paths resolve against.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
-    /// Where these listeners sit in their file, for errors: `listeners` in a proxy's
-    /// own file, `proxies[N].listeners` in a mesh config.
-    #[serde(skip, default = "default_listeners_key")]
-    pub listeners_key: String,
-    /// Whether this came from a mesh config: its modules are `builtin:NAME` or
-    /// `filter:NAME` (pushed to the config server), never files.
+    /// The group of a mesh config this came from (`proxies[N]`), or `None` for a
+    /// proxy's own file. A mesh's modules are `builtin:NAME` or `filter:NAME`
+    /// (pushed to the config server), never files; its errors name
+    /// `proxies[N].listeners` where a proxy's file says `listeners`.
     #[serde(skip)]
-    pub from_mesh: bool,
-}
-
-fn default_listeners_key() -> String {
-    "listeners".to_owned()
+    pub mesh_group: Option<usize>,
 }
 
 /// The admin listener.

@@ -138,6 +138,22 @@ pub(crate) struct Compiled {
     _live: metrics::Live,
 }
 
+/// A module that passed [`Engine::check`].
+pub struct Checked {
+    /// Its sha256 (hex).
+    pub sha256: String,
+    /// Keeps the compiled code in the engine's cache.
+    _compiled: Arc<Compiled>,
+}
+
+impl std::fmt::Debug for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checked")
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The filter engine: compiler, component cache, linker and deadline clock.
 #[derive(Clone)]
 pub struct Engine {
@@ -282,10 +298,14 @@ impl Engine {
     }
 
     /// Check that some bytes are a component of the Weft filter world, as
-    /// [`Engine::load`] would, without starting it. Returns its sha256 (hex).
-    pub fn check(&self, source: &str, bytes: &[u8]) -> Result<String, LoadError> {
+    /// [`Engine::load`] would, without starting it. While the result lives, loading
+    /// filters from the same bytes reuses its compiled code.
+    pub fn check(&self, source: &str, bytes: &[u8]) -> Result<Checked, LoadError> {
         self.compile(&FilterSpec::new("", source, bytes))
-            .map(|(digest, _)| digest)
+            .map(|(sha256, compiled)| Checked {
+                sha256,
+                _compiled: compiled,
+            })
     }
 
     /// A component compiled earlier by an engine with the same settings, from the
