@@ -133,6 +133,16 @@ impl Server {
             .unwrap_or_else(|| panic!("no version in {out:?}"))
     }
 
+    /// `weft apply -f FILE`; returns the new version.
+    fn apply(&self, file: &str) -> u64 {
+        last_number(&self.cli_ok(&["apply", "-f", file]))
+    }
+
+    /// `weft rollback VERSION`; returns the new version.
+    fn rollback(&self, version: u64) -> u64 {
+        last_number(&self.cli_ok(&["rollback", &version.to_string()]))
+    }
+
     fn proxies(&self) -> Value {
         let out = self.cli_ok(&["status", "--json"]);
         serde_json::from_str(&out).unwrap()
@@ -164,6 +174,14 @@ impl Server {
 struct ProxyProc {
     child: Guard,
     admin: SocketAddr,
+}
+
+/// The number a CLI line ends with (`applied FILE: version 3` gives 3).
+fn last_number(out: &str) -> u64 {
+    out.rsplit(' ')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no version at the end of {out:?}"))
 }
 
 /// `weft proxy --config-server URL` as node `node`, caching in `state`, serving on
@@ -364,8 +382,7 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_versions() {
     let out = server.cli_ok(&["push", guests::TAG_ONE, "--name", "tag"]);
     assert!(out.contains("no mesh config applied yet"), "{out}");
     let mesh_file = write(&dir.0, "mesh.yaml", &mesh(web.addr, ""));
-    let out = server.cli_ok(&["apply", "-f", &mesh_file]);
-    let mut version: u64 = out.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    let mut version = server.apply(&mesh_file);
 
     // One proxy on each scheduler: single-threaded, and two threads.
     let a = proxy(&server.url, "web-a", &dir.0.join("a"), 1);
@@ -437,7 +454,7 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
     let server = config_server(&data, "127.0.0.1:0");
     server.cli_ok(&["push", guests::TAG_ONE, "--name", "tag"]);
     let mesh_file = write(&dir.0, "mesh.yaml", &mesh(web.addr, ""));
-    server.cli_ok(&["apply", "-f", &mesh_file]);
+    server.apply(&mesh_file);
     let version = server.push(guests::TAG_TWO, "tag");
     let state = dir.0.join("a");
     let a = proxy(&server.url, "web-a", &state, 2);
@@ -470,8 +487,7 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
         "{:?}",
         server.banner
     );
-    let filters = server.cli_ok(&["status", "--json"]);
-    let status: Value = serde_json::from_str(&filters).unwrap();
+    let status = server.proxies();
     assert_eq!(status["version"], version);
     server.converged(&["web-a"], version);
     // And it converges on what is pushed next.
@@ -482,9 +498,8 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
         Some("one")
     );
     // A rollback is a new version with the old content.
-    let out = server.cli_ok(&["rollback", &version.to_string()]);
-    let rolled: u64 = out.rsplit(' ').next().unwrap().trim().parse().unwrap();
-    assert!(rolled > next, "{out}");
+    let rolled = server.rollback(version);
+    assert!(rolled > next, "{rolled}");
     server.converged(&["web-a"], rolled);
     assert_eq!(
         client.get(inbound, "/").await.header("x-echo-tag"),
@@ -499,8 +514,7 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
     let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
     server.cli_ok(&["push", guests::TAG_ONE, "--name", "tag"]);
     let mesh_file = write(&dir.0, "mesh.yaml", &mesh(web.addr, ""));
-    let out = server.cli_ok(&["apply", "-f", &mesh_file]);
-    let version: u64 = out.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    let version = server.apply(&mesh_file);
     let a = proxy(&server.url, "web-a", &dir.0.join("a"), 2);
     let inbound = a.inbound();
     server.converged(&["web-a"], version);
@@ -592,8 +606,7 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
         taken.local_addr().unwrap()
     );
     let moved = write(&dir.0, "taken.yaml", &mesh(web.addr, &extra));
-    let out = server.cli_ok(&["apply", "-f", &moved]);
-    let refused: u64 = out.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    let refused = server.apply(&moved);
     let deadline = Instant::now() + LIMIT;
     let nack = loop {
         let status = server.proxies();

@@ -63,6 +63,19 @@ async fn call(
     (status, serde_json::from_slice(&body).unwrap_or_default())
 }
 
+/// `GET /v1/proxies`: every proxy and the version it applied.
+async fn proxy_status(http: &Http, url: &str, token: &str) -> serde_json::Value {
+    call(
+        http,
+        "GET",
+        &format!("{url}/v1/proxies"),
+        token,
+        Bytes::new(),
+    )
+    .await
+    .1
+}
+
 /// MODULE with a custom section naming push `n`: same behaviour, new sha256.
 fn variant(module: &[u8], n: u64) -> Vec<u8> {
     fn leb(mut v: usize, out: &mut Vec<u8>) {
@@ -301,14 +314,7 @@ async fn main() {
     };
     let start = Instant::now();
     loop {
-        let (_, v) = call(
-            &http,
-            "GET",
-            &format!("{url}/v1/proxies"),
-            &token,
-            Bytes::new(),
-        )
-        .await;
+        let v = proxy_status(&http, &url, &token).await;
         let current = v["version"].as_u64().unwrap_or(0);
         let a = applied(&v);
         if a.len() == proxies && a.values().all(|&x| x == current) {
@@ -377,14 +383,7 @@ async fn main() {
         let version = v["version"].as_u64().expect("a version");
         let mut live: HashMap<String, f64> = HashMap::new();
         loop {
-            let (_, v) = call(
-                &http,
-                "GET",
-                &format!("{url}/v1/proxies"),
-                &token,
-                Bytes::new(),
-            )
-            .await;
+            let v = proxy_status(&http, &url, &token).await;
             let elapsed = t0.elapsed().as_secs_f64() * 1e3;
             for (node, applied) in applied(&v) {
                 if applied >= version {
