@@ -139,11 +139,11 @@ impl Config {
                 );
             }
             for (j, e) in c.endpoints.iter().enumerate() {
-                if parse_endpoint(&e.value).is_none() {
+                if let Err(why) = parse_endpoint(&e.value) {
                     return self.invalid(
                         &e.referenced,
                         format!("clusters[{i}].endpoints[{j}]"),
-                        format!("{:?} is not host:port", e.value),
+                        why,
                     );
                 }
             }
@@ -286,14 +286,42 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<
     })
 }
 
-/// `host:port` with a numeric port.
-pub fn parse_endpoint(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return None;
+/// Parse an endpoint, `host:port`, into the authority the proxy connects to. The one
+/// parser of endpoints: what validation accepts is exactly what the proxy serves.
+///
+/// The host is an IPv4 address, a bracketed IPv6 address or a DNS name (letters,
+/// digits, `-`, `_` and `.`); the port is 1 to 65535.
+pub fn parse_endpoint(s: &str) -> Result<http::uri::Authority, String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} is not host:port"));
+    };
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err(format!("{s:?}: the port must be 1 to 65535")),
+        Ok(_) => {}
     }
-    Some((host, port.parse().ok()?))
+    if let Some(v6) = host.strip_prefix('[') {
+        let ok = v6
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        if !ok {
+            return Err(format!("{s:?}: {host:?} is not an IPv6 address"));
+        }
+    } else {
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && !host.starts_with(['.', '-'])
+            && !host.contains("..");
+        if !name_ok {
+            return Err(format!(
+                "{s:?}: {host:?} is not an IP address or a DNS name"
+            ));
+        }
+    }
+    s.parse::<http::uri::Authority>()
+        .map_err(|e| format!("{s:?} is not host:port: {e}"))
 }
 
 /// A module reference: a built-in filter, a pushed filter or a file.

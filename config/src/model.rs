@@ -83,9 +83,17 @@ pub struct ListenerConfig {
     /// Protection limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Normalise request paths before filters and the upstream see them: decode
+    /// escaped unreserved characters, remove dot segments, merge slashes.
+    #[serde(default = "yes")]
+    pub normalize_path: bool,
     /// The filter chain, in order.
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Server-side TLS.
@@ -110,8 +118,14 @@ pub struct Limits {
     pub max_header_size: Size,
     /// Largest body a filter may ask to buffer; larger gets 413.
     pub max_body_size: Size,
-    /// Connections idle longer than this are closed.
+    /// Connections that move no byte and have no request in flight for this long
+    /// are closed.
     pub idle_timeout: Duration,
+    /// Most connections open at once; the listener closes new ones past it.
+    pub max_connections: usize,
+    /// An HTTP/2 connection whose client cancels this many streams after the proxy
+    /// took them, and at least half of all its streams, is closed (GOAWAY).
+    pub max_premature_resets: u32,
 }
 
 impl Default for Limits {
@@ -122,6 +136,8 @@ impl Default for Limits {
             max_header_size: Size(16 * 1024),
             max_body_size: Size(1024 * 1024),
             idle_timeout: Duration(std::time::Duration::from_secs(300)),
+            max_connections: 10_000,
+            max_premature_resets: 100,
         }
     }
 }

@@ -106,6 +106,37 @@ fn duplicate_names_and_bad_endpoints() {
 }
 
 #[test]
+fn endpoints_are_parsed_strictly() {
+    for bad in [
+        "\"exa mple:80\"",
+        "\"a\\r\\nb:80\"",
+        "\":80\"",
+        "\"x:0\"",
+        "\"x:65536\"",
+        "\"[::1:80\"",
+        "\"[nope]:80\"",
+        "\"a/b:80\"",
+        "\"user@host:80\"",
+        "\".bad:80\"",
+    ] {
+        let e = err(&format!("clusters:\n  - name: a\n    endpoints: [{bad}]\n"));
+        assert!(
+            e.starts_with("weft.yaml:3:") && e.contains("clusters[0].endpoints[0]: "),
+            "{bad}: {e}"
+        );
+    }
+    for good in [
+        "web:80",
+        "10.0.0.1:8080",
+        "[::1]:9000",
+        "a-b.c_d.internal:1",
+    ] {
+        let a = parse_endpoint(good).unwrap();
+        assert_eq!(a.as_str(), good);
+    }
+}
+
+#[test]
 fn relative_modules_resolve_against_the_file() {
     let c = Config::from_str(
         "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    filters:\n      - name: f\n        module: filters/f.wasm\n",

@@ -139,9 +139,13 @@ impl WasiView for HostState {
 }
 
 /// Headers the proxy owns: hop-by-hop ones, and framing it computes itself.
+/// Headers a filter may not touch through the header calls: the proxy frames messages
+/// itself, and the request's target has one home (`set-authority`), so that what
+/// filters decided on is what the upstream gets.
 fn is_forbidden(name: &HeaderName) -> bool {
     use http::header::*;
-    name == CONNECTION
+    name == HOST
+        || name == CONNECTION
         || name == TRANSFER_ENCODING
         || name == UPGRADE
         || name == TE

@@ -7,15 +7,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use std::time::Duration;
+
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Bound;
 use crate::body::ProxyBody;
+use crate::listener::{
+    ConnLimits, ConnSettings, ConnWatch, Watched, accept_loop, drive, http_builder,
+};
 
 pub(crate) struct Admin {
     pub(crate) ready: AtomicBool,
@@ -81,24 +84,39 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
     }
 }
 
-pub(crate) async fn run(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
-            () = crate::listener::stopped(&mut stop) => return,
-        };
-        let admin = admin.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let resp = handle(&admin, &req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
+/// The admin listener's limits: it answers small requests from orchestrators and
+/// scrapers, so it needs few connections and no patience.
+const LIMITS: ConnLimits = ConnLimits {
+    header_read_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+    max_premature_resets: 100,
+    max_connections: 64,
+};
+
+pub(crate) async fn run(listener: TcpListener, admin: Arc<Admin>, stop: watch::Receiver<bool>) {
+    let builder = Arc::new(http_builder(&ConnSettings {
+        max_header_size: 16 * 1024,
+        limits: LIMITS,
+    }));
+    accept_loop(
+        "admin",
+        listener,
+        || LIMITS.max_connections,
+        stop,
+        Duration::from_secs(1),
+        move |stream, _, mut stop| {
+            let admin = admin.clone();
+            let builder = builder.clone();
+            async move {
+                let svc = service_fn(move |req| {
+                    let resp = handle(&admin, &req);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let watch = Arc::new(ConnWatch::new(LIMITS.max_premature_resets));
+                let io = Watched::new(stream, watch.clone());
+                let _ = drive(io, &builder, svc, &LIMITS, &watch, &mut stop).await;
+            }
+        },
+    )
+    .await;
 }

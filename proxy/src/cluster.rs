@@ -9,7 +9,9 @@ use weft_config::{ClusterConfig, UpstreamProtocol};
 
 use crate::body::ProxyBody;
 use crate::tls;
-use crate::upstream::{Conn, ConnectError, Connector, Endpoint, TlsConnector, UpstreamBody};
+use crate::upstream::{
+    Conn, ConnectError, Connector, Endpoint, Exchange, TlsConnector, UpstreamBody,
+};
 
 /// An upstream cluster.
 pub struct Cluster {
@@ -30,11 +32,33 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// Why a cluster could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// An endpoint is not `host:port`.
+    #[error("endpoints[{index}]: {message}")]
+    Endpoint {
+        /// Which endpoint.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A cluster needs at least one endpoint.
+    #[error("endpoints: a cluster needs at least one endpoint")]
+    NoEndpoints,
+    /// TLS material could not be used.
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+}
+
 /// A failed upstream exchange.
 #[derive(Debug)]
 pub(crate) struct UpstreamError {
     /// The connection could not be made, so the upstream never saw the request.
     pub(crate) connect: bool,
+    /// The client's request body failed while it was being forwarded: the client's
+    /// fault, not the upstream's.
+    pub(crate) client_body: bool,
     pub(crate) endpoint: Authority,
     pub(crate) source: Box<dyn std::error::Error + Send + Sync>,
 }
@@ -58,14 +82,23 @@ impl std::fmt::Display for UpstreamError {
 
 impl Cluster {
     /// Build a cluster; TLS files are read here, connections are made on demand.
-    pub fn new(config: &ClusterConfig) -> Result<Self, tls::TlsError> {
+    pub fn new(config: &ClusterConfig) -> Result<Self, ClusterError> {
         let max_idle = config.max_idle_per_endpoint;
+        // Every endpoint is parsed by the parser validation used: one that does not
+        // parse is an error here, never silently dropped.
         let endpoints = config
             .endpoints
             .iter()
-            .filter_map(|e| e.value.parse::<Authority>().ok())
-            .map(|a| Arc::new(Endpoint::new(a, max_idle)))
-            .collect();
+            .enumerate()
+            .map(|(index, e)| {
+                weft_config::parse_endpoint(&e.value)
+                    .map(|a| Arc::new(Endpoint::new(a, max_idle)))
+                    .map_err(|message| ClusterError::Endpoint { index, message })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(ClusterError::NoEndpoints);
+        }
         let (scheme, tls) = match &config.tls {
             None => (Scheme::HTTP, None),
             Some(t) => {
@@ -139,6 +172,7 @@ impl Cluster {
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let connect_failed = |e: ConnectError| UpstreamError {
             connect: true,
+            client_body: false,
             endpoint: endpoint.authority.clone(),
             source: e.into(),
         };
@@ -150,15 +184,12 @@ impl Cluster {
                 .await
                 .map_err(connect_failed)?;
             let mut refused = match conn {
-                Conn::Http1(mut sender) => {
+                Conn::Http1(sender) => {
                     // HTTP/1 sends the origin form; the host header names the target.
                     *req.uri_mut() = http::Uri::from(pq.clone());
                     *req.version_mut() = http::Version::HTTP_11;
-                    match sender.try_send_request(req).await {
-                        Ok(resp) => {
-                            return Ok(resp
-                                .map(|b| UpstreamBody::new(b, Some((endpoint.clone(), sender)))));
-                        }
+                    match Exchange::send(endpoint.clone(), sender, req).await {
+                        Ok(resp) => return Ok(resp),
                         Err(e) => e,
                     }
                 }
@@ -182,11 +213,18 @@ impl Cluster {
                     req = back;
                 }
                 back => {
+                    let error = refused.into_error();
+                    // hyper wraps what our body type yields, the client's own error,
+                    // as a "user body" error.
+                    let client_body = error.is_user()
+                        && std::error::Error::source(&error)
+                            .is_some_and(|s| s.is::<hyper::Error>());
                     return Err(UpstreamError {
                         // Unsent on a fresh connection: the upstream never saw it.
                         connect: back.is_some(),
+                        client_body,
                         endpoint: endpoint.authority.clone(),
-                        source: refused.into_error().into(),
+                        source: error.into(),
                     });
                 }
             }

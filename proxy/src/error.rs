@@ -1,5 +1,10 @@
 //! Errors on the request path say who failed and whether a retry is safe, and become
 //! the local response the client sees.
+//!
+//! What a client is told and what the log is told differ on purpose: the client gets
+//! a status, a short fixed reason and an error id; the log gets the same id with the
+//! whole story (cluster, endpoint address, filter name, a guest's panic message), which
+//! is nobody's business outside the operator's.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
@@ -20,7 +25,8 @@ pub enum Side {
 }
 
 impl Side {
-    fn as_str(self) -> &'static str {
+    /// The side as a lower-case word, as the `x-weft-error` header gives it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Side::Downstream => "downstream",
             Side::Upstream => "upstream",
@@ -32,27 +38,30 @@ impl Side {
 
 /// A request that ends with an error response made by the proxy.
 #[derive(Debug, thiserror::Error)]
-#[error("{} error: {message}", side.as_str())]
+#[error("{} error: {reason}: {detail}", side.as_str())]
 pub struct ProxyError {
     /// Who failed.
     pub side: Side,
     /// The status the client gets.
     pub status: StatusCode,
+    /// What the client is told, short and fixed, e.g. `upstream unavailable`.
+    pub reason: &'static str,
     /// Whether sending the request again could succeed without side effects (the
     /// upstream never saw it).
     pub retry_safe: bool,
-    /// What happened, shown to the client and in the log.
-    pub message: String,
+    /// What happened, in full, for the log only.
+    pub detail: String,
 }
 
 impl ProxyError {
-    /// A new error.
-    pub fn new(side: Side, status: StatusCode, message: impl Into<String>) -> Self {
+    /// A new error: `reason` for the client, `detail` for the log.
+    pub fn new(side: Side, status: StatusCode, reason: &'static str, detail: String) -> Self {
         Self {
             side,
             status,
+            reason,
             retry_safe: false,
-            message: message.into(),
+            detail,
         }
     }
 
@@ -62,10 +71,27 @@ impl ProxyError {
         self
     }
 
-    /// The response the client gets: a plain-text body that says who failed and why,
-    /// and an `x-weft-error` header naming the side, for machines.
-    pub fn into_response(self) -> Response<ProxyBody> {
-        let body = Bytes::from(format!("{}\n", self));
+    /// Log the whole error under `error_id`, at a level that fits who failed: a
+    /// client's own mistake is routine, the rest is the operator's business.
+    pub fn log(&self, listener: &str, error_id: u64) {
+        let error_id = ErrorId(error_id);
+        let (side, status) = (self.side.as_str(), self.status.as_u16());
+        match self.side {
+            Side::Downstream => {
+                tracing::debug!(listener, %error_id, side, status, "{}: {}", self.reason, self.detail);
+            }
+            _ => {
+                tracing::warn!(listener, %error_id, side, status, "{}: {}", self.reason, self.detail);
+            }
+        }
+    }
+
+    /// The response the client gets: a plain-text body with the short reason and the
+    /// error id, an `x-weft-error` header naming the side and `x-weft-error-id` for
+    /// finding the log line.
+    pub fn into_response(self, error_id: u64) -> Response<ProxyBody> {
+        let error_id = ErrorId(error_id);
+        let body = Bytes::from(format!("{} (error id {error_id})\n", self.reason));
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = self.status;
         let headers = resp.headers_mut();
@@ -74,6 +100,18 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         headers.insert("x-weft-error", HeaderValue::from_static(self.side.as_str()));
+        if let Ok(v) = HeaderValue::from_str(&error_id.to_string()) {
+            headers.insert("x-weft-error-id", v);
+        }
         resp
+    }
+}
+
+/// A request id as the client and the log show it: 16 hex digits.
+struct ErrorId(u64);
+
+impl std::fmt::Display for ErrorId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
 }

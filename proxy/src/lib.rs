@@ -26,6 +26,7 @@ mod chain;
 mod cluster;
 mod error;
 mod listener;
+mod normalize;
 mod service;
 mod tls;
 mod upstream;
@@ -45,7 +46,7 @@ use weft_engine::Engine;
 
 pub use body::ProxyBody;
 pub use chain::{ChainError, FilterChain};
-pub use cluster::Cluster;
+pub use cluster::{Cluster, ClusterError};
 pub use error::{ProxyError, Side};
 pub use service::ListenerState;
 pub use tls::TlsError;
@@ -66,6 +67,16 @@ pub enum StartError {
         key: String,
         /// What is wrong.
         source: TlsError,
+    },
+    /// A cluster could not be built.
+    #[error("{location}: {key}.{source}")]
+    Cluster {
+        /// `file:line:column` of the cluster.
+        location: String,
+        /// The cluster's key.
+        key: String,
+        /// What is wrong.
+        source: ClusterError,
     },
     /// An address could not be bound.
     #[error("{location}: {key}: cannot listen on {address}: {source}")]
@@ -121,10 +132,17 @@ fn build_states(
 ) -> Result<Vec<ListenerState>, StartError> {
     let mut clusters = HashMap::new();
     for (i, c) in config.clusters.iter().enumerate() {
-        let cluster = Cluster::new(c).map_err(|source| StartError::Tls {
-            location: config.locate(&c.name.referenced),
-            key: format!("clusters[{i}].tls"),
-            source,
+        let cluster = Cluster::new(c).map_err(|e| match e {
+            ClusterError::Tls(source) => StartError::Tls {
+                location: config.locate(&c.name.referenced),
+                key: format!("clusters[{i}].tls"),
+                source,
+            },
+            other => StartError::Cluster {
+                location: config.locate(&c.name.referenced),
+                key: format!("clusters[{i}]"),
+                source: other,
+            },
         })?;
         clusters.insert(c.name.value.clone(), Arc::new(cluster));
     }
@@ -147,9 +165,13 @@ fn build_states(
             )),
         };
         let settings = listener::ConnSettings {
-            header_read_timeout: l.limits.header_read_timeout.0,
             max_header_size: l.limits.max_header_size.bytes(),
-            idle_timeout: l.limits.idle_timeout.0,
+            limits: listener::ConnLimits {
+                header_read_timeout: l.limits.header_read_timeout.0,
+                idle_timeout: l.limits.idle_timeout.0,
+                max_premature_resets: l.limits.max_premature_resets,
+                max_connections: l.limits.max_connections,
+            },
         };
         states.push(ListenerState {
             name: Arc::from(l.name.value.as_str()),
@@ -161,6 +183,7 @@ fn build_states(
             clusters: clusters.clone(),
             request_timeout: l.limits.request_timeout.0,
             max_body: l.limits.max_body_size.bytes(),
+            normalize_path: l.normalize_path,
             conn: Arc::new(listener::ConnParts::new(tls, &settings)),
         });
     }

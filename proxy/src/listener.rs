@@ -1,38 +1,70 @@
 //! Accepting connections: TCP, optional TLS with ALPN, then HTTP/1.1 or HTTP/2 (by
 //! ALPN, or by the HTTP/2 preface in clear text), with the listener's limits.
+//!
+//! Every phase of a connection is bounded: the TLS handshake and the first request
+//! byte by the header read timeout, a request head by hyper's own header timer, a
+//! quiet connection by the idle timeout, the number of connections by a cap, and an
+//! HTTP/2 client that cancels stream after stream by a count of premature resets.
+//! The admin listener goes through the same code with fixed limits.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::conn::auto::{self, HttpServerConnExec};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 use weft_engine::ConnectionInfo;
 
+use crate::body::ProxyBody;
 use crate::service::{self, ListenerState};
 
 /// Per-connection protocol settings of a listener.
 pub(crate) struct ConnSettings {
-    pub(crate) header_read_timeout: Duration,
     pub(crate) max_header_size: usize,
+    pub(crate) limits: ConnLimits,
+}
+
+/// What bounds one connection in time and abuse.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnLimits {
+    /// For the TLS handshake, for the first byte, and (hyper's timer) for each
+    /// request head.
+    pub(crate) header_read_timeout: Duration,
+    /// No byte in either direction and no request in flight for this long: closed.
     pub(crate) idle_timeout: Duration,
+    /// Streams the client cancels after they were taken, before the connection is
+    /// closed (when they are also at least half of its streams).
+    pub(crate) max_premature_resets: u32,
+    /// Connections open at once on the listener.
+    pub(crate) max_connections: usize,
 }
 
 /// What a listener's connections are served with; swapped with its state on reload.
 pub(crate) struct ConnParts {
     tls: Option<tokio_rustls::TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
+    pub(crate) limits: ConnLimits,
 }
 
 impl std::fmt::Debug for ConnParts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnParts")
             .field("tls", &self.tls.is_some())
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -42,18 +74,18 @@ impl ConnParts {
         Self {
             tls,
             builder: http_builder(settings),
+            limits: settings.limits,
         }
     }
 }
 
-fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
+pub(crate) fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        // A client that never finishes its request head is cut off; this also
-        // closes idle keep-alive connections waiting for their next request.
-        .header_read_timeout(settings.header_read_timeout)
+        // A client that starts a request head and never finishes it is cut off.
+        .header_read_timeout(settings.limits.header_read_timeout)
         // hyper answers 431 when a request head does not fit this buffer.
         .max_buf_size(settings.max_header_size.max(8192))
         .keep_alive(true);
@@ -61,54 +93,106 @@ fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_size).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(settings.idle_timeout / 2))
+        .keep_alive_interval(Some(settings.limits.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
-/// Accept until `stop` turns true, then let in-flight requests finish for up to
-/// `drain` and return.
+/// Accept until `stop` turns true, serving each connection with `serve`, then let the
+/// connections finish for up to `drain` and close what is left.
+///
+/// Past `max_connections()` open connections, new ones are closed at once. Accept
+/// errors (out of file descriptors, say) back off instead of spinning.
+pub(crate) async fn accept_loop<F, Fut>(
+    name: &str,
+    listener: TcpListener,
+    max_connections: impl Fn() -> usize,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+    mut serve: F,
+) where
+    F: FnMut(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut connections = JoinSet::new();
+    let mut backoff = Backoff::default();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => {
+                    backoff.reset();
+                    a
+                }
+                Err(e) => {
+                    let pause = backoff.next();
+                    tracing::warn!(listener = name, "accept failed: {e}; pausing {pause:?}");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = stopped(&mut stop) => break,
+                    }
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = stopped(&mut stop) => break,
+        };
+        if connections.len() >= max_connections() {
+            tracing::debug!(listener = name, %peer, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve(stream, peer, stop.clone()));
+    }
+    drop(listener);
+    let all_done = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain, all_done).await.is_err() {
+        tracing::warn!(
+            listener = name,
+            open = connections.len(),
+            "connections still open after {drain:?}; closing them"
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// How long to pause after an accept error: 10 ms, doubling to a second.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff(u32);
+
+impl Backoff {
+    pub(crate) fn next(&mut self) -> Duration {
+        let pause = Duration::from_millis(10) * 2u32.pow(self.0.min(7));
+        self.0 = self.0.saturating_add(1);
+        pause.min(Duration::from_secs(1))
+    }
+
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+/// Accept on a data-plane listener until `stop`, then drain.
 pub(crate) async fn run(
     name: Arc<str>,
     listener: TcpListener,
     state: Arc<ArcSwap<ListenerState>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(listener = &*name, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
-        let conn = state.load().conn.clone();
-        let state = state.clone();
-        let watcher = graceful.watcher();
-        let name = name.clone();
-        tokio::spawn(async move {
-            serve_connection(name, stream, peer, local, conn, state, watcher).await;
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            listener = &*name,
-            "connections still open after {drain:?}; closing them"
-        );
-    }
+    let limit_state = state.clone();
+    accept_loop(
+        &name.clone(),
+        listener,
+        move || limit_state.load().conn.limits.max_connections,
+        stop,
+        drain,
+        move |stream, peer, stop| {
+            let local = stream.local_addr().unwrap_or(peer);
+            let conn = state.load().conn.clone();
+            serve_connection(name.clone(), stream, peer, local, conn, state.clone(), stop)
+        },
+    )
+    .await;
 }
 
 async fn serve_connection(
@@ -118,7 +202,7 @@ async fn serve_connection(
     local: SocketAddr,
     conn: Arc<ConnParts>,
     state: Arc<ArcSwap<ListenerState>>,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut info = ConnectionInfo {
         peer,
@@ -127,22 +211,17 @@ async fn serve_connection(
         peer_identity: None,
         sni: None,
     };
-    let builder = &conn.builder;
+    let limits = conn.limits;
+    let watch = Arc::new(ConnWatch::new(limits.max_premature_resets));
     let result = match &conn.tls {
         None => {
-            let info = Arc::new(info);
-            let svc = service_fn(move |req| service::serve(state.load_full(), info.clone(), req));
-            watcher
-                .watch(builder.serve_connection(TokioIo::new(stream), svc))
-                .await
+            let svc = request_service(state, Arc::new(info), watch.clone());
+            let io = Watched::new(stream, watch.clone());
+            drive(io, &conn.builder, svc, &limits, &watch, &mut stop).await
         }
         Some(acceptor) => {
-            let stream = match tokio::time::timeout(
-                Duration::from_secs(10),
-                acceptor.accept(stream),
-            )
-            .await
-            {
+            let handshake = acceptor.accept(stream);
+            let stream = match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(listener = &*name, %peer, "TLS handshake failed: {e}");
@@ -155,11 +234,9 @@ async fn serve_connection(
             };
             let (_, session) = stream.get_ref();
             info.sni = session.server_name().map(str::to_owned);
-            let info = Arc::new(info);
-            let svc = service_fn(move |req| service::serve(state.load_full(), info.clone(), req));
-            watcher
-                .watch(builder.serve_connection(TokioIo::new(stream), svc))
-                .await
+            let svc = request_service(state, Arc::new(info), watch.clone());
+            let io = Watched::new(stream, watch.clone());
+            drive(io, &conn.builder, svc, &limits, &watch, &mut stop).await
         }
     };
     if let Err(e) = result {
@@ -167,7 +244,268 @@ async fn serve_connection(
     }
 }
 
+/// The per-request service of a data-plane connection: the request path, with the
+/// connection's count of requests in flight and of requests the client gave up on.
+fn request_service(
+    state: Arc<ArcSwap<ListenerState>>,
+    info: Arc<ConnectionInfo>,
+    watch: Arc<ConnWatch>,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+> + Clone {
+    service_fn(move |req| {
+        let request = service::serve(state.load_full(), info.clone(), req);
+        let watch = watch.clone();
+        async move {
+            let stream = InFlight::start(&watch);
+            let resp = request.await;
+            stream.finish();
+            resp
+        }
+    })
+}
+
+/// Serve HTTP on `io` with `svc` until the connection ends, closing it gracefully when
+/// the listener stops, when it has been quiet too long, or when its client abuses
+/// stream resets.
+pub(crate) async fn drive<I, S>(
+    io: Watched<I>,
+    builder: &auto::Builder<TokioExecutor>,
+    svc: S,
+    limits: &ConnLimits,
+    watch: &ConnWatch,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>,
+    S::Future: Send + 'static,
+    TokioExecutor: HttpServerConnExec<S::Future, ProxyBody>,
+{
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), svc));
+    let why = tokio::select! {
+        result = conn.as_mut() => return result,
+        () = stopped(stop) => None,
+        why = watch.expired(limits) => Some(why),
+    };
+    if let Some(why) = why {
+        tracing::debug!("closing connection: {why}");
+    }
+    conn.as_mut().graceful_shutdown();
+    // A graceful close lets requests in flight finish. When the listener stops, its
+    // drain timeout bounds that; otherwise give them as long as a head may take.
+    if why.is_none() {
+        return conn.await;
+    }
+    match tokio::time::timeout(limits.header_read_timeout, conn).await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
+/// What a connection's watchdog knows of it, shared with its I/O and its requests.
+pub(crate) struct ConnWatch {
+    /// Set by every read or write that moved bytes; the watchdog clears it.
+    active: AtomicBool,
+    /// Requests whose response head has not gone out.
+    in_flight: AtomicU32,
+    /// Requests taken on this connection.
+    streams: AtomicU32,
+    /// Requests the client cancelled (an HTTP/2 reset, a closed HTTP/1 connection)
+    /// before their response head.
+    premature_resets: AtomicU32,
+    max_premature_resets: u32,
+    abuse: Notify,
+}
+
+impl ConnWatch {
+    pub(crate) fn new(max_premature_resets: u32) -> Self {
+        Self {
+            active: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            streams: AtomicU32::new(0),
+            premature_resets: AtomicU32::new(0),
+            max_premature_resets,
+            abuse: Notify::new(),
+        }
+    }
+
+    /// Resolves with the reason once the connection should be closed.
+    async fn expired(&self, limits: &ConnLimits) -> &'static str {
+        let quiet = async {
+            // The first bytes of a request must come in time; a connection that
+            // never says anything holds a socket for nothing.
+            tokio::time::sleep(limits.header_read_timeout).await;
+            if !self.active.swap(false, Ordering::Relaxed) {
+                return "no request within the header read timeout";
+            }
+            // Then: quiet (no byte either way, no request in flight) for the idle
+            // timeout, checked in quarters so the close comes within 1.25 times it.
+            const CHECKS: u32 = 4;
+            let mut quiet_checks = 0;
+            loop {
+                tokio::time::sleep(limits.idle_timeout / CHECKS).await;
+                let busy = self.active.swap(false, Ordering::Relaxed)
+                    || self.in_flight.load(Ordering::Relaxed) > 0;
+                quiet_checks = if busy { 0 } else { quiet_checks + 1 };
+                if quiet_checks >= CHECKS {
+                    return "idle";
+                }
+            }
+        };
+        tokio::select! {
+            why = quiet => why,
+            () = self.abuse.notified() => "the client cancelled too many requests",
+        }
+    }
+}
+
+/// One request in flight on a connection. Dropped without [`InFlight::finish`], the
+/// client cancelled it before its response head.
+struct InFlight<'a>(&'a ConnWatch);
+
+impl<'a> InFlight<'a> {
+    fn start(watch: &'a ConnWatch) -> Self {
+        watch.in_flight.fetch_add(1, Ordering::Relaxed);
+        watch.streams.fetch_add(1, Ordering::Relaxed);
+        Self(watch)
+    }
+
+    fn finish(self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let w = self.0;
+        w.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let resets = w.premature_resets.fetch_add(1, Ordering::Relaxed) + 1;
+        let streams = w.streams.load(Ordering::Relaxed);
+        // Like Envoy's premature-reset check: many, and most of what the client sent.
+        if resets >= w.max_premature_resets && u64::from(resets) * 2 >= u64::from(streams) {
+            w.abuse.notify_one();
+        }
+    }
+}
+
+/// A connection's I/O, marking the watch active whenever bytes move.
+pub(crate) struct Watched<T> {
+    inner: T,
+    watch: Arc<ConnWatch>,
+}
+
+impl<T> Watched<T> {
+    pub(crate) fn new(inner: T, watch: Arc<ConnWatch>) -> Self {
+        Self { inner, watch }
+    }
+
+    fn touch(&self) {
+        // A plain store on a line only this connection writes: no contention.
+        self.watch.active.store(true, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// Resolves once `stop` turns true (or its sender is gone).
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_back_off_to_a_second() {
+        let mut b = Backoff::default();
+        let pauses: Vec<_> = (0..10).map(|_| b.next().as_millis()).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next().as_millis(), 10);
+    }
+
+    #[test]
+    fn many_cancelled_requests_are_abuse_few_are_not() {
+        let w = ConnWatch::new(3);
+        for _ in 0..10 {
+            InFlight::start(&w).finish();
+        }
+        for _ in 0..3 {
+            drop(InFlight::start(&w));
+        }
+        // 3 resets of 13 streams: a client that cancels now and then.
+        assert_eq!(w.premature_resets.load(Ordering::Relaxed), 3);
+        assert_eq!(w.in_flight.load(Ordering::Relaxed), 0);
+        let notified = w.abuse.notified();
+        let mut notified = pin!(notified);
+        assert!(
+            futures_util::FutureExt::now_or_never(notified.as_mut()).is_none(),
+            "not abuse yet"
+        );
+        for _ in 0..10 {
+            drop(InFlight::start(&w));
+        }
+        // 13 resets of 23 streams.
+        assert!(futures_util::FutureExt::now_or_never(notified).is_some());
+    }
 }

@@ -16,8 +16,9 @@ use weft_engine::{
 
 use crate::body::{self, BufferError, ProxyBody};
 use crate::chain::FilterChain;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, UpstreamError};
 use crate::error::{ProxyError, Side};
+use crate::normalize;
 use crate::upstream::UpstreamBody;
 
 /// The longest delay a filter may ask for; longer asks are cut to it.
@@ -40,47 +41,54 @@ pub struct ListenerState {
     pub request_timeout: Duration,
     /// The largest body a filter may have buffered.
     pub max_body: usize,
+    /// Normalise request paths before filters see them.
+    pub normalize_path: bool,
     /// TLS and HTTP settings for new connections.
     pub(crate) conn: Arc<crate::listener::ConnParts>,
 }
 
 /// Serve one request. Never fails: every error becomes a response that says who
-/// failed and why.
+/// failed, with an error id the log shares.
 pub(crate) async fn serve(
     state: Arc<ListenerState>,
     conn: Arc<ConnectionInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    match proxy(&state, conn, req).await {
+    let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+    match proxy(&state, conn, req, id).await {
         Ok(resp) => Ok(resp),
-        Err(e) => {
-            tracing::debug!(listener = &*state.name, status = e.status.as_u16(), "{e}");
-            Ok(e.into_response())
-        }
+        Err(e) => Ok(fail(&state.name, e, id)),
     }
+}
+
+/// The client's answer for an error the proxy made, logged with its id.
+fn fail(listener: &str, e: ProxyError, id: u64) -> Response<ProxyBody> {
+    e.log(listener, id);
+    e.into_response(id)
 }
 
 async fn proxy(
     state: &ListenerState,
     conn: Arc<ConnectionInfo>,
     req: Request<Incoming>,
+    id: u64,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let chain = &state.chain;
     let (mut parts, body) = req.into_parts();
+
+    // One authority for filters and the upstream: an absolute-form target wins over
+    // Host, ambiguous ones are refused, and the URI goes on in origin form. Settled
+    // before hop-by-hop headers go, so `Connection: host` cannot take it away.
+    normalize::authority(&mut parts)?;
 
     // Hop-by-hop headers describe the client's connection, not the request; they
     // must not reach filters or the upstream.
     strip_hop_by_hop(&mut parts.headers);
 
-    // HTTP/2 carries the target in :authority, HTTP/1 in Host. Filters and HTTP/1
-    // upstreams see one `host` header either way.
-    if !parts.headers.contains_key(HOST)
-        && let Some(value) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(HOST, value);
+    // Filters route on the path the upstream will see: `/public/../admin` is
+    // `/admin` for both.
+    if state.normalize_path {
+        normalize::path(&mut parts)?;
     }
 
     // Bodies stream through untouched unless a filter asked to see them whole.
@@ -96,7 +104,7 @@ async fn proxy(
     let mut head = RequestHead {
         parts,
         body: buffered,
-        id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+        id,
         conn,
     };
 
@@ -118,6 +126,7 @@ async fn proxy(
                         return Err(ProxyError::new(
                             Side::Filter,
                             StatusCode::BAD_GATEWAY,
+                            "no such upstream",
                             format!(
                                 "filter {:?} routed to unknown cluster {name:?}",
                                 filter.name()
@@ -131,12 +140,13 @@ async fn proxy(
                 Outcome::Done(Action::Respond(local)) => {
                     // Filters before this one see the local response like an upstream one.
                     let head = local_response(filter.name(), local, boxed.id)?;
-                    return Ok(respond(chain, i, head, None));
+                    return Ok(respond(state, i, head, None));
                 }
                 Outcome::Failed(f) => {
                     return Err(ProxyError::new(
                         Side::Filter,
                         StatusCode::SERVICE_UNAVAILABLE,
+                        "filter failed",
                         f.to_string(),
                     ));
                 }
@@ -150,8 +160,9 @@ async fn proxy(
         return Err(ProxyError::new(
             Side::Internal,
             StatusCode::NOT_FOUND,
+            "no route",
             format!(
-                "no route: no filter routed {} {} and listener {:?} has no default_cluster",
+                "no filter routed {} {} and listener {:?} has no default_cluster",
                 head.parts.method,
                 head.parts.uri.path(),
                 state.name
@@ -161,9 +172,7 @@ async fn proxy(
 
     // The upstream exchange, bounded in time; a connect failure is safe to retry
     // because the upstream never saw the request.
-    let RequestHead {
-        parts, body, id, ..
-    } = head;
+    let RequestHead { parts, body, .. } = head;
     let body = match (body, stream) {
         (Some(b), _) => ProxyBody::full(b),
         (None, Some(s)) => ProxyBody::Stream(s),
@@ -171,25 +180,12 @@ async fn proxy(
     };
     let resp = match tokio::time::timeout(state.request_timeout, cluster.send(parts, body)).await {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) if e.connect => {
-            return Err(ProxyError::new(
-                Side::Upstream,
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cluster {:?}: {e}", cluster.name()),
-            )
-            .retry_safe());
-        }
-        Ok(Err(e)) => {
-            return Err(ProxyError::new(
-                Side::Upstream,
-                StatusCode::BAD_GATEWAY,
-                format!("cluster {:?}: {e}", cluster.name()),
-            ));
-        }
+        Ok(Err(e)) => return Err(upstream_error(cluster, e)),
         Err(_) => {
             return Err(ProxyError::new(
                 Side::Upstream,
                 StatusCode::GATEWAY_TIMEOUT,
+                "upstream timed out",
                 format!(
                     "cluster {:?} did not answer within {:?}",
                     cluster.name(),
@@ -218,7 +214,40 @@ async fn proxy(
         body,
         request_id: id,
     });
-    Ok(respond(chain, chain.filters().len(), head, stream))
+    Ok(respond(state, chain.filters().len(), head, stream))
+}
+
+/// Who failed when an upstream exchange did: the upstream, or the client whose
+/// request body broke off while it was being forwarded.
+fn upstream_error(cluster: &Cluster, e: UpstreamError) -> ProxyError {
+    if e.client_body {
+        return ProxyError::new(
+            Side::Downstream,
+            StatusCode::BAD_REQUEST,
+            "request body incomplete",
+            format!(
+                "the client's body failed while going to cluster {:?}: {e}",
+                cluster.name()
+            ),
+        );
+    }
+    let detail = format!("cluster {:?}: {e}", cluster.name());
+    if e.connect {
+        ProxyError::new(
+            Side::Upstream,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream unavailable",
+            detail,
+        )
+        .retry_safe()
+    } else {
+        ProxyError::new(
+            Side::Upstream,
+            StatusCode::BAD_GATEWAY,
+            "upstream failed",
+            detail,
+        )
+    }
 }
 
 /// Buffer a whole body for the filters that asked to see it. `side` is who sends it:
@@ -230,20 +259,26 @@ where
     let (who, too_large, failed) = match side {
         Side::Downstream => (
             "client",
-            StatusCode::PAYLOAD_TOO_LARGE,
-            StatusCode::BAD_REQUEST,
+            (StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+            (StatusCode::BAD_REQUEST, "request body incomplete"),
         ),
-        _ => ("upstream", StatusCode::BAD_GATEWAY, StatusCode::BAD_GATEWAY),
+        _ => (
+            "upstream",
+            (StatusCode::BAD_GATEWAY, "upstream response too large"),
+            (StatusCode::BAD_GATEWAY, "upstream response incomplete"),
+        ),
     };
     body::buffer(body, limit).await.map_err(|e| match e {
         BufferError::TooLarge => ProxyError::new(
             side,
-            too_large,
+            too_large.0,
+            too_large.1,
             format!("{who} body larger than {limit} bytes"),
         ),
         BufferError::Peer(e) => ProxyError::new(
             side,
-            failed,
+            failed.0,
+            failed.1,
             format!("{who} failed while sending the body: {e}"),
         ),
     })
@@ -252,11 +287,12 @@ where
 /// Run the response hooks of the filters before position `upto`, last first, and
 /// build the response.
 fn respond(
-    chain: &FilterChain,
+    state: &ListenerState,
     upto: usize,
     mut head: Box<ResponseHead>,
     mut stream: Option<UpstreamBody>,
 ) -> Response<ProxyBody> {
+    let chain = &state.chain;
     if chain.response {
         for filter in chain.filters()[..upto]
             .iter()
@@ -273,16 +309,17 @@ fn respond(
                             head = h;
                             stream = None;
                         }
-                        Err(e) => return e.into_response(),
+                        Err(e) => return fail(&state.name, e, head.request_id),
                     }
                 }
                 Outcome::Failed(f) => {
-                    return ProxyError::new(
+                    let e = ProxyError::new(
                         Side::Filter,
                         StatusCode::SERVICE_UNAVAILABLE,
+                        "filter failed",
                         f.to_string(),
-                    )
-                    .into_response();
+                    );
+                    return fail(&state.name, e, head.request_id);
                 }
             }
         }
@@ -306,6 +343,7 @@ fn local_response(
         ProxyError::new(
             Side::Filter,
             StatusCode::INTERNAL_SERVER_ERROR,
+            "filter sent an invalid response",
             format!("filter {filter:?} sent an invalid local response: {what}"),
         )
     };
@@ -344,7 +382,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .collect();
         for name in named {
-            if name != TE {
+            // `te: trailers` is for gRPC; `host` is the request's target, not a
+            // property of the connection, whatever a client says.
+            if name != TE && name != HOST {
                 headers.remove(name);
             }
         }

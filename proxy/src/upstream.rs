@@ -8,6 +8,7 @@
 //!
 //! HTTP/2 connections multiplex: one per endpoint, shared by every request.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -248,6 +249,95 @@ where
             tracing::debug!(%authority, "upstream connection ended: {e}");
         }
     });
+}
+
+/// How long an HTTP/1 exchange the client gave up on may still take, and how much
+/// of its response body is read, so that its connection can serve the next request.
+const FINISH_CANCELLED: Duration = Duration::from_secs(5);
+const FINISH_CANCELLED_BODY: usize = 64 * 1024;
+
+type ResponseFuture = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    http::Response<Incoming>,
+                    hyper::client::conn::TrySendError<http::Request<ProxyBody>>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// An HTTP/1 exchange in flight on a pooled connection.
+///
+/// A client that cancels its request (an HTTP/2 reset, a closed connection) drops the
+/// request's future, and hyper closes an HTTP/1 connection whose response nobody
+/// awaits: the next request would pay for a new connection, and a client resetting
+/// stream after stream would make the proxy open one per request. Dropped before its
+/// response, an exchange instead finishes in the background (bounded in time and
+/// bytes) and gives its connection back to the pool.
+pub(crate) struct Exchange {
+    pending: Option<(ResponseFuture, Arc<Endpoint>, http1::SendRequest<ProxyBody>)>,
+}
+
+impl Exchange {
+    pub(crate) fn send(
+        endpoint: Arc<Endpoint>,
+        mut sender: http1::SendRequest<ProxyBody>,
+        req: http::Request<ProxyBody>,
+    ) -> Self {
+        let response = Box::pin(sender.try_send_request(req));
+        Self {
+            pending: Some((response, endpoint, sender)),
+        }
+    }
+}
+
+impl Future for Exchange {
+    type Output = Result<
+        http::Response<UpstreamBody>,
+        hyper::client::conn::TrySendError<http::Request<ProxyBody>>,
+    >;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some((response, _, _)) = this.pending.as_mut() else {
+            return Poll::Pending;
+        };
+        let result = std::task::ready!(response.as_mut().poll(cx));
+        let Some((_, endpoint, sender)) = this.pending.take() else {
+            return Poll::Pending;
+        };
+        Poll::Ready(result.map(|resp| resp.map(|b| UpstreamBody::new(b, Some((endpoint, sender))))))
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let Some((response, endpoint, sender)) = self.pending.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let finished = async {
+                let Ok(resp) = response.await else { return };
+                let mut body = UpstreamBody::new(resp.into_body(), Some((endpoint, sender)));
+                let mut read = 0;
+                // Read to the end, which hands the connection back; a large body is
+                // not worth it, and dropping it closes the connection.
+                while let Some(Ok(frame)) =
+                    std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                {
+                    read += frame.data_ref().map_or(0, Bytes::len);
+                    if read > FINISH_CANCELLED_BODY {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(FINISH_CANCELLED, finished).await;
+        });
+    }
 }
 
 /// A response body from an upstream. Read to its end, it hands its HTTP/1
