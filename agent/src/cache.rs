@@ -163,7 +163,18 @@ impl DiskCache {
 /// Write to a temporary file, sync it, rename it over `path`, sync the folder.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // 0600: the snapshot holds every filter's config, secrets included.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    // A file left by a crash keeps its old mode unless told.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io(&tmp))?;
     file.write_all(bytes).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;

@@ -5,15 +5,18 @@
 //! 1. [`start`] with a running proxy and [`Options`]. A snapshot cached on disk is
 //!    applied first, so the proxy serves before the server answers (or if it never
 //!    does).
-//! 2. The agent keeps one `Subscribe` stream open, reconnecting with jittered
-//!    exponential backoff; each snapshot is applied through
+//! 2. The agent keeps one `Subscribe` stream open with the proxy token, reconnecting
+//!    with jittered exponential backoff. It draws an instance secret once: the server
+//!    binds the node id to it, so no other process can take over this proxy's
+//!    stream; each snapshot is applied through
 //!    [`weft_proxy::RunningProxy::reload_with`] off the runtime's workers, and
 //!    requests in flight finish on the chain they started with.
 //! 3. [`Agent::applied`] tells which version is live; [`Agent::stop`] ends it.
 //!
 //! ```no_run
 //! # async fn run(proxy: weft_proxy::RunningProxy) -> Result<(), Box<dyn std::error::Error>> {
-//! let options = weft_agent::Options::new("http://127.0.0.1:7070", "web-1", "web");
+//! let token = std::fs::read_to_string("proxy-token")?;
+//! let options = weft_agent::Options::new("http://127.0.0.1:7070", token.trim(), "web-1", "web");
 //! let agent = weft_agent::start(proxy, options).await?;
 //! let mut applied = agent.applied();
 //! applied.wait_for(|v| v.is_some()).await?;
@@ -42,6 +45,8 @@ use weft_proxy::RunningProxy;
 pub struct Options {
     /// The config server, e.g. `http://127.0.0.1:7070`.
     pub server: String,
+    /// The proxy token the config server gave (its `proxy-token` file).
+    pub token: String,
     /// Unique id of this proxy; a restarted proxy keeps it.
     pub node: String,
     /// The service this proxy sits beside.
@@ -58,9 +63,10 @@ pub struct Options {
 
 impl Options {
     /// Options with no labels, no disk cache and backoff from 100 ms to 5 s.
-    pub fn new(server: &str, node: &str, service: &str) -> Self {
+    pub fn new(server: &str, token: &str, node: &str, service: &str) -> Self {
         Self {
             server: server.to_owned(),
+            token: token.to_owned(),
             node: node.to_owned(),
             service: service.to_owned(),
             labels: BTreeMap::new(),
@@ -82,6 +88,12 @@ pub enum AgentError {
         /// Why it cannot be used.
         message: String,
     },
+    /// The proxy token cannot be sent as metadata.
+    #[error("the proxy token holds characters that cannot be sent: {0}")]
+    Token(String),
+    /// No random instance secret could be drawn.
+    #[error("cannot draw a random instance secret from /dev/urandom: {0}")]
+    Random(std::io::Error),
 }
 
 /// A running agent.
@@ -112,11 +124,18 @@ struct Applied {
     fingerprint: Option<(String, usize, BTreeSet<String>)>,
     /// Modules the live configuration uses, by sha256.
     modules: HashMap<String, Bytes>,
+    /// Pushed filter name to the sha256 that runs for it (see
+    /// [`weft_config::Config::pushed_filters`]).
+    filters: BTreeMap<String, String>,
 }
 
 struct Subscriber {
     proxy: RunningProxy,
     options: Options,
+    /// `authorization` metadata for every stream.
+    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    /// This process's secret, which the server binds the node id to.
+    instance: String,
     applied: Applied,
     version_tx: watch::Sender<Option<u64>>,
     cache: Option<Arc<cache::DiskCache>>,
@@ -130,6 +149,9 @@ pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, Agent
             message: e.to_string(),
         }
     })?;
+    let authorization =
+        weft_api::bearer(&options.token).map_err(|e| AgentError::Token(e.to_string()))?;
+    let instance = instance_secret().map_err(AgentError::Random)?;
     let (version_tx, applied) = watch::channel(None);
     let cache = options
         .state_dir
@@ -138,6 +160,8 @@ pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, Agent
     let mut subscriber = Subscriber {
         proxy,
         options,
+        authorization,
+        instance,
         applied: Applied::default(),
         version_tx,
         cache,
@@ -207,16 +231,19 @@ impl Subscriber {
             version: self.applied.version.unwrap_or(0),
             modules: self.applied.modules.keys().cloned().collect(),
             agent: env!("CARGO_PKG_VERSION").to_owned(),
+            instance: self.instance.clone(),
+            filters: self.applied.filters.clone(),
         };
         let _ = tx
             .send(ProxyMessage {
                 kind: Some(Kind::Hello(hello)),
             })
             .await;
-        let mut snapshots = client
-            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        let mut snapshots = client.subscribe(request).await?.into_inner();
         tracing::info!(server = %self.options.server, node = %self.options.node, "subscribed to the config server");
         let mut delivered = false;
         while let Some(mut snapshot) = snapshots.message().await? {
@@ -239,6 +266,7 @@ impl Subscriber {
                         })
                         .collect(),
                     modules: self.applied.modules.keys().cloned().collect(),
+                    filters: self.applied.filters.clone(),
                 }),
                 Err(error) => {
                     tracing::error!(
@@ -283,6 +311,7 @@ impl Subscriber {
             .proxy_config(group, &filters)
             .map_err(|e| e.to_string())?;
         let needed = config.pushed_modules();
+        let running = config.pushed_filters();
         let fingerprint = (snapshot.mesh.clone(), group, needed.clone());
         if self.applied.fingerprint.as_ref() == Some(&fingerprint) {
             // Another group or filter changed; this proxy's configuration did not.
@@ -309,6 +338,7 @@ impl Subscriber {
         .await
         .map_err(|e| format!("applying snapshot: {e}"))??;
         self.applied.modules = modules;
+        self.applied.filters = running;
         self.applied.fingerprint = Some(fingerprint);
         self.proxy.set_ready(true);
         self.mark_applied(version, snapshot.mesh, filters).await;
@@ -340,4 +370,12 @@ impl Subscriber {
             tracing::warn!(version, "cannot cache the snapshot on disk: {e}");
         }
     }
+}
+
+/// 16 random bytes, hex: drawn once per process, never written anywhere.
+fn instance_secret() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut random = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    Ok(hex::encode(random))
 }

@@ -2,18 +2,27 @@
 //! `proto/weft/control/v1/control.proto`.
 //!
 //! 1. A proxy calls [`ControlClient::subscribe`] with a stream of [`ProxyMessage`]s
-//!    whose first is a [`Hello`].
+//!    whose first is a [`Hello`], and the proxy token as the request's
+//!    `authorization: Bearer TOKEN` metadata (see [`bearer`]).
 //! 2. The server answers with [`Snapshot`]s: the current one at once, then each new one.
 //! 3. The proxy answers every snapshot with an [`Ack`] or a [`Nack`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use weft_api::{ControlClient, Hello, ProxyMessage, proxy_message::Kind};
-//! let mut client = ControlClient::connect("http://127.0.0.1:7070").await?;
+//! let mut client = ControlClient::connect("http://127.0.0.1:7070").await?
+//!     .max_decoding_message_size(weft_api::MAX_MESSAGE_SIZE);
 //! let hello = ProxyMessage {
-//!     kind: Some(Kind::Hello(Hello { node: "web-1".into(), service: "web".into(), ..Default::default() })),
+//!     kind: Some(Kind::Hello(Hello {
+//!         node: "web-1".into(),
+//!         service: "web".into(),
+//!         instance: "a random secret of this process".into(),
+//!         ..Default::default()
+//!     })),
 //! };
-//! let mut snapshots = client.subscribe(futures_util::stream::iter([hello])).await?.into_inner();
+//! let mut request = tonic::Request::new(futures_util::stream::iter([hello]));
+//! request.metadata_mut().insert("authorization", weft_api::bearer("PROXY-TOKEN")?);
+//! let mut snapshots = client.subscribe(request).await?.into_inner();
 //! while let Some(snapshot) = snapshots.message().await? {
 //!     println!("version {}", snapshot.version);
 //! }
@@ -31,5 +40,22 @@ pub use generated::control_client::ControlClient;
 pub use generated::control_server::{Control, ControlServer};
 pub use generated::*;
 
-/// Largest message either side accepts: snapshots carry filter modules.
+/// Largest snapshot the server sends and a proxy accepts: snapshots carry filter
+/// modules.
 pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// Largest message a proxy sends and the server accepts: a Hello, an ACK or a NACK
+/// says who the proxy is and what it runs, which fits easily; anything larger is
+/// refused before it is read (OUT_OF_RANGE).
+pub const MAX_PROXY_MESSAGE_SIZE: usize = 64 << 10;
+
+/// The `authorization` metadata value that carries a token: `Bearer TOKEN`. Fails
+/// when the token holds characters metadata cannot carry.
+pub fn bearer(
+    token: &str,
+) -> Result<
+    tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    tonic::metadata::errors::InvalidMetadataValue,
+> {
+    format!("Bearer {token}").parse()
+}

@@ -118,17 +118,19 @@ pub(crate) async fn push(server: &ServerArgs, file: &Path, name: &str) -> anyhow
             Some((bytes.into(), "application/wasm")),
         )
         .await?;
+    let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);
+    let what = format!(
+        "{name} sha256:{} ({} bytes)",
+        text(&v, "sha256"),
+        text(&v, "size")
+    );
     match v.get("version").and_then(Value::as_u64) {
-        Some(version) => println!(
-            "pushed {name} sha256:{} ({} bytes): live as version {version}",
-            text(&v, "sha256"),
-            text(&v, "size")
-        ),
-        None => println!(
-            "pushed {name} sha256:{} ({} bytes); no mesh config applied yet",
-            text(&v, "sha256"),
-            text(&v, "size")
-        ),
+        Some(version) if changed => println!("pushed {what}: live as version {version}"),
+        Some(version) => println!("{what} is already live in version {version}: nothing changed"),
+        None => println!("pushed {what}; no mesh config applied yet"),
+    }
+    if let Some(note) = v.get("note").and_then(Value::as_str) {
+        println!("note: {note}");
     }
     Ok(())
 }
@@ -182,7 +184,10 @@ pub(crate) async fn status(server: &ServerArgs, json: bool) -> anyhow::Result<()
         "GROUP".into(),
         "APPLIED".into(),
         "LISTENERS".into(),
+        "FILTERS".into(),
     ]];
+    // What the live version runs, to mark a proxy that runs something else.
+    let live = proxies.get("filters").and_then(Value::as_object);
     let mut refusals = Vec::new();
     for p in &list {
         let listeners = p
@@ -195,6 +200,31 @@ pub(crate) async fn status(server: &ServerArgs, json: bool) -> anyhow::Result<()
                     .join(",")
             })
             .unwrap_or_default();
+        let filters = p
+            .get("filters")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(name, shas)| {
+                        let shas = shas.as_str().unwrap_or("?");
+                        let short: Vec<&str> =
+                            shas.split(',').map(|s| s.get(..12).unwrap_or(s)).collect();
+                        let stale = live.is_some_and(|l| {
+                            l.get(name).and_then(Value::as_str).is_some_and(|want| {
+                                !shas.split(',').all(|s| s.eq_ignore_ascii_case(want))
+                            })
+                        });
+                        let mark = if stale {
+                            " (not the live version's)"
+                        } else {
+                            ""
+                        };
+                        format!("{name}={}{mark}", short.join("+"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
         rows.push([
             text(p, "node"),
             text(p, "service"),
@@ -202,6 +232,7 @@ pub(crate) async fn status(server: &ServerArgs, json: bool) -> anyhow::Result<()
             text(p, "group"),
             text(p, "applied"),
             listeners,
+            filters,
         ]);
         if let Some(last) = p.get("last").filter(|l| text(l, "result") == "nack") {
             refusals.push(format!(
@@ -212,7 +243,7 @@ pub(crate) async fn status(server: &ServerArgs, json: bool) -> anyhow::Result<()
             ));
         }
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     for r in &rows {

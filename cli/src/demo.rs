@@ -91,7 +91,15 @@ pub(crate) async fn run(
 
     // The config server, with its data in a fresh folder.
     let data = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // 0700: it holds the tokens.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data)
+            .with_context(|| format!("creating {}", data.display()))?;
+    }
     let server = weft_config_server::start(weft_config_server::Options::new(
         server_listen,
         data.clone(),
@@ -101,10 +109,13 @@ pub(crate) async fn run(
         "starting the demo config server (is the port taken? try --server-listen 127.0.0.1:7071)",
     )?;
     let url = format!("http://{}", server.addr());
-    let token = std::fs::read_to_string(server.token_file())
-        .context("reading the demo server's token")?
-        .trim()
-        .to_owned();
+    let read = |file: &std::path::Path| {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("reading the demo server's token {}", file.display()))
+            .map(|t| t.trim().to_owned())
+    };
+    let token = read(server.token_file())?;
+    let proxy_token = read(server.proxy_token_file())?;
     let mesh_file = data.join("mesh.yaml");
     std::fs::write(&mesh_file, &yaml)?;
     let api = crate::client::ServerArgs::new(&url, &token);
@@ -115,8 +126,16 @@ pub(crate) async fn run(
     for (replica, admin) in [("a", admin), ("b", "127.0.0.1:0")] {
         let labels = BTreeMap::from([("replica".to_owned(), replica.to_owned())]);
         let (proxy, agent) =
-            crate::start_subscribed(&url, &format!("demo-{replica}"), "demo", labels, admin, None)
-                .await
+            crate::start_subscribed(
+                &url,
+                &proxy_token,
+                &format!("demo-{replica}"),
+                "demo",
+                labels,
+                admin,
+                None,
+            )
+            .await
                 .context("starting a demo proxy (is the port taken? try --listen 127.0.0.1:8090 --admin 127.0.0.1:9902)")?;
         let mut applied = agent.applied();
         tokio::time::timeout(Duration::from_secs(30), applied.wait_for(Option::is_some))

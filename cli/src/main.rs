@@ -55,6 +55,13 @@ enum Command {
         /// Largest filter module accepted, in bytes.
         #[arg(long, default_value_t = weft_config_server::Options::DEFAULT_MAX_FILTER_SIZE)]
         max_filter_size: usize,
+        /// Connections served at once; more wait in the kernel's queue.
+        #[arg(long, default_value_t = weft_config_server::Limits::default().max_connections)]
+        max_connections: usize,
+        /// Proxies (node ids) kept, connected or recently gone; past it, new nodes are
+        /// refused unless one disconnected long enough ago to be forgotten.
+        #[arg(long, default_value_t = weft_config_server::Limits::default().max_proxies)]
+        max_proxies: usize,
     },
     /// Push a filter module (.wasm component) to the config server under a name.
     Push {
@@ -116,6 +123,13 @@ struct Identity {
     /// The service this proxy sits beside; mesh configs select proxies by it.
     #[arg(long, default_value = "default")]
     service: String,
+    /// The proxy token the config server created (its `proxy-token` file)
+    /// [default: the proxy-token file of a config server on this machine].
+    #[arg(long, env = "WEFT_PROXY_TOKEN", hide_env_values = true)]
+    proxy_token: Option<String>,
+    /// Read the proxy token from this file.
+    #[arg(long, conflicts_with = "proxy_token")]
+    proxy_token_file: Option<PathBuf>,
     /// A label mesh configs can select on, as KEY=VALUE; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -187,7 +201,16 @@ fn main() -> ExitCode {
                 listen,
                 data_dir,
                 max_filter_size,
-            } => run_config_server(listen, data_dir, max_filter_size).await,
+                max_connections,
+                max_proxies,
+            } => {
+                let limits = weft_config_server::Limits {
+                    max_connections,
+                    max_proxies,
+                    ..Default::default()
+                };
+                run_config_server(listen, data_dir, max_filter_size, limits).await
+            }
             Command::Push { file, name, server } => client::push(&server, &file, &name).await,
             Command::Apply { file, server } => client::apply(&server, &file).await,
             Command::Status { json, server } => client::status(&server, json).await,
@@ -203,7 +226,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -225,11 +248,31 @@ async fn run_proxy(path: PathBuf, check: bool) -> anyhow::Result<()> {
 /// server (or, until it answers, the disk cache) says.
 async fn run_subscribed_proxy(url: String, identity: Identity) -> anyhow::Result<()> {
     let node = identity.node.unwrap_or_else(paths::host_name);
+    let token = match (identity.proxy_token, identity.proxy_token_file) {
+        (Some(token), _) => token,
+        (None, file) => {
+            let given = file.is_some();
+            // A config server started on this machine with its defaults keeps it here.
+            let file = file.unwrap_or_else(|| paths::server_data_dir().join("proxy-token"));
+            match std::fs::read_to_string(&file) {
+                Ok(t) => t.trim().to_owned(),
+                Err(e) if given => {
+                    anyhow::bail!("reading the proxy token from {}: {e}", file.display())
+                }
+                Err(_) => anyhow::bail!(
+                    "the config server needs the proxy token: give it with --proxy-token, \
+                     --proxy-token-file or WEFT_PROXY_TOKEN (the server keeps it in the \
+                     proxy-token file of its data folder)"
+                ),
+            }
+        }
+    };
     let state_dir = identity
         .state_dir
         .unwrap_or_else(|| paths::state_dir(&format!("proxy-{node}")));
     let (proxy, agent) = start_subscribed(
         &url,
+        &token,
         &node,
         &identity.service,
         identity.labels.into_iter().collect(),
@@ -245,6 +288,7 @@ async fn run_subscribed_proxy(url: String, identity: Identity) -> anyhow::Result
 /// A proxy with only its admin listener, and the agent that feeds it.
 pub(crate) async fn start_subscribed(
     url: &str,
+    token: &str,
     node: &str,
     service: &str,
     labels: BTreeMap<String, String>,
@@ -254,11 +298,25 @@ pub(crate) async fn start_subscribed(
     let yaml = format!("admin:\n  address: {admin:?}\n");
     let config = Config::from_str(&yaml, "--admin", None)?;
     let proxy = weft_proxy::start(config).await?;
-    let mut options = weft_agent::Options::new(url, node, service);
+    let mut options = weft_agent::Options::new(url, token, node, service);
     options.labels = labels;
     options.state_dir = state_dir;
     let agent = weft_agent::start(proxy.clone(), options).await?;
     Ok((proxy, agent))
+}
+
+/// An error and its causes on one line, each said once: many of Weft's errors
+/// already quote their cause (`file:line: key: cause`), which `{:#}` would repeat.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -277,19 +335,29 @@ async fn run_config_server(
     listen: std::net::SocketAddr,
     data_dir: Option<PathBuf>,
     max_filter_size: usize,
+    limits: weft_config_server::Limits,
 ) -> anyhow::Result<()> {
     let data_dir = data_dir.unwrap_or_else(paths::server_data_dir);
+    let given = |var: &str| std::env::var(var).ok().filter(|t| !t.is_empty());
     let server = weft_config_server::start(weft_config_server::Options {
         listen,
         data_dir: data_dir.clone(),
-        token: std::env::var("WEFT_TOKEN").ok().filter(|t| !t.is_empty()),
+        token: given("WEFT_TOKEN"),
+        proxy_token: given("WEFT_PROXY_TOKEN"),
         max_filter_size,
+        limits,
     })
     .await?;
     if let Some(token) = server.created_token() {
         println!(
             "created the API token (shown once; kept in {}):\n  {token}",
             server.token_file().display()
+        );
+    }
+    if let Some(token) = server.created_proxy_token() {
+        println!(
+            "created the proxy token, which proxies subscribe with (kept in {}):\n  {token}",
+            server.proxy_token_file().display()
         );
     }
     println!(
@@ -322,7 +390,7 @@ pub(crate) async fn serve_until_signal(
                     .and_then(|c| proxy.reload(&c).map_err(anyhow::Error::from))
                 {
                     Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
-                    Err(e) => tracing::error!(config = %path.display(), "reload refused, keeping the running configuration: {e:#}"),
+                    Err(e) => tracing::error!(config = %path.display(), "reload refused, keeping the running configuration: {}", report(&e)),
                 }
             }
         }

@@ -89,11 +89,52 @@ fn bad_config_exits_non_zero_naming_file_and_line() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn a_filter_config_error_points_at_its_key_and_is_said_once() {
+    let dir = temp_dir();
+    let path = dir.join("router.yaml");
+    std::fs::write(
+        &path,
+        r#"listeners:
+  - name: main
+    address: 127.0.0.1:0
+    filters:
+      - name: router
+        module: builtin:router
+        config:
+          routes:
+            - match: { path: { prefix: / } }
+              cluster: web
+              rewrite: { host: "a\r\nX-Injected: 1" }
+clusters:
+  - name: web
+    endpoints: ["127.0.0.1:1"]
+"#,
+    )
+    .unwrap();
+    let out = weft()
+        .args(["proxy", "--check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("router.yaml:11:32: listeners[0].filters[0].config.routes[0].rewrite.host: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("is not a host name").count(), 1, "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Start `weft demo` on free ports and return it with the proxy's address, read from
 /// what it prints.
 fn demo() -> (Guard, SocketAddr) {
     let mut child = weft()
         .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        // Every port is picked by the OS, so a demo already running does not matter.
+        .args(["--server-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

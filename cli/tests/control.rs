@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +59,8 @@ struct Server {
     addr: SocketAddr,
     url: String,
     token: String,
+    /// The file proxies read their token from.
+    proxy_token: PathBuf,
     /// What it printed on stdout at start.
     banner: Vec<String>,
 }
@@ -93,6 +95,7 @@ fn config_server(dir: &Path, listen: &str) -> Server {
         addr,
         url: format!("http://{addr}"),
         token,
+        proxy_token: dir.join("proxy-token"),
         banner,
     }
 }
@@ -186,10 +189,11 @@ fn last_number(out: &str) -> u64 {
 
 /// `weft proxy --config-server URL` as node `node`, caching in `state`, serving on
 /// `workers` threads (one runs the single-threaded scheduler).
-fn proxy(url: &str, node: &str, state: &Path, workers: usize) -> ProxyProc {
+fn proxy(url: &str, token: &Path, node: &str, state: &Path, workers: usize) -> ProxyProc {
     let mut child = weft()
+        .args(["proxy", "--proxy-token-file"])
+        .arg(token)
         .args([
-            "proxy",
             "--config-server",
             url,
             "--node",
@@ -385,8 +389,20 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_versions() {
     let mut version = server.apply(&mesh_file);
 
     // One proxy on each scheduler: single-threaded, and two threads.
-    let a = proxy(&server.url, "web-a", &dir.0.join("a"), 1);
-    let b = proxy(&server.url, "web-b", &dir.0.join("b"), 2);
+    let a = proxy(
+        &server.url,
+        &server.proxy_token,
+        "web-a",
+        &dir.0.join("a"),
+        1,
+    );
+    let b = proxy(
+        &server.url,
+        &server.proxy_token,
+        "web-b",
+        &dir.0.join("b"),
+        2,
+    );
     let targets = vec![a.inbound(), b.inbound()];
     server.converged(&["web-a", "web-b"], version);
 
@@ -457,7 +473,7 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
     server.apply(&mesh_file);
     let version = server.push(guests::TAG_TWO, "tag");
     let state = dir.0.join("a");
-    let a = proxy(&server.url, "web-a", &state, 2);
+    let a = proxy(&server.url, &server.proxy_token, "web-a", &state, 2);
     let inbound = a.inbound();
     server.converged(&["web-a"], version);
     let client = weft_tests::client();
@@ -467,13 +483,13 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
     );
 
     // The server dies: the proxy keeps serving.
-    let (addr, url) = (server.addr, server.url.clone());
+    let (addr, url, token) = (server.addr, server.url.clone(), server.proxy_token.clone());
     drop(server);
     assert_eq!(client.get(inbound, "/").await.status, 200);
 
     // A proxy started while the server is down serves from its disk cache.
     drop(a);
-    let a = proxy(&url, "web-a", &state, 1);
+    let a = proxy(&url, &token, "web-a", &state, 1);
     let inbound = a.inbound();
     let reply = client.get(inbound, "/").await;
     assert_eq!(reply.status, 200);
@@ -515,7 +531,13 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
     server.cli_ok(&["push", guests::TAG_ONE, "--name", "tag"]);
     let mesh_file = write(&dir.0, "mesh.yaml", &mesh(web.addr, ""));
     let version = server.apply(&mesh_file);
-    let a = proxy(&server.url, "web-a", &dir.0.join("a"), 2);
+    let a = proxy(
+        &server.url,
+        &server.proxy_token,
+        "web-a",
+        &dir.0.join("a"),
+        2,
+    );
     let inbound = a.inbound();
     server.converged(&["web-a"], version);
 

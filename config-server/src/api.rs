@@ -2,6 +2,7 @@
 
 use std::error::Error as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -27,13 +28,22 @@ const MAX_MESH_SIZE: usize = 4 << 20;
 
 type Reply = Result<Response, ApiError>;
 
+/// Reads that show mesh or filter configs, which may hold secrets: they need the
+/// token from anywhere.
+const SECRET_READS: &[&str] = &["/v1/snapshot"];
+
 /// The API routes, each behind the token check.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let secret_reads = Router::new()
+        .route(SECRET_READS[0], get(snapshot))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            auth::require_always,
+        ));
     Router::new()
         .route("/v1/filters", get(list_filters))
         .route("/v1/filters/{name}", get(get_filter).put(push_filter))
         .route("/v1/mesh", put(apply_mesh))
-        .route("/v1/snapshot", get(snapshot))
         .route("/v1/versions", get(versions))
         .route("/v1/rollback/{version}", post(rollback))
         .route("/v1/proxies", get(proxies))
@@ -42,6 +52,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             auth::require,
         ))
+        .merge(secret_reads)
         .with_state(shared)
 }
 
@@ -98,7 +109,8 @@ async fn push_filter(
     body: Body,
 ) -> Reply {
     let max = shared.max_filter_size;
-    let bytes = read_body(&headers, body, max, |size| match size {
+    let within = shared.limits.body_timeout;
+    let bytes = read_body(&headers, body, max, within, |size| match size {
         Some(size) => too_large(size, max),
         None => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -142,7 +154,8 @@ async fn apply_mesh(
             format!("a mesh config may be at most {MAX_MESH_SIZE} bytes"),
         )
     };
-    let bytes = read_body(&headers, body, MAX_MESH_SIZE, too_big).await?;
+    let within = shared.limits.body_timeout;
+    let bytes = read_body(&headers, body, MAX_MESH_SIZE, within, too_big).await?;
     let text = String::from_utf8(bytes.into())
         .map_err(|e| ApiError::bad_request(format!("{file}: not UTF-8 text: {e}")))?;
     let version = shared.apply(file, text).await?;
@@ -158,6 +171,8 @@ async fn snapshot(State(shared): State<Arc<Shared>>) -> Reply {
     Ok(Json(&*current.version).into_response())
 }
 
+/// Every version, without its mesh text (which holds filter configs): open like
+/// status.
 async fn versions(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let published = shared.snapshot();
     let versions: Vec<Value> = published
@@ -192,27 +207,31 @@ async fn rollback(
         .into_response())
 }
 
+/// The live version, the filter versions it uses (to compare with what each proxy
+/// runs), and every proxy.
 async fn proxies(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let version = shared
-        .snapshot()
-        .current
-        .as_ref()
-        .map(|c| c.version.version);
+    let published = shared.snapshot();
+    let current = published.current.as_ref();
+    let version = current.map(|c| c.version.version);
+    let filters = current.map(|c| &c.version.filters);
     let proxies = shared.proxies.list();
-    Json(json!({ "version": version, "proxies": proxies }))
+    Json(json!({ "version": version, "filters": filters, "proxies": proxies }))
 }
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
 }
 
-/// Read a request body of at most `max` bytes. A `Content-Length` over the limit is
-/// refused before reading anything; a body that only turns out too large while
-/// streaming is refused as soon as it does.
+/// Read a request body of at most `max` bytes, arriving within `within`. A
+/// `Content-Length` over the limit is refused before reading anything; a body that
+/// only turns out too large while streaming is refused as soon as it does; a body
+/// that trickles in is refused when the time is up, so it cannot hold the
+/// connection.
 async fn read_body(
     headers: &HeaderMap,
     body: Body,
     max: usize,
+    within: Duration,
     too_large: impl Fn(Option<usize>) -> ApiError,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
@@ -224,7 +243,15 @@ async fn read_body(
     {
         return Err(too_large(Some(size)));
     }
-    axum::body::to_bytes(body, max).await.map_err(|e| {
+    let read = tokio::time::timeout(within, axum::body::to_bytes(body, max))
+        .await
+        .map_err(|_| {
+            ApiError::timeout(format!(
+                "the request body did not arrive within {}s",
+                within.as_secs_f64()
+            ))
+        })?;
+    read.map_err(|e| {
         let over = std::iter::successors(e.source(), |e| (*e).source())
             .any(|e| e.is::<http_body_util::LengthLimitError>());
         if over {
@@ -264,7 +291,7 @@ mod tests {
                     op["responses"].is_object(),
                     "{method} {path} is not documented"
                 );
-                if *method != "get" {
+                if *method != "get" || SECRET_READS.contains(path) {
                     assert!(
                         op["responses"]["401"].is_object(),
                         "{method} {path}: no 401"

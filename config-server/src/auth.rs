@@ -1,5 +1,11 @@
-//! Who may do what: writes need the API token; reads are open to this machine and
-//! need the token from anywhere else (they show the mesh and its filters).
+//! Who may do what:
+//!
+//! - writes need the API token;
+//! - reads that show mesh or filter configs (which may hold secrets) need the API
+//!   token from anywhere, this machine included;
+//! - other reads (status, filter versions) are open to this machine and need the
+//!   token from anywhere else;
+//! - the proxies' stream needs the proxy token, and only it (see `stream`).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -16,8 +22,8 @@ use crate::error::ApiError;
 use crate::store::write_atomic;
 use crate::{ServerError, Shared};
 
-/// The API token: the one given, else the token file's, else a new one written to
-/// the token file. Returns the token and whether it was created now.
+/// A token: the one given, else the file's, else a new one written to the file
+/// (0600). Returns the token and whether it was created now.
 pub(crate) fn load_token(
     given: Option<String>,
     dir: &Path,
@@ -64,12 +70,15 @@ pub(crate) fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
     let Some(given) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
         return false;
     };
-    let a = Sha256::digest(given.trim().as_bytes());
-    let b = Sha256::digest(token.as_bytes());
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    same(
+        &Sha256::digest(given.trim().as_bytes()).into(),
+        &Sha256::digest(token.as_bytes()).into(),
+    )
+}
+
+/// Whether two digests are equal, in constant time.
+pub(crate) fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether a request needs the token: every write, and reads from other machines.
@@ -78,7 +87,8 @@ pub(crate) fn needs_token(method: &Method, peer: SocketAddr) -> bool {
     !(read && peer.ip().to_canonical().is_loopback())
 }
 
-/// Middleware on every API route.
+/// Middleware on the API routes that need the token for writes and for reads from
+/// other machines.
 pub(crate) async fn require(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -86,19 +96,36 @@ pub(crate) async fn require(
     next: Next,
 ) -> Response {
     if needs_token(req.method(), peer) {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if !bearer_matches(given, &shared.token) {
-            let why = if given.is_some() {
-                "the API token is wrong"
-            } else {
-                "this request needs the API token: send `Authorization: Bearer TOKEN`"
-            };
-            tracing::warn!(%peer, method = %req.method(), path = req.uri().path(), "refused: {why}");
-            return ApiError::unauthorized(why).into_response();
-        }
+        return check(&shared, peer, req, next).await;
+    }
+    next.run(req).await
+}
+
+/// Middleware on the routes that always need the token: reads that show configs.
+pub(crate) async fn require_always(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    check(&shared, peer, req, next).await
+}
+
+async fn check(shared: &Shared, peer: SocketAddr, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !bearer_matches(given, &shared.token) {
+        let why = if given.is_none() {
+            "this request needs the API token: send `Authorization: Bearer TOKEN`"
+        } else if bearer_matches(given, &shared.proxy_token) {
+            "this is the proxy token, which only subscribes; this request needs the API token"
+        } else {
+            "the API token is wrong"
+        };
+        tracing::warn!(%peer, method = %req.method(), path = req.uri().path(), "refused: {why}");
+        return ApiError::unauthorized(why).into_response();
     }
     next.run(req).await
 }

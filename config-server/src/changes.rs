@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
-use weft_config::MeshConfig;
+use weft_config::{MeshConfig, ModuleRef};
 use weft_engine::LoadError;
 
 use crate::error::{ApiError, blocking};
@@ -21,12 +21,17 @@ pub(crate) struct Pushed {
     pub name: String,
     pub sha256: String,
     pub size: u64,
-    /// The version it made live; none when no mesh config is applied yet (or, for an
-    /// unchanged push, the live version).
+    /// The live version, which has this module as the filter `name`: the one the
+    /// push made, or (when nothing changed) the one that already had it. None when no
+    /// mesh config is applied yet.
     pub version: Option<u64>,
-    /// False when this exact module already was the filter's latest version.
-    #[serde(skip)]
+    /// False when the live version already had this exact module as `name` (or, with
+    /// no mesh config applied, it already was the latest push): nothing changed.
     pub changed: bool,
+    /// Why no proxy runs the module although it is in the live version, if none does:
+    /// no group of the live mesh config uses the filter, or every use pins another
+    /// version.
+    pub note: Option<String>,
 }
 
 impl Shared {
@@ -49,17 +54,32 @@ impl Shared {
         let _write = self.write.lock().await;
         let published = self.snapshot();
         let live = published.current.as_ref().map(|c| c.version.version);
-        if published
-            .state
-            .latest(&name)
-            .is_some_and(|v| v.sha256 == sha256)
-        {
+        // What decides is the live version, not the filter's latest push: after a
+        // rollback the live version runs an older module, and pushing the newer one
+        // again must make it live again.
+        let unchanged = match &published.current {
+            Some(c) => c
+                .version
+                .filters
+                .get(&name)
+                .is_some_and(|s| s.eq_ignore_ascii_case(&sha256)),
+            None => published
+                .state
+                .latest(&name)
+                .is_some_and(|v| v.sha256 == sha256),
+        };
+        if unchanged {
+            let note = published
+                .current
+                .as_ref()
+                .and_then(|c| not_running(&c.mesh, &name, &sha256));
             return Ok(Pushed {
                 name,
                 sha256,
                 size,
                 version: live,
                 changed: false,
+                note,
             });
         }
 
@@ -95,15 +115,26 @@ impl Shared {
                 mesh: current.mesh.clone(),
             }));
         }
-        state
-            .filters
-            .entry(name.clone())
-            .or_default()
-            .push(FilterVersion {
-                sha256: sha256.clone(),
-                size,
-                pushed: now(),
-            });
+        // The filter's history records pushes; the same module pushed again right
+        // after itself (say, to undo a rollback) is one entry.
+        if published
+            .state
+            .latest(&name)
+            .is_none_or(|v| v.sha256 != sha256)
+        {
+            state
+                .filters
+                .entry(name.clone())
+                .or_default()
+                .push(FilterVersion {
+                    sha256: sha256.clone(),
+                    size,
+                    pushed: now(),
+                });
+        }
+        let note = next
+            .as_ref()
+            .and_then(|c| not_running(&c.mesh, &name, &sha256));
         let version = next.as_ref().map(|c| c.version.version);
         if let Some(c) = &next {
             state.versions.push(c.version.clone());
@@ -117,17 +148,25 @@ impl Shared {
             size,
             version: version.or(live),
             changed: true,
+            note,
         })
     }
 
-    /// Make a mesh config live, with the latest version of every pushed filter.
+    /// Make a mesh config live, with the filter versions the live version uses (the
+    /// latest pushes, unless a rollback brought back earlier ones), and the latest
+    /// version of every filter it does not have.
     pub async fn apply(self: &Arc<Self>, file: String, text: String) -> Result<u64, ApiError> {
         let mesh =
             MeshConfig::parse(&text, &file).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
         let _write = self.write.lock().await;
         let published = self.snapshot();
-        let filters = published.state.latest_filters();
+        let mut filters = published.state.latest_filters();
+        if let Some(current) = &published.current {
+            // Applying a mesh config changes the mesh, not which filter versions run:
+            // a rollback stays rolled back until a push says otherwise.
+            filters.extend(current.version.filters.clone());
+        }
         let configs = mesh
             .validate(&filters)
             .map_err(|e| ApiError::unprocessable(e.to_string()))?;
@@ -226,6 +265,42 @@ fn new_version(
         mesh_file: mesh_file.to_owned(),
         mesh: mesh.to_owned(),
         filters,
+    })
+}
+
+/// Why no proxy runs module `sha256` as filter `name` under `mesh`, if none does.
+fn not_running(mesh: &MeshConfig, name: &str, sha256: &str) -> Option<String> {
+    let wanted = ModuleRef::Pushed(name.to_owned());
+    let mut pins = Vec::new();
+    for (g, group) in mesh.proxies.iter().enumerate() {
+        for (l, listener) in group.listeners.iter().enumerate() {
+            for (j, f) in listener.filters.iter().enumerate() {
+                if ModuleRef::parse(&f.module.value).as_ref() != Ok(&wanted) {
+                    continue;
+                }
+                match &f.sha256 {
+                    Some(pin) if !pin.value.eq_ignore_ascii_case(sha256) => pins.push(format!(
+                        "{}:{}:{}: proxies[{g}].listeners[{l}].filters[{j}]",
+                        mesh.file,
+                        pin.referenced.line(),
+                        pin.referenced.column()
+                    )),
+                    _ => return None,
+                }
+            }
+        }
+    }
+    Some(if pins.is_empty() {
+        format!(
+            "no proxy runs it: no group of the live mesh config uses filter:{name}; \
+             apply one that does"
+        )
+    } else {
+        format!(
+            "no proxy runs it: the live mesh config pins another version of filter:{name} \
+             at {}; change the pin and apply",
+            pins.join(", ")
+        )
     })
 }
 

@@ -34,6 +34,13 @@ pub enum ServerError {
         /// The token file.
         path: PathBuf,
     },
+    /// The API token and the proxy token are the same, so each role could act as the
+    /// other.
+    #[error(
+        "the API token and the proxy token are the same; give each its own \
+         (WEFT_TOKEN and WEFT_PROXY_TOKEN, or the files token and proxy-token)"
+    )]
+    SameToken,
     /// The filter engine, used to check filters and their configs, could not start.
     #[error("filter engine: {0}")]
     Engine(#[from] weft_engine::LoadError),
@@ -84,6 +91,10 @@ impl ApiError {
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, message)
     }
 }
 

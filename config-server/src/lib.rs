@@ -2,15 +2,17 @@
 //! checks every change by loading it, and streams snapshots to the proxies.
 //!
 //! 1. [`start`] with [`Options`]: the data folder is created (0700) or loaded, an API
-//!    token is created on first start, and one port serves both the HTTP JSON API
-//!    (described by `GET /v1/openapi.yaml`) and the gRPC `Control` service.
+//!    token for operators and a proxy token for proxies are created on first start,
+//!    and one port serves both the HTTP JSON API (described by
+//!    `GET /v1/openapi.yaml`) and the gRPC `Control` service. Every connection is
+//!    bounded in time and in number ([`Limits`]).
 //! 2. Push filters (`PUT /v1/filters/{name}`) and apply a mesh config
 //!    (`PUT /v1/mesh`). Each change is checked the way a proxy would load it (every
 //!    module compiled, every filter's `init` given its config) and stored only if it
 //!    passes; each accepted change is a new numbered version.
-//! 3. Proxies subscribe over gRPC: each gets the current snapshot for the group that
-//!    selects it, with the modules it lacks, and every later version; their ACKs and
-//!    NACKs show in `GET /v1/proxies`.
+//! 3. Proxies subscribe over gRPC with the proxy token: each gets the current
+//!    snapshot for the group that selects it, with the modules it lacks, and every
+//!    later version; their ACKs and NACKs show in `GET /v1/proxies`.
 //! 4. [`RunningServer::shutdown`] ends the proxies' streams (they reconnect to the
 //!    next server) and stops.
 //!
@@ -24,6 +26,9 @@
 //! if let Some(token) = server.created_token() {
 //!     println!("API token (kept in {}): {token}", server.token_file().display());
 //! }
+//! if let Some(token) = server.created_proxy_token() {
+//!     println!("proxy token (kept in {}): {token}", server.proxy_token_file().display());
+//! }
 //! println!("serving on {}", server.addr());
 //! server.shutdown().await;
 //! # Ok(()) }
@@ -35,6 +40,7 @@ mod api;
 mod auth;
 mod changes;
 mod error;
+mod serve;
 mod store;
 mod stream;
 mod validate;
@@ -60,25 +66,85 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Options {
     /// Where to serve HTTP and gRPC; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// Where filters, versions and the token are kept.
+    /// Where filters, versions and the tokens are kept.
     pub data_dir: PathBuf,
-    /// The API token; none: the token file's, created on first start.
+    /// The API token operators write with; none: the token file's (`token`),
+    /// created on first start.
     pub token: Option<String>,
+    /// The token proxies subscribe with; none: the proxy token file's
+    /// (`proxy-token`), created on first start. It must differ from the API token:
+    /// neither is accepted where the other is expected.
+    pub proxy_token: Option<String>,
     /// Largest filter module accepted, in bytes.
     pub max_filter_size: usize,
+    /// Bounds on connections and on what proxies may register.
+    pub limits: Limits,
 }
 
 impl Options {
     /// Default largest filter module: 16 MiB.
     pub const DEFAULT_MAX_FILTER_SIZE: usize = 16 << 20;
 
-    /// Options with the token from the data folder and the default size limit.
+    /// Options with the tokens from the data folder and the default limits.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
             data_dir,
             token: None,
+            proxy_token: None,
             max_filter_size: Self::DEFAULT_MAX_FILTER_SIZE,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Bounds on every connection and on the proxy registry, so that no peer (with or
+/// without a token) can hold the server's memory, sockets or tasks for ever.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; past it, new connections wait in the kernel's
+    /// accept queue until one closes.
+    pub max_connections: usize,
+    /// A new connection must send a whole request head within this long, and an
+    /// HTTP/1 keep-alive connection its next one.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress (an HTTP/2 one, or an HTTP/1 one
+    /// between requests) is closed after this long. A proxy's stream is a request in
+    /// progress for as long as it lasts, so it is never idle.
+    pub idle_timeout: Duration,
+    /// A request body (a pushed module, a mesh config) must arrive within this long.
+    pub body_timeout: Duration,
+    /// HTTP/2 connections are pinged after this long without traffic, so a peer that
+    /// vanished (its host died, a network cut) is noticed and its stream ended.
+    pub keepalive_interval: Duration,
+    /// A ping not answered within this long closes the connection.
+    pub keepalive_timeout: Duration,
+    /// Proxies (node ids) the registry keeps, connected or not. When it is full, the
+    /// node disconnected longest (past `node_hold`) is forgotten to make room; when
+    /// none is, new nodes are refused with RESOURCE_EXHAUSTED.
+    pub max_proxies: usize,
+    /// After a node's stream ends, its node id stays bound to its instance secret for
+    /// this long: only the same proxy process may reconnect under it meanwhile.
+    pub node_hold: Duration,
+    /// A node disconnected for this long is forgotten (no longer listed).
+    pub forget_after: Duration,
+}
+
+impl Default for Limits {
+    /// 1024 connections, 10 s for a request head, 60 s idle, 60 s for a body, pings
+    /// every 20 s answered within 20 s, 1000 proxies, node ids held 15 s, forgotten
+    /// after 10 minutes.
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(20),
+            max_proxies: 1000,
+            node_hold: Duration::from_secs(15),
+            forget_after: Duration::from_secs(600),
         }
     }
 }
@@ -89,6 +155,8 @@ pub struct RunningServer {
     addr: SocketAddr,
     token_file: PathBuf,
     created_token: Option<String>,
+    proxy_token_file: PathBuf,
+    created_proxy_token: Option<String>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -107,6 +175,17 @@ impl RunningServer {
     /// The file the token is kept in.
     pub fn token_file(&self) -> &Path {
         &self.token_file
+    }
+
+    /// The proxy token, only when this start created it, so it is shown once.
+    pub fn created_proxy_token(&self) -> Option<&str> {
+        self.created_proxy_token.as_deref()
+    }
+
+    /// The file the proxy token is kept in; proxies read it with
+    /// `--proxy-token-file`.
+    pub fn proxy_token_file(&self) -> &Path {
+        &self.proxy_token_file
     }
 
     /// End every proxy stream, let requests in flight finish, and stop.
@@ -158,7 +237,9 @@ pub(crate) struct Shared {
     pub store: Store,
     pub engine: Engine,
     pub token: String,
+    pub proxy_token: String,
     pub max_filter_size: usize,
+    pub limits: Limits,
     /// Readers borrow; writers replace under `write`. Streams wait on it for new
     /// versions.
     pub published: watch::Sender<Arc<Published>>,
@@ -178,12 +259,19 @@ impl Shared {
 pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
     let data_dir = opts.data_dir.clone();
     let token_file = data_dir.join("token");
+    let proxy_token_file = data_dir.join("proxy-token");
     let loaded = {
-        let token_file = token_file.clone();
-        let given = opts.token.clone();
+        let (token_file, proxy_token_file) = (token_file.clone(), proxy_token_file.clone());
+        let (given, given_proxy) = (opts.token.clone(), opts.proxy_token.clone());
         tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
             let store = Store::open(&data_dir)?;
-            let (token, created) = auth::load_token(given, &data_dir, &token_file)?;
+            let token = auth::load_token(given, &data_dir, &token_file)?;
+            let proxy_token = auth::load_token(given_proxy, &data_dir, &proxy_token_file)?;
+            // One secret for both would let every proxy write, and every operator
+            // token leak to proxies: the two roles stay apart.
+            if token.0 == proxy_token.0 {
+                return Err(ServerError::SameToken);
+            }
             let state = store.load()?;
             let current = match state.current() {
                 Some(v) => Some(Arc::new(Current::parse(v.clone()).map_err(|message| {
@@ -195,12 +283,12 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
                 None => None,
             };
             let engine = Engine::new()?;
-            Ok((store, token, created, state, current, engine))
+            Ok((store, token, proxy_token, state, current, engine))
         })
         .await
         .map_err(|e| ServerError::Internal(e.to_string()))??
     };
-    let (store, token, created, state, current, engine) = loaded;
+    let (store, (token, created), (proxy_token, created_proxy), state, current, engine) = loaded;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -217,34 +305,26 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
         store,
         engine,
         token: token.clone(),
+        proxy_token: proxy_token.clone(),
         max_filter_size: opts.max_filter_size,
+        limits: opts.limits,
         published: watch::Sender::new(Arc::new(Published { state, current })),
         write: tokio::sync::Mutex::new(()),
-        proxies: stream::Registry::default(),
+        proxies: stream::Registry::new(&opts.limits),
         stop: stop_rx.clone(),
     });
     let app = api::router(shared.clone())
         .merge(stream::router(shared))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed);
-    let mut stopped = stop_rx;
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    });
-    let task = tokio::spawn(async move {
-        if let Err(e) = serve.await {
-            tracing::error!("config server stopped: {e}");
-        }
-    });
+    let task = tokio::spawn(serve::serve(listener, app, opts.limits, stop_rx));
     tracing::info!(%addr, data_dir = %opts.data_dir.display(), versions, "config server started");
     Ok(RunningServer {
         addr,
         token_file,
         created_token: created.then_some(token),
+        proxy_token_file,
+        created_proxy_token: created_proxy.then_some(proxy_token),
         stop,
         task: Some(task),
     })

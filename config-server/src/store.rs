@@ -3,7 +3,10 @@
 //! - `modules/<sha256>.wasm`: filter modules, content-addressed, written before any
 //!   state that references them.
 //! - `state.json`: every pushed filter version and every mesh version.
-//! - `token`: the API token.
+//! - `token`: the API token; `proxy-token`: the proxies' token.
+//!
+//! The folder is 0700 and every file 0600: the state holds every mesh config, with
+//! the filters' configs and whatever secrets they carry.
 //!
 //! Every file is written to a temporary file, synced, renamed over the old one, and
 //! the folder synced: a crash leaves the old file or the new one, never a torn one.
@@ -97,13 +100,26 @@ pub(crate) struct Store {
 
 impl Store {
     /// Open the data folder, creating it (0700) and its `modules` folder if needed.
+    /// A folder that already exists keeps its mode (it may be shared on purpose), but
+    /// one others can read is reported.
     pub fn open(dir: &Path) -> Result<Self, ServerError> {
+        use std::os::unix::fs::PermissionsExt;
         for d in [dir.to_owned(), dir.join(MODULES_DIR)] {
             DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(&d)
                 .map_err(|source| ServerError::Io { path: d, source })?;
+        }
+        if let Ok(meta) = std::fs::metadata(dir)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                "{} is open to other users (mode {:o}); it holds the tokens and every \
+                 config: chmod 700 it",
+                dir.display(),
+                meta.permissions().mode() & 0o777
+            );
         }
         Ok(Self {
             dir: dir.to_owned(),
@@ -204,6 +220,7 @@ impl Store {
 /// new one: temp file, fsync, rename, fsync of the folder (the rename itself is only
 /// durable once the folder is synced).
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -212,6 +229,9 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> i
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
+        // `mode` applies only to a file created now: a temporary file left by a crash
+        // keeps its own, which must not become the state's.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, dir.join(name))?;
@@ -273,6 +293,23 @@ mod tests {
         assert_eq!(back.latest("auth").unwrap().sha256, sha);
         assert_eq!(back.next_version(), 2);
         assert_eq!(store.read_module(&sha).unwrap().unwrap(), b"\0asm");
+        let mode = std::fs::metadata(store.state_file())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_temporary_file_left_by_a_crash_does_not_lend_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("leftover");
+        let store = Store::open(&dir).unwrap();
+        let tmp = dir.join(".state.json.tmp");
+        std::fs::write(&tmp, "half a state").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        store.save(&State::default()).unwrap();
         let mode = std::fs::metadata(store.state_file())
             .unwrap()
             .permissions()

@@ -1,37 +1,76 @@
 //! The gRPC `Control` service: one stream per proxy, snapshots out, ACKs and NACKs
 //! in, and the registry of proxies that `GET /v1/proxies` shows.
+//!
+//! A stream must carry the proxy token (`authorization: Bearer TOKEN` metadata); the
+//! API token is refused here as the proxy token is refused by the API. What a proxy
+//! says about itself is bounded (see the `MAX_*` constants), and so is the number of
+//! proxies kept ([`crate::Limits::max_proxies`]).
+//!
+//! A node id is bound to the instance secret of the proxy process that registered
+//! it (`Hello.instance`). While the node's stream is live, and for
+//! [`crate::Limits::node_hold`] after it ends, only a stream with the same secret may
+//! use the node id: it replaces the old stream (the same proxy reconnecting, say
+//! after a network cut the server has not noticed yet). Any other stream is refused
+//! with ALREADY_EXISTS, so a second proxy, or anyone holding the shared proxy token,
+//! cannot take over a live proxy's stream. After the hold, a new process (a
+//! restarted proxy) may take the node id.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weft_api::proxy_message::Kind;
-use weft_api::{Control, ControlServer, Hello, MAX_MESSAGE_SIZE, Module, ProxyMessage, Snapshot};
+use weft_api::{
+    Ack, Control, ControlServer, Hello, MAX_MESSAGE_SIZE, MAX_PROXY_MESSAGE_SIZE, Module,
+    ProxyMessage, Snapshot,
+};
 
-use crate::store::now;
-use crate::{Current, Shared};
+use crate::{Current, Limits, Shared, auth};
 
 /// A stream that says nothing is not a proxy; do not keep it.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest node id and service name: a DNS name's length.
+pub(crate) const MAX_NAME_LEN: usize = 253;
+/// Most labels a proxy may carry.
+pub(crate) const MAX_LABELS: usize = 32;
+/// Longest label key, and longest label value.
+pub(crate) const MAX_LABEL_LEN: usize = 253;
+/// Longest agent (Weft version) string.
+const MAX_AGENT_LEN: usize = 64;
+/// Shortest and longest instance secret.
+const INSTANCE_LEN: std::ops::RangeInclusive<usize> = 16..=128;
+/// Most listeners an ACK may report.
+const MAX_LISTENERS: usize = 64;
+/// Most filters a Hello or an ACK may report.
+const MAX_FILTERS: usize = 64;
+/// A NACK's reason is kept up to this many bytes.
+const MAX_ERROR_LEN: usize = 2048;
 
 /// The `Control` service as routes to merge with the HTTP API on one port.
 pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
     let server = ControlServer::new(ControlService { shared })
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        // Proxies say little; only snapshots, which carry modules, are large.
+        .max_decoding_message_size(MAX_PROXY_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     tonic::service::Routes::new(server).into_axum_router()
 }
 
-/// Every proxy that ever connected since the server started, by node id.
-#[derive(Debug, Default)]
+/// The proxies that connected, by node id: connected ones, and disconnected ones
+/// until they are forgotten.
+#[derive(Debug)]
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
+    max_proxies: usize,
+    hold: Duration,
+    forget_after: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -45,8 +84,20 @@ struct Entry {
     view: ProxyView,
     /// Which stream owns the entry: a stale stream must not update its successor.
     stream: u64,
-    /// Dropped when a newer stream of the same node replaces this one, which ends it.
-    _ends_stream: oneshot::Sender<()>,
+    /// sha256 of the instance secret the node id is bound to.
+    instance: [u8; 32],
+    /// Held while the stream is live; dropped when a newer stream of the same
+    /// instance replaces it, which ends it.
+    live: Option<oneshot::Sender<()>>,
+    /// When its last stream ended.
+    ended: Option<Instant>,
+}
+
+impl Entry {
+    /// Whether another instance may take the node id over at `now`.
+    fn released(&self, now: Instant, hold: Duration) -> bool {
+        self.live.is_none() && self.ended.is_some_and(|t| now.duration_since(t) >= hold)
+    }
 }
 
 /// One proxy as `GET /v1/proxies` shows it.
@@ -66,6 +117,8 @@ pub(crate) struct ProxyView {
     applied: Option<u64>,
     /// Listener name to bound address, from its last ACK.
     listeners: BTreeMap<String, String>,
+    /// Pushed filter name to the sha256 it runs, from its last ACK (or its Hello).
+    filters: BTreeMap<String, String>,
     last: Option<Outcome>,
 }
 
@@ -77,13 +130,84 @@ struct Outcome {
     error: Option<String>,
 }
 
+/// A registered stream: its number, and what ends it when a newer one replaces it.
+struct Registered {
+    stream: u64,
+    replaced: oneshot::Receiver<()>,
+}
+
 impl Registry {
-    /// Record a new stream for `hello.node`, replacing (and ending) an older one.
-    fn connect(&self, hello: &Hello, peer: Option<SocketAddr>) -> (u64, oneshot::Receiver<()>) {
-        let (tx, rx) = oneshot::channel();
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            inner: Mutex::default(),
+            max_proxies: limits.max_proxies.max(1),
+            hold: limits.node_hold,
+            forget_after: limits.forget_after,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (now, forget_after) = (Instant::now(), self.forget_after);
+        inner
+            .proxies
+            .retain(|_, e| e.ended.is_none_or(|t| now.duration_since(t) < forget_after));
+        inner
+    }
+
+    /// Record a new stream for `hello.node`, if the node id is free, bound to the
+    /// same instance, or released; a stream of the same instance is replaced (and
+    /// ended).
+    fn connect(&self, hello: &Hello, peer: Option<SocketAddr>) -> Result<Registered, Status> {
+        let instance: [u8; 32] = Sha256::digest(hello.instance.as_bytes()).into();
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let node = hello.node.as_str();
+        match inner.proxies.get(node) {
+            Some(e) if !auth::same(&e.instance, &instance) && !e.released(now, self.hold) => {
+                let why = if e.live.is_some() {
+                    format!("node {node:?} is connected as another proxy instance")
+                } else {
+                    let ago = e.ended.map_or(Duration::ZERO, |t| now.duration_since(t));
+                    format!(
+                        "node {node:?} was connected as another proxy instance {}s ago; \
+                         another instance may take it {}s after that stream ended",
+                        ago.as_secs(),
+                        self.hold.as_secs()
+                    )
+                };
+                return Err(Status::already_exists(format!(
+                    "{why}: give each proxy its own --node"
+                )));
+            }
+            Some(_) => {}
+            None if inner.proxies.len() < self.max_proxies => {}
+            None => {
+                // Make room: forget the node disconnected longest, if it is released.
+                let oldest = inner
+                    .proxies
+                    .iter()
+                    .filter(|(_, e)| e.released(now, self.hold))
+                    .min_by_key(|(_, e)| e.ended)
+                    .map(|(k, _)| k.clone());
+                match oldest {
+                    Some(k) => {
+                        inner.proxies.remove(&k);
+                    }
+                    None => {
+                        return Err(Status::resource_exhausted(format!(
+                            "the config server keeps at most {} proxies and every one is \
+                             connected or was recently; raise its --max-proxies",
+                            self.max_proxies
+                        )));
+                    }
+                }
+            }
+        }
+        let (tx, replaced) = oneshot::channel();
         inner.next_stream += 1;
         let stream = inner.next_stream;
+        let serving = hello.version != 0;
         let view = ProxyView {
             node: hello.node.clone(),
             service: hello.service.clone(),
@@ -91,10 +215,15 @@ impl Registry {
             agent: hello.agent.clone(),
             connected: true,
             peer: peer.map(|p| p.to_string()),
-            since: now(),
+            since: crate::store::now(),
             group: None,
-            applied: (hello.version != 0).then_some(hello.version),
+            applied: serving.then_some(hello.version),
             listeners: BTreeMap::new(),
+            filters: if serving {
+                hello.filters.clone()
+            } else {
+                BTreeMap::new()
+            },
             last: None,
         };
         inner.proxies.insert(
@@ -102,15 +231,17 @@ impl Registry {
             Entry {
                 view,
                 stream,
-                _ends_stream: tx,
+                instance,
+                live: Some(tx),
+                ended: None,
             },
         );
-        (stream, rx)
+        Ok(Registered { stream, replaced })
     }
 
     /// Change a proxy's entry, if `stream` still owns it.
     fn update(&self, node: &str, stream: u64, f: impl FnOnce(&mut ProxyView)) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.lock();
         if let Some(entry) = inner.proxies.get_mut(node)
             && entry.stream == stream
         {
@@ -118,11 +249,144 @@ impl Registry {
         }
     }
 
+    /// The stream ended; the node id stays bound to its instance for the hold.
+    fn disconnect(&self, node: &str, stream: u64) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.proxies.get_mut(node)
+            && entry.stream == stream
+        {
+            entry.view.connected = false;
+            entry.live = None;
+            entry.ended = Some(Instant::now());
+        }
+    }
+
     /// Every proxy, by node id.
     pub fn list(&self) -> Vec<ProxyView> {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.proxies.values().map(|e| e.view.clone()).collect()
+        self.lock()
+            .proxies
+            .values()
+            .map(|e| e.view.clone())
+            .collect()
     }
+}
+
+/// Why a Hello is refused, if it is: what a proxy says about itself is kept for
+/// as long as it is registered, and shown to operators.
+fn check_hello(hello: &Hello) -> Result<(), String> {
+    check_name("Hello.node", &hello.node)?;
+    check_name("Hello.service", &hello.service)?;
+    if !INSTANCE_LEN.contains(&hello.instance.len()) {
+        return Err(format!(
+            "Hello.instance must be a random secret of {} to {} bytes, drawn once per proxy process",
+            INSTANCE_LEN.start(),
+            INSTANCE_LEN.end()
+        ));
+    }
+    if hello.labels.len() > MAX_LABELS {
+        return Err(format!(
+            "Hello.labels: {} labels; at most {MAX_LABELS}",
+            hello.labels.len()
+        ));
+    }
+    for (k, v) in &hello.labels {
+        check_text("Hello.labels key", k, MAX_LABEL_LEN)?;
+        if k.is_empty() {
+            return Err("Hello.labels: a key is empty".into());
+        }
+        check_text(&format!("Hello.labels[{}]", short(k)), v, MAX_LABEL_LEN)?;
+    }
+    check_text("Hello.agent", &hello.agent, MAX_AGENT_LEN)?;
+    check_filters("Hello.filters", &hello.filters)
+}
+
+/// Why an ACK is refused, if it is.
+fn check_ack(ack: &Ack) -> Result<(), String> {
+    if ack.listeners.len() > MAX_LISTENERS {
+        return Err(format!(
+            "Ack.listeners: {} listeners; at most {MAX_LISTENERS}",
+            ack.listeners.len()
+        ));
+    }
+    for l in &ack.listeners {
+        check_text("Ack.listeners name", &l.name, MAX_NAME_LEN)?;
+        check_text("Ack.listeners address", &l.address, MAX_NAME_LEN)?;
+    }
+    check_filters("Ack.filters", &ack.filters)
+}
+
+fn check_filters(what: &str, filters: &BTreeMap<String, String>) -> Result<(), String> {
+    if filters.len() > MAX_FILTERS {
+        return Err(format!(
+            "{what}: {} filters; at most {MAX_FILTERS}",
+            filters.len()
+        ));
+    }
+    for (name, shas) in filters {
+        crate::validate::check_name(name).map_err(|e| format!("{what}: {e}"))?;
+        let ok = shas
+            .split(',')
+            .all(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok || shas.len() > 65 * MAX_FILTERS {
+            return Err(format!(
+                "{what}[{name}]: not a sha256 (64 hex digits), nor a list of them"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_name(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    check_text(what, value, MAX_NAME_LEN)
+}
+
+/// At most `max` bytes, and no control characters: these are printed on operators'
+/// terminals.
+fn check_text(what: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!("{what}: {} bytes; at most {max}", value.len()));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} {:?} holds control characters",
+            short(value)
+        ));
+    }
+    Ok(())
+}
+
+/// The start of a long value, to name it in an error.
+fn short(s: &str) -> String {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// The start of a NACK's reason, at most [`MAX_ERROR_LEN`] bytes.
+fn truncate_error(mut error: String) -> String {
+    if error.len() > MAX_ERROR_LEN {
+        let mut end = MAX_ERROR_LEN;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+        error.push_str(" [...]");
+    }
+    error
+}
+
+/// The modules a proxy says it keeps, as sha256 (lower-case hex); anything else is
+/// not a module name and is ignored.
+fn module_set(modules: &[String]) -> HashSet<String> {
+    modules
+        .iter()
+        .filter(|m| m.len() == 64 && m.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|m| m.to_ascii_lowercase())
+        .collect()
 }
 
 struct ControlService {
@@ -141,6 +405,22 @@ impl Control for ControlService {
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
+        // Nothing is read from a stream without the proxy token.
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if !auth::bearer_matches(given, &self.shared.proxy_token) {
+            let why = if given.is_none() {
+                "Subscribe needs the proxy token: send the metadata `authorization: Bearer TOKEN`"
+            } else if auth::bearer_matches(given, &self.shared.token) {
+                "this is the API token; Subscribe needs the proxy token"
+            } else {
+                "the proxy token is wrong"
+            };
+            tracing::warn!(?peer, "refused a proxy stream: {why}");
+            return Err(Status::unauthenticated(why));
+        }
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
@@ -158,13 +438,29 @@ impl Control for ControlService {
                 ));
             }
         };
-        if hello.node.is_empty() {
-            return Err(Status::invalid_argument("Hello.node must not be empty"));
-        }
+        check_hello(&hello).map_err(|why| {
+            tracing::warn!(?peer, "refused a proxy stream: {why}");
+            Status::invalid_argument(why)
+        })?;
+        let registered = self.shared.proxies.connect(&hello, peer).inspect_err(|s| {
+            tracing::warn!(
+                ?peer,
+                node = hello.node,
+                "refused a proxy stream: {}",
+                s.message()
+            );
+        })?;
         // Two: the snapshot being read and the next one; a proxy that reads no more
         // holds up only its own stream.
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(serve_proxy(self.shared.clone(), hello, peer, inbound, tx));
+        tokio::spawn(serve_proxy(
+            self.shared.clone(),
+            hello,
+            registered,
+            peer,
+            inbound,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -173,17 +469,17 @@ impl Control for ControlService {
 async fn serve_proxy(
     shared: Arc<Shared>,
     hello: Hello,
+    registered: Registered,
     peer: Option<SocketAddr>,
     mut inbound: Streaming<ProxyMessage>,
     tx: mpsc::Sender<Result<Snapshot, Status>>,
 ) {
-    let (stream, mut replaced) = shared.proxies.connect(&hello, peer);
+    let Registered {
+        stream,
+        mut replaced,
+    } = registered;
     let node = hello.node.as_str();
-    let mut has: HashSet<String> = hello
-        .modules
-        .iter()
-        .map(|m| m.to_ascii_lowercase())
-        .collect();
+    let mut has = module_set(&hello.modules);
     // The version the proxy serves or was last sent: never send it again.
     let mut serving = hello.version;
     let mut seen = None;
@@ -231,20 +527,25 @@ async fn serve_proxy(
             changed = published.changed() => if changed.is_err() { break None },
             msg = inbound.message() => match msg {
                 Ok(Some(ProxyMessage { kind: Some(Kind::Ack(ack)) })) => {
-                    has = ack.modules.iter().map(|m| m.to_ascii_lowercase()).collect();
+                    if let Err(why) = check_ack(&ack) {
+                        break Some(Status::invalid_argument(why));
+                    }
+                    has = module_set(&ack.modules);
                     let listeners = ack.listeners.into_iter().map(|l| (l.name, l.address)).collect();
                     shared.proxies.update(node, stream, |v| {
                         v.applied = Some(ack.version);
                         v.listeners = listeners;
+                        v.filters = ack.filters;
                         v.last = Some(Outcome { version: ack.version, result: "ack", error: None });
                     });
                     tracing::info!(node, version = ack.version, "proxy applied the snapshot");
                 }
                 Ok(Some(ProxyMessage { kind: Some(Kind::Nack(nack)) })) => {
-                    has = nack.modules.iter().map(|m| m.to_ascii_lowercase()).collect();
-                    tracing::warn!(node, version = nack.version, error = nack.error, "proxy refused the snapshot");
+                    has = module_set(&nack.modules);
+                    let error = truncate_error(nack.error);
+                    tracing::warn!(node, version = nack.version, error, "proxy refused the snapshot");
                     shared.proxies.update(node, stream, |v| {
-                        v.last = Some(Outcome { version: nack.version, result: "nack", error: Some(nack.error) });
+                        v.last = Some(Outcome { version: nack.version, result: "nack", error: Some(error) });
                     });
                 }
                 Ok(Some(_)) => break Some(Status::invalid_argument(
@@ -257,7 +558,7 @@ async fn serve_proxy(
                 }
             },
             _ = &mut replaced => break Some(Status::aborted(
-                "a newer stream from the same node replaced this one",
+                "a newer stream from the same proxy replaced this one",
             )),
             _ = stop.wait_for(|s| *s) => break Some(Status::unavailable("the config server is shutting down")),
             () = tx.closed() => break None,
@@ -268,7 +569,7 @@ async fn serve_proxy(
         // A proxy that reads nothing more does not get to hold this task.
         let _ = tx.try_send(Err(status));
     }
-    shared.proxies.update(node, stream, |v| v.connected = false);
+    shared.proxies.disconnect(node, stream);
     tracing::info!(node, "proxy disconnected");
 }
 
@@ -309,4 +610,94 @@ async fn snapshot_for(
         filters: version.filters.clone(),
         modules,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(node: &str) -> Hello {
+        Hello {
+            node: node.into(),
+            service: "web".into(),
+            instance: "i".repeat(32),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hellos_are_bounded() {
+        assert_eq!(check_hello(&hello("web-1")), Ok(()));
+        let mut h = hello("web-1");
+        h.labels = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
+        assert_eq!(
+            check_hello(&h),
+            Err("Hello.labels: 33 labels; at most 32".into())
+        );
+        let mut h = hello("web-1");
+        h.labels
+            .insert("zone".into(), "a".repeat(MAX_LABEL_LEN + 1));
+        assert_eq!(
+            check_hello(&h),
+            Err("Hello.labels[zone]: 254 bytes; at most 253".into())
+        );
+        let mut h = hello("web-1");
+        h.labels.insert("k".repeat(300), "a".into());
+        assert_eq!(
+            check_hello(&h),
+            Err("Hello.labels key: 300 bytes; at most 253".into())
+        );
+        assert!(
+            check_hello(&hello(""))
+                .unwrap_err()
+                .contains("must not be empty")
+        );
+        assert!(check_hello(&hello(&"n".repeat(254))).is_err());
+        assert!(
+            check_hello(&hello("web\x1b[2J"))
+                .unwrap_err()
+                .contains("control characters")
+        );
+        let mut h = hello("web-1");
+        h.instance = "short".into();
+        assert!(check_hello(&h).unwrap_err().starts_with("Hello.instance"));
+        let mut h = hello("web-1");
+        h.filters.insert("hello".into(), "not a sha".into());
+        assert!(check_hello(&h).unwrap_err().contains("not a sha256"));
+        h.filters.insert(
+            "hello".into(),
+            format!("{},{}", "a".repeat(64), "b".repeat(64)),
+        );
+        assert_eq!(check_hello(&h), Ok(()));
+    }
+
+    #[test]
+    fn long_nack_reasons_are_cut_at_a_character() {
+        let cut = truncate_error("é".repeat(MAX_ERROR_LEN));
+        assert!(cut.len() <= MAX_ERROR_LEN + 6, "{}", cut.len());
+        assert!(cut.ends_with(" [...]"));
+        assert_eq!(truncate_error("short".into()), "short");
+    }
+
+    #[test]
+    fn a_full_registry_forgets_the_node_gone_longest_once_released() {
+        let limits = Limits {
+            max_proxies: 2,
+            node_hold: Duration::ZERO,
+            ..Limits::default()
+        };
+        let registry = Registry::new(&limits);
+        let a = registry.connect(&hello("a"), None).unwrap();
+        let b = registry.connect(&hello("b"), None).unwrap();
+        let full = registry.connect(&hello("c"), None).err().unwrap();
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted);
+        registry.disconnect("b", b.stream);
+        registry.disconnect("a", a.stream);
+        // b is gone longest: it makes room for c; a stays listed.
+        registry.connect(&hello("c"), None).unwrap();
+        let nodes: Vec<String> = registry.list().into_iter().map(|p| p.node).collect();
+        assert_eq!(nodes, ["a", "c"]);
+    }
 }

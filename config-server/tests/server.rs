@@ -15,11 +15,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_api::proxy_message::Kind;
 use weft_api::{Ack, BoundListener, ControlClient, Hello, Nack, ProxyMessage, Snapshot};
-use weft_config_server::{Options, RunningServer};
+use weft_config_server::{Limits, Options, RunningServer};
 use weft_tests::LIMIT;
 use weft_tests::guests::{HELLO, HELLO_P1, STAMP, WRONG_WORLD};
 
 const TOKEN: &str = "test-token";
+const PROXY_TOKEN: &str = "test-proxy-token";
 
 /// Two pushed filters and a built-in, for proxies of service `web`.
 const MESH: &str = "\
@@ -70,8 +71,14 @@ impl Drop for DataDir {
 }
 
 async fn start(dir: &DataDir, token: Option<&str>) -> RunningServer {
+    start_with(dir, token, Limits::default()).await
+}
+
+async fn start_with(dir: &DataDir, token: Option<&str>, limits: Limits) -> RunningServer {
     let mut opts = Options::new("127.0.0.1:0".parse().unwrap(), dir.0.clone());
     opts.token = token.map(str::to_owned);
+    opts.proxy_token = Some(PROXY_TOKEN.to_owned());
+    opts.limits = limits;
     within(weft_config_server::start(opts))
         .await
         .expect("the config server starts")
@@ -183,6 +190,15 @@ struct Proxy {
 }
 
 async fn subscribe(server: &RunningServer, hello: Hello) -> Result<Proxy, tonic::Status> {
+    subscribe_as(server, Some(PROXY_TOKEN), hello).await
+}
+
+/// Subscribe with `token` as the proxy token (none: no `authorization` metadata).
+async fn subscribe_as(
+    server: &RunningServer,
+    token: Option<&str>,
+    hello: Hello,
+) -> Result<Proxy, tonic::Status> {
     let mut client = within(ControlClient::connect(format!("http://{}", server.addr())))
         .await
         .expect("connects")
@@ -194,20 +210,27 @@ async fn subscribe(server: &RunningServer, hello: Hello) -> Result<Proxy, tonic:
         })
         .await
         .unwrap();
-    let snapshots = within(client.subscribe(ReceiverStream::new(rx)))
-        .await?
-        .into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", weft_api::bearer(token).unwrap());
+    }
+    let snapshots = within(client.subscribe(request)).await?.into_inner();
     Ok(Proxy {
         to_server,
         snapshots,
     })
 }
 
+/// The Hello of the proxy process `node` (its instance secret derives from the node
+/// id, so the same node in one test is the same process).
 fn hello(node: &str, service: &str) -> Hello {
     Hello {
         node: node.into(),
         service: service.into(),
         agent: "test".into(),
+        instance: format!("instance-of-{node:<16}"),
         ..Default::default()
     }
 }
@@ -324,7 +347,7 @@ async fn writes_need_the_token() {
     let filters = anonymous.get("/v1/filters").await;
     assert_eq!(filters.status, StatusCode::OK);
     assert_eq!(filters.json["filters"], Value::Array(vec![]));
-    let missing = anonymous.get("/v1/snapshot").await;
+    let missing = api(&server, Some(TOKEN)).get("/v1/snapshot").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.error().contains("no mesh config"));
     let doc = anonymous.get("/v1/openapi.yaml").await;
@@ -463,7 +486,7 @@ async fn mesh_errors_point_at_the_key() {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         r.error().starts_with(
-            "mesh.yaml:16:21: proxies[0].listeners[0].filters[1].config: filter \"stamp\" rejected its config"
+            "mesh.yaml:16:28: proxies[0].listeners[0].filters[1].config.nom: filter \"stamp\" rejected its config"
         ),
         "{}",
         r.error()
@@ -494,7 +517,7 @@ async fn a_push_the_live_mesh_config_rejects_is_refused() {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         r.error().starts_with(
-            "mesh.yaml:19:21: proxies[0].listeners[0].filters[2].config: filter \"hello\" rejected its config: "
+            "mesh.yaml:19:33: proxies[0].listeners[0].filters[2].config.greeting: filter \"hello\" rejected its config: "
         ),
         "{}",
         r.error()
@@ -588,9 +611,18 @@ async fn proxies_get_their_modules_and_report_back() {
                 address: "127.0.0.1:15006".into(),
             }],
             modules: vec![stamp.clone(), hello1.clone()],
+            filters: [
+                ("hello".into(), hello1.clone()),
+                ("stamp".into(), stamp.clone()),
+            ]
+            .into(),
         }))
         .await;
     let p = a.proxy_until("web-1", |p| p["applied"] == 1).await;
+    // Which module the proxy runs for each filter, beside what the live version says.
+    assert_eq!(p["filters"]["hello"], hello1.as_str());
+    let all = a.get("/v1/proxies").await.json;
+    assert_eq!(all["filters"]["hello"], hello1.as_str());
     assert_eq!(p["connected"], true);
     assert_eq!(p["service"], "web");
     assert_eq!(p["group"], 0);
@@ -650,7 +682,11 @@ async fn streams_start_with_hello_and_only_selected_proxies_get_snapshots() {
     let ack = ProxyMessage {
         kind: Some(Kind::Ack(Ack::default())),
     };
-    let refused = within(client.subscribe(tokio_stream::iter([ack]))).await;
+    let mut request = tonic::Request::new(tokio_stream::iter([ack]));
+    request
+        .metadata_mut()
+        .insert("authorization", weft_api::bearer(PROXY_TOKEN).unwrap());
+    let refused = within(client.subscribe(request)).await;
     assert!(
         matches!(&refused, Err(s) if s.code() == tonic::Code::InvalidArgument),
         "{refused:?}"
@@ -728,4 +764,268 @@ async fn a_damaged_state_stops_the_start() {
         std::fs::read_to_string(dir.0.join("state.json")).unwrap(),
         "{ not json"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// Hardening: who may subscribe, what a proxy may say, what a push does, who reads
+// configs.
+
+fn code(r: &Result<Proxy, tonic::Status>) -> Option<tonic::Code> {
+    r.as_ref().err().map(tonic::Status::code)
+}
+
+#[tokio::test]
+async fn the_proxy_stream_needs_the_proxy_token() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    let a = api(&server, Some(TOKEN));
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+    assert_eq!(a.apply(MESH).await.json["version"], 1);
+
+    for (token, why) in [
+        (None, "needs the proxy token"),
+        (Some("guess"), "the proxy token is wrong"),
+        (Some(TOKEN), "this is the API token"),
+    ] {
+        let refused = subscribe_as(&server, token, hello("web-1", "web")).await;
+        let status = refused.as_ref().err().expect("refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains(why), "{status:?}");
+    }
+    // Nothing was registered, let alone sent.
+    assert_eq!(
+        a.get("/v1/proxies").await.json["proxies"],
+        serde_json::json!([])
+    );
+
+    // The proxy token subscribes, and only that: it cannot write.
+    let mut proxy = subscribe(&server, hello("web-1", "web")).await.unwrap();
+    assert_eq!(proxy.next().await.version, 1);
+    let refused = api(&server, Some(PROXY_TOKEN))
+        .push_file("hello", HELLO_P1)
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        refused.error().contains("proxy token"),
+        "{}",
+        refused.error()
+    );
+
+    // The two roles never share one secret.
+    within(server.shutdown()).await;
+    let mut opts = Options::new("127.0.0.1:0".parse().unwrap(), dir.0.clone());
+    opts.token = Some(TOKEN.into());
+    opts.proxy_token = Some(TOKEN.into());
+    let err = within(weft_config_server::start(opts)).await.unwrap_err();
+    assert!(err.to_string().contains("the same"), "{err}");
+}
+
+#[tokio::test]
+async fn a_node_id_stays_with_the_proxy_that_holds_it() {
+    let dir = DataDir::new();
+    let limits = Limits {
+        node_hold: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let server = start_with(&dir, Some(TOKEN), limits).await;
+    let a = api(&server, Some(TOKEN));
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    let mut owner = subscribe(&server, hello("web-1", "web")).await.unwrap();
+    assert_eq!(owner.next().await.version, 1);
+
+    // Another process with the proxy token cannot take the node id over...
+    let intruder = Hello {
+        instance: "another-process-secret".into(),
+        ..hello("web-1", "web")
+    };
+    for _ in 0..5 {
+        let refused = subscribe(&server, intruder.clone()).await;
+        assert_eq!(code(&refused), Some(tonic::Code::AlreadyExists));
+    }
+    // ...and the owner's stream lives on: it still gets the next version.
+    assert_eq!(a.push_file("hello", HELLO_P1).await.json["version"], 2);
+    assert_eq!(owner.next().await.version, 2);
+
+    // Once the owner is gone for the hold, a restarted proxy (a new process) may
+    // take the node id; right after, not yet.
+    drop(owner);
+    a.proxy_until("web-1", |p| p["connected"] == false).await;
+    let early = subscribe(&server, intruder.clone()).await;
+    assert_eq!(code(&early), Some(tonic::Code::AlreadyExists));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut restarted = subscribe(&server, intruder).await.unwrap();
+    assert_eq!(restarted.next().await.version, 2);
+    within(server.shutdown()).await;
+}
+
+#[tokio::test]
+async fn what_a_proxy_says_about_itself_is_bounded() {
+    let dir = DataDir::new();
+    let limits = Limits {
+        max_proxies: 3,
+        node_hold: Duration::ZERO,
+        forget_after: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let server = start_with(&dir, Some(TOKEN), limits).await;
+    let a = api(&server, Some(TOKEN));
+
+    // A message over 64 KiB is refused before it is read.
+    let mut huge = hello("big", "web");
+    huge.labels.insert("blob".into(), "x".repeat(256 << 10));
+    let refused = subscribe(&server, huge).await;
+    assert_eq!(
+        code(&refused),
+        Some(tonic::Code::OutOfRange),
+        "{:?}",
+        refused.err()
+    );
+    // Within it, labels are still bounded in number and size.
+    let mut many = hello("many", "web");
+    many.labels = (0..100).map(|i| (format!("k{i}"), "v".into())).collect();
+    let refused = subscribe(&server, many).await;
+    assert_eq!(code(&refused), Some(tonic::Code::InvalidArgument));
+    let mut long = hello("long", "web");
+    long.labels.insert("zone".into(), "z".repeat(1000));
+    let refused = subscribe(&server, long).await;
+    assert_eq!(code(&refused), Some(tonic::Code::InvalidArgument));
+    let no_secret = Hello {
+        instance: String::new(),
+        ..hello("web-9", "web")
+    };
+    assert_eq!(
+        code(&subscribe(&server, no_secret).await),
+        Some(tonic::Code::InvalidArgument)
+    );
+
+    // The registry holds at most three nodes while they are connected...
+    let mut live = Vec::new();
+    for n in 0..3 {
+        live.push(
+            subscribe(&server, hello(&format!("web-{n}"), "web"))
+                .await
+                .unwrap(),
+        );
+    }
+    a.proxy_until("web-2", |p| p["connected"] == true).await;
+    let full = subscribe(&server, hello("web-3", "web")).await;
+    assert_eq!(code(&full), Some(tonic::Code::ResourceExhausted));
+    let listed = a.get("/v1/proxies").await.json;
+    assert_eq!(listed["proxies"].as_array().unwrap().len(), 3);
+
+    // ...and forgets the ones gone for long: they make room.
+    drop(live);
+    a.proxy_until("web-0", |p| p["connected"] == false).await;
+    within(async {
+        loop {
+            let listed = a.get("/v1/proxies").await.json;
+            if listed["proxies"].as_array().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let _room = subscribe(&server, hello("web-3", "web")).await.unwrap();
+    a.proxy_until("web-3", |p| p["connected"] == true).await;
+    within(server.shutdown()).await;
+}
+
+#[tokio::test]
+async fn a_push_after_a_rollback_makes_its_module_live() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    let a = api(&server, Some(TOKEN));
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    let (old, new) = (sha256(HELLO), sha256(HELLO_P1));
+    assert_eq!(a.push_file("hello", HELLO_P1).await.json["version"], 2);
+    let r = a.call(Method::POST, "/v1/rollback/1", Bytes::new()).await;
+    assert_eq!(r.json["version"], 3);
+    assert_eq!(
+        a.get("/v1/snapshot").await.json["filters"]["hello"],
+        old.as_str()
+    );
+
+    // Applying a mesh config does not undo the rollback behind the operator's back.
+    assert_eq!(
+        a.apply(&MESH.replace("greeting: hi", "greeting: hey"))
+            .await
+            .json["version"],
+        4
+    );
+    assert_eq!(
+        a.get("/v1/snapshot").await.json["filters"]["hello"],
+        old.as_str()
+    );
+
+    // Pushing the newer module again makes it live, and says so.
+    let pushed = a.push_file("hello", HELLO_P1).await;
+    assert_eq!(pushed.json["version"], 5, "{}", pushed.json);
+    assert_eq!(pushed.json["changed"], true);
+    assert_eq!(
+        a.get("/v1/snapshot").await.json["filters"]["hello"],
+        new.as_str()
+    );
+    // Pushing it once more changes nothing, and says that too.
+    let again = a.push_file("hello", HELLO_P1).await;
+    assert_eq!(again.json["version"], 5);
+    assert_eq!(again.json["changed"], false);
+
+    // A pushed module no proxy will run comes with the reason.
+    let unused = a.push_file("unused", STAMP).await;
+    assert!(
+        unused.json["note"].as_str().unwrap().contains("no group"),
+        "{}",
+        unused.json
+    );
+    within(server.shutdown()).await;
+}
+
+#[tokio::test]
+async fn configs_are_read_with_the_token_only_and_kept_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    let a = api(&server, Some(TOKEN));
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+    assert_eq!(a.apply(MESH).await.json["version"], 1);
+
+    let anonymous = api(&server, None);
+    let refused = anonymous.get("/v1/snapshot").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    // Status stays open on this machine, without any config in it.
+    let versions = anonymous.get("/v1/versions").await;
+    assert_eq!(versions.status, StatusCode::OK);
+    assert!(versions.json["versions"][0].get("mesh").is_none());
+    let proxies = anonymous.get("/v1/proxies").await;
+    assert_eq!(proxies.status, StatusCode::OK);
+    assert_eq!(a.get("/v1/snapshot").await.json["mesh"], MESH);
+
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.0.join("state.json")), 0o600);
+    within(server.shutdown()).await;
+
+    // Tokens made on first start: two, different, each in its own 0600 file.
+    let fresh = DataDir::new();
+    let server = within(weft_config_server::start(Options::new(
+        "127.0.0.1:0".parse().unwrap(),
+        fresh.0.clone(),
+    )))
+    .await
+    .unwrap();
+    let (token, proxy_token) = (
+        server.created_token().unwrap().to_owned(),
+        server.created_proxy_token().unwrap().to_owned(),
+    );
+    assert_ne!(token, proxy_token);
+    assert_eq!(server.proxy_token_file(), fresh.0.join("proxy-token"));
+    assert_eq!(mode(fresh.0.join("token")), 0o600);
+    assert_eq!(mode(fresh.0.join("proxy-token")), 0o600);
+    within(server.shutdown()).await;
 }

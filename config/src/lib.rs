@@ -18,6 +18,7 @@
 
 mod mesh;
 mod model;
+mod settings;
 mod units;
 
 use std::collections::HashSet;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 pub use mesh::{MeshConfig, ProxyGroup, Selector};
 pub use model::*;
 pub use serde_saphyr::{Location, Spanned};
+pub use settings::FilterSettings;
 pub use units::{Duration, Size};
 
 /// What is wrong with a configuration, and where.
@@ -263,6 +265,28 @@ impl Config {
             .flat_map(|l| &l.filters)
             .filter(|f| matches!(ModuleRef::parse(&f.module.value), Ok(ModuleRef::Pushed(_))))
             .filter_map(|f| f.sha256.as_ref().map(|s| s.value.to_ascii_lowercase()))
+            .collect()
+    }
+
+    /// Every pushed filter (`filter:NAME`) the listeners load, by name, with the
+    /// sha256 (lower-case hex) of the module that runs for it; a name whose listeners
+    /// pin several versions lists them all, sorted and separated by commas.
+    pub fn pushed_filters(&self) -> std::collections::BTreeMap<String, String> {
+        let mut by_name: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            std::collections::BTreeMap::new();
+        for f in self.listeners.iter().flat_map(|l| &l.filters) {
+            if let (Ok(ModuleRef::Pushed(name)), Some(sha)) =
+                (ModuleRef::parse(&f.module.value), &f.sha256)
+            {
+                by_name
+                    .entry(name)
+                    .or_default()
+                    .insert(sha.value.to_ascii_lowercase());
+            }
+        }
+        by_name
+            .into_iter()
+            .map(|(name, shas)| (name, shas.into_iter().collect::<Vec<_>>().join(",")))
             .collect()
     }
 

@@ -180,7 +180,7 @@ pub struct FilterConfig {
     pub memory: Size,
     /// The filter's own configuration, handed to it as JSON.
     #[serde(default)]
-    pub config: Option<Spanned<serde_json::Value>>,
+    pub config: Option<Spanned<crate::FilterSettings>>,
 }
 
 fn default_hook_timeout() -> Duration {

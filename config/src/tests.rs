@@ -44,7 +44,7 @@ fn parses_a_full_config() {
     assert_eq!(l.filters[0].failure, FailurePolicy::FailOpen);
     assert_eq!(l.filters[0].timeout.0, std::time::Duration::from_millis(5));
     assert_eq!(c.clusters[0].protocol, UpstreamProtocol::Http2);
-    assert!(l.filters[0].config.as_ref().unwrap().value["routes"].is_array());
+    assert!(l.filters[0].config.as_ref().unwrap().value.json()["routes"].is_array());
     assert_eq!(
         c.module_source(&l.filters[0]),
         ModuleRef::Builtin("router".into())

@@ -145,7 +145,7 @@ fn load_filter(
         },
     };
     let config_json = match &f.config {
-        Some(c) => c.value.to_string(),
+        Some(c) => c.value.json().to_string(),
         None => "null".to_owned(),
     };
     let mut spec = FilterSpec::new(&f.name.value, &source, &bytes);
@@ -156,13 +156,31 @@ fn load_filter(
     spec.memory = f.memory.bytes();
     engine.load(spec).map_err(|e| {
         let (location, k) = match &e {
-            LoadError::ConfigRejected { .. } => (
-                f.config.as_ref().map_or_else(
-                    || config.locate(&f.name.referenced),
-                    |c| config.locate(&c.referenced),
-                ),
-                key("config"),
-            ),
+            LoadError::ConfigRejected { filter, message } => {
+                // Filters name the key at fault first (`routes[0].rewrite.host: ...`,
+                // as the SDK does): point at it where the file has it.
+                let at_key = f.config.as_ref().and_then(|c| {
+                    let (path, rest) = message.split_once(": ")?;
+                    let at = c.value.locate(path)?;
+                    Some((at, path, rest))
+                });
+                if let Some((at, path, rest)) = at_key {
+                    return ChainError {
+                        location: config.locate(&at),
+                        key: key(&format!("config.{path}")),
+                        message: format!("filter {filter:?} rejected its config: {rest}"),
+                        // The message says all the engine's error does, located.
+                        source: None,
+                    };
+                }
+                (
+                    f.config.as_ref().map_or_else(
+                        || config.locate(&f.name.referenced),
+                        |c| config.locate(&c.referenced),
+                    ),
+                    key("config"),
+                )
+            }
             LoadError::Integrity { .. } => (
                 f.sha256
                     .as_ref()

@@ -335,16 +335,27 @@ impl ConnWatch {
 
     /// Resolves with the reason once the connection should be closed.
     async fn expired(&self, limits: &ConnLimits) -> &'static str {
+        // Each phase is checked in quarters: one timer a quarter, and the close
+        // comes within 1.25 times the limit.
+        const CHECKS: u32 = 4;
         let quiet = async {
-            // The first bytes of a request must come in time; a connection that
-            // never says anything holds a socket for nothing.
-            tokio::time::sleep(limits.header_read_timeout).await;
-            if !self.active.swap(false, Ordering::Relaxed) {
+            // The first bytes must come within the header read timeout; a
+            // connection that never says anything holds a socket for nothing.
+            let mut spoke = false;
+            for _ in 0..CHECKS {
+                tokio::time::sleep(limits.header_read_timeout / CHECKS).await;
+                if self.active.swap(false, Ordering::Relaxed)
+                    || self.in_flight.load(Ordering::Relaxed) > 0
+                {
+                    spoke = true;
+                    break;
+                }
+            }
+            if !spoke {
                 return "no request within the header read timeout";
             }
             // Then: quiet (no byte either way, no request in flight) for the idle
-            // timeout, checked in quarters so the close comes within 1.25 times it.
-            const CHECKS: u32 = 4;
+            // timeout.
             let mut quiet_checks = 0;
             loop {
                 tokio::time::sleep(limits.idle_timeout / CHECKS).await;

@@ -9,12 +9,31 @@ use crate::{Action, Interest, LocalResponse, Request, Response, ResponseAction, 
 
 /// A Weft filter. The type is its own configuration: the filter's `config` from the
 /// proxy's YAML is deserialized into it (a missing `config` counts as `{}` when that
-/// deserializes), then [`Filter::init`] runs once per instance.
+/// deserializes), then [`Filter::init`] runs once per instance. A key the type does
+/// not know is an error naming it, unless [`Filter::STRICT_CONFIG`] says otherwise.
 ///
 /// Only [`Filter::on_request`] is required. By default the proxy calls it for every
 /// request, without the body, and never calls [`Filter::on_response`]: override
 /// [`Filter::interest`] to change that.
 pub trait Filter: DeserializeOwned + 'static {
+    /// Whether a key in the configuration that this type does not know is an error
+    /// (the default) or ignored. Strict is what operators need: a misspelled
+    /// `exempt_pathz` would otherwise leave the setting off without a word. Set it to
+    /// `false` only for a filter that must accept keys it does not use (a config
+    /// shared with other tools, or written for a newer version of the filter):
+    ///
+    /// ```no_run
+    /// # use weft_sdk::prelude::*;
+    /// # #[derive(Deserialize)] #[serde(crate = "weft_sdk::serde")] struct Tolerant {}
+    /// impl Filter for Tolerant {
+    ///     const STRICT_CONFIG: bool = false;
+    ///     fn on_request(&mut self, _: &Request) -> Action { Action::Continue }
+    /// }
+    /// ```
+    ///
+    /// `#[serde(deny_unknown_fields)]` on a nested type still refuses its unknown keys.
+    const STRICT_CONFIG: bool = true;
+
     /// Check and prepare the configuration after it was deserialized (compile
     /// patterns, define [`metrics`](crate::metrics)). An error is shown to the
     /// operator as the reason the proxy refused the configuration.
@@ -65,7 +84,7 @@ pub type Slot<F> = RefCell<Option<F>>;
 /// # Ok::<(), String>(())
 /// ```
 pub fn from_config<F: Filter>(config_json: &str) -> Result<F, String> {
-    let mut filter: F = config::parse(config_json)?;
+    let mut filter: F = config::parse(config_json, F::STRICT_CONFIG)?;
     filter.init()?;
     Ok(filter)
 }

@@ -2,6 +2,12 @@
 //! ones that can fail return `Result`, and nothing here panics on the proxy's answer.
 
 use crate::__weft_bindings::weft::filter::host as raw;
+// In a filter component the proxy answers; natively (a filter crate's own tests) the
+// SDK does, so a call never reaches an import that exists only in wasm.
+#[cfg(not(target_arch = "wasm32"))]
+use crate::native as imp;
+#[cfg(target_arch = "wasm32")]
+use raw as imp;
 
 /// Log records through the proxy's logger, tagged with the filter's name.
 ///
@@ -10,32 +16,32 @@ use crate::__weft_bindings::weft::filter::host as raw;
 /// weft_sdk::log::warn(&format!("unknown tenant {:?}", "acme"));
 /// ```
 pub mod log {
-    use super::raw;
+    use super::{imp, raw};
     pub use raw::Level;
 
     /// Log at this level.
     pub fn log(level: Level, message: &str) {
-        raw::log(level, message);
+        imp::log(level, message);
     }
     /// Log at trace level.
     pub fn trace(message: &str) {
-        raw::log(Level::Trace, message);
+        imp::log(Level::Trace, message);
     }
     /// Log at debug level.
     pub fn debug(message: &str) {
-        raw::log(Level::Debug, message);
+        imp::log(Level::Debug, message);
     }
     /// Log at info level.
     pub fn info(message: &str) {
-        raw::log(Level::Info, message);
+        imp::log(Level::Info, message);
     }
     /// Log at warn level.
     pub fn warn(message: &str) {
-        raw::log(Level::Warn, message);
+        imp::log(Level::Warn, message);
     }
     /// Log at error level.
     pub fn error(message: &str) {
-        raw::log(Level::Error, message);
+        imp::log(Level::Error, message);
     }
 }
 
@@ -50,7 +56,7 @@ pub mod log {
 /// # Ok::<(), weft_sdk::metrics::MetricError>(())
 /// ```
 pub mod metrics {
-    use super::raw;
+    use super::{imp, raw};
     pub use raw::MetricError;
 
     // The WIT list<string> lowers from owned strings only.
@@ -64,7 +70,7 @@ pub mod metrics {
         help: &str,
         label_names: &[&str],
     ) -> Result<u32, MetricError> {
-        raw::define_metric(kind, name, help, &owned(label_names))
+        imp::define_metric(kind, name, help, &owned(label_names))
     }
 
     /// A counter: only goes up.
@@ -83,7 +89,7 @@ pub mod metrics {
         /// Add to the series with these label values.
         pub fn add(&self, label_values: &[&str], delta: u64) -> Result<(), MetricError> {
             let delta = i64::try_from(delta).unwrap_or(i64::MAX);
-            raw::metric_add(self.0, &owned(label_values), delta)
+            imp::metric_add(self.0, &owned(label_values), delta)
         }
     }
 
@@ -98,11 +104,11 @@ pub mod metrics {
         }
         /// Add to the series with these label values (negative: subtract).
         pub fn add(&self, label_values: &[&str], delta: i64) -> Result<(), MetricError> {
-            raw::metric_add(self.0, &owned(label_values), delta)
+            imp::metric_add(self.0, &owned(label_values), delta)
         }
         /// Set the series with these label values.
         pub fn set(&self, label_values: &[&str], value: i64) -> Result<(), MetricError> {
-            raw::metric_set(self.0, &owned(label_values), value)
+            imp::metric_set(self.0, &owned(label_values), value)
         }
     }
 
@@ -117,7 +123,7 @@ pub mod metrics {
         }
         /// Record one observation in the series with these label values.
         pub fn observe(&self, label_values: &[&str], value: f64) -> Result<(), MetricError> {
-            raw::metric_observe(self.0, &owned(label_values), value)
+            imp::metric_observe(self.0, &owned(label_values), value)
         }
     }
 }
@@ -132,16 +138,16 @@ pub mod metrics {
 /// # Ok::<(), weft_sdk::state::StateError>(())
 /// ```
 pub mod state {
-    use super::raw;
+    use super::{imp, raw};
     pub use raw::{Entry, StateError};
 
     /// Read a key.
     pub fn get(key: &str) -> Option<Entry> {
-        raw::state_get(key)
+        imp::state_get(key)
     }
     /// Write a key; returns its new version.
     pub fn set(key: &str, value: &[u8]) -> Result<u64, StateError> {
-        raw::state_set(key, value)
+        imp::state_set(key, value)
     }
     /// Write a key only if its version is `expected` (`None`: only if it is absent).
     /// Returns the new version, or `Ok(None)` when the version did not match.
@@ -150,32 +156,32 @@ pub mod state {
         expected: Option<u64>,
         value: &[u8],
     ) -> Result<Option<u64>, StateError> {
-        raw::state_compare_and_swap(key, expected, value)
+        imp::state_compare_and_swap(key, expected, value)
     }
     /// Add `delta` to a key holding an integer (absent counts as 0), atomically;
     /// returns the new value.
     pub fn increment(key: &str, delta: i64) -> Result<i64, StateError> {
-        raw::state_increment(key, delta)
+        imp::state_increment(key, delta)
     }
     /// Remove a key; true if it was there.
     pub fn delete(key: &str) -> bool {
-        raw::state_delete(key)
+        imp::state_delete(key)
     }
 }
 
 /// The proxy's clocks.
 pub mod time {
-    use super::raw;
+    use super::imp;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     /// Time on a monotonic clock; only differences between two readings mean
     /// anything.
     pub fn monotonic() -> Duration {
-        Duration::from_nanos(raw::monotonic_now())
+        Duration::from_nanos(imp::monotonic_now())
     }
     /// The wall clock.
     pub fn wall() -> SystemTime {
-        let since_epoch = Duration::from_nanos(raw::wall_now());
+        let since_epoch = Duration::from_nanos(imp::wall_now());
         UNIX_EPOCH.checked_add(since_epoch).unwrap_or(UNIX_EPOCH)
     }
 }
@@ -185,7 +191,7 @@ pub mod time {
 pub mod random {
     use std::cell::Cell;
 
-    use super::raw;
+    use super::imp;
 
     thread_local! {
         // wyrand's state; 0 means not seeded yet (a seed of 0 is replaced by 1).
@@ -197,7 +203,7 @@ pub mod random {
         STATE.with(|state| {
             let mut s = state.get();
             if s == 0 {
-                s = raw::random_u64().max(1);
+                s = imp::random_u64().max(1);
             }
             // wyrand: one add and one 128-bit multiply per number, and it passes
             // BigCrush and PractRand.

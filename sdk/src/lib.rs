@@ -57,6 +57,8 @@ pub mod __weft_bindings {
 mod config;
 mod filter;
 mod host;
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
 mod types;
 
 pub use __weft_bindings::weft::filter::types::{

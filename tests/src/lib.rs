@@ -54,7 +54,8 @@ pub struct BackendBuilder {
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// A running backend. It answers every request with:
+/// A running backend. It answers every request (after `x-delay-ms` milliseconds when
+/// the request has that header) with:
 /// - `x-backend`: its name; `x-path`: path and query; `x-host`: the host header (or
 ///   the URI authority); `x-version`: the HTTP version;
 /// - `x-echo-NAME` for every request header `x-NAME`, values joined by `,`;
@@ -64,6 +65,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    paths: Arc<Mutex<Vec<String>>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -90,7 +92,8 @@ impl BackendBuilder {
         let requests = Arc::new(AtomicUsize::new(0));
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
         let (name, h2, tls) = (self.name, self.http2_only, self.tls);
-        let (conns, reqs) = (connections.clone(), requests.clone());
+        let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (conns, reqs, seen) = (connections.clone(), requests.clone(), paths.clone());
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -99,10 +102,14 @@ impl BackendBuilder {
                 };
                 conns.fetch_add(1, Ordering::Relaxed);
                 let reqs = reqs.clone();
+                let seen = seen.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
+                    let svc = service_fn(move |req: Request<Incoming>| {
                         reqs.fetch_add(1, Ordering::Relaxed);
+                        seen.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(req.uri().path().to_owned());
                         answer(name, req)
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -127,6 +134,7 @@ impl BackendBuilder {
             addr,
             connections,
             requests,
+            paths,
             stop,
         }
     }
@@ -137,6 +145,13 @@ async fn answer(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
+    if let Some(ms) = parts
+        .headers
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let body = body
         .collect()
         .await
@@ -189,6 +204,14 @@ impl Backend {
     /// Requests answered so far.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The path of every request so far, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -394,6 +417,20 @@ impl Logs {
         )
         .into_owned()
     }
+
+    /// The log lines of the error a proxy answered `reply` with, found by its error
+    /// id; panics when the reply has none.
+    pub fn of_error(&self, reply: &Reply) -> String {
+        let id = reply
+            .header("x-weft-error-id")
+            .unwrap_or_else(|| panic!("no error id in a {} reply: {}", reply.status, reply.text()));
+        let needle = format!("error_id={id}");
+        self.text()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 /// Capture the process's logs (installed once).
@@ -456,4 +493,39 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Send raw bytes on a fresh connection and read what comes back until the proxy
+/// closes the connection or stays silent for a second.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the peer closes `stream` (EOF or reset) within `within`, reading and
+/// discarding anything it sends first.
+pub async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
 }

@@ -143,13 +143,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// A lightweight subscriber: a real stream, a sha256 check per module, an ACK.
-async fn subscriber(url: String, node: String, received: Arc<Mutex<HashMap<u64, Vec<Instant>>>>) {
+async fn subscriber(
+    url: String,
+    token: String,
+    node: String,
+    received: Arc<Mutex<HashMap<u64, Vec<Instant>>>>,
+) {
     let mut client = weft_api::ControlClient::connect(url)
         .await
         .expect("connect")
         .max_decoding_message_size(weft_api::MAX_MESSAGE_SIZE);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let hello = weft_api::Hello {
+        instance: format!("bench-subscriber-{node}"),
         node,
         service: "web".into(),
         ..Default::default()
@@ -159,8 +165,13 @@ async fn subscriber(url: String, node: String, received: Arc<Mutex<HashMap<u64, 
     })
     .await
     .expect("send hello");
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "authorization",
+        weft_api::bearer(&token).expect("the proxy token is ASCII"),
+    );
     let mut stream = client
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .subscribe(request)
         .await
         .expect("subscribe")
         .into_inner();
@@ -180,6 +191,7 @@ async fn subscriber(url: String, node: String, received: Arc<Mutex<HashMap<u64, 
             version: snapshot.version,
             listeners: Vec::new(),
             modules: have.clone(),
+            ..Default::default()
         };
         if tx
             .send(weft_api::ProxyMessage {
@@ -234,11 +246,17 @@ async fn main() {
     cmd.args(["config-server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("server"))
         .env("WEFT_CACHE_DIR", dir.join("server-cache"))
-        .env_remove("WEFT_TOKEN");
+        .env_remove("WEFT_TOKEN")
+        .env_remove("WEFT_PROXY_TOKEN");
     let (_server, line) = spawn_until(cmd, "weft config server on http://", true);
     let url = format!("http://{}", after(&line, "http://"));
     let token = std::fs::read_to_string(dir.join("server/token"))
         .expect("token")
+        .trim()
+        .to_owned();
+    let proxy_token_file = dir.join("server/proxy-token");
+    let proxy_token = std::fs::read_to_string(&proxy_token_file)
+        .expect("proxy token")
         .trim()
         .to_owned();
     let http: Http = Client::builder(TokioExecutor::new()).build_http();
@@ -268,21 +286,22 @@ async fn main() {
     let mut admins = Vec::new();
     for i in 0..proxies {
         let mut cmd = Command::new(weft);
-        cmd.args([
-            "proxy",
-            "--config-server",
-            &url,
-            "--node",
-            &format!("proxy-{i}"),
-            "--service",
-            "web",
-            "--admin",
-            "127.0.0.1:0",
-            "--state-dir",
-        ])
-        .arg(dir.join(format!("proxy-{i}")))
-        .env("WEFT_CACHE_DIR", dir.join(format!("cache-{i}")))
-        .env("RUST_LOG", "warn,weft_proxy=info");
+        cmd.args(["proxy", "--proxy-token-file"])
+            .arg(&proxy_token_file)
+            .args([
+                "--config-server",
+                &url,
+                "--node",
+                &format!("proxy-{i}"),
+                "--service",
+                "web",
+                "--admin",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(dir.join(format!("proxy-{i}")))
+            .env("WEFT_CACHE_DIR", dir.join(format!("cache-{i}")))
+            .env("RUST_LOG", "warn,weft_proxy=info");
         let (child, line) = spawn_until(cmd, "admin listening", false);
         admins.push(
             after(&line, "addr=")
@@ -295,6 +314,7 @@ async fn main() {
     for i in 0..subscribers {
         tokio::spawn(subscriber(
             url.clone(),
+            proxy_token.clone(),
             format!("light-{i}"),
             received.clone(),
         ));

@@ -299,10 +299,11 @@ impl RouteConfig {
                     ));
                 }
                 starts_with_slash(&format!("{at}.rewrite.prefix"), with)?;
+                path_chars(&format!("{at}.rewrite.prefix"), with)?;
                 rewrite_prefix = Some(with.clone());
             }
             if let Some(host) = &rw.host {
-                non_empty(&format!("{at}.rewrite.host"), host)?;
+                authority(&format!("{at}.rewrite.host"), host)?;
                 rewrite_host = Some(host.clone());
             }
         }
@@ -316,6 +317,55 @@ impl RouteConfig {
             rewrite_prefix,
             rewrite_host,
         })
+    }
+}
+
+/// A host to send upstream: `host` or `host:port`, a DNS name, an IPv4 address or a
+/// bracketed IPv6 address. Refused at load, a value that would break the request
+/// head (CR, LF, NUL, spaces) never reaches one.
+fn authority(what: &str, value: &str) -> Result<(), String> {
+    let (host, port) = match value.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && (!h.contains(':') || h.starts_with('[')) => {
+            (h, Some(p))
+        }
+        _ => (value, None),
+    };
+    let host_ok = if let Some(v6) = host.strip_prefix('[') {
+        v6.strip_suffix(']').is_some_and(|ip| {
+            !ip.is_empty()
+                && ip
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        })
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    if host_ok && port_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {value:?} is not a host name (host or host:port, letters, digits, - . _)"
+        ))
+    }
+}
+
+/// A path prefix: printable ASCII without spaces, as a request target allows.
+fn path_chars(what: &str, path: &str) -> Result<(), String> {
+    match path
+        .bytes()
+        .find(|b| !b.is_ascii_graphic() || matches!(b, b'#' | b'?'))
+    {
+        None => Ok(()),
+        Some(b) => Err(format!(
+            "{what}: {path:?} has a character a path cannot hold ({:?})",
+            char::from(b)
+        )),
     }
 }
 
@@ -466,21 +516,23 @@ impl Filter for Router {
                 LocalResponse::new(404).text(format!("no route for {method} {path}\n")),
             );
         };
+        // The rewrites were checked at init; should the proxy still refuse one, the
+        // client learns that routing failed, the log learns why.
         if let (Some(with), PathRule::Prefix(prefix)) = (&route.rewrite_prefix, &route.path)
             && let Err(e) = req.set_path(&rewrite_prefix(&full, prefix, with))
         {
-            return Action::respond(
-                500,
-                format!("router: the proxy refused the rewritten path: {e}\n"),
-            );
+            weft_sdk::log::error(&format!(
+                "router: the proxy refused the rewritten path: {e}"
+            ));
+            return Action::respond(500, "routing failed\n");
         }
         if let Some(host) = &route.rewrite_host
             && let Err(e) = req.set_authority(host)
         {
-            return Action::respond(
-                500,
-                format!("router: the proxy refused the rewritten host: {e}\n"),
-            );
+            weft_sdk::log::error(&format!(
+                "router: the proxy refused the rewritten host: {e}"
+            ));
+            return Action::respond(500, "routing failed\n");
         }
         Action::route(route.cluster())
     }

@@ -154,3 +154,39 @@ fn value_rules() {
     assert!(absent.matches(None));
     assert!(!absent.matches(Some("")));
 }
+
+#[test]
+fn rewritten_hosts_and_prefixes_must_fit_a_request_head() {
+    for good in [
+        "web",
+        "web.internal:8080",
+        "10.0.0.1",
+        "[::1]:80",
+        "a_b-c.d",
+    ] {
+        assert_eq!(authority("h", good), Ok(()), "{good}");
+    }
+    for bad in [
+        "a\r\nX-Injected: 1",
+        "a\nb",
+        "a\0b",
+        "a b",
+        "a/b",
+        "user@host",
+        "",
+        "web:",
+        "web:http",
+        "::1",
+        "[]:80",
+    ] {
+        assert!(authority("h", bad).is_err(), "{bad:?}");
+    }
+    let e = error(
+        r#"{"routes":[{"cluster":"a","match":{"path":{"prefix":"/a"}},"rewrite":{"host":"a\r\nb: 1"}}]}"#,
+    );
+    assert!(e.starts_with("routes[0].rewrite.host: "), "{e}");
+    let e = error(
+        r#"{"routes":[{"cluster":"a","match":{"path":{"prefix":"/a"}},"rewrite":{"prefix":"/b c"}}]}"#,
+    );
+    assert!(e.starts_with("routes[0].rewrite.prefix: "), "{e}");
+}

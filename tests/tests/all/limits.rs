@@ -70,6 +70,7 @@ async fn slow_client_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_upstream_gets_504() {
+    let logs = logs();
     // An upstream that accepts and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
@@ -95,12 +96,19 @@ clusters:
     let r = client().get(p.addr, "/").await;
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.header("x-weft-error"), Some("upstream"));
-    assert!(r.text().contains("did not answer within"), "{}", r.text());
+    assert!(
+        r.text().starts_with("upstream timed out (error id "),
+        "{}",
+        r.text()
+    );
+    let log = logs.of_error(&r);
+    assert!(log.contains("did not answer within"), "{log}");
     hold.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_gets_503() {
+    let logs = logs();
     // Bind then drop: nothing listens there any more.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -112,5 +120,11 @@ async fn unreachable_upstream_gets_503() {
     let p = proxy(&yaml).start().await;
     let r = client().get(p.addr, "/").await;
     assert_eq!(r.status, 503, "{}", r.text());
-    assert!(r.text().contains("cannot connect to"), "{}", r.text());
+    assert!(
+        r.text().starts_with("upstream unavailable (error id "),
+        "{}",
+        r.text()
+    );
+    let log = logs.of_error(&r);
+    assert!(log.contains("cannot connect to"), "{log}");
 }

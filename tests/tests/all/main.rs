@@ -2,6 +2,7 @@
 
 mod config_errors;
 mod fault;
+mod hardening;
 mod limits;
 mod protocols;
 mod routing;

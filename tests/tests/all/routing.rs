@@ -159,9 +159,12 @@ clusters:
     endpoints: ["127.0.0.1:1"]
 "#,
     );
-    assert!(e.starts_with("test.yaml:9:"), "{e}");
+    // At the regex itself, not at `config:`.
     assert!(
-        e.contains("listeners[0].filters[0].config") && e.contains("rejected its config"),
+        e.starts_with(
+            "test.yaml:10:39: listeners[0].filters[0].config.routes[0].match.path.regex: \
+             filter \"router\" rejected its config: invalid regex"
+        ),
         "{e}"
     );
 }
