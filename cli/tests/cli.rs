@@ -192,3 +192,109 @@ fn demo_serves_and_stops_gracefully_on_sigterm() {
     assert!(status.success(), "{status:?}");
     assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
 }
+
+/// CPU time (user + system) of a process so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after `)`.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_file_descriptors_listeners_wait_instead_of_spinning() {
+    let dir = temp_dir();
+    let path = dir.join("fds.yaml");
+    std::fs::write(
+        &path,
+        "admin:\n  address: 127.0.0.1:0\nlisteners:\n  - name: main\n    address: 127.0.0.1:0\n",
+    )
+    .unwrap();
+    // A proxy allowed 64 open files, so a few dozen connections exhaust them.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 64 && exec "$0" proxy -c "$1""#)
+        .arg(env!("CARGO_BIN_EXE_weft"))
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env("WEFT_WORKERS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let pid = child.id();
+    let guard = Guard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("listening") {
+                let addr = line.split("addr=").nth(1).unwrap_or_default();
+                let addr = addr
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send((line.contains("admin listening"), addr));
+            }
+        }
+    });
+    let (mut admin, mut main) = (None, None);
+    while admin.is_none() || main.is_none() {
+        let (is_admin, addr) = rx.recv_timeout(LIMIT).expect("the proxy starts");
+        let addr: SocketAddr = addr.parse().unwrap();
+        if is_admin {
+            admin = Some(addr);
+        } else {
+            main = Some(addr);
+        }
+    }
+    let (admin, main) = (admin.unwrap(), main.unwrap());
+
+    // Connections the kernel completes but the proxy cannot accept: no descriptors.
+    let mut held = Vec::new();
+    for addr in [admin, main] {
+        for _ in 0..80 {
+            held.push(TcpStream::connect(addr).unwrap());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+    assert!(
+        fds >= 60,
+        "the proxy was not out of descriptors: {fds} open"
+    );
+    // Spinning on accept would burn about 200 ticks (a whole core) in 2 s.
+    assert!(
+        used < 60,
+        "{used} clock ticks of CPU in 2 s while out of descriptors"
+    );
+
+    // Once descriptors are free again, both listeners serve.
+    drop(held);
+    let deadline = Instant::now() + LIMIT;
+    for addr in [admin, main] {
+        loop {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = write!(
+                s,
+                "GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+            );
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 ") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{addr} never served again");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(guard);
+    let _ = std::fs::remove_dir_all(dir);
+}

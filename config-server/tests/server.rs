@@ -1029,3 +1029,58 @@ async fn configs_are_read_with_the_token_only_and_kept_private() {
     assert_eq!(mode(fresh.0.join("proxy-token")), 0o600);
     within(server.shutdown()).await;
 }
+
+#[tokio::test]
+async fn every_connection_is_bounded_in_time_and_number() {
+    use tokio::io::AsyncWriteExt;
+    use weft_tests::{closed_within, raw_exchange};
+    let dir = DataDir::new();
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(400),
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let server = start_with(&dir, Some(TOKEN), limits).await;
+    let addr = server.addr();
+
+    // A connection that never says a word is closed.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)).await,
+        "a silent connection is still open after 10 s"
+    );
+    // So is one that trickles its request head.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /v1/proxies HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut slow, Duration::from_secs(10)).await);
+    // And a keep-alive connection once it has been idle.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /v1/proxies HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut idle, Duration::from_secs(10)).await);
+
+    // Two connections fill the server: a third waits until one goes, then is served.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let started = tokio::time::Instant::now();
+    let answer = within(raw_exchange(
+        addr,
+        b"GET /v1/proxies HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    ))
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // It was served only once a held connection timed out.
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(held);
+    within(server.shutdown()).await;
+}

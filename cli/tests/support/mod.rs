@@ -19,6 +19,8 @@ impl Drop for Guard {
 /// The `weft` binary, without the environment a developer's shell may set for it.
 pub fn weft() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
-    cmd.env_remove("WEFT_TOKEN").env_remove("WEFT_SERVER");
+    cmd.env_remove("WEFT_TOKEN")
+        .env_remove("WEFT_SERVER")
+        .env_remove("WEFT_PROXY_TOKEN");
     cmd
 }
