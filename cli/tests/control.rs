@@ -521,6 +521,31 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
         client.get(inbound, "/").await.header("x-echo-tag"),
         Some("two")
     );
+    // `weft status` says which module each proxy runs for the filter: the live one.
+    let live = server.proxies()["filters"]["tag"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = server.cli_ok(&["status"]);
+    assert!(
+        status.contains(&format!("tag={}", &live[..12])) && !status.contains("not the live"),
+        "{status}"
+    );
+    // Pushing the newer module again after the rollback makes it live again.
+    let again = server.push(guests::TAG_ONE, "tag");
+    assert!(again > rolled, "{again}");
+    server.converged(&["web-a"], again);
+    assert_eq!(
+        client.get(inbound, "/").await.header("x-echo-tag"),
+        Some("one")
+    );
+    // The cached snapshot holds filter configs: only its owner may read it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.join("snapshot.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1084,3 +1084,54 @@ async fn every_connection_is_bounded_in_time_and_number() {
     drop(held);
     within(server.shutdown()).await;
 }
+
+#[tokio::test]
+async fn values_the_request_path_cannot_use_are_refused_at_apply() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    let a = api(&server, Some(TOKEN));
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+
+    // An endpoint that is not host:port would have panicked at request time.
+    let r = a
+        .apply(&MESH.replace("\"127.0.0.1:9\"", "\"exa mple:80\""))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.json);
+    assert!(
+        r.error()
+            .starts_with("mesh.yaml:3:17: clusters[0].endpoints[0]: "),
+        "{}",
+        r.error()
+    );
+    // A header value that would smuggle a header in.
+    for bad in ["a\\r\\nX-Injected: 1", "a\\nb", "a\\u0000b", "a b"] {
+        let mesh = MESH.replace(
+            "          - name: fault\n",
+            &format!(
+                "          - name: router\n            module: builtin:router\n            \
+                 config: {{ routes: [{{ match: {{ path: {{ prefix: / }} }}, cluster: web, \
+                 rewrite: {{ host: \"{bad}\" }} }}] }}\n          - name: fault\n"
+            ),
+        );
+        let r = a.apply(&mesh).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {}",
+            r.json
+        );
+        assert!(
+            r.error().contains("config.routes[0].rewrite.host")
+                && !r.error().contains("X-Injected: 1\n"),
+            "{bad}: {}",
+            r.error()
+        );
+    }
+    // Nothing was stored.
+    assert_eq!(
+        a.get("/v1/versions").await.json["versions"],
+        Value::Array(vec![])
+    );
+    within(server.shutdown()).await;
+}
