@@ -6,6 +6,9 @@ so the proxy's core is the bottleneck. Figures per target: closed-loop requests 
 second (wrk, 50 connections), proxy CPU microseconds per request (utime + stime from
 /proc over the requests wrk completed), latency at a fixed 1,000 req/s (p50, p99,
 open loop), and resident memory. Medians with min-max over the rounds.
+
+BENCH_BASELINE=/path/to/an/older/weft adds that binary's rows beside this build's,
+marked "(baseline)", measured in the same interleaved rounds: a before/after of a change.
 """
 import os
 import random
@@ -199,7 +202,11 @@ backend be
 """ for i in range(3))
     chains = {"weft (no filter)": "", "weft (fault + router)": fault + router,
               "weft (5 filters)": fault + hellos + router}
-    for name, chain in chains.items():
+    binaries = [("", os.path.join(REL, "weft"))]
+    if os.environ.get("BENCH_BASELINE"):
+        binaries.append((" (baseline)", os.environ["BENCH_BASELINE"]))
+    for (suffix, binary), (name, chain) in [(b, c) for c in chains.items() for b in binaries]:
+        name += suffix
         port = free_port()
         path = os.path.join(tmp, re.sub(r"\W+", "-", name) + ".yaml")
         filters = f"    filters:\n{chain}" if chain else ""
@@ -212,7 +219,7 @@ backend be
     endpoints: ["{backend_addr}"]
 """)
         env = dict(os.environ, RUST_LOG="warn")
-        targets[name] = (start([os.path.join(REL, "weft"), "proxy", "-c", path], 1, env=env),
+        targets[name] = (start([binary, "proxy", "-c", path], 1, env=env),
                          f"127.0.0.1:{port}")
 
     for _, addr in targets.values():

@@ -84,6 +84,16 @@ async fn start_with(dir: &DataDir, token: Option<&str>, limits: Limits) -> Runni
         .expect("the config server starts")
 }
 
+/// A server with `limits` serving [`MESH`] as version 1, and its API with the token.
+async fn serving(dir: &DataDir, limits: Limits) -> (RunningServer, Api) {
+    let server = start_with(dir, Some(TOKEN), limits).await;
+    let a = api(&server, Some(TOKEN));
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    (server, a)
+}
+
 async fn within<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(LIMIT, f)
         .await
@@ -533,11 +543,7 @@ async fn a_push_the_live_mesh_config_rejects_is_refused() {
 #[tokio::test]
 async fn rollback_makes_a_new_version() {
     let dir = DataDir::new();
-    let server = start(&dir, Some(TOKEN)).await;
-    let a = api(&server, Some(TOKEN));
-    a.push_file("stamp", STAMP).await;
-    a.push_file("hello", HELLO).await;
-    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    let (server, a) = serving(&dir, Limits::default()).await;
     let pushed = a.push_file("hello", HELLO_P1).await;
     assert_eq!(pushed.status, StatusCode::CREATED);
     assert_eq!(pushed.json["version"], 2);
@@ -579,11 +585,7 @@ async fn rollback_makes_a_new_version() {
 #[tokio::test]
 async fn proxies_get_their_modules_and_report_back() {
     let dir = DataDir::new();
-    let server = start(&dir, Some(TOKEN)).await;
-    let a = api(&server, Some(TOKEN));
-    a.push_file("stamp", STAMP).await;
-    a.push_file("hello", HELLO).await;
-    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    let (server, a) = serving(&dir, Limits::default()).await;
     let (stamp, hello1, hello2) = (sha256(STAMP), sha256(HELLO), sha256(HELLO_P1));
 
     let mut proxy = subscribe(&server, hello("web-1", "web")).await.unwrap();
@@ -669,11 +671,7 @@ async fn proxies_get_their_modules_and_report_back() {
 #[tokio::test]
 async fn streams_start_with_hello_and_only_selected_proxies_get_snapshots() {
     let dir = DataDir::new();
-    let server = start(&dir, Some(TOKEN)).await;
-    let a = api(&server, Some(TOKEN));
-    a.push_file("stamp", STAMP).await;
-    a.push_file("hello", HELLO).await;
-    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    let (server, a) = serving(&dir, Limits::default()).await;
 
     // A stream that does not open with a Hello is refused.
     let mut client = ControlClient::connect(format!("http://{}", server.addr()))
@@ -777,11 +775,7 @@ fn code(r: &Result<Proxy, tonic::Status>) -> Option<tonic::Code> {
 #[tokio::test]
 async fn the_proxy_stream_needs_the_proxy_token() {
     let dir = DataDir::new();
-    let server = start(&dir, Some(TOKEN)).await;
-    let a = api(&server, Some(TOKEN));
-    a.push_file("stamp", STAMP).await;
-    a.push_file("hello", HELLO).await;
-    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    let (server, a) = serving(&dir, Limits::default()).await;
 
     for (token, why) in [
         (None, "needs the proxy token"),
@@ -828,11 +822,7 @@ async fn a_node_id_stays_with_the_proxy_that_holds_it() {
         node_hold: Duration::from_millis(300),
         ..Limits::default()
     };
-    let server = start_with(&dir, Some(TOKEN), limits).await;
-    let a = api(&server, Some(TOKEN));
-    a.push_file("stamp", STAMP).await;
-    a.push_file("hello", HELLO).await;
-    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    let (server, a) = serving(&dir, limits).await;
     let mut owner = subscribe(&server, hello("web-1", "web")).await.unwrap();
     assert_eq!(owner.next().await.version, 1);
 
@@ -937,11 +927,7 @@ async fn what_a_proxy_says_about_itself_is_bounded() {
 #[tokio::test]
 async fn a_push_after_a_rollback_makes_its_module_live() {
     let dir = DataDir::new();
-    let server = start(&dir, Some(TOKEN)).await;
-    let a = api(&server, Some(TOKEN));
-    a.push_file("stamp", STAMP).await;
-    a.push_file("hello", HELLO).await;
-    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    let (server, a) = serving(&dir, Limits::default()).await;
     let (old, new) = (sha256(HELLO), sha256(HELLO_P1));
     assert_eq!(a.push_file("hello", HELLO_P1).await.json["version"], 2);
     let r = a.call(Method::POST, "/v1/rollback/1", Bytes::new()).await;
@@ -990,11 +976,7 @@ async fn a_push_after_a_rollback_makes_its_module_live() {
 async fn configs_are_read_with_the_token_only_and_kept_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = DataDir::new();
-    let server = start(&dir, Some(TOKEN)).await;
-    let a = api(&server, Some(TOKEN));
-    a.push_file("stamp", STAMP).await;
-    a.push_file("hello", HELLO).await;
-    assert_eq!(a.apply(MESH).await.json["version"], 1);
+    let (server, a) = serving(&dir, Limits::default()).await;
 
     let anonymous = api(&server, None);
     let refused = anonymous.get("/v1/snapshot").await;

@@ -7,29 +7,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use weft_tests::*;
 
-/// One listener with the router in front of two clusters, `a` and `b`.
-fn routed(a: &Backend, b: &Backend, routes: &str, listener_extra: &str) -> String {
-    format!(
-        r#"
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-{listener_extra}
-    filters:
-      - name: router
-        module: builtin:router
-        config:
-          routes:
-{routes}
-clusters:
-  - name: a
-    endpoints: ["{}"]
-  - name: b
-    endpoints: ["{}"]
-"#,
-        a.addr, b.addr
-    )
-}
+use crate::routing::routed;
 
 #[test]
 fn an_endpoint_that_loads_is_one_that_serves() {

@@ -2,12 +2,14 @@
 
 use weft_tests::*;
 
-fn two_clusters(a: &Backend, b: &Backend, routes: &str) -> String {
+/// One listener with the router in front of two clusters, `a` and `b`.
+pub(crate) fn routed(a: &Backend, b: &Backend, routes: &str, listener_extra: &str) -> String {
     format!(
         r#"
 listeners:
   - name: main
     address: 127.0.0.1:0
+{listener_extra}
     filters:
       - name: router
         module: builtin:router
@@ -46,7 +48,7 @@ async fn routes_by_path_method_header_and_query() {
             - match: { path: { prefix: / } }
               cluster: a
 "#;
-    let p = proxy(&two_clusters(&a, &b, routes)).start().await;
+    let p = proxy(&routed(&a, &b, routes, "")).start().await;
     let c = client();
     type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case<'_>] = &[
@@ -84,7 +86,7 @@ async fn no_match_is_a_clear_404() {
     let a = backend("a").start().await;
     let b = backend("b").start().await;
     let routes = "            - match: { path: { prefix: /api } }\n              cluster: a\n";
-    let p = proxy(&two_clusters(&a, &b, routes)).start().await;
+    let p = proxy(&routed(&a, &b, routes, "")).start().await;
     let r = client().get(p.addr, "/elsewhere").await;
     assert_eq!(r.status, 404);
     assert!(r.text().contains("/elsewhere"), "{}", r.text());
@@ -101,7 +103,7 @@ async fn weighted_split_lands_within_five_percent() {
                 - { cluster: a, weight: 80 }
                 - { cluster: b, weight: 20 }
 "#;
-    let p = proxy(&two_clusters(&a, &b, routes)).start().await;
+    let p = proxy(&routed(&a, &b, routes, "")).start().await;
     let c = client();
     let total = 2000;
     let mut to_a = 0;
@@ -129,7 +131,7 @@ async fn prefix_and_host_rewrites_reach_the_backend() {
               cluster: b
               rewrite: { prefix: / }
 "#;
-    let p = proxy(&two_clusters(&a, &b, routes)).start().await;
+    let p = proxy(&routed(&a, &b, routes, "")).start().await;
     let c = client();
     let r = c.get(p.addr, "/old/page?x=1").await;
     assert_eq!(r.header("x-backend"), Some("a"));
