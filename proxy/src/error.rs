@@ -105,6 +105,47 @@ impl ProxyError {
         }
         resp
     }
+
+    /// The same error as a gRPC client reads it: a trailers-only response (HTTP 200,
+    /// no body) whose `grpc-status` says what happened and whose `grpc-message` is the
+    /// short reason with the error id.
+    pub fn into_grpc_response(self, error_id: u64) -> Response<ProxyBody> {
+        let error_id = ErrorId(error_id);
+        let mut resp = Response::new(ProxyBody::full(Bytes::new()));
+        let headers = resp.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(grpc_status(self.status))),
+        );
+        // Reasons are printable ASCII without `%`, which grpc-message carries as is.
+        if let Ok(v) = HeaderValue::from_str(&format!("{} (error id {error_id})", self.reason)) {
+            headers.insert("grpc-message", v);
+        }
+        headers.insert("x-weft-error", HeaderValue::from_static(self.side.as_str()));
+        if let Ok(v) = HeaderValue::from_str(&error_id.to_string()) {
+            headers.insert("x-weft-error-id", v);
+        }
+        resp
+    }
+}
+
+/// The gRPC status for an error the proxy answers with `status` (after the gRPC
+/// spec's HTTP mapping, with the proxy's own timeout as DEADLINE_EXCEEDED).
+fn grpc_status(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        // INTERNAL: the request itself was malformed, or the proxy failed it.
+        400 | 500 => 13,
+        401 => 16,            // UNAUTHENTICATED
+        403 => 7,             // PERMISSION_DENIED
+        404 => 12,            // UNIMPLEMENTED: nothing serves this method
+        413 | 429 | 431 => 8, // RESOURCE_EXHAUSTED
+        504 => 4,             // DEADLINE_EXCEEDED
+        _ => 14,              // UNAVAILABLE: 502, 503 and the rest; retryable
+    }
 }
 
 /// A request id as the client and the log show it: 16 hex digits.

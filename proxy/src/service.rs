@@ -55,16 +55,32 @@ pub(crate) async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
-    match proxy(&state, conn, req, id).await {
+    // A gRPC client reads errors from `grpc-status`, not from an HTTP status.
+    let grpc = is_grpc(req.headers());
+    match proxy(&state, conn, req, id, grpc).await {
         Ok(resp) => Ok(resp),
-        Err(e) => Ok(fail(&state.name, e, id)),
+        Err(e) => Ok(fail(&state.name, e, id, grpc)),
     }
 }
 
+/// Whether a request is gRPC: `content-type: application/grpc` or `application/grpc+...`.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
+}
+
 /// The client's answer for an error the proxy made, logged with its id.
-fn fail(listener: &str, e: ProxyError, id: u64) -> Response<ProxyBody> {
+fn fail(listener: &str, e: ProxyError, id: u64, grpc: bool) -> Response<ProxyBody> {
     e.log(listener, id);
-    e.into_response(id)
+    if grpc {
+        e.into_grpc_response(id)
+    } else {
+        e.into_response(id)
+    }
 }
 
 async fn proxy(
@@ -72,6 +88,7 @@ async fn proxy(
     conn: Arc<ConnectionInfo>,
     req: Request<Incoming>,
     id: u64,
+    grpc: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let chain = &state.chain;
     let (mut parts, body) = req.into_parts();
@@ -140,7 +157,7 @@ async fn proxy(
                 Outcome::Done(Action::Respond(local)) => {
                     // Filters before this one see the local response like an upstream one.
                     let head = local_response(filter.name(), local, boxed.id)?;
-                    return Ok(respond(state, i, head, None));
+                    return Ok(respond(state, i, head, None, grpc));
                 }
                 Outcome::Failed(f) => {
                     return Err(ProxyError::new(
@@ -214,7 +231,7 @@ async fn proxy(
         body,
         request_id: id,
     });
-    Ok(respond(state, chain.filters().len(), head, stream))
+    Ok(respond(state, chain.filters().len(), head, stream, grpc))
 }
 
 /// Who failed when an upstream exchange did: the upstream, or the client whose
@@ -291,6 +308,7 @@ fn respond(
     upto: usize,
     mut head: Box<ResponseHead>,
     mut stream: Option<UpstreamBody>,
+    grpc: bool,
 ) -> Response<ProxyBody> {
     let chain = &state.chain;
     if chain.response {
@@ -309,7 +327,7 @@ fn respond(
                             head = h;
                             stream = None;
                         }
-                        Err(e) => return fail(&state.name, e, head.request_id),
+                        Err(e) => return fail(&state.name, e, head.request_id, grpc),
                     }
                 }
                 Outcome::Failed(f) => {
@@ -319,7 +337,7 @@ fn respond(
                         "filter failed",
                         f.to_string(),
                     );
-                    return fail(&state.name, e, head.request_id);
+                    return fail(&state.name, e, head.request_id, grpc);
                 }
             }
         }
@@ -405,6 +423,21 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn grpc_is_told_by_its_content_type() {
+        let with = |ct: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+            super::is_grpc(&h)
+        };
+        assert!(with("application/grpc"));
+        assert!(with("application/grpc+proto"));
+        assert!(with("Application/GRPC; charset=x"));
+        assert!(!with("application/grpc-web"));
+        assert!(!with("application/json"));
+        assert!(!super::is_grpc(&http::HeaderMap::new()));
+    }
+
     use super::*;
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod config_errors;
 mod fault;
+mod grpc;
 mod hardening;
 mod limits;
 mod protocols;
