@@ -96,6 +96,19 @@ async fn proxy(
     // One authority for filters and the upstream: an absolute-form target wins over
     // Host, ambiguous ones are refused, and the URI goes on in origin form. Settled
     // before hop-by-hop headers go, so `Connection: host` cannot take it away.
+    // CONNECT asks for a tunnel, which no listener offers yet: say so, rather than
+    // pass it on as a request the upstream cannot make sense of.
+    if parts.method == http::Method::CONNECT {
+        return Err(ProxyError::new(
+            Side::Downstream,
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT is not enabled",
+            format!(
+                "CONNECT {} refused: this listener does not tunnel",
+                parts.uri
+            ),
+        ));
+    }
     normalize::authority(&mut parts)?;
 
     // Hop-by-hop headers describe the client's connection, not the request; they

@@ -478,3 +478,17 @@ async fn smuggling_shapes_are_refused() {
     let r = client().get(p.addr, "/smuggled-check").await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused_with_a_clear_status() {
+    let web = backend("web").start().await;
+    let p = proxy(&limited(&web, "")).start().await;
+    let r = raw_exchange(
+        p.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 501"), "{r}");
+    assert!(r.contains("CONNECT is not enabled (error id "), "{r}");
+    assert_eq!(web.requests(), 0, "the backend never saw it");
+}
