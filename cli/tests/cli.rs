@@ -53,6 +53,17 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
+/// `weft proxy --check -c PATH`, which must fail; returns what it printed on stderr.
+fn check_fails(path: &std::path::Path) -> String {
+    let out = weft()
+        .args(["proxy", "--check", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--check accepted {}", path.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn bad_config_exits_non_zero_naming_file_and_line() {
     let dir = temp_dir();
@@ -75,13 +86,7 @@ fn bad_config_exits_non_zero_naming_file_and_line() {
         "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    filters:\n      - name: f\n        module: missing.wasm\n",
     )
     .unwrap();
-    let out = weft()
-        .args(["proxy", "--check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = check_fails(&path);
     assert!(
         stderr.contains("bad.yaml:6:17") && stderr.contains("missing.wasm"),
         "{stderr}"
@@ -112,13 +117,7 @@ clusters:
 "#,
     )
     .unwrap();
-    let out = weft()
-        .args(["proxy", "--check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = check_fails(&path);
     assert!(
         stderr
             .contains("router.yaml:11:32: listeners[0].filters[0].config.routes[0].rewrite.host: "),

@@ -529,3 +529,33 @@ pub async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration)
     .await
     .is_ok()
 }
+
+/// An upstream that accepts connections and never answers; it stops when dropped.
+pub struct SilentUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentUpstream {
+    /// Listen on a port the OS picks.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for SilentUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

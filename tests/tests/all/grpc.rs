@@ -43,14 +43,8 @@ async fn errors_the_proxy_makes_are_grpc_answers() {
         .local_addr()
         .unwrap();
     // Accepts and never answers: DEADLINE_EXCEEDED.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let silent = SilentUpstream::start().await;
+    let silent_addr = silent.addr;
     let yaml = format!(
         "listeners:\n  - name: gone\n    address: 127.0.0.1:0\n    default_cluster: gone\n\
          \x20 - name: slow\n    address: 127.0.0.1:0\n    default_cluster: silent\n    \
@@ -90,5 +84,4 @@ async fn errors_the_proxy_makes_are_grpc_answers() {
         .await;
     assert_eq!(r.status, 503);
     assert!(r.header("grpc-status").is_none());
-    hold.abort();
 }

@@ -72,14 +72,8 @@ async fn slow_client_is_cut_off() {
 async fn silent_upstream_gets_504() {
     let logs = logs();
     // An upstream that accepts and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = silent.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let silent = SilentUpstream::start().await;
+    let addr = silent.addr;
     let yaml = format!(
         r#"
 listeners:
@@ -103,7 +97,6 @@ clusters:
     );
     let log = logs.of_error(&r);
     assert!(log.contains("did not answer within"), "{log}");
-    hold.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
