@@ -48,9 +48,6 @@ const MAX_STREAMS: u32 = 64;
 /// How long a connection that was asked to close may take to finish.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
-/// First and longest wait after an accept error about the listener.
-const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
-
 /// Serve `app` on `listener` until `stop` turns true, then close every connection
 /// gracefully and return once they are all closed. Dropping the future (aborting its
 /// task) drops every connection at once.
@@ -114,7 +111,7 @@ pub(crate) async fn serve(
 /// descriptors, would fail again at once, so they wait, longer each time, rather
 /// than spin a core.
 async fn accept<T, F: Future<Output = io::Result<T>>>(mut accept: impl FnMut() -> F) -> T {
-    let mut wait = ACCEPT_BACKOFF.0;
+    let mut backoff = weft_proxy::Backoff::default();
     loop {
         match accept().await {
             Ok(accepted) => return accepted,
@@ -126,9 +123,9 @@ async fn accept<T, F: Future<Output = io::Result<T>>>(mut accept: impl FnMut() -
                         | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => {
+                let wait = backoff.next();
                 tracing::warn!("cannot accept connections: {e}; retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(ACCEPT_BACKOFF.1);
             }
         }
     }

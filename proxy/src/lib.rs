@@ -48,6 +48,7 @@ pub use body::ProxyBody;
 pub use chain::{ChainError, FilterChain};
 pub use cluster::{Cluster, ClusterError};
 pub use error::{ProxyError, Side};
+pub use listener::Backoff;
 pub use service::ListenerState;
 pub use tls::TlsError;
 pub use upstream::UpstreamBody;

@@ -155,18 +155,22 @@ pub(crate) async fn accept_loop<F, Fut>(
     }
 }
 
-/// How long to pause after an accept error: 10 ms, doubling to a second.
+/// How long to pause after an accept error: 10 ms, doubling to a second. Every
+/// listener of Weft's (proxy, admin, config server) waits this way when accepting
+/// fails, rather than spin on an error that would repeat at once.
 #[derive(Debug, Default)]
-pub(crate) struct Backoff(u32);
+pub struct Backoff(u32);
 
 impl Backoff {
-    pub(crate) fn next(&mut self) -> Duration {
+    /// The next pause.
+    pub fn next(&mut self) -> Duration {
         let pause = Duration::from_millis(10) * 2u32.pow(self.0.min(7));
         self.0 = self.0.saturating_add(1);
         pause.min(Duration::from_secs(1))
     }
 
-    fn reset(&mut self) {
+    /// Start again from the shortest pause.
+    pub fn reset(&mut self) {
         self.0 = 0;
     }
 }
