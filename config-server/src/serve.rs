@@ -123,7 +123,7 @@ async fn accept<T, F: Future<Output = io::Result<T>>>(mut accept: impl FnMut() -
                         | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => {
-                let wait = backoff.next();
+                let wait = backoff.pause();
                 tracing::warn!("cannot accept connections: {e}; retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
             }

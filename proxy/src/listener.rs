@@ -124,7 +124,7 @@ pub(crate) async fn accept_loop<F, Fut>(
                     a
                 }
                 Err(e) => {
-                    let pause = backoff.next();
+                    let pause = backoff.pause();
                     tracing::warn!(listener = name, "accept failed: {e}; pausing {pause:?}");
                     tokio::select! {
                         () = tokio::time::sleep(pause) => continue,
@@ -163,7 +163,7 @@ pub struct Backoff(u32);
 
 impl Backoff {
     /// The next pause.
-    pub fn next(&mut self) -> Duration {
+    pub fn pause(&mut self) -> Duration {
         let pause = Duration::from_millis(10) * 2u32.pow(self.0.min(7));
         self.0 = self.0.saturating_add(1);
         pause.min(Duration::from_secs(1))
@@ -493,10 +493,10 @@ mod tests {
     #[test]
     fn accept_errors_back_off_to_a_second() {
         let mut b = Backoff::default();
-        let pauses: Vec<_> = (0..10).map(|_| b.next().as_millis()).collect();
+        let pauses: Vec<_> = (0..10).map(|_| b.pause().as_millis()).collect();
         assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
         b.reset();
-        assert_eq!(b.next().as_millis(), 10);
+        assert_eq!(b.pause().as_millis(), 10);
     }
 
     #[test]
