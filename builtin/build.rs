@@ -6,6 +6,7 @@ use std::fmt::Write;
 const BUILTINS: &[(&str, &str, &str)] = &[
     ("router", "weft-filter-router", "filters/router"),
     ("fault", "weft-filter-fault", "filters/fault"),
+    ("retry", "weft-filter-retry", "filters/retry"),
 ];
 
 fn main() {

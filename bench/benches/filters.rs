@@ -5,7 +5,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use weft_engine::{ConnectionInfo, Engine, Filter, FilterSpec, Outcome, RequestHead};
+use weft_engine::{
+    ConnectionInfo, Engine, Exchange, Filter, FilterSpec, Outcome, RequestContext, RequestHead,
+    ResponseAction, ResponseHead,
+};
 
 const ROUTER: &str = r#"{"routes":[
   {"match":{"path":{"prefix":"/api"},"headers":[{"name":"x-canary","exact":"1"}]},"cluster":"green"},
@@ -22,7 +25,7 @@ fn load(engine: &Engine, name: &str, config: &str) -> Filter {
     engine.load(spec).expect("loads")
 }
 
-fn request() -> Box<RequestHead> {
+fn request() -> Box<Exchange> {
     let req = http::Request::get("/api/users?id=7")
         .header("host", "bench.local")
         .header("user-agent", "criterion")
@@ -30,24 +33,47 @@ fn request() -> Box<RequestHead> {
         .expect("request");
     let (parts, ()) = req.into_parts();
     let addr = "127.0.0.1:40000".parse().expect("addr");
-    Box::new(RequestHead {
-        parts,
-        body: None,
-        id: 1,
-        conn: Arc::new(ConnectionInfo {
-            peer: addr,
-            local: addr,
-            tls: false,
-            peer_identity: None,
-            sni: None,
-        }),
+    let conn = Arc::new(ConnectionInfo {
+        peer: addr,
+        local: addr,
+        tls: None,
+    });
+    Box::new(Exchange {
+        request: RequestHead { parts, body: None },
+        response: None,
+        ctx: RequestContext::new(1, conn),
     })
 }
 
-fn run(filter: &Filter, head: Box<RequestHead>) -> Box<RequestHead> {
-    let (head, outcome) = filter.on_request(head);
+/// The exchange after its first attempt, with the upstream's 200.
+fn answered() -> Box<Exchange> {
+    let mut ex = request();
+    ex.ctx.attempt = 1;
+    let (parts, ()) = http::Response::builder()
+        .status(200)
+        .header("content-type", "text/plain")
+        .body(())
+        .expect("response")
+        .into_parts();
+    ex.response = Some(ResponseHead {
+        parts,
+        body: None,
+        trailers: None,
+        error: None,
+    });
+    ex
+}
+
+fn run(filter: &Filter, ex: Box<Exchange>) -> Box<Exchange> {
+    let (ex, outcome) = filter.on_request(ex);
     assert!(matches!(outcome, Outcome::Done(_)));
-    head
+    ex
+}
+
+fn run_response(filter: &Filter, ex: Box<Exchange>) -> Box<Exchange> {
+    let (ex, outcome) = filter.on_response(ex);
+    assert!(matches!(outcome, Outcome::Done(ResponseAction::Continue)));
+    ex
 }
 
 fn hooks(c: &mut Criterion) {
@@ -66,6 +92,11 @@ fn hooks(c: &mut Criterion) {
             let h = run(&fault, head.take().expect("head"));
             head = Some(run(&router, h));
         })
+    });
+    let retry = load(&engine, "retry", "{}");
+    let mut ex = Some(answered());
+    c.bench_function("hook/retry on-response (200)", |b| {
+        b.iter(|| ex = Some(run_response(&retry, ex.take().expect("exchange"))))
     });
     c.bench_function("load/router compiled in memory (instantiate + init)", |b| {
         b.iter(|| black_box(load(&engine, "router", ROUTER)))

@@ -398,7 +398,7 @@ async fn modules_that_are_not_filters_are_refused() {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         r.error()
-            .starts_with("other: not a Weft filter (world weft:filter/filter-world@0.1.0)"),
+            .starts_with("other: not a Weft filter (world weft:filter/filter-world@0.2.0)"),
         "{}",
         r.error()
     );

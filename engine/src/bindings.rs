@@ -10,6 +10,7 @@ wasmtime::component::bindgen!({
     with: {
         "weft:filter/types.request": crate::host::RequestRef,
         "weft:filter/types.response": crate::host::ResponseRef,
+        "weft:filter/types.context": crate::host::ContextRef,
     },
 });
 

@@ -9,7 +9,7 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
 use crate::bindings::{FilterWorld, types};
-use crate::host::{FilterShared, HostState, RequestHead, ResponseHead};
+use crate::host::{Exchange, FilterShared, HeaderViews, HostState, Phase};
 use crate::metrics::FilterMetrics;
 use crate::metrics::Live;
 use crate::state::SharedState;
@@ -117,11 +117,6 @@ impl std::fmt::Debug for Filter {
     }
 }
 
-enum Hook {
-    Request,
-    Response,
-}
-
 impl Filter {
     pub(crate) fn load(
         engine: &Engine,
@@ -134,6 +129,7 @@ impl Filter {
             name: name.clone(),
             metrics: Arc::new(FilterMetrics::new(spec.name, engine.metrics())),
             state: SharedState::default(),
+            views: Default::default(),
         });
         let deadline_ticks = spec.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1;
         let mut inner = Inner {
@@ -144,6 +140,11 @@ impl Filter {
                 request_body: types::BodyMode::None,
                 response: false,
                 response_body: types::BodyMode::None,
+                done: false,
+                request_headers: Vec::new(),
+                response_headers: Vec::new(),
+                response_trailers: false,
+                keep_request_body: 0,
             },
             compiled,
             engine: engine.clone(),
@@ -167,6 +168,24 @@ impl Filter {
                 message,
             },
         })?;
+        // The headers a filter reads through its one-call heads are parsed once here.
+        let names = |list: &[String], which: &str| {
+            list.iter()
+                .map(|n| {
+                    http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                        LoadError::ConfigRejected {
+                            filter: spec.name.to_owned(),
+                            message: format!("its interest names an invalid {which} header {n:?}"),
+                        }
+                    })
+                })
+                .collect::<Result<Box<[_]>, _>>()
+        };
+        let views = HeaderViews {
+            request: names(&interest.request_headers, "request")?,
+            response: names(&interest.response_headers, "response")?,
+        };
+        let _ = inner.shared.views.set(views);
         inner.interest = interest;
         let _ = inner.idle.push(instance);
         Ok(Self {
@@ -199,58 +218,74 @@ impl Filter {
         self.inner.policy
     }
 
-    /// Run `on-request`. The head goes in and comes back, changed by the filter.
-    pub fn on_request(&self, head: Box<RequestHead>) -> (Box<RequestHead>, Outcome<types::Action>) {
+    /// Run `on-request`. The exchange goes in and comes back, changed by the filter.
+    pub fn on_request(&self, ex: Box<Exchange>) -> (Box<Exchange>, Outcome<types::Action>) {
         let body_access = self.inner.interest.request_body == types::BodyMode::Buffered;
-        let mut slot = Slot::Request(head);
-        let outcome = self.run(&mut slot, body_access, Hook::Request, |world, store| {
+        let (ex, outcome) = self.run(ex, body_access, Phase::Request, |world, store| {
             world
                 .weft_filter_filter()
-                .call_on_request(store, Resource::new_borrow(0))
+                .call_on_request(store, Resource::new_borrow(0), Resource::new_borrow(0))
                 .map(Decision::Request)
         });
-        let Slot::Request(head) = slot else {
-            unreachable!("the slot keeps its kind")
-        };
         (
-            head,
+            ex,
             outcome.map(|d| match d {
                 Decision::Request(a) => a,
-                Decision::Response(_) => types::Action::Continue,
+                _ => types::Action::Continue,
             }),
         )
     }
 
-    /// Run `on-response`. The head goes in and comes back, changed by the filter.
+    /// Run `on-response` on the exchange's response. The exchange goes in and comes
+    /// back, changed by the filter.
     pub fn on_response(
         &self,
-        head: Box<ResponseHead>,
-    ) -> (Box<ResponseHead>, Outcome<types::ResponseAction>) {
+        ex: Box<Exchange>,
+    ) -> (Box<Exchange>, Outcome<types::ResponseAction>) {
         let body_access = self.inner.interest.response_body == types::BodyMode::Buffered;
-        let mut slot = Slot::Response(head);
-        let outcome = self.run(&mut slot, body_access, Hook::Response, |world, store| {
+        let (ex, outcome) = self.run(ex, body_access, Phase::Response, |world, store| {
             world
                 .weft_filter_filter()
-                .call_on_response(store, Resource::new_borrow(0))
+                .call_on_response(store, Resource::new_borrow(0), Resource::new_borrow(0))
                 .map(Decision::Response)
         });
-        let Slot::Response(head) = slot else {
-            unreachable!("the slot keeps its kind")
-        };
         (
-            head,
+            ex,
             outcome.map(|d| match d {
                 Decision::Response(a) => a,
-                Decision::Request(_) => types::ResponseAction::Continue,
+                _ => types::ResponseAction::Continue,
             }),
         )
+    }
+
+    /// Run `on-done`. Nothing can change any more, so a failure is only logged.
+    pub fn on_done(&self, ex: Box<Exchange>, summary: &types::Summary) -> Box<Exchange> {
+        let (ex, _) = self.run(ex, false, Phase::Done, |world, store| {
+            world
+                .weft_filter_filter()
+                .call_on_done(store, Resource::new_borrow(0), summary)
+                .map(|()| Decision::Done)
+        });
+        ex
     }
 
     fn run(
         &self,
-        slot: &mut Slot,
+        ex: Box<Exchange>,
         body_access: bool,
-        hook: Hook,
+        phase: Phase,
+        call: impl Fn(&FilterWorld, &mut Store<HostState>) -> wasmtime::Result<Decision>,
+    ) -> (Box<Exchange>, Outcome<Decision>) {
+        let mut slot = Some(ex);
+        let outcome = self.run_in(&mut slot, body_access, phase, call);
+        (slot.expect("the exchange always comes back"), outcome)
+    }
+
+    fn run_in(
+        &self,
+        slot: &mut Option<Box<Exchange>>,
+        body_access: bool,
+        phase: Phase,
         call: impl Fn(&FilterWorld, &mut Store<HostState>) -> wasmtime::Result<Decision>,
     ) -> Outcome<Decision> {
         let inner = &*self.inner;
@@ -262,7 +297,7 @@ impl Filter {
         loop {
             attempts -= 1;
             let result = match inner.checkout() {
-                Ok(instance) => inner.call(instance, slot, body_access, &call),
+                Ok(instance) => inner.call(instance, slot, body_access, phase, &call),
                 Err(e) => Err(e),
             };
             match result {
@@ -272,9 +307,10 @@ impl Filter {
                         filter: inner.name.clone(),
                         reason,
                     };
-                    let hook = match hook {
-                        Hook::Request => "on-request",
-                        Hook::Response => "on-response",
+                    let hook = match phase {
+                        Phase::Request => "on-request",
+                        Phase::Response => "on-response",
+                        Phase::Done => "on-done",
                     };
                     tracing::warn!(
                         filter = &*inner.name,
@@ -308,18 +344,10 @@ impl<T> Outcome<T> {
     }
 }
 
-enum Slot {
-    // Boxed: a head is a few hundred bytes and moves in and out of the store on
-    // every hook; a pointer moves for free.
-    Request(Box<RequestHead>),
-    Response(Box<ResponseHead>),
-    /// Only while the head is inside the store, during a call.
-    Taken,
-}
-
 enum Decision {
     Request(types::Action),
     Response(types::ResponseAction),
+    Done,
 }
 
 enum StartError {
@@ -388,39 +416,21 @@ impl Inner {
     fn call(
         &self,
         mut instance: Instance,
-        slot: &mut Slot,
+        slot: &mut Option<Box<Exchange>>,
         body_access: bool,
+        phase: Phase,
         call: &impl Fn(&FilterWorld, &mut Store<HostState>) -> wasmtime::Result<Decision>,
     ) -> Result<Decision, String> {
         let data = instance.store.data_mut();
         data.body_access = body_access;
-        // The head moves into the store for the call and back out after it, also
-        // after a trap: the request is never lost with a broken instance.
-        let placeholder = match slot {
-            Slot::Request(_) => {
-                let Slot::Request(head) = std::mem::replace(slot, Slot::Taken) else {
-                    unreachable!()
-                };
-                data.request = Some(head);
-                true
-            }
-            Slot::Response(_) => {
-                let Slot::Response(head) = std::mem::replace(slot, Slot::Taken) else {
-                    unreachable!()
-                };
-                data.response = Some(head);
-                false
-            }
-            Slot::Taken => unreachable!(),
-        };
+        data.phase = phase;
+        // The exchange moves into the store for the call and back out after it, also
+        // after a trap: the request is never lost with a broken instance. Boxed, it is
+        // a pointer that moves for free.
+        data.exchange = slot.take();
         instance.store.set_epoch_deadline(self.deadline_ticks);
         let result = call(&instance.world, &mut instance.store);
-        let data = instance.store.data_mut();
-        *slot = if placeholder {
-            Slot::Request(data.request.take().expect("put in above"))
-        } else {
-            Slot::Response(data.response.take().expect("put in above"))
-        };
+        *slot = instance.store.data_mut().exchange.take();
         match result {
             Ok(decision) => {
                 // A full pool means enough warm instances; drop the extra one.

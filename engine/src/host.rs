@@ -1,12 +1,13 @@
-//! What a filter instance can reach: the request or response it is lent, and the host
-//! services of `weft:filter/host`.
+//! What a filter instance can reach: the exchange it is lent (request, response,
+//! context), and the host services of `weft:filter/host`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
+use http::uri::Authority;
 use http::{HeaderMap, Uri};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
@@ -17,11 +18,28 @@ use crate::metrics::FilterMetrics;
 use crate::state::SharedState;
 use crate::stderr::TailPipe;
 
-/// Marker for the `request` resource: the host lends one request at a time, kept in
-/// [`HostState::request`], so the handle needs no table entry.
+/// Marker for the `request` resource: the host lends one exchange at a time, kept in
+/// [`HostState`], so the handle needs no table entry.
 pub struct RequestRef;
 /// Marker for the `response` resource; see [`RequestRef`].
 pub struct ResponseRef;
+/// Marker for the `context` resource; see [`RequestRef`].
+pub struct ContextRef;
+
+/// TLS facts of a downstream connection.
+#[derive(Clone, Debug, Default)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The negotiated cipher suite.
+    pub cipher: &'static str,
+    /// The server name from the TLS hello.
+    pub sni: Option<String>,
+    /// The protocol ALPN agreed on.
+    pub alpn: Option<String>,
+    /// The identity from the client's certificate, if it sent one.
+    pub peer_identity: Option<String>,
+}
 
 /// The downstream connection a request came in on. Built once per connection.
 #[derive(Clone, Debug)]
@@ -30,36 +48,165 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// The proxy's address of this connection.
     pub local: SocketAddr,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-    /// The identity from the client's certificate, if it sent one.
-    pub peer_identity: Option<String>,
-    /// The server name from the TLS hello.
-    pub sni: Option<String>,
+    /// TLS facts; none for clear text.
+    pub tls: Option<TlsInfo>,
 }
 
-/// A request head lent to the filter chain, with its body when a filter asked for it.
+/// A request head, with its body when a filter asked for it or it was kept for a
+/// retry.
 #[derive(Debug)]
 pub struct RequestHead {
     /// Method, URI, version and headers.
     pub parts: http::request::Parts,
-    /// The whole body, when some filter of the chain wants it buffered.
+    /// The whole body, when buffered.
     pub body: Option<Bytes>,
-    /// Unique per process.
-    pub id: u64,
-    /// The downstream connection.
-    pub conn: Arc<ConnectionInfo>,
 }
 
-/// A response head lent to the filter chain, with its body when a filter asked for it.
+/// Why an upstream exchange ended without an upstream response.
+pub use types::ExchangeError;
+
+/// A response head, with its body when a filter asked for it.
 #[derive(Debug)]
 pub struct ResponseHead {
     /// Status, version and headers.
     pub parts: http::response::Parts,
-    /// The whole body, when some filter of the chain wants it buffered.
+    /// The whole body, when buffered.
     pub body: Option<Bytes>,
-    /// The id of the request it answers.
-    pub request_id: u64,
+    /// The trailers, when the body had ended by the time hooks ran.
+    pub trailers: Option<HeaderMap>,
+    /// Set when the proxy made this response because the exchange failed.
+    pub error: Option<ExchangeError>,
+}
+
+/// Most properties a request may hold.
+pub const MAX_PROPERTIES: usize = 32;
+/// Most bytes of keys and values a request's properties may hold.
+pub const MAX_PROPERTY_BYTES: usize = 4096;
+const MAX_PROPERTY_KEY: usize = 64;
+const MAX_PROPERTY_VALUE: usize = 1024;
+const MAX_ROUTE_NAME: usize = 128;
+/// The longest timeout a filter may set.
+const MAX_SETTING: Duration = Duration::from_secs(24 * 3600);
+
+/// One request's context: what the proxy knows, what filters set for the upstream
+/// exchange, and the properties filters share. Lives from arrival to the end.
+#[derive(Debug)]
+pub struct RequestContext {
+    /// Unique per process.
+    pub id: u64,
+    /// The downstream connection.
+    pub conn: Arc<ConnectionInfo>,
+    /// When the request head arrived.
+    pub received: Instant,
+    /// The same moment on the wall clock, nanoseconds since the Unix epoch.
+    pub received_wall: u64,
+    /// The current attempt: 0 before the upstream, 1 for the first.
+    pub attempt: u32,
+    /// The cluster of the current attempt.
+    pub cluster: Option<Arc<str>>,
+    /// The endpoint of the current attempt.
+    pub endpoint: Option<Authority>,
+    /// Time the current attempt spent connecting, when it made a connection.
+    pub connect_time: Option<Duration>,
+    /// Time from sending the current attempt to its response head.
+    pub first_byte_time: Option<Duration>,
+    /// The route a filter named.
+    pub route: Option<String>,
+    /// Overall timeout a filter set, replacing the listener's.
+    pub timeout: Option<Duration>,
+    /// Per-attempt timeout a filter set.
+    pub per_try_timeout: Option<Duration>,
+    /// Set once the request went upstream: exchange settings no longer apply.
+    pub sent: bool,
+    properties: Vec<(Box<str>, Box<[u8]>)>,
+    property_bytes: usize,
+}
+
+impl RequestContext {
+    /// The context of a request that has just arrived.
+    pub fn new(id: u64, conn: Arc<ConnectionInfo>) -> Self {
+        Self {
+            id,
+            conn,
+            received: Instant::now(),
+            received_wall: wall_now(),
+            attempt: 0,
+            cluster: None,
+            endpoint: None,
+            connect_time: None,
+            first_byte_time: None,
+            route: None,
+            timeout: None,
+            per_try_timeout: None,
+            sent: false,
+            properties: Vec::new(),
+            property_bytes: 0,
+        }
+    }
+
+    /// A property, when set.
+    pub fn property(&self, key: &str) -> Option<&[u8]> {
+        self.properties
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Set a property, within the limits.
+    pub fn set_property(&mut self, key: &str, value: &[u8]) -> Result<(), types::PropertyError> {
+        if key.len() > MAX_PROPERTY_KEY || value.len() > MAX_PROPERTY_VALUE {
+            return Err(types::PropertyError::TooLarge);
+        }
+        let old = self.properties.iter().position(|(k, _)| &**k == key);
+        let freed = old.map_or(0, |i| self.properties[i].1.len());
+        let added = if old.is_some() {
+            value.len()
+        } else {
+            key.len() + value.len()
+        };
+        if self.property_bytes - freed + added > MAX_PROPERTY_BYTES
+            || (old.is_none() && self.properties.len() >= MAX_PROPERTIES)
+        {
+            return Err(types::PropertyError::Full);
+        }
+        self.property_bytes = self.property_bytes - freed + added;
+        match old {
+            Some(i) => self.properties[i].1 = value.into(),
+            None => self.properties.push((key.into(), value.into())),
+        }
+        Ok(())
+    }
+
+    /// Remove a property; true if it was there.
+    pub fn remove_property(&mut self, key: &str) -> bool {
+        match self.properties.iter().position(|(k, _)| &**k == key) {
+            Some(i) => {
+                let (k, v) = self.properties.swap_remove(i);
+                self.property_bytes -= k.len() + v.len();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Everything the hooks of one request work on, lent to a filter for one call.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The request head (and kept body).
+    pub request: RequestHead,
+    /// The response, during response hooks.
+    pub response: Option<ResponseHead>,
+    /// The request's context.
+    pub ctx: RequestContext,
+}
+
+/// Which hook runs, so the host can refuse what makes no sense in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Request,
+    Response,
+    Done,
 }
 
 /// Per-filter things shared by all of its instances.
@@ -67,6 +214,15 @@ pub(crate) struct FilterShared {
     pub(crate) name: Arc<str>,
     pub(crate) metrics: Arc<FilterMetrics>,
     pub(crate) state: SharedState,
+    /// The headers the filter named in its interest, parsed once.
+    pub(crate) views: OnceLock<HeaderViews>,
+}
+
+/// The header names a filter reads through the one-call heads.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderViews {
+    pub(crate) request: Box<[HeaderName]>,
+    pub(crate) response: Box<[HeaderName]>,
 }
 
 /// The data of one instance's `Store`.
@@ -76,8 +232,8 @@ pub struct HostState {
     pub(crate) limits: StoreLimits,
     pub(crate) stderr: TailPipe,
     pub(crate) shared: Arc<FilterShared>,
-    pub(crate) request: Option<Box<RequestHead>>,
-    pub(crate) response: Option<Box<ResponseHead>>,
+    pub(crate) exchange: Option<Box<Exchange>>,
+    pub(crate) phase: Phase,
     /// Whether the filter running now may touch the buffered request/response body.
     pub(crate) body_access: bool,
     rng: fastrand::Rng,
@@ -108,8 +264,8 @@ impl HostState {
             limits,
             stderr,
             shared,
-            request: None,
-            response: None,
+            exchange: None,
+            phase: Phase::Request,
             body_access: false,
             rng: fastrand::Rng::new(),
             epoch,
@@ -120,12 +276,56 @@ impl HostState {
         &mut self.table
     }
 
-    fn req(&mut self) -> Option<&mut RequestHead> {
-        self.request.as_deref_mut()
+    fn request_names(&self) -> &[HeaderName] {
+        self.shared.views.get().map_or(&[], |v| &v.request)
+    }
+
+    /// The request, for reading.
+    fn req(&self) -> Option<&RequestHead> {
+        self.exchange.as_deref().map(|e| &e.request)
+    }
+
+    /// The request, for changing: only in its own hook, before it went upstream.
+    fn req_mut(&mut self) -> Option<&mut RequestHead> {
+        if self.phase != Phase::Request {
+            return None;
+        }
+        self.exchange.as_deref_mut().map(|e| &mut e.request)
     }
 
     fn resp(&mut self) -> Option<&mut ResponseHead> {
-        self.response.as_deref_mut()
+        if self.phase != Phase::Response {
+            return None;
+        }
+        self.exchange.as_deref_mut()?.response.as_mut()
+    }
+
+    fn ctx(&mut self) -> Option<&mut RequestContext> {
+        self.exchange.as_deref_mut().map(|e| &mut e.ctx)
+    }
+
+    fn own_request_head(&self) -> types::RequestHead {
+        let Some(req) = self.req() else {
+            return types::RequestHead {
+                method: String::new(),
+                path: "/".to_owned(),
+                authority: None,
+                headers: Vec::new(),
+            };
+        };
+        let parts = &req.parts;
+        types::RequestHead {
+            method: parts.method.as_str().to_owned(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            authority: match parts.uri.authority() {
+                Some(a) => Some(a.as_str().to_owned()),
+                None => get_header(&parts.headers, "host"),
+            },
+            headers: selected(&parts.headers, self.request_names()),
+        }
     }
 }
 
@@ -138,7 +338,16 @@ impl WasiView for HostState {
     }
 }
 
-/// Headers the proxy owns: hop-by-hop ones, and framing it computes itself.
+fn wall_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Headers a filter may not touch through the header calls: the proxy frames messages
 /// itself, and the request's target has one home (`set-authority`), so that what
 /// filters decided on is what the upstream gets.
@@ -169,6 +378,23 @@ fn get_header(headers: &HeaderMap, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// The values of the named headers, in the order of the names.
+fn selected(headers: &HeaderMap, names: &[HeaderName]) -> Vec<types::Header> {
+    if names.is_empty() || headers.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for name in names {
+        for value in headers.get_all(name) {
+            out.push(types::Header {
+                name: name.as_str().to_owned(),
+                value: value.as_bytes().to_vec(),
+            });
+        }
+    }
+    out
 }
 
 fn all_headers(headers: &HeaderMap) -> Vec<types::Header> {
@@ -214,27 +440,21 @@ fn set_body(
     Ok(())
 }
 
-/// Hooks only ever run with a head in place; a guest that kept a borrowed handle past
-/// its hook is misbehaving, and gets empty answers rather than a crash of the host.
-const NO_REQUEST: &str = "no request is lent to this filter now";
+/// Hooks only ever run with an exchange in place; a guest that kept a borrowed handle
+/// past its hook, or changes the request from a response hook, gets refusals rather
+/// than a crash of the host.
+const NOT_NOW: &str = "the request can be changed only by its request hook";
+const NO_RESPONSE: &str = "no response is lent to this filter now";
 
 impl types::Host for HostState {}
 
 impl types::HostRequest for HostState {
-    fn method(&mut self, _: Resource<RequestRef>) -> String {
-        self.req()
-            .map(|r| r.parts.method.as_str().to_owned())
-            .unwrap_or_default()
-    }
-
-    fn path(&mut self, _: Resource<RequestRef>) -> String {
-        self.req()
-            .and_then(|r| r.parts.uri.path_and_query().map(|p| p.as_str().to_owned()))
-            .unwrap_or_else(|| "/".to_owned())
+    fn head(&mut self, _: Resource<RequestRef>) -> types::RequestHead {
+        self.own_request_head()
     }
 
     fn set_path(&mut self, _: Resource<RequestRef>, path: String) -> Result<(), String> {
-        let req = self.req().ok_or(NO_REQUEST)?;
+        let req = self.req_mut().ok_or(NOT_NOW)?;
         if !path.starts_with('/') {
             return Err(format!("path must start with '/': {path:?}"));
         }
@@ -254,16 +474,8 @@ impl types::HostRequest for HostState {
         }
     }
 
-    fn authority(&mut self, _: Resource<RequestRef>) -> Option<String> {
-        let req = self.req()?;
-        match req.parts.uri.authority() {
-            Some(a) => Some(a.as_str().to_owned()),
-            None => get_header(&req.parts.headers, "host"),
-        }
-    }
-
     fn set_authority(&mut self, _: Resource<RequestRef>, authority: String) -> Result<(), String> {
-        let req = self.req().ok_or(NO_REQUEST)?;
+        let req = self.req_mut().ok_or(NOT_NOW)?;
         let parsed: http::uri::Authority = authority
             .parse()
             .map_err(|e| format!("invalid authority {authority:?}: {e}"))?;
@@ -306,7 +518,7 @@ impl types::HostRequest for HostState {
         name: String,
         value: String,
     ) -> Result<(), types::HeaderError> {
-        match self.req() {
+        match self.req_mut() {
             Some(r) => set_header(&mut r.parts.headers, &name, &value),
             None => Err(types::HeaderError::Forbidden),
         }
@@ -318,19 +530,19 @@ impl types::HostRequest for HostState {
         name: String,
         value: String,
     ) -> Result<(), types::HeaderError> {
-        match self.req() {
+        match self.req_mut() {
             Some(r) => add_header(&mut r.parts.headers, &name, &value),
             None => Err(types::HeaderError::Forbidden),
         }
     }
 
     fn remove_header(&mut self, _: Resource<RequestRef>, name: String) -> bool {
-        self.req()
+        self.req_mut()
             .is_some_and(|r| remove_header(&mut r.parts.headers, &name))
     }
 
     fn body(&mut self, _: Resource<RequestRef>) -> Option<Vec<u8>> {
-        if !self.body_access {
+        if !self.body_access || self.phase != Phase::Request {
             return None;
         }
         self.req().and_then(|r| r.body.as_ref().map(|b| b.to_vec()))
@@ -338,38 +550,8 @@ impl types::HostRequest for HostState {
 
     fn set_body(&mut self, _: Resource<RequestRef>, body: Vec<u8>) -> Result<(), String> {
         let access = self.body_access;
-        let req = self.req().ok_or(NO_REQUEST)?;
+        let req = self.req_mut().ok_or(NOT_NOW)?;
         set_body(&mut req.parts.headers, &mut req.body, access, body)
-    }
-
-    fn id(&mut self, _: Resource<RequestRef>) -> u64 {
-        self.req().map_or(0, |r| r.id)
-    }
-
-    fn connection(&mut self, _: Resource<RequestRef>) -> types::Connection {
-        let Some(req) = self.req() else {
-            return types::Connection {
-                peer_address: String::new(),
-                local_address: String::new(),
-                tls: false,
-                peer_identity: None,
-                sni: None,
-                version: types::HttpVersion::Http11,
-            };
-        };
-        let c = &req.conn;
-        types::Connection {
-            peer_address: c.peer.to_string(),
-            local_address: c.local.to_string(),
-            tls: c.tls,
-            peer_identity: c.peer_identity.clone(),
-            sni: c.sni.clone(),
-            version: match req.parts.version {
-                http::Version::HTTP_10 | http::Version::HTTP_09 => types::HttpVersion::Http10,
-                http::Version::HTTP_2 => types::HttpVersion::Http2,
-                _ => types::HttpVersion::Http11,
-            },
-        }
     }
 
     fn drop(&mut self, _: Resource<RequestRef>) -> wasmtime::Result<()> {
@@ -378,12 +560,30 @@ impl types::HostRequest for HostState {
 }
 
 impl types::HostResponse for HostState {
-    fn status(&mut self, _: Resource<ResponseRef>) -> u16 {
-        self.resp().map_or(0, |r| r.parts.status.as_u16())
+    fn head(&mut self, _: Resource<ResponseRef>) -> types::ResponseHead {
+        let names = self.shared.views.get().map(|v| &v.response);
+        let attempt = self.exchange.as_deref().map_or(0, |e| e.ctx.attempt);
+        let Some(resp) = self.exchange.as_deref().and_then(|e| e.response.as_ref()) else {
+            return types::ResponseHead {
+                status: 0,
+                attempt,
+                headers: Vec::new(),
+                trailers: None,
+                error: None,
+            };
+        };
+        let names = names.map_or(&[][..], |n| &n[..]);
+        types::ResponseHead {
+            status: resp.parts.status.as_u16(),
+            attempt,
+            headers: selected(&resp.parts.headers, names),
+            trailers: resp.trailers.as_ref().map(|t| selected(t, names)),
+            error: resp.error,
+        }
     }
 
     fn set_status(&mut self, _: Resource<ResponseRef>, status: u16) -> Result<(), String> {
-        let resp = self.resp().ok_or(NO_REQUEST)?;
+        let resp = self.resp().ok_or(NO_RESPONSE)?;
         resp.parts.status =
             http::StatusCode::from_u16(status).map_err(|_| format!("invalid status {status}"))?;
         Ok(())
@@ -439,15 +639,131 @@ impl types::HostResponse for HostState {
 
     fn set_body(&mut self, _: Resource<ResponseRef>, body: Vec<u8>) -> Result<(), String> {
         let access = self.body_access;
-        let resp = self.resp().ok_or(NO_REQUEST)?;
+        let resp = self.resp().ok_or(NO_RESPONSE)?;
         set_body(&mut resp.parts.headers, &mut resp.body, access, body)
     }
 
-    fn request_id(&mut self, _: Resource<ResponseRef>) -> u64 {
-        self.resp().map_or(0, |r| r.request_id)
+    fn drop(&mut self, _: Resource<ResponseRef>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+fn connection(c: &ConnectionInfo, version: http::Version) -> types::Connection {
+    types::Connection {
+        peer_address: c.peer.to_string(),
+        local_address: c.local.to_string(),
+        tls: c.tls.as_ref().map(|t| types::TlsInfo {
+            version: t.version.to_owned(),
+            cipher: t.cipher.to_owned(),
+            sni: t.sni.clone(),
+            alpn: t.alpn.clone(),
+            peer_identity: t.peer_identity.clone(),
+        }),
+        version: match version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => types::HttpVersion::Http10,
+            http::Version::HTTP_2 => types::HttpVersion::Http2,
+            _ => types::HttpVersion::Http11,
+        },
+    }
+}
+
+impl types::HostContext for HostState {
+    fn facts(&mut self, _: Resource<ContextRef>) -> types::Facts {
+        let Some(ex) = self.exchange.as_deref() else {
+            return types::Facts {
+                request_id: 0,
+                received_at: 0,
+                elapsed: 0,
+                attempt: 0,
+                cluster: None,
+                endpoint: None,
+                connect_time: None,
+                first_byte_time: None,
+                route: None,
+                connection: types::Connection {
+                    peer_address: String::new(),
+                    local_address: String::new(),
+                    tls: None,
+                    version: types::HttpVersion::Http11,
+                },
+            };
+        };
+        let ctx = &ex.ctx;
+        types::Facts {
+            request_id: ctx.id,
+            received_at: ctx.received_wall,
+            elapsed: nanos(ctx.received.elapsed()),
+            attempt: ctx.attempt,
+            cluster: ctx.cluster.as_deref().map(str::to_owned),
+            endpoint: ctx.endpoint.as_ref().map(|a| a.as_str().to_owned()),
+            connect_time: ctx.connect_time.map(nanos),
+            first_byte_time: ctx.first_byte_time.map(nanos),
+            route: ctx.route.clone(),
+            connection: connection(&ctx.conn, ex.request.parts.version),
+        }
     }
 
-    fn drop(&mut self, _: Resource<ResponseRef>) -> wasmtime::Result<()> {
+    fn request_head(&mut self, _: Resource<ContextRef>) -> types::RequestHead {
+        self.own_request_head()
+    }
+
+    fn get(&mut self, _: Resource<ContextRef>, key: String) -> Option<Vec<u8>> {
+        self.ctx()?.property(&key).map(<[u8]>::to_vec)
+    }
+
+    fn set(
+        &mut self,
+        _: Resource<ContextRef>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), types::PropertyError> {
+        match self.ctx() {
+            Some(ctx) => ctx.set_property(&key, &value),
+            None => Err(types::PropertyError::Full),
+        }
+    }
+
+    fn remove(&mut self, _: Resource<ContextRef>, key: String) -> bool {
+        self.ctx().is_some_and(|c| c.remove_property(&key))
+    }
+
+    fn set_route(&mut self, _: Resource<ContextRef>, mut name: String) {
+        if let Some(ctx) = self.ctx() {
+            if name.len() > MAX_ROUTE_NAME {
+                let mut end = MAX_ROUTE_NAME;
+                while !name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                name.truncate(end);
+            }
+            ctx.route = Some(name);
+        }
+    }
+
+    fn configure(
+        &mut self,
+        _: Resource<ContextRef>,
+        setting: types::ExchangeSetting,
+    ) -> Result<(), types::SettingError> {
+        let Some(ctx) = self.ctx() else {
+            return Err(types::SettingError::TooLate);
+        };
+        if ctx.sent {
+            return Err(types::SettingError::TooLate);
+        }
+        let (slot, ns) = match setting {
+            types::ExchangeSetting::Timeout(ns) => (&mut ctx.timeout, ns),
+            types::ExchangeSetting::PerTryTimeout(ns) => (&mut ctx.per_try_timeout, ns),
+        };
+        let d = Duration::from_nanos(ns);
+        if d.is_zero() || d > MAX_SETTING {
+            return Err(types::SettingError::OutOfRange);
+        }
+        *slot = Some(d);
+        Ok(())
+    }
+
+    fn drop(&mut self, _: Resource<ContextRef>) -> wasmtime::Result<()> {
         Ok(())
     }
 }
@@ -527,16 +843,74 @@ impl host_api::Host for HostState {
     }
 
     fn monotonic_now(&mut self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        nanos(self.epoch.elapsed())
     }
 
     fn wall_now(&mut self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        wall_now()
     }
 
     fn random_u64(&mut self) -> u64 {
         self.rng.u64(..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> RequestContext {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        RequestContext::new(
+            1,
+            Arc::new(ConnectionInfo {
+                peer: addr,
+                local: addr,
+                tls: None,
+            }),
+        )
+    }
+
+    #[test]
+    fn properties_are_bounded_in_size_and_count() {
+        let mut c = ctx();
+        assert_eq!(
+            c.set_property(&"k".repeat(65), b""),
+            Err(types::PropertyError::TooLarge)
+        );
+        assert_eq!(
+            c.set_property("k", &[0; 1025]),
+            Err(types::PropertyError::TooLarge)
+        );
+        for i in 0..MAX_PROPERTIES {
+            c.set_property(&format!("k{i}"), b"v").unwrap();
+        }
+        assert_eq!(
+            c.set_property("one-more", b"v"),
+            Err(types::PropertyError::Full)
+        );
+        // Replacing an existing key is not a new one.
+        c.set_property("k0", b"longer").unwrap();
+        assert_eq!(c.property("k0"), Some(&b"longer"[..]));
+        assert!(c.remove_property("k0"));
+        assert!(!c.remove_property("k0"));
+        c.set_property("one-more", b"v").unwrap();
+    }
+
+    #[test]
+    fn properties_are_bounded_in_bytes() {
+        let mut c = ctx();
+        for i in 0..3 {
+            c.set_property(&format!("k{i}"), &[1; 1024]).unwrap();
+        }
+        // 3 * (2 + 1024) = 3078 bytes held; another KiB passes the 4 KiB bound.
+        assert_eq!(
+            c.set_property("k3", &[1; 1024]),
+            Err(types::PropertyError::Full)
+        );
+        c.set_property("k3", &[1; 900]).unwrap();
+        // Shrinking a value frees its bytes.
+        c.set_property("k0", b"").unwrap();
+        c.set_property("k4", &[1; 1000]).unwrap();
     }
 }

@@ -6,8 +6,8 @@
 //! 2. [`Engine::load`] a [`FilterSpec`]: the module is checked (a component, of the
 //!    right world, matching its expected sha256), instantiated once, and handed its
 //!    configuration; a rejected configuration is an error here, before any request.
-//! 3. Call [`Filter::on_request`] / [`Filter::on_response`] with the request or
-//!    response head. Instances are reused from a pool: a hook on a warm instance costs
+//! 3. Call [`Filter::on_request`] / [`Filter::on_response`] / [`Filter::on_done`] with
+//!    the request's [`Exchange`]. Instances are reused from a pool: a hook on a warm instance costs
 //!    well under a microsecond, a fresh instance tens of microseconds.
 //! 4. A failing hook (trap, panic, deadline, memory limit) discards its instance and
 //!    returns an [`Outcome`] shaped by the filter's [`FailurePolicy`].
@@ -41,10 +41,14 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
 pub use bindings::types::{
-    Action, BodyMode, Header, HeaderError, Interest, LocalResponse, ResponseAction,
+    Action, BodyMode, Header, HeaderError, Interest, LocalResponse, Responder, ResponseAction,
+    Summary,
 };
 pub use filter::{Filter, FilterFailure, FilterSpec, Outcome};
-pub use host::{ConnectionInfo, HostState, RequestHead, ResponseHead};
+pub use host::{
+    ConnectionInfo, Exchange, ExchangeError, HostState, RequestContext, RequestHead, ResponseHead,
+    TlsInfo,
+};
 pub use metrics::MetricsHub;
 pub use weft_config::FailurePolicy;
 
@@ -88,7 +92,7 @@ pub enum LoadError {
         message: String,
     },
     /// It is a component, but not of the `weft:filter/filter-world` world.
-    #[error("{source_name}: not a Weft filter (world weft:filter/filter-world@0.1.0): {message}")]
+    #[error("{source_name}: not a Weft filter (world weft:filter/filter-world@0.2.0): {message}")]
     WrongWorld {
         /// Where the bytes came from.
         source_name: String,

@@ -36,6 +36,12 @@ pub struct FilterChain {
     pub response: bool,
     /// Whether any filter wants the response body buffered.
     pub response_body: bool,
+    /// Whether any filter wants trailers shown to response hooks.
+    pub response_trailers: bool,
+    /// Whether any filter has an `on-done` hook.
+    pub done: bool,
+    /// The largest request body a filter wants kept for retries.
+    pub keep_request_body: usize,
 }
 
 impl FilterChain {
@@ -70,13 +76,32 @@ impl FilterChain {
         let response_body = filters
             .iter()
             .any(|f| f.interest().response && f.interest().response_body == BodyMode::Buffered);
+        let response_trailers = filters
+            .iter()
+            .any(|f| f.interest().response && f.interest().response_trailers);
+        let done = filters.iter().any(|f| f.interest().done);
+        // Only a response hook can ask for a retry, so only then is a body worth keeping.
+        let keep_request_body = filters
+            .iter()
+            .filter(|f| f.interest().response)
+            .map(|f| usize::try_from(f.interest().keep_request_body).unwrap_or(usize::MAX))
+            .max()
+            .unwrap_or(0);
         Self {
             filters: filters.into(),
             on_request: on_request.into(),
             request_body,
             response,
             response_body,
+            response_trailers,
+            done,
+            keep_request_body,
         }
+    }
+
+    /// Whether any filter has any hook: without, requests take the plain path.
+    pub fn has_hooks(&self) -> bool {
+        !self.on_request.is_empty() || self.response || self.done
     }
 
     /// The filters, in order.

@@ -15,7 +15,7 @@ use crate::upstream::{
 
 /// An upstream cluster.
 pub struct Cluster {
-    name: String,
+    name: Arc<str>,
     endpoints: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
     scheme: Scheme,
@@ -61,6 +61,29 @@ pub(crate) struct UpstreamError {
     pub(crate) client_body: bool,
     pub(crate) endpoint: Authority,
     pub(crate) source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl UpstreamError {
+    /// Why the exchange ended, as filters see it.
+    pub(crate) fn kind(&self) -> weft_engine::ExchangeError {
+        use weft_engine::ExchangeError;
+        if self.connect {
+            return ExchangeError::ConnectFailure;
+        }
+        match self.source.downcast_ref::<hyper::Error>() {
+            Some(e) if e.is_parse() || e.is_parse_status() => ExchangeError::ProtocolError,
+            _ => ExchangeError::Reset,
+        }
+    }
+}
+
+/// What one attempt learned about where it went, for the request's context.
+#[derive(Debug, Default)]
+pub(crate) struct Attempt {
+    /// The endpoint it was sent to.
+    pub(crate) endpoint: Option<Authority>,
+    /// How long connecting took, when it made a new connection.
+    pub(crate) connect_time: Option<std::time::Duration>,
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -131,7 +154,7 @@ impl Cluster {
             }
         };
         Ok(Self {
-            name: config.name.value.clone(),
+            name: Arc::from(config.name.value.as_str()),
             endpoints,
             next: AtomicUsize::new(0),
             scheme,
@@ -149,6 +172,11 @@ impl Cluster {
         &self.name
     }
 
+    /// The cluster's name, shared.
+    pub fn name_arc(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
     /// The next endpoint, round robin.
     fn pick(&self) -> &Arc<Endpoint> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -163,8 +191,10 @@ impl Cluster {
         &self,
         parts: http::request::Parts,
         body: ProxyBody,
+        attempt: &mut Attempt,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let endpoint = self.pick();
+        attempt.endpoint = Some(endpoint.authority.clone());
         let pq = parts
             .uri
             .path_and_query()
@@ -179,10 +209,14 @@ impl Cluster {
         let mut req = http::Request::from_parts(parts, body);
         let mut retried = false;
         loop {
+            let started = std::time::Instant::now();
             let (conn, pooled) = endpoint
                 .checkout(&self.connector)
                 .await
                 .map_err(connect_failed)?;
+            if !pooled {
+                attempt.connect_time = Some(started.elapsed());
+            }
             let mut refused = match conn {
                 Conn::Http1(sender) => {
                     // HTTP/1 sends the origin form; the host header names the target.

@@ -46,9 +46,10 @@ pub struct ProxyError {
     pub status: StatusCode,
     /// What the client is told, short and fixed, e.g. `upstream unavailable`.
     pub reason: &'static str,
-    /// Whether sending the request again could succeed without side effects (the
-    /// upstream never saw it).
-    pub retry_safe: bool,
+    /// Why the upstream exchange ended, when it did without a response: what response
+    /// hooks (a retry filter) see. A connect failure is safe to retry for any request,
+    /// since the upstream never saw it.
+    pub exchange: Option<weft_engine::ExchangeError>,
     /// What happened, in full, for the log only.
     pub detail: String,
 }
@@ -60,14 +61,14 @@ impl ProxyError {
             side,
             status,
             reason,
-            retry_safe: false,
+            exchange: None,
             detail,
         }
     }
 
-    /// Mark it safe to retry.
-    pub fn retry_safe(mut self) -> Self {
-        self.retry_safe = true;
+    /// Say why the upstream exchange ended.
+    pub fn exchange(mut self, kind: weft_engine::ExchangeError) -> Self {
+        self.exchange = Some(kind);
         self
     }
 

@@ -24,6 +24,7 @@ mod admin;
 mod body;
 mod chain;
 mod cluster;
+mod done;
 mod error;
 mod listener;
 mod normalize;

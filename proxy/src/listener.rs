@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
-use weft_engine::ConnectionInfo;
+use weft_engine::{ConnectionInfo, TlsInfo};
 
 use crate::body::ProxyBody;
 use crate::service::{self, ListenerState};
@@ -211,9 +211,7 @@ async fn serve_connection(
     let mut info = ConnectionInfo {
         peer,
         local,
-        tls: conn.tls.is_some(),
-        peer_identity: None,
-        sni: None,
+        tls: None,
     };
     let limits = conn.limits;
     let watch = Arc::new(ConnWatch::new(limits.max_premature_resets));
@@ -237,7 +235,22 @@ async fn serve_connection(
                 }
             };
             let (_, session) = stream.get_ref();
-            info.sni = session.server_name().map(str::to_owned);
+            info.tls = Some(TlsInfo {
+                version: session
+                    .protocol_version()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(""),
+                cipher: session
+                    .negotiated_cipher_suite()
+                    .and_then(|c| c.suite().as_str())
+                    .unwrap_or(""),
+                sni: session.server_name().map(str::to_owned),
+                alpn: session
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+                // Client certificates come with mutual TLS, which no listener asks for yet.
+                peer_identity: None,
+            });
             let svc = request_service(state, Arc::new(info), watch.clone());
             let io = Watched::new(stream, watch.clone());
             drive(io, &conn.builder, svc, &limits, &watch, &mut stop).await

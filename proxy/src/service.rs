@@ -5,24 +5,32 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 use weft_engine::{
-    Action, ConnectionInfo, LocalResponse, Outcome, RequestHead, ResponseAction, ResponseHead,
+    Action, ConnectionInfo, Exchange, ExchangeError, Filter, LocalResponse, Outcome,
+    RequestContext, RequestHead, Responder, ResponseAction, ResponseHead,
 };
 
-use crate::body::{self, BufferError, ProxyBody};
+use crate::body::{self, BufferError, ClientBody, Kept, Peeked, ProxyBody};
 use crate::chain::FilterChain;
-use crate::cluster::{Cluster, UpstreamError};
+use crate::cluster::{Attempt, Cluster, UpstreamError};
+use crate::done;
 use crate::error::{ProxyError, Side};
 use crate::normalize;
-use crate::upstream::UpstreamBody;
 
 /// The longest delay a filter may ask for; longer asks are cut to it.
 const MAX_DELAY: Duration = Duration::from_secs(60);
+/// The most attempts one request makes, whatever its filters ask.
+const MAX_ATTEMPTS: u32 = 10;
+/// Tells the upstream which attempt of a request it sees, when retries are possible.
+const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-weft-attempt");
 
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -37,7 +45,8 @@ pub struct ListenerState {
     pub clusters: Arc<HashMap<String, Arc<Cluster>>>,
     /// Where requests go when no filter routes them.
     pub default_cluster: Option<Arc<Cluster>>,
-    /// The upstream must answer within this time.
+    /// The upstream must answer within this time of the request's arrival, unless a
+    /// filter sets another.
     pub request_timeout: Duration,
     /// The largest body a filter may have buffered.
     pub max_body: usize,
@@ -57,10 +66,31 @@ pub(crate) async fn serve(
     let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     // A gRPC client reads errors from `grpc-status`, not from an HTTP status.
     let grpc = is_grpc(req.headers());
-    match proxy(&state, conn, req, id, grpc).await {
-        Ok(resp) => Ok(resp),
-        Err(e) => Ok(fail(&state.name, e, id, grpc)),
+    // A chain without hooks (or no chain) costs nothing: no context, no exchange.
+    if !state.chain.has_hooks() {
+        return Ok(match forward(&state, req).await {
+            Ok(resp) => resp,
+            Err(e) => fail(&state.name, e, id, grpc),
+        });
     }
+    let (parts, body) = req.into_parts();
+    let mut lent = Lent(Some(Box::new(Exchange {
+        request: RequestHead { parts, body: None },
+        response: None,
+        ctx: RequestContext::new(id, conn),
+    })));
+    let (resp, responder) = match filtered(&state, &mut lent, body, grpc).await {
+        Ok(done) => done,
+        Err(e) => {
+            let kind = e.exchange;
+            (fail(&state.name, e, id, grpc), Responder::Proxy(kind))
+        }
+    };
+    // The end phase: `on-done` runs once the response body has gone, whatever happened.
+    Ok(match lent.0 {
+        Some(ex) if state.chain.done => done::wrap(resp, &state.chain, ex, responder),
+        _ => resp,
+    })
 }
 
 /// Whether a request is gRPC: `content-type: application/grpc` or `application/grpc+...`.
@@ -83,19 +113,35 @@ fn fail(listener: &str, e: ProxyError, id: u64, grpc: bool) -> Response<ProxyBod
     }
 }
 
-async fn proxy(
-    state: &ListenerState,
-    conn: Arc<ConnectionInfo>,
-    req: Request<Incoming>,
-    id: u64,
-    grpc: bool,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let chain = &state.chain;
-    let (mut parts, body) = req.into_parts();
+/// The request's exchange, lent to each hook and given back after it.
+struct Lent(Option<Box<Exchange>>);
 
-    // One authority for filters and the upstream: an absolute-form target wins over
-    // Host, ambiguous ones are refused, and the URI goes on in origin form. Settled
-    // before hop-by-hop headers go, so `Connection: host` cannot take it away.
+impl Lent {
+    const BACK: &str = "the exchange comes back from every hook";
+
+    fn get(&self) -> &Exchange {
+        self.0.as_deref().expect(Self::BACK)
+    }
+
+    fn get_mut(&mut self) -> &mut Exchange {
+        self.0.as_deref_mut().expect(Self::BACK)
+    }
+
+    fn on_request(&mut self, filter: &Filter) -> Outcome<Action> {
+        let (ex, outcome) = filter.on_request(self.0.take().expect(Self::BACK));
+        self.0 = Some(ex);
+        outcome
+    }
+
+    fn on_response(&mut self, filter: &Filter) -> Outcome<ResponseAction> {
+        let (ex, outcome) = filter.on_response(self.0.take().expect(Self::BACK));
+        self.0 = Some(ex);
+        outcome
+    }
+}
+
+/// The checks every request passes before anything else sees it.
+fn prepare(state: &ListenerState, parts: &mut http::request::Parts) -> Result<(), ProxyError> {
     // CONNECT asks for a tunnel, which no listener offers yet: say so, rather than
     // pass it on as a request the upstream cannot make sense of.
     if parts.method == http::Method::CONNECT {
@@ -109,7 +155,10 @@ async fn proxy(
             ),
         ));
     }
-    normalize::authority(&mut parts)?;
+    // One authority for filters and the upstream: an absolute-form target wins over
+    // Host, ambiguous ones are refused, and the URI goes on in origin form. Settled
+    // before hop-by-hop headers go, so `Connection: host` cannot take it away.
+    normalize::authority(parts)?;
 
     // Hop-by-hop headers describe the client's connection, not the request; they
     // must not reach filters or the upstream.
@@ -118,133 +167,416 @@ async fn proxy(
     // Filters route on the path the upstream will see: `/public/../admin` is
     // `/admin` for both.
     if state.normalize_path {
-        normalize::path(&mut parts)?;
+        normalize::path(parts)?;
+    }
+    Ok(())
+}
+
+/// When a request has arrived, from which its timeout counts: at once for a request
+/// without a body or with its body in memory, else when its streamed body ends, so a
+/// slow upload is not cut short by a timeout meant for the upstream.
+enum Arrival {
+    At(Instant),
+    Pending(oneshot::Receiver<Instant>),
+}
+
+impl Arrival {
+    /// The request's deadline, once known.
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        match self {
+            Arrival::At(at) => Some(*at + timeout),
+            Arrival::Pending(_) => None,
+        }
     }
 
-    // Bodies stream through untouched unless a filter asked to see them whole.
-    let (buffered, stream) = if chain.request_body {
-        (
-            Some(Box::pin(whole(body, state.max_body, Side::Downstream)).await?),
-            None,
-        )
+    /// Wait for the request's deadline.
+    async fn expire(self, timeout: Duration) {
+        let at = match self {
+            Arrival::At(at) => at,
+            // A body that failed or was dropped has arrived as much as it ever will.
+            Arrival::Pending(rx) => rx.await.unwrap_or_else(|_| Instant::now()),
+        };
+        tokio::time::sleep_until((at + timeout).into()).await;
+    }
+}
+
+/// A client's body to stream upstream (none when it is empty), and its arrival.
+fn stream_body(
+    body: Incoming,
+    prefix: Option<Bytes>,
+    received: Instant,
+) -> (Option<ProxyBody>, Arrival) {
+    if prefix.is_none() && body.is_end_stream() {
+        return (None, Arrival::At(received));
+    }
+    let (tx, rx) = oneshot::channel();
+    (
+        Some(ProxyBody::Stream(ClientBody::new(prefix, body, Some(tx)))),
+        Arrival::Pending(rx),
+    )
+}
+
+/// The plain path, for a listener whose chain has no hooks: checks, then the default
+/// cluster, bounded in time.
+async fn forward(
+    state: &ListenerState,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let received = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    prepare(state, &mut parts)?;
+    let Some(cluster) = state.default_cluster.as_ref() else {
+        return Err(no_route(state, &parts));
+    };
+    let (body, arrival) = stream_body(body, None, received);
+    let mut attempt = Attempt::default();
+    let resp = tokio::select! {
+        biased;
+        r = cluster.send(parts, body.unwrap_or_else(ProxyBody::empty), &mut attempt) => {
+            r.map_err(|e| upstream_error(cluster, e))?
+        }
+        () = arrival.expire(state.request_timeout) => {
+            return Err(timed_out(cluster, state.request_timeout, ExchangeError::Timeout));
+        }
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    Ok(Response::from_parts(rparts, ProxyBody::Upstream(rbody)))
+}
+
+fn no_route(state: &ListenerState, parts: &http::request::Parts) -> ProxyError {
+    ProxyError::new(
+        Side::Internal,
+        StatusCode::NOT_FOUND,
+        "no route",
+        format!(
+            "no filter routed {} {} and listener {:?} has no default_cluster",
+            parts.method,
+            parts.uri.path(),
+            state.name
+        ),
+    )
+}
+
+fn timed_out(cluster: &Cluster, after: Duration, kind: ExchangeError) -> ProxyError {
+    let what = if kind == ExchangeError::PerTryTimeout {
+        "attempt"
     } else {
-        (None, Some(body))
+        "request"
     };
+    ProxyError::new(
+        Side::Upstream,
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream timed out",
+        format!(
+            "cluster {:?} did not answer the {what} within {after:?}",
+            cluster.name()
+        ),
+    )
+    .exchange(kind)
+}
 
-    let mut head = RequestHead {
-        parts,
-        body: buffered,
-        id,
-        conn,
-    };
+fn filter_failed(f: &weft_engine::FilterFailure) -> ProxyError {
+    ProxyError::new(
+        Side::Filter,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "filter failed",
+        f.to_string(),
+    )
+}
 
-    // The filter chain, in order: each filter may change the request, route it,
-    // delay it, or answer it. The head is boxed only while it moves through hooks,
-    // where a pointer moves for free; a chain without request hooks costs nothing.
-    let mut route: Option<&Arc<Cluster>> = None;
-    if !chain.request_filters().is_empty() {
-        let mut boxed = Box::new(head);
-        for &i in chain.request_filters() {
-            let filter = &chain.filters()[i];
-            let (h, outcome) = filter.on_request(boxed);
-            boxed = h;
-            match outcome {
-                Outcome::Done(Action::Continue) | Outcome::Skipped(_) => {}
-                Outcome::Done(Action::Route(name)) => match state.clusters.get(&name) {
-                    Some(c) => route = Some(c),
-                    None => {
-                        return Err(ProxyError::new(
-                            Side::Filter,
-                            StatusCode::BAD_GATEWAY,
-                            "no such upstream",
-                            format!(
-                                "filter {:?} routed to unknown cluster {name:?}",
-                                filter.name()
-                            ),
-                        ));
-                    }
-                },
-                Outcome::Done(Action::Delay(ns)) => {
-                    tokio::time::sleep(Duration::from_nanos(ns).min(MAX_DELAY)).await;
-                }
-                Outcome::Done(Action::Respond(local)) => {
-                    // Filters before this one see the local response like an upstream one.
-                    let head = local_response(filter.name(), local, boxed.id)?;
-                    return Ok(respond(state, i, head, None, grpc));
-                }
-                Outcome::Failed(f) => {
-                    return Err(ProxyError::new(
-                        Side::Filter,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "filter failed",
-                        f.to_string(),
-                    ));
-                }
+/// A copy of a request head to send, keeping the original for the next attempt and
+/// for hooks that read it.
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
+}
+
+/// The path of a listener with filters: checks, request hooks, then the upstream
+/// exchange as a loop of attempts whose responses (and failures) pass through the
+/// response hooks, any of which may ask for another attempt.
+async fn filtered(
+    state: &ListenerState,
+    lent: &mut Lent,
+    body: Incoming,
+    grpc: bool,
+) -> Result<(Response<ProxyBody>, Responder), ProxyError> {
+    let chain = &state.chain;
+    let id = lent.get().ctx.id;
+    let received = lent.get().ctx.received;
+    prepare(state, &mut lent.get_mut().request.parts)?;
+
+    // Bodies stream through untouched unless a filter asked to see them whole, or
+    // one may retry and the body is small enough to keep for that.
+    let (mut stream, arrival) = if chain.request_body {
+        let whole = Box::pin(whole(body, state.max_body, Side::Downstream)).await?;
+        lent.get_mut().request.body = Some(whole);
+        (None, Arrival::At(Instant::now()))
+    } else if chain.keep_request_body > 0 && !body.is_end_stream() {
+        match Box::pin(body::keep(body, chain.keep_request_body)).await {
+            Ok(Kept::Whole(kept)) => {
+                lent.get_mut().request.body = Some(kept);
+                (None, Arrival::At(Instant::now()))
+            }
+            Ok(Kept::Partial(prefix, rest)) => stream_body(rest, Some(prefix), received),
+            Err(e) => {
+                return Err(ProxyError::new(
+                    Side::Downstream,
+                    StatusCode::BAD_REQUEST,
+                    "request body incomplete",
+                    format!("client failed while sending the body: {e}"),
+                ));
             }
         }
-        head = *boxed;
+    } else {
+        stream_body(body, None, received)
+    };
+    // Only a body in memory (or none) can be sent again.
+    let replayable = stream.is_none();
+
+    // The filter chain, in order: each filter may change the request, route it,
+    // delay it, or answer it.
+    let mut route: Option<&Arc<Cluster>> = None;
+    for &i in chain.request_filters() {
+        let filter = &chain.filters()[i];
+        match lent.on_request(filter) {
+            Outcome::Done(Action::Continue) | Outcome::Skipped(_) => {}
+            Outcome::Done(Action::Route(name)) => match state.clusters.get(&name) {
+                Some(c) => route = Some(c),
+                None => {
+                    return Err(ProxyError::new(
+                        Side::Filter,
+                        StatusCode::BAD_GATEWAY,
+                        "no such upstream",
+                        format!(
+                            "filter {:?} routed to unknown cluster {name:?}",
+                            filter.name()
+                        ),
+                    ));
+                }
+            },
+            Outcome::Done(Action::Delay(ns)) => {
+                tokio::time::sleep(Duration::from_nanos(ns).min(MAX_DELAY)).await;
+            }
+            Outcome::Done(Action::Respond(local)) => {
+                // Filters before this one see the local response like an upstream one.
+                lent.get_mut().response = Some(local_response(filter.name(), local)?);
+                let mut responder = Responder::Filter(filter.name().to_owned());
+                let mut body = None;
+                response_hooks(state, lent, i, &mut body, &mut responder, |_| false)?;
+                return Ok((finish(lent, body), responder));
+            }
+            Outcome::Failed(f) => return Err(filter_failed(&f)),
+        }
     }
 
     // The upstream cluster: the last route a filter chose, or the listener's default.
     let Some(cluster) = route.or(state.default_cluster.as_ref()) else {
-        return Err(ProxyError::new(
-            Side::Internal,
-            StatusCode::NOT_FOUND,
-            "no route",
-            format!(
-                "no filter routed {} {} and listener {:?} has no default_cluster",
-                head.parts.method,
-                head.parts.uri.path(),
-                state.name
-            ),
-        ));
+        return Err(no_route(state, &lent.get().request.parts));
     };
 
-    // The upstream exchange, bounded in time; a connect failure is safe to retry
-    // because the upstream never saw the request.
-    let RequestHead { parts, body, .. } = head;
+    // The exchange loop. The request's timeout counts from its arrival across every
+    // attempt and delay; a filter may have set it, and a per-attempt one.
+    let timeout = lent.get().ctx.timeout.unwrap_or(state.request_timeout);
+    let deadline = arrival.deadline(timeout);
+    let expire = arrival.expire(timeout);
+    tokio::pin!(expire);
+    // Hooks after the exchange read the request head: keep it, send a copy.
+    let keep_head = chain.response || chain.done;
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let ex = lent.get_mut();
+        ex.ctx.attempt = attempt;
+        ex.ctx.sent = true;
+        ex.ctx.cluster = Some(cluster.name_arc());
+        ex.ctx.connect_time = None;
+        ex.ctx.first_byte_time = None;
+        let mut parts = if keep_head {
+            clone_parts(&ex.request.parts)
+        } else {
+            std::mem::replace(&mut ex.request.parts, Request::new(()).into_parts().0)
+        };
+        if chain.response {
+            parts
+                .headers
+                .insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+        }
+        let body = match (&ex.request.body, stream.take()) {
+            (Some(b), _) => ProxyBody::full(b.clone()),
+            (None, Some(s)) => s,
+            (None, None) => ProxyBody::empty(),
+        };
+        let per_try = ex.ctx.per_try_timeout;
+        let sent_at = Instant::now();
+        let mut info = Attempt::default();
+        let exchange = async {
+            let resp = cluster
+                .send(parts, body, &mut info)
+                .await
+                .map_err(|e| upstream_error(cluster, e))?;
+            let (parts, rbody) = resp.into_parts();
+            if !chain.response_trailers {
+                return Ok((parts, ProxyBody::Upstream(rbody), None));
+            }
+            // A short answer's trailers (a gRPC status) for the response hooks.
+            let (rbody, trailers) = Peeked::read(rbody).await.map_err(|e| {
+                ProxyError::new(
+                    Side::Upstream,
+                    StatusCode::BAD_GATEWAY,
+                    "upstream failed",
+                    format!("cluster {:?}: response body failed: {e}", cluster.name()),
+                )
+                .exchange(ExchangeError::Reset)
+            })?;
+            Ok((parts, rbody, trailers))
+        };
+        let outcome = tokio::select! {
+            biased;
+            r = exchange => r,
+            () = sleep_for(per_try) => {
+                Err(timed_out(cluster, per_try.unwrap_or_default(), ExchangeError::PerTryTimeout))
+            }
+            () = &mut expire => Err(timed_out(cluster, timeout, ExchangeError::Timeout)),
+        };
+        let ex = lent.get_mut();
+        ex.ctx.endpoint = info.endpoint;
+        ex.ctx.connect_time = info.connect_time;
+        let (mut head, mut rbody, mut responder) = match outcome {
+            Ok((parts, rbody, trailers)) => {
+                ex.ctx.first_byte_time = Some(sent_at.elapsed());
+                let head = ResponseHead {
+                    parts,
+                    body: None,
+                    trailers,
+                    error: None,
+                };
+                (head, Some(rbody), Responder::Upstream)
+            }
+            // The client's own body broke off, or no hook could look at the failure.
+            Err(e) if e.side == Side::Downstream || !chain.response => return Err(e),
+            Err(e) => {
+                // The proxy's answer goes through the response hooks like an
+                // upstream's, so filters can retry, count and log it.
+                let kind = e.exchange;
+                let (parts, body) = fail(&state.name, e, id, grpc).into_parts();
+                let body = match body {
+                    ProxyBody::Full(b) => b,
+                    _ => None,
+                };
+                let head = ResponseHead {
+                    parts,
+                    body,
+                    trailers: None,
+                    error: kind,
+                };
+                (head, None, Responder::Proxy(kind))
+            }
+        };
+        strip_hop_by_hop(&mut head.parts.headers);
+        if !chain.response {
+            ex.response = Some(head);
+            return Ok((finish(lent, rbody), responder));
+        }
+        // Response hooks, buffering the body only when a filter asked to see it.
+        if chain.response_body
+            && let Some(b) = rbody.take()
+        {
+            head.body = Some(Box::pin(whole(b, state.max_body, Side::Upstream)).await?);
+        }
+        ex.response = Some(head);
+        let may_retry = |delay: Duration| {
+            replayable
+                && attempt < MAX_ATTEMPTS
+                && deadline.is_some_and(|d| Instant::now() + delay < d)
+        };
+        let upto = chain.filters().len();
+        match response_hooks(state, lent, upto, &mut rbody, &mut responder, may_retry)? {
+            None => return Ok((finish(lent, rbody), responder)),
+            Some(delay) => {
+                // This response is dropped (its connection finishes in the
+                // background or closes); the next attempt goes after the delay.
+                lent.get_mut().response = None;
+                drop(rbody);
+                tracing::debug!(
+                    listener = &*state.name,
+                    request = id,
+                    attempt,
+                    "retrying in {delay:?}"
+                );
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sleep for a per-attempt timeout, or forever without one.
+async fn sleep_for(timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The response to send: the exchange's response head with its body.
+fn finish(lent: &mut Lent, stream: Option<ProxyBody>) -> Response<ProxyBody> {
+    let Some(ResponseHead { parts, body, .. }) = lent.get_mut().response.take() else {
+        // Every path sets a response before it finishes.
+        return Response::new(ProxyBody::empty());
+    };
     let body = match (body, stream) {
         (Some(b), _) => ProxyBody::full(b),
-        (None, Some(s)) => ProxyBody::Stream(s),
+        (None, Some(s)) => s,
         (None, None) => ProxyBody::empty(),
     };
-    let resp = match tokio::time::timeout(state.request_timeout, cluster.send(parts, body)).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(upstream_error(cluster, e)),
-        Err(_) => {
-            return Err(ProxyError::new(
-                Side::Upstream,
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream timed out",
-                format!(
-                    "cluster {:?} did not answer within {:?}",
-                    cluster.name(),
-                    state.request_timeout
-                ),
-            ));
-        }
-    };
+    Response::from_parts(parts, body)
+}
 
-    let (mut rparts, rbody) = resp.into_parts();
-    strip_hop_by_hop(&mut rparts.headers);
-    if !chain.response {
-        return Ok(Response::from_parts(rparts, ProxyBody::Upstream(rbody)));
+/// Run the response hooks of the filters before position `upto`, last first. Returns
+/// the delay of a retry a hook asked for and `may_retry` allowed; a retry that is not
+/// allowed goes on as if the hook continued.
+fn response_hooks(
+    state: &ListenerState,
+    lent: &mut Lent,
+    upto: usize,
+    stream: &mut Option<ProxyBody>,
+    responder: &mut Responder,
+    may_retry: impl Fn(Duration) -> bool,
+) -> Result<Option<Duration>, ProxyError> {
+    for filter in state.chain.filters()[..upto]
+        .iter()
+        .rev()
+        .filter(|f| f.interest().response)
+    {
+        match lent.on_response(filter) {
+            Outcome::Done(ResponseAction::Continue) | Outcome::Skipped(_) => {}
+            Outcome::Done(ResponseAction::Respond(local)) => {
+                lent.get_mut().response = Some(local_response(filter.name(), local)?);
+                *stream = None;
+                *responder = Responder::Filter(filter.name().to_owned());
+            }
+            Outcome::Done(ResponseAction::Retry(ns)) => {
+                let delay = Duration::from_nanos(ns).min(MAX_DELAY);
+                if may_retry(delay) {
+                    return Ok(Some(delay));
+                }
+                tracing::debug!(
+                    listener = &*state.name,
+                    request = lent.get().ctx.id,
+                    filter = filter.name(),
+                    "retry not possible (body not kept, attempts or time used up)"
+                );
+            }
+            Outcome::Failed(f) => return Err(filter_failed(&f)),
+        }
     }
-    // Response hooks, buffering the body only when a filter asked to see it.
-    let (body, stream) = if chain.response_body {
-        (
-            Some(Box::pin(whole(rbody, state.max_body, Side::Upstream)).await?),
-            None,
-        )
-    } else {
-        (None, Some(rbody))
-    };
-    let head = Box::new(ResponseHead {
-        parts: rparts,
-        body,
-        request_id: id,
-    });
-    Ok(respond(state, chain.filters().len(), head, stream, grpc))
+    Ok(None)
 }
 
 /// Who failed when an upstream exchange did: the upstream, or the client whose
@@ -262,6 +594,7 @@ fn upstream_error(cluster: &Cluster, e: UpstreamError) -> ProxyError {
         );
     }
     let detail = format!("cluster {:?}: {e}", cluster.name());
+    let kind = e.kind();
     if e.connect {
         ProxyError::new(
             Side::Upstream,
@@ -269,7 +602,7 @@ fn upstream_error(cluster: &Cluster, e: UpstreamError) -> ProxyError {
             "upstream unavailable",
             detail,
         )
-        .retry_safe()
+        .exchange(kind)
     } else {
         ProxyError::new(
             Side::Upstream,
@@ -277,6 +610,7 @@ fn upstream_error(cluster: &Cluster, e: UpstreamError) -> ProxyError {
             "upstream failed",
             detail,
         )
+        .exchange(kind)
     }
 }
 
@@ -314,62 +648,8 @@ where
     })
 }
 
-/// Run the response hooks of the filters before position `upto`, last first, and
-/// build the response.
-fn respond(
-    state: &ListenerState,
-    upto: usize,
-    mut head: Box<ResponseHead>,
-    mut stream: Option<UpstreamBody>,
-    grpc: bool,
-) -> Response<ProxyBody> {
-    let chain = &state.chain;
-    if chain.response {
-        for filter in chain.filters()[..upto]
-            .iter()
-            .rev()
-            .filter(|f| f.interest().response)
-        {
-            let (h, outcome) = filter.on_response(head);
-            head = h;
-            match outcome {
-                Outcome::Done(ResponseAction::Continue) | Outcome::Skipped(_) => {}
-                Outcome::Done(ResponseAction::Respond(local)) => {
-                    match local_response(filter.name(), local, head.request_id) {
-                        Ok(h) => {
-                            head = h;
-                            stream = None;
-                        }
-                        Err(e) => return fail(&state.name, e, head.request_id, grpc),
-                    }
-                }
-                Outcome::Failed(f) => {
-                    let e = ProxyError::new(
-                        Side::Filter,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "filter failed",
-                        f.to_string(),
-                    );
-                    return fail(&state.name, e, head.request_id, grpc);
-                }
-            }
-        }
-    }
-    let ResponseHead { parts, body, .. } = *head;
-    let body = match (body, stream) {
-        (Some(b), _) => ProxyBody::full(b),
-        (None, Some(s)) => ProxyBody::Upstream(s),
-        (None, None) => ProxyBody::empty(),
-    };
-    Response::from_parts(parts, body)
-}
-
 /// A filter's local response as a response head, checked.
-fn local_response(
-    filter: &str,
-    local: LocalResponse,
-    request_id: u64,
-) -> Result<Box<ResponseHead>, ProxyError> {
+fn local_response(filter: &str, local: LocalResponse) -> Result<ResponseHead, ProxyError> {
     let bad = |what: String| {
         ProxyError::new(
             Side::Filter,
@@ -394,11 +674,12 @@ fn local_response(
         .into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::CONTENT_LENGTH);
-    Ok(Box::new(ResponseHead {
+    Ok(ResponseHead {
         parts,
         body: Some(local.body.into()),
-        request_id,
-    }))
+        trailers: None,
+        error: None,
+    })
 }
 
 /// Remove the headers that only mean something on one connection (RFC 9110 §7.6.1),

@@ -5,7 +5,9 @@ use std::thread::LocalKey;
 
 use serde::de::DeserializeOwned;
 
-use crate::{Action, Interest, LocalResponse, Request, Response, ResponseAction, config};
+use crate::{
+    Action, Context, Interest, LocalResponse, Request, Response, ResponseAction, Summary, config,
+};
 
 /// A Weft filter. The type is its own configuration: the filter's `config` from the
 /// proxy's YAML is deserialized into it (a missing `config` counts as `{}` when that
@@ -27,7 +29,7 @@ pub trait Filter: DeserializeOwned + 'static {
     /// # #[derive(Deserialize)] #[serde(crate = "weft_sdk::serde")] struct Tolerant {}
     /// impl Filter for Tolerant {
     ///     const STRICT_CONFIG: bool = false;
-    ///     fn on_request(&mut self, _: &Request) -> Action { Action::Continue }
+    ///     fn on_request(&mut self, _: &Request, _: &Context) -> Action { Action::Continue }
     /// }
     /// ```
     ///
@@ -53,14 +55,25 @@ pub trait Filter: DeserializeOwned + 'static {
         Interest::REQUEST
     }
 
-    /// Called for every request. Return [`Action::Continue`] to pass it on.
-    fn on_request(&mut self, req: &Request) -> Action;
+    /// Called for every request. Return [`Action::Continue`] to pass it on. The
+    /// [`Context`] is the request's own: its facts, its exchange settings, and the
+    /// properties filters leave for later hooks.
+    fn on_request(&mut self, req: &Request, ctx: &Context) -> Action;
 
-    /// Called for every response when [`Filter::interest`] asks for it. Responses see
-    /// the filters in the reverse order of requests.
-    fn on_response(&mut self, resp: &Response) -> ResponseAction {
-        let _ = resp;
+    /// Called for every response when [`Filter::interest`] asks for it: the
+    /// upstream's, a filter's local one, or one the proxy made because the exchange
+    /// failed ([`ResponseHead::error`](crate::ResponseHead) says why). Responses see
+    /// the filters in the reverse order of requests. Return
+    /// [`ResponseAction::retry`] to send the request again.
+    fn on_response(&mut self, resp: &Response, ctx: &Context) -> ResponseAction {
+        let _ = (resp, ctx);
         ResponseAction::Continue
+    }
+
+    /// Called once when the request is over, when [`Filter::interest`] asks for it
+    /// (`with_done`): the place to record what happened.
+    fn on_done(&mut self, ctx: &Context, summary: &Summary) {
+        let _ = (ctx, summary);
     }
 }
 
@@ -77,7 +90,7 @@ pub type Slot<F> = RefCell<Option<F>>;
 /// ```no_run
 /// # use weft_sdk::prelude::*;
 /// # #[derive(Deserialize)] #[serde(crate = "weft_sdk::serde")] struct Hello { greeting: String }
-/// # impl Filter for Hello { fn on_request(&mut self, _: &Request) -> Action { Action::Continue } }
+/// # impl Filter for Hello { fn on_request(&mut self, _: &Request, _: &Context) -> Action { Action::Continue } }
 /// let hello: Hello = weft_sdk::from_config(r#"{"greeting":"hi"}"#)?;
 /// let err = weft_sdk::from_config::<Hello>("null").err().unwrap_or_default();
 /// assert_eq!(err, "no config given: missing field `greeting`");
@@ -120,11 +133,25 @@ fn failure(why: &str) -> LocalResponse {
 }
 
 #[doc(hidden)]
-pub fn on_request<F: Filter>(slot: &'static LocalKey<Slot<F>>, req: &Request) -> Action {
-    with_filter(slot, |f: &mut F| f.on_request(req)).unwrap_or_else(Action::Respond)
+pub fn on_request<F: Filter>(
+    slot: &'static LocalKey<Slot<F>>,
+    req: &Request,
+    ctx: &Context,
+) -> Action {
+    with_filter(slot, |f: &mut F| f.on_request(req, ctx)).unwrap_or_else(Action::Respond)
 }
 
 #[doc(hidden)]
-pub fn on_response<F: Filter>(slot: &'static LocalKey<Slot<F>>, resp: &Response) -> ResponseAction {
-    with_filter(slot, |f: &mut F| f.on_response(resp)).unwrap_or_else(ResponseAction::Respond)
+pub fn on_response<F: Filter>(
+    slot: &'static LocalKey<Slot<F>>,
+    resp: &Response,
+    ctx: &Context,
+) -> ResponseAction {
+    with_filter(slot, |f: &mut F| f.on_response(resp, ctx)).unwrap_or_else(ResponseAction::Respond)
+}
+
+#[doc(hidden)]
+pub fn on_done<F: Filter>(slot: &'static LocalKey<Slot<F>>, ctx: &Context, summary: &Summary) {
+    // Nothing can change any more: a filter without its value has nothing to record.
+    let _ = with_filter(slot, |f: &mut F| f.on_done(ctx, summary));
 }

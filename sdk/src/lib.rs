@@ -24,8 +24,8 @@
 //! struct Hello { greeting: String }
 //!
 //! impl Filter for Hello {
-//!     fn on_request(&mut self, req: &Request) -> Action {
-//!         if req.path() == "/hello" { Action::respond(200, &self.greeting) } else { Action::Continue }
+//!     fn on_request(&mut self, req: &Request, _: &Context) -> Action {
+//!         if req.head().path == "/hello" { Action::respond(200, &self.greeting) } else { Action::Continue }
 //!     }
 //! }
 //!
@@ -34,8 +34,9 @@
 //!
 //! The proxy keeps several instances of a filter and lends each hook call to a free
 //! one, so the two hooks of one request may run on different instances: keep only
-//! configuration (and caches of it) in the filter value, and use [`state`] for what
-//! instances must share. The proxy's services ([`log`], [`metrics`], [`state`],
+//! configuration (and caches of it) in the filter value, the request's [`Context`]
+//! for what one request carries from hook to hook, and [`state`] for what instances
+//! must share. The proxy's services ([`log`], [`metrics`], [`state`],
 //! [`time`], [`random`]) never block, and the ones that can fail return `Result`.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -62,8 +63,9 @@ mod native;
 mod types;
 
 pub use __weft_bindings::weft::filter::types::{
-    Action, BodyMode, Connection, Header, HeaderError, HttpVersion, Interest, LocalResponse,
-    Request, Response, ResponseAction,
+    Action, BodyMode, Connection, Context, ExchangeError, ExchangeSetting, Facts, Header,
+    HeaderError, HttpVersion, Interest, LocalResponse, PropertyError, Request, RequestHead,
+    Responder, Response, ResponseAction, ResponseHead, SettingError, Summary, TlsInfo,
 };
 pub use filter::{Filter, from_config};
 pub use host::{log, metrics, random, state, time};
@@ -72,7 +74,8 @@ pub use serde;
 /// What a filter usually needs, in one import.
 pub mod prelude {
     pub use crate::{
-        Action, BodyMode, Filter, Interest, LocalResponse, Request, Response, ResponseAction,
+        Action, BodyMode, Context, Filter, Interest, LocalResponse, Request, Response,
+        ResponseAction, Summary,
     };
     pub use serde::Deserialize;
 }
@@ -81,7 +84,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::__weft_bindings::exports::weft::filter::filter::Guest;
-    pub use crate::filter::{Slot, init, on_request, on_response};
+    pub use crate::filter::{Slot, init, on_done, on_request, on_response};
 }
 
 /// Export a [`Filter`] type as this component's filter.
@@ -93,7 +96,7 @@ pub mod __private {
 /// ```no_run
 /// # use weft_sdk::prelude::*;
 /// # #[derive(Deserialize)] #[serde(crate = "weft_sdk::serde")] struct MyFilter {}
-/// # impl Filter for MyFilter { fn on_request(&mut self, _: &Request) -> Action { Action::Continue } }
+/// # impl Filter for MyFilter { fn on_request(&mut self, _: &Request, _: &Context) -> Action { Action::Continue } }
 /// weft_sdk::export!(MyFilter);
 /// ```
 #[macro_export]
@@ -120,12 +123,22 @@ macro_rules! export {
                     $crate::__private::init::<$filter>(&__WEFT_FILTER, &config)
                 }
 
-                fn on_request(request: &$crate::Request) -> $crate::Action {
-                    $crate::__private::on_request::<$filter>(&__WEFT_FILTER, request)
+                fn on_request(
+                    request: &$crate::Request,
+                    context: &$crate::Context,
+                ) -> $crate::Action {
+                    $crate::__private::on_request::<$filter>(&__WEFT_FILTER, request, context)
                 }
 
-                fn on_response(response: &$crate::Response) -> $crate::ResponseAction {
-                    $crate::__private::on_response::<$filter>(&__WEFT_FILTER, response)
+                fn on_response(
+                    response: &$crate::Response,
+                    context: &$crate::Context,
+                ) -> $crate::ResponseAction {
+                    $crate::__private::on_response::<$filter>(&__WEFT_FILTER, response, context)
+                }
+
+                fn on_done(context: &$crate::Context, summary: $crate::Summary) {
+                    $crate::__private::on_done::<$filter>(&__WEFT_FILTER, context, &summary)
                 }
             }
 

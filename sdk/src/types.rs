@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use crate::{Action, BodyMode, Header, Interest, LocalResponse, ResponseAction};
+use crate::{
+    Action, BodyMode, Context, ExchangeError, ExchangeSetting, Header, Interest, LocalResponse,
+    RequestHead, ResponseAction, ResponseHead, SettingError,
+};
 
 impl Action {
     /// Answer the client with this status and a `text/plain` body.
@@ -32,6 +35,74 @@ impl ResponseAction {
     /// Replace the response with this status and a `text/plain` body.
     pub fn respond(status: u16, body: impl AsRef<[u8]>) -> Self {
         ResponseAction::Respond(LocalResponse::new(status).text(body))
+    }
+
+    /// Drop this response and send the request again after `delay`.
+    pub fn retry(delay: Duration) -> Self {
+        ResponseAction::Retry(nanos(delay))
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    // u64 nanoseconds reach 584 years; saturating is as good as exact.
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn first<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(&h.value).ok())
+}
+
+impl RequestHead {
+    /// The first value of a header the filter named in its interest, if valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        first(&self.headers, name)
+    }
+
+    /// The path without its query.
+    pub fn path_only(&self) -> &str {
+        self.path.split_once('?').map_or(&self.path, |(p, _)| p)
+    }
+}
+
+impl ResponseHead {
+    /// The first value of a header the filter named in its interest, if valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        first(&self.headers, name)
+    }
+
+    /// The first value of a trailer the filter named in its interest, when the
+    /// trailers were known.
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers.as_deref().and_then(|t| first(t, name))
+    }
+
+    /// The gRPC status code, from the trailers or from the headers (a trailers-only
+    /// answer); the filter must name `grpc-status` in its interest.
+    pub fn grpc_status(&self) -> Option<u32> {
+        self.trailer("grpc-status")
+            .or_else(|| self.header("grpc-status"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Whether the proxy made this response because the exchange failed.
+    pub fn failed(&self) -> Option<ExchangeError> {
+        self.error
+    }
+}
+
+impl Context {
+    /// Set the request's overall timeout, from its arrival to the response head across
+    /// every attempt.
+    pub fn set_timeout(&self, timeout: Duration) -> Result<(), SettingError> {
+        self.configure(ExchangeSetting::Timeout(nanos(timeout)))
+    }
+
+    /// Set the time each attempt has for its response head.
+    pub fn set_per_try_timeout(&self, timeout: Duration) -> Result<(), SettingError> {
+        self.configure(ExchangeSetting::PerTryTimeout(nanos(timeout)))
     }
 }
 
@@ -87,6 +158,11 @@ impl Interest {
         request_body: BodyMode::None,
         response: false,
         response_body: BodyMode::None,
+        done: false,
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+        response_trailers: false,
+        keep_request_body: 0,
     };
 
     /// The response hook only, without bodies; `on_request` is then never called.
@@ -95,11 +171,74 @@ impl Interest {
         request_body: BodyMode::None,
         response: true,
         response_body: BodyMode::None,
+        done: false,
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+        response_trailers: false,
+        keep_request_body: 0,
+    };
+
+    /// No hook at all; add the ones wanted with the `with_*` methods.
+    pub const NONE: Interest = Interest {
+        request: false,
+        request_body: BodyMode::None,
+        response: false,
+        response_body: BodyMode::None,
+        done: false,
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+        response_trailers: false,
+        keep_request_body: 0,
     };
 
     /// Also call `on_response`.
     pub const fn with_response(mut self) -> Self {
         self.response = true;
+        self
+    }
+
+    /// Also call `on_request`.
+    pub const fn with_request(mut self) -> Self {
+        self.request = true;
+        self
+    }
+
+    /// Also call `on_done` once per request.
+    pub const fn with_done(mut self) -> Self {
+        self.done = true;
+        self
+    }
+
+    /// Carry these request headers in every [`RequestHead`] the filter reads.
+    pub fn with_request_headers<S: AsRef<str>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.request_headers
+            .extend(names.into_iter().map(|n| n.as_ref().to_ascii_lowercase()));
+        self
+    }
+
+    /// Carry these response headers (and trailers) in every [`ResponseHead`].
+    pub fn with_response_headers<S: AsRef<str>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.response_headers
+            .extend(names.into_iter().map(|n| n.as_ref().to_ascii_lowercase()));
+        self
+    }
+
+    /// Show the response's trailers to `on_response` when they follow its head at
+    /// once (a gRPC status in trailers).
+    pub const fn with_trailers(mut self) -> Self {
+        self.response_trailers = true;
+        self
+    }
+
+    /// Keep request bodies up to `limit` bytes so a retry can send them again.
+    pub const fn keep_request_body(mut self, limit: u64) -> Self {
+        self.keep_request_body = limit;
         self
     }
 

@@ -27,7 +27,7 @@ impl Filter for KeyCheck {
         Ok(())
     }
 
-    fn on_request(&mut self, _: &Request) -> Action {
+    fn on_request(&mut self, _: &Request, _: &Context) -> Action {
         Action::Continue
     }
 }
@@ -43,7 +43,7 @@ struct Tolerant {
 
 impl Filter for Tolerant {
     const STRICT_CONFIG: bool = false;
-    fn on_request(&mut self, _: &Request) -> Action {
+    fn on_request(&mut self, _: &Request, _: &Context) -> Action {
         Action::Continue
     }
 }

@@ -14,7 +14,7 @@ struct Tag {
 }
 
 impl Filter for Tag {
-    fn on_request(&mut self, req: &Request) -> Action {
+    fn on_request(&mut self, req: &Request, _: &Context) -> Action {
         match req.add_header("x-tag", &format!("{}{TAG}", self.prefix)) {
             Ok(()) => Action::Continue,
             Err(e) => Action::respond(500, format!("tag: {e}")),

@@ -7,8 +7,12 @@ struct Hello {
 }
 
 impl Filter for Hello {
-    fn on_request(&mut self, req: &Request) -> Action {
-        if req.path() == "/hello" { Action::respond(200, &self.greeting) } else { Action::Continue }
+    fn on_request(&mut self, req: &Request, _: &Context) -> Action {
+        if req.head().path == "/hello" {
+            Action::respond(200, &self.greeting)
+        } else {
+            Action::Continue
+        }
     }
 }
 weft_sdk::export!(Hello);

@@ -29,7 +29,7 @@
 use std::time::Duration;
 
 use weft_sdk::prelude::*;
-use weft_sdk::random;
+use weft_sdk::{RequestHead, random};
 
 /// The fault filter's configuration.
 #[derive(Deserialize)]
@@ -87,9 +87,9 @@ const DEFAULT_ABORT_BODY: &str = "fault injected by the weft fault filter\n";
 
 /// Whether a fault with this condition hits this request: its header (if any) has
 /// the value, and the dice (if a percentage below 100 was given) agree.
-fn hits(req: &Request, header: Option<&HeaderMatch>, percentage: Option<f64>) -> bool {
+fn hits(head: Option<&RequestHead>, header: Option<&HeaderMatch>, percentage: Option<f64>) -> bool {
     if let Some(h) = header
-        && req.header(&h.name).as_deref() != Some(h.value.as_str())
+        && head.and_then(|head| head.header(&h.name)) != Some(h.value.as_str())
     {
         return false;
     }
@@ -142,9 +142,20 @@ impl Filter for Fault {
         Ok(())
     }
 
-    fn on_request(&mut self, req: &Request) -> Action {
+    fn interest(&self) -> Interest {
+        let abort = self.abort.as_ref().and_then(|a| a.header.as_ref());
+        let delay = self.delay.as_ref().and_then(|d| d.header.as_ref());
+        Interest::REQUEST.with_request_headers(abort.into_iter().chain(delay).map(|h| &h.name))
+    }
+
+    fn on_request(&mut self, req: &Request, _: &Context) -> Action {
+        // The head is read (one host call) only when a condition looks at a header.
+        let wants_head = self.abort.as_ref().is_some_and(|a| a.header.is_some())
+            || self.delay.as_ref().is_some_and(|d| d.header.is_some());
+        let head = wants_head.then(|| req.head());
+        let head = head.as_ref();
         if let Some(a) = &self.abort
-            && hits(req, a.header.as_ref(), a.percentage)
+            && hits(head, a.header.as_ref(), a.percentage)
         {
             let body = a.body.as_deref().unwrap_or(DEFAULT_ABORT_BODY);
             return Action::Respond(
@@ -154,7 +165,7 @@ impl Filter for Fault {
             );
         }
         if let Some(d) = &self.delay
-            && hits(req, d.header.as_ref(), d.percentage)
+            && hits(head, d.header.as_ref(), d.percentage)
         {
             return Action::delay(d.duration);
         }

@@ -9,7 +9,9 @@
 //!
 //! ```yaml
 //! routes:
-//!   - match:
+//!   - name: api                    # optional: the route's name in logs and metrics
+//!     timeout: 5s                  # optional: the request's overall timeout here
+//!     match:
 //!       path: { prefix: /api }     # or { exact: /a }, or { regex: "^/u/[0-9]+$" }
 //!       method: GET                # or [GET, HEAD]
 //!       headers: [{ name: x-user, exact: alice }]   # or regex, or present: true|false
@@ -32,11 +34,12 @@
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use regex_lite::Regex;
 use weft_sdk::prelude::*;
-use weft_sdk::random;
 use weft_sdk::serde::de::{self, Deserializer, SeqAccess, Visitor};
+use weft_sdk::{RequestHead, random};
 
 /// The router's configuration (its routes, in order), and once initialised, the
 /// compiled form the request path uses.
@@ -46,11 +49,18 @@ pub struct Router {
     routes: Vec<RouteConfig>,
     #[serde(skip)]
     compiled: Vec<Route>,
+    /// Every header a route looks at, so one host call brings them all.
+    #[serde(skip)]
+    header_names: Vec<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
 struct RouteConfig {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    timeout: Option<Duration>,
     #[serde(default, rename = "match")]
     matches: MatchConfig,
     #[serde(default)]
@@ -116,6 +126,14 @@ struct RewriteConfig {
     host: Option<String>,
 }
 
+/// `timeout: 2s`, `timeout: 250ms`.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map(Some)
+        .map_err(|e| de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. 2s")))
+}
+
 /// `method: GET` and `method: [GET, HEAD]` both work.
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     struct OneOrMany;
@@ -145,6 +163,10 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 
 /// A route as the request path uses it: patterns compiled, names normalised.
 struct Route {
+    /// Named in the request's context for logs and telemetry.
+    name: Option<String>,
+    /// The request's overall timeout on this route.
+    timeout: Option<Duration>,
     path: PathRule,
     /// Upper case; empty means any method.
     methods: Vec<String>,
@@ -308,7 +330,23 @@ impl RouteConfig {
             }
         }
 
+        if let Some(name) = &self.name {
+            non_empty(&format!("{at}.name"), name)?;
+            if name.len() > 128 {
+                return Err(format!("{at}.name: longer than 128 bytes"));
+            }
+        }
+        if self
+            .timeout
+            .is_some_and(|t| t.is_zero() || t > Duration::from_secs(24 * 3600))
+        {
+            return Err(format!(
+                "{at}.timeout: give a duration above 0 and at most 24h"
+            ));
+        }
         Ok(Route {
+            name: self.name.clone(),
+            timeout: self.timeout,
             path,
             methods,
             headers,
@@ -377,14 +415,7 @@ fn starts_with_slash(what: &str, path: &str) -> Result<(), String> {
 }
 
 impl Route {
-    /// `method` is fetched from the host on first need and kept for later routes.
-    fn matches(
-        &self,
-        req: &Request,
-        path: &str,
-        query: Option<&str>,
-        method: &mut Option<String>,
-    ) -> bool {
+    fn matches(&self, head: &RequestHead, path: &str, query: Option<&str>) -> bool {
         let path_ok = match &self.path {
             PathRule::Any => true,
             PathRule::Exact(p) => path == p,
@@ -394,15 +425,15 @@ impl Route {
         if !path_ok {
             return false;
         }
-        if !self.methods.is_empty() {
-            let m = method.get_or_insert_with(|| req.method());
-            if !self.methods.iter().any(|want| want.eq_ignore_ascii_case(m)) {
-                return false;
-            }
+        if !self.methods.is_empty()
+            && !self
+                .methods
+                .iter()
+                .any(|want| want.eq_ignore_ascii_case(&head.method))
+        {
+            return false;
         }
-        self.headers
-            .iter()
-            .all(|h| h.matches(req.header(&h.name).as_deref()))
+        self.headers.iter().all(|h| h.matches(head.header(&h.name)))
             && self
                 .query
                 .iter()
@@ -499,27 +530,45 @@ impl Filter for Router {
         self.compiled = (self.routes.iter().enumerate())
             .map(|(i, r)| r.compile(&format!("routes[{i}]")))
             .collect::<Result<_, _>>()?;
+        for h in self.compiled.iter().flat_map(|r| &r.headers) {
+            if !self.header_names.contains(&h.name) {
+                self.header_names.push(h.name.clone());
+            }
+        }
         Ok(())
     }
 
-    fn on_request(&mut self, req: &Request) -> Action {
-        let full = req.path();
+    fn interest(&self) -> Interest {
+        Interest::REQUEST.with_request_headers(&self.header_names)
+    }
+
+    fn on_request(&mut self, req: &Request, ctx: &Context) -> Action {
+        // One host call: method, path and the headers the routes look at.
+        let head = req.head();
+        let full = &head.path;
         let (path, query) = match full.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (full.as_str(), None),
         };
-        let mut method = None;
-        let Some(route) = (self.compiled.iter()).find(|r| r.matches(req, path, query, &mut method))
-        else {
-            let method = method.unwrap_or_else(|| req.method());
+        let Some(route) = (self.compiled.iter()).find(|r| r.matches(&head, path, query)) else {
             return Action::Respond(
-                LocalResponse::new(404).text(format!("no route for {method} {path}\n")),
+                LocalResponse::new(404).text(format!("no route for {} {path}\n", head.method)),
             );
         };
+        if let Some(name) = &route.name {
+            ctx.set_route(name);
+        }
+        if let Some(timeout) = route.timeout
+            && let Err(e) = ctx.set_timeout(timeout)
+        {
+            weft_sdk::log::warn(&format!(
+                "router: the proxy refused the route's timeout: {e:?}"
+            ));
+        }
         // The rewrites were checked at init; should the proxy still refuse one, the
         // client learns that routing failed, the log learns why.
         if let (Some(with), PathRule::Prefix(prefix)) = (&route.rewrite_prefix, &route.path)
-            && let Err(e) = req.set_path(&rewrite_prefix(&full, prefix, with))
+            && let Err(e) = req.set_path(&rewrite_prefix(full, prefix, with))
         {
             weft_sdk::log::error(&format!(
                 "router: the proxy refused the rewritten path: {e}"

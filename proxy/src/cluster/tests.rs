@@ -67,7 +67,10 @@ fn get() -> http::request::Parts {
 }
 
 async fn exchange(cluster: &Cluster) -> Bytes {
-    let resp = cluster.send(get(), ProxyBody::empty()).await.unwrap();
+    let resp = cluster
+        .send(get(), ProxyBody::empty(), &mut Attempt::default())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap().to_bytes()
 }
@@ -87,7 +90,10 @@ async fn a_connection_is_reused_once_its_body_was_read() {
 async fn a_body_dropped_unread_closes_its_connection() {
     let be = backend(true).await;
     let cluster = cluster(be.addr, "");
-    let resp = cluster.send(get(), ProxyBody::empty()).await.unwrap();
+    let resp = cluster
+        .send(get(), ProxyBody::empty(), &mut Attempt::default())
+        .await
+        .unwrap();
     drop(resp);
     assert_eq!(cluster.endpoints[0].idle_len(), 0);
     assert_eq!(exchange(&cluster).await, "hello");
@@ -159,7 +165,12 @@ async fn concurrent_requests_each_get_a_connection_and_the_pool_is_bounded() {
     // Hold eight responses unread at once, so eight connections are open.
     let mut held = Vec::new();
     for _ in 0..8 {
-        held.push(cluster.send(get(), ProxyBody::empty()).await.unwrap());
+        held.push(
+            cluster
+                .send(get(), ProxyBody::empty(), &mut Attempt::default())
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(be.accepted.load(Ordering::SeqCst), 8);
     for resp in held {
@@ -177,7 +188,10 @@ async fn an_endpoint_that_refuses_is_a_connect_error() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let cluster = cluster(addr, "");
-    let err = cluster.send(get(), ProxyBody::empty()).await.unwrap_err();
+    let err = cluster
+        .send(get(), ProxyBody::empty(), &mut Attempt::default())
+        .await
+        .unwrap_err();
     assert!(err.connect, "{err}");
     assert!(err.to_string().starts_with("cannot connect to"), "{err}");
 }

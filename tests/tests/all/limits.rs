@@ -96,7 +96,7 @@ clusters:
         r.text()
     );
     let log = logs.of_error(&r);
-    assert!(log.contains("did not answer within"), "{log}");
+    assert!(log.contains("did not answer the request within"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

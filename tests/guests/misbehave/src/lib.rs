@@ -21,8 +21,8 @@ impl Filter for Misbehave {
         Ok(())
     }
 
-    fn on_request(&mut self, req: &Request) -> Action {
-        match req.path().as_str() {
+    fn on_request(&mut self, req: &Request, _: &Context) -> Action {
+        match req.head().path.as_str() {
             "/trap" => trap(),
             "/panic" => panic!("filter exploded on purpose"),
             "/loop" => {

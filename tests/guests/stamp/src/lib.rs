@@ -9,6 +9,10 @@
 //! - With `reverse`, the filter asks for the buffered request body and reverses it
 //!   (so the backend's echo shows it was seen and replaced).
 //! - The counter `stamp_requests_total{path_kind}` counts requests.
+//! - The request hook leaves the path in the request's context (property
+//!   `stamp.<name>`); the response hook reads it back into `x-stamp-ctx`, and adds
+//!   `x-stamp-attempt` (the attempt number) and, for a response the proxy made,
+//!   `x-stamp-error` (why the exchange failed).
 
 use weft_sdk::metrics::Counter;
 use weft_sdk::prelude::*;
@@ -55,7 +59,11 @@ impl Filter for Stamp {
         }
     }
 
-    fn on_request(&mut self, req: &Request) -> Action {
+    fn on_request(&mut self, req: &Request, ctx: &Context) -> Action {
+        let head = req.head();
+        if let Err(e) = ctx.set(&format!("stamp.{}", self.name), head.path.as_bytes()) {
+            log::error(&format!("stamp: cannot set a property: {e:?}"));
+        }
         if let Err(e) = req.add_header("x-stamp-req", &self.name) {
             log::error(&format!("stamp: cannot add x-stamp-req: {e}"));
         }
@@ -78,7 +86,7 @@ impl Filter for Stamp {
             }
         }
         if let Some(c) = &self.requests {
-            let kind = if req.path() == "/" { "root" } else { "other" };
+            let kind = if head.path == "/" { "root" } else { "other" };
             if let Err(e) = c.inc(&[kind]) {
                 log::error(&format!("stamp: cannot count in its metric: {e}"));
             }
@@ -86,9 +94,23 @@ impl Filter for Stamp {
         Action::Continue
     }
 
-    fn on_response(&mut self, resp: &Response) -> ResponseAction {
+    fn on_response(&mut self, resp: &Response, ctx: &Context) -> ResponseAction {
         if let Err(e) = resp.add_header("x-stamp", &self.name) {
             log::error(&format!("stamp: cannot add x-stamp: {e}"));
+        }
+        let seen = ctx.get(&format!("stamp.{}", self.name)).unwrap_or_default();
+        let attempt = ctx.facts().attempt.to_string();
+        let mut marks = vec![
+            ("x-stamp-ctx", String::from_utf8_lossy(&seen).into_owned()),
+            ("x-stamp-attempt", attempt),
+        ];
+        if let Some(error) = resp.head().error {
+            marks.push(("x-stamp-error", format!("{error:?}")));
+        }
+        for (name, value) in marks {
+            if let Err(e) = resp.set_header(name, &value) {
+                log::error(&format!("stamp: cannot set {name}: {e}"));
+            }
         }
         if self.upper
             && let Some(body) = resp.body()

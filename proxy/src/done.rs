@@ -1,0 +1,121 @@
+//! The end of a request: once its response body has been sent (or has failed), the
+//! filters' `on-done` hooks learn how it went. The body carries the request's
+//! exchange to its end, so the hooks run exactly once, also when the client goes away.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use weft_engine::{Exchange, Responder, Summary};
+
+use crate::body::ProxyBody;
+use crate::chain::FilterChain;
+
+/// A response body that runs the `on-done` hooks when it ends or is dropped.
+pub struct DoneBody {
+    inner: ProxyBody,
+    bytes: u64,
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    chain: FilterChain,
+    ex: Box<Exchange>,
+    status: u16,
+    responder: Responder,
+}
+
+impl std::fmt::Debug for DoneBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DoneBody")
+            .field("inner", &self.inner)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Give a response the body that ends the request's life.
+pub(crate) fn wrap(
+    resp: Response<ProxyBody>,
+    chain: &FilterChain,
+    ex: Box<Exchange>,
+    responder: Responder,
+) -> Response<ProxyBody> {
+    let status = resp.status().as_u16();
+    resp.map(|inner| {
+        ProxyBody::Done(Box::new(DoneBody {
+            inner,
+            bytes: 0,
+            pending: Some(Pending {
+                chain: chain.clone(),
+                ex,
+                status,
+                responder,
+            }),
+        }))
+    })
+}
+
+impl DoneBody {
+    fn finish(&mut self, complete: bool) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let summary = Summary {
+            status: p.status,
+            responder: p.responder,
+            response_bytes: self.bytes,
+            duration: u64::try_from(p.ex.ctx.received.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            complete,
+        };
+        let mut ex = p.ex;
+        // Last filter first, as responses go.
+        for filter in p.chain.filters().iter().rev().filter(|f| f.interest().done) {
+            ex = filter.on_done(ex, &summary);
+        }
+    }
+}
+
+impl Body for DoneBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for DoneBody {
+    fn drop(&mut self) {
+        // Dropped at its end (an empty body is never polled) or cut short.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
