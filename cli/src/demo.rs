@@ -1,10 +1,12 @@
 //! `weft demo`: Weft's whole job on loopback, on embedded defaults: a config server,
-//! two proxies it feeds with the built-in fault and router filters, and two demo
-//! backends.
+//! two proxies it feeds with the built-in fault, retry and router filters, and demo
+//! backends (one of them with a slow replica, and paths that fail every other time).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,34 +22,50 @@ use weft_config::MeshConfig;
 
 const CONFIG: &str = include_str!("demo.yaml");
 
-/// A backend that says who it is and what it got.
-async fn backend(name: &'static str) -> anyhow::Result<SocketAddr> {
+/// A backend that says who it is and what it got, after `delay`. Paths with `flaky`
+/// in them get 503 every other time, for the retry filter to hide.
+async fn backend(name: &'static str, delay: Duration) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let flaky = Arc::new(AtomicU64::new(0));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let flaky = flaky.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let host = req
-                        .headers()
-                        .get("host")
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or("-")
-                        .to_owned();
+                    let header = |name: &str| {
+                        req.headers()
+                            .get(name)
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned()
+                    };
+                    let (host, attempt) = (header("host"), header("x-weft-attempt"));
+                    let failing = req.uri().path().contains("flaky")
+                        && flaky.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
+                    let (status, what) = if failing {
+                        (503, "failed, on purpose,")
+                    } else {
+                        (200, "answered")
+                    };
                     let body = format!(
-                        "{name} backend: {} {} (host {host})\n",
+                        "{name} backend {what} {} {} (host {host}, attempt {attempt})\n",
                         req.method(),
                         req.uri()
                     );
                     let resp = Response::builder()
+                        .status(status)
                         .header("content-type", "text/plain")
                         .header("x-backend", name)
                         .body(Full::new(Bytes::from(body)))
                         .expect("static parts are valid");
-                    async move { Ok::<_, Infallible>(resp) }
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -76,12 +94,15 @@ pub(crate) async fn run(
     server_listen: SocketAddr,
     print_config: bool,
 ) -> anyhow::Result<()> {
-    let blue = backend("blue").await?;
-    let green = backend("green").await?;
+    let blue = backend("blue", Duration::ZERO).await?;
+    // Blue's second replica is ten times slower: the balancer sends it little.
+    let blue_slow = backend("blue-slow", Duration::from_millis(20)).await?;
+    let green = backend("green", Duration::ZERO).await?;
     let yaml = CONFIG
         .replace("{listen}", listen)
         .replace("{listen_b}", &next_port(listen)?)
         .replace("{blue}", &blue.to_string())
+        .replace("{blue_slow}", &blue_slow.to_string())
         .replace("{green}", &green.to_string());
     if print_config {
         print!("{yaml}");
@@ -155,10 +176,14 @@ pub(crate) async fn run(
     println!(
         r#"
 Weft demo is running: a proxy on {addr} and a second one on {addr_b},
-both fed by the config server on {url} with the fault and router
-filters, in front of two backends, blue ({blue}) and green ({green}). Try:
+both fed by the config server on {url} with the fault, retry and router
+filters, in front of blue ({blue}, and a slow replica {blue_slow}) and green
+({green}). Try:
 
   curl -i http://{addr}/hello                              # routed to blue
+  for i in $(seq 20); do curl -s http://{addr}/hello; done # blue-slow gets few (peak-EWMA)
+  for i in $(seq 6); do curl -s http://{addr}/api/flaky; done  # 503 every other time
+                                  # upstream; the retry filter retries: attempt 2, all 200
   curl -i http://{addr}/old/page                           # prefix rewritten to /new/page
   for i in $(seq 20); do curl -s http://{addr}/api/x; done # 80% blue, 20% green
   curl -i -H 'x-canary: 1' http://{addr}/api/x             # header match: green

@@ -162,9 +162,19 @@ fn demo_serves_and_stops_gracefully_on_sigterm() {
     let (mut guard, addr) = demo();
     let resp = get(addr, "/hello");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(resp.contains("blue backend: GET /hello"), "{resp}");
+    assert!(resp.contains("backend answered GET /hello"), "{resp}");
+    assert!(resp.contains("x-backend: blue"), "{resp}");
     let resp = get(addr, "/nowhere");
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    // Every other answer on a flaky path fails upstream; the retry filter hides it.
+    let flaky: Vec<String> = (0..6).map(|_| get(addr, "/api/flaky")).collect();
+    for resp in &flaky {
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    }
+    assert!(
+        flaky.iter().any(|r| r.contains("attempt 2")),
+        "some were retried: {flaky:?}"
+    );
 
     // A request held by the fault filter's 500 ms delay is in flight when SIGTERM
     // arrives; it must still complete.

@@ -141,11 +141,53 @@ impl Config {
                 );
             }
             for (j, e) in c.endpoints.iter().enumerate() {
-                if let Err(why) = parse_endpoint(&e.value) {
+                if let Err(why) = parse_endpoint(e.value.address()) {
                     return self.invalid(
                         &e.referenced,
                         format!("clusters[{i}].endpoints[{j}]"),
                         why,
+                    );
+                }
+                if !(1..=1000).contains(&e.value.weight()) {
+                    return self.invalid(
+                        &e.referenced,
+                        format!("clusters[{i}].endpoints[{j}].weight"),
+                        format!("{} is not within 1 to 1000", e.value.weight()),
+                    );
+                }
+            }
+            let key = |k: &str| format!("clusters[{i}].{k}");
+            if c.outlier.max_ejection_percent > 100 {
+                return self.invalid(
+                    &c.name.referenced,
+                    key("outlier.max_ejection_percent"),
+                    "give a share from 0 to 100",
+                );
+            }
+            let l = &c.limits;
+            if l.max_requests == 0 || l.max_pending == 0 || l.max_connections == 0 {
+                return self.invalid(&c.name.referenced, key("limits"), "limits must be above 0");
+            }
+            if let Some(h) = &c.health_check {
+                if !h.path.starts_with('/') || h.path.bytes().any(|b| !b.is_ascii_graphic()) {
+                    return self.invalid(
+                        &c.name.referenced,
+                        key("health_check.path"),
+                        format!("{:?} is not a path starting with /", h.path),
+                    );
+                }
+                if h.interval.0.is_zero() || h.timeout.0.is_zero() {
+                    return self.invalid(
+                        &c.name.referenced,
+                        key("health_check"),
+                        "interval and timeout must be above 0",
+                    );
+                }
+                if h.unhealthy_threshold == 0 || h.healthy_threshold == 0 {
+                    return self.invalid(
+                        &c.name.referenced,
+                        key("health_check"),
+                        "thresholds must be at least 1",
                     );
                 }
             }

@@ -197,8 +197,20 @@ fn default_memory() -> Size {
 pub struct ClusterConfig {
     /// Unique name; filters route by it.
     pub name: Spanned<String>,
-    /// `host:port` of each endpoint; requests go round robin.
-    pub endpoints: Vec<Spanned<String>>,
+    /// Each endpoint: `host:port`, or `{ address: host:port, weight: N }`.
+    pub endpoints: Vec<Spanned<EndpointConfig>>,
+    /// How an attempt picks its endpoint.
+    #[serde(default)]
+    pub balancer: Balancer,
+    /// Circuit-breaking limits.
+    #[serde(default)]
+    pub limits: ClusterLimits,
+    /// Passive outlier detection: endpoints that keep failing are ejected for a while.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    /// Active HTTP health checks; none when omitted.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
     /// Protocol spoken to the endpoints.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
@@ -214,6 +226,151 @@ pub struct ClusterConfig {
     /// Most idle pooled connections kept per endpoint.
     #[serde(default = "default_pool_max_idle")]
     pub max_idle_per_endpoint: usize,
+}
+
+/// An endpoint of a cluster.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(
+    untagged,
+    expecting = "host:port, or { address: host:port, weight: N }"
+)]
+pub enum EndpointConfig {
+    /// `host:port`, weight 1.
+    Address(String),
+    /// `{ address: host:port, weight: N }`.
+    Weighted(WeightedEndpoint),
+}
+
+/// An endpoint with a weight.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedEndpoint {
+    /// `host:port`.
+    pub address: String,
+    /// Its share of requests relative to the others (1 to 1000).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl EndpointConfig {
+    /// `host:port`.
+    pub fn address(&self) -> &str {
+        match self {
+            Self::Address(a) => a,
+            Self::Weighted(w) => &w.address,
+        }
+    }
+
+    /// Its weight.
+    pub fn weight(&self) -> u32 {
+        match self {
+            Self::Address(_) => 1,
+            Self::Weighted(w) => w.weight,
+        }
+    }
+}
+
+/// How an attempt picks its endpoint among the healthy ones.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balancer {
+    /// Each in turn, as often as its weight says.
+    RoundRobin,
+    /// Two at random (by weight), the one with fewer requests in flight.
+    LeastRequest,
+    /// Two at random (by weight), the one with the lower latency estimate (a moving
+    /// average that jumps to a slower sample at once) times its requests in flight.
+    #[default]
+    PeakEwma,
+}
+
+/// Circuit-breaking limits of a cluster: past one, a request is answered 503 at once
+/// with `x-weft-overflow` naming the limit.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterLimits {
+    /// Requests in flight to the cluster.
+    pub max_requests: usize,
+    /// Requests waiting for a new connection.
+    pub max_pending: usize,
+    /// Connections open to the cluster's endpoints.
+    pub max_connections: usize,
+}
+
+impl Default for ClusterLimits {
+    fn default() -> Self {
+        Self {
+            max_requests: 1024,
+            max_pending: 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Passive outlier detection.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// Failures in a row (5xx, connect failure, reset, timeout) that eject an
+    /// endpoint; 0 turns detection off.
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts; each further one lasts this much longer.
+    pub base_ejection: Duration,
+    /// The longest ejection.
+    pub max_ejection: Duration,
+    /// Never eject more than this share of the cluster's endpoints.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration(std::time::Duration::from_secs(30)),
+            max_ejection: Duration(std::time::Duration::from_secs(300)),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// Active HTTP health checks of every endpoint.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// The path to GET; a 2xx answer is healthy.
+    pub path: String,
+    /// Time between checks of one endpoint.
+    #[serde(default = "default_hc_interval")]
+    pub interval: Duration,
+    /// Time a check may take.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Duration,
+    /// Failed checks in a row that take an endpoint out.
+    #[serde(default = "default_unhealthy")]
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that bring it back.
+    #[serde(default = "default_healthy")]
+    pub healthy_threshold: u32,
+}
+
+fn default_hc_interval() -> Duration {
+    Duration(std::time::Duration::from_secs(5))
+}
+
+fn default_hc_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(1))
+}
+
+fn default_unhealthy() -> u32 {
+    3
+}
+
+fn default_healthy() -> u32 {
+    2
 }
 
 fn default_connect_timeout() -> Duration {

@@ -1,25 +1,36 @@
-//! Upstream clusters: endpoints, round-robin choice, and a keep-alive connection pool
-//! per endpoint speaking HTTP/1.1 or HTTP/2, in clear text or TLS.
+//! Upstream clusters: endpoints, the balancer that chooses among them, health
+//! (active checks and outlier detection), circuit-breaking limits, and a keep-alive
+//! connection pool per endpoint speaking HTTP/1.1 or HTTP/2, in clear text or TLS.
+
+pub(crate) mod balance;
+mod health;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
-use weft_config::{ClusterConfig, UpstreamProtocol};
+use weft_config::{ClusterConfig, HealthCheckConfig, OutlierConfig, UpstreamProtocol};
 
 use crate::body::ProxyBody;
 use crate::tls;
 use crate::upstream::{
-    Conn, ConnectError, Connector, Endpoint, Exchange, TlsConnector, UpstreamBody,
+    Conn, ConnectError, Connector, Endpoint, Exchange, Held, TlsConnector, UpstreamBody,
 };
 
 /// An upstream cluster.
 pub struct Cluster {
     name: Arc<str>,
     endpoints: Vec<Arc<Endpoint>>,
-    next: AtomicUsize,
+    picker: balance::Picker,
     scheme: Scheme,
     connector: Connector,
+    max_requests: usize,
+    requests: Arc<AtomicUsize>,
+    outlier: OutlierConfig,
+    health: Option<HealthCheckConfig>,
+    /// What the cluster was built from: an unchanged cluster is kept across reloads.
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -59,7 +70,10 @@ pub(crate) struct UpstreamError {
     /// The client's request body failed while it was being forwarded: the client's
     /// fault, not the upstream's.
     pub(crate) client_body: bool,
-    pub(crate) endpoint: Authority,
+    /// A circuit-breaking limit refused the request: its name.
+    pub(crate) limit: Option<&'static str>,
+    /// The endpoint tried; none when no endpoint was eligible.
+    pub(crate) endpoint: Option<Authority>,
     pub(crate) source: Box<dyn std::error::Error + Send + Sync>,
 }
 
@@ -67,6 +81,12 @@ impl UpstreamError {
     /// Why the exchange ended, as filters see it.
     pub(crate) fn kind(&self) -> weft_engine::ExchangeError {
         use weft_engine::ExchangeError;
+        if self.limit.is_some() {
+            return ExchangeError::Overflow;
+        }
+        if self.endpoint.is_none() {
+            return ExchangeError::NoHealthyEndpoint;
+        }
         if self.connect {
             return ExchangeError::ConnectFailure;
         }
@@ -81,19 +101,22 @@ impl UpstreamError {
 #[derive(Debug, Default)]
 pub(crate) struct Attempt {
     /// The endpoint it was sent to.
-    pub(crate) endpoint: Option<Authority>,
+    pub(crate) endpoint: Option<Arc<Endpoint>>,
     /// How long connecting took, when it made a new connection.
     pub(crate) connect_time: Option<std::time::Duration>,
 }
 
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(endpoint) = &self.endpoint else {
+            return write!(f, "{}", self.source);
+        };
         let what = if self.connect {
             "cannot connect to"
         } else {
             "request failed at"
         };
-        write!(f, "{what} {}: {}", self.endpoint, self.source)?;
+        write!(f, "{what} {endpoint}: {}", self.source)?;
         let mut cause = self.source.source();
         while let Some(c) = cause {
             write!(f, ": {c}")?;
@@ -114,8 +137,8 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(index, e)| {
-                weft_config::parse_endpoint(&e.value)
-                    .map(|a| Arc::new(Endpoint::new(a, max_idle)))
+                weft_config::parse_endpoint(e.value.address())
+                    .map(|a| Arc::new(Endpoint::new(a, max_idle, e.value.weight())))
                     .map_err(|message| ClusterError::Endpoint { index, message })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -155,16 +178,67 @@ impl Cluster {
         };
         Ok(Self {
             name: Arc::from(config.name.value.as_str()),
+            picker: balance::Picker::new(config.balancer, &endpoints),
             endpoints,
-            next: AtomicUsize::new(0),
             scheme,
             connector: Connector {
                 connect_timeout: config.connect_timeout.0,
                 idle_timeout: config.idle_timeout.0,
                 http2_only: config.protocol == UpstreamProtocol::Http2,
                 tls,
+                max_connections: config.limits.max_connections,
+                connections: Arc::default(),
+                max_pending: config.limits.max_pending,
+                pending: AtomicUsize::new(0),
             },
+            max_requests: config.limits.max_requests,
+            requests: Arc::default(),
+            outlier: config.outlier,
+            health: config.health_check.clone(),
+            fingerprint: fingerprint(config),
         })
+    }
+
+    /// Start what runs beside the cluster (health checks), on the current runtime,
+    /// for as long as the cluster lives.
+    pub fn start(self: &Arc<Self>) {
+        if let Some(hc) = &self.health
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(health::run(Arc::downgrade(self), hc.clone()));
+        }
+    }
+
+    /// Whether this cluster was built from the same configuration, so it can be kept
+    /// (with its pools, health and latency estimates) across a reload.
+    pub fn same_config(&self, config: &ClusterConfig) -> bool {
+        self.fingerprint == fingerprint(config)
+    }
+
+    /// Each endpoint's address, whether it may serve now, and its latency estimate.
+    pub fn endpoint_states(&self) -> Vec<(String, bool, Duration)> {
+        self.endpoints
+            .iter()
+            .map(|e| (e.authority.to_string(), e.stats.healthy(), e.stats.ewma()))
+            .collect()
+    }
+
+    /// An attempt that ran out of time: a slow sample for the balancer and a failure
+    /// for outlier detection.
+    pub(crate) fn timed_out(&self, endpoint: &Endpoint, after: Duration) {
+        endpoint.stats.observe(after);
+        self.record(endpoint, false);
+    }
+
+    fn record(&self, endpoint: &Endpoint, ok: bool) {
+        if let Some(length) = balance::record(&self.outlier, endpoint, &self.endpoints, ok) {
+            tracing::warn!(
+                cluster = &*self.name,
+                endpoint = %endpoint.authority,
+                "endpoint ejected for {length:?} after {} failures in a row",
+                self.outlier.consecutive_failures
+            );
+        }
     }
 
     /// The cluster's name.
@@ -177,12 +251,6 @@ impl Cluster {
         self.name.clone()
     }
 
-    /// The next endpoint, round robin.
-    fn pick(&self) -> &Arc<Endpoint> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.endpoints[i % self.endpoints.len()]
-    }
-
     /// Send a request to one endpoint of the cluster. The request's URI is rewritten
     /// for that endpoint; its `host` header is kept. A request that a pooled
     /// connection gave back unsent (the upstream closed it meanwhile) goes again, once,
@@ -193,18 +261,73 @@ impl Cluster {
         body: ProxyBody,
         attempt: &mut Attempt,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
-        let endpoint = self.pick();
-        attempt.endpoint = Some(endpoint.authority.clone());
+        // Circuit breaking: requests waiting for their response head, per cluster.
+        let Some(_request) = Held::try_new(&self.requests, self.max_requests) else {
+            return Err(self.limit_error("max_requests"));
+        };
+        let Some(endpoint) = self.picker.pick(&self.endpoints) else {
+            return Err(UpstreamError {
+                connect: false,
+                client_body: false,
+                limit: None,
+                endpoint: None,
+                source: format!(
+                    "no healthy endpoint among {} (health checks or outlier ejection)",
+                    self.endpoints.len()
+                )
+                .into(),
+            });
+        };
+        attempt.endpoint = Some(endpoint.clone());
+        let _in_flight = balance::start(endpoint);
+        let started = Instant::now();
+        let result = self.send_to(endpoint, parts, body, attempt).await;
+        match &result {
+            Ok(resp) => {
+                endpoint.stats.observe(started.elapsed());
+                self.record(endpoint, !resp.status().is_server_error());
+            }
+            Err(e) if e.limit.is_some() || e.client_body => {}
+            Err(_) => {
+                endpoint.stats.observe(started.elapsed());
+                self.record(endpoint, false);
+            }
+        }
+        result
+    }
+
+    fn limit_error(&self, limit: &'static str) -> UpstreamError {
+        UpstreamError {
+            connect: false,
+            client_body: false,
+            limit: Some(limit),
+            endpoint: None,
+            source: format!("cluster {:?}: its {limit} is reached", self.name).into(),
+        }
+    }
+
+    /// Send a request to this endpoint.
+    pub(crate) async fn send_to(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        parts: http::request::Parts,
+        body: ProxyBody,
+        attempt: &mut Attempt,
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let pq = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let connect_failed = |e: ConnectError| UpstreamError {
-            connect: true,
-            client_body: false,
-            endpoint: endpoint.authority.clone(),
-            source: e.into(),
+        let connect_failed = |e: ConnectError| match e {
+            ConnectError::Limit(limit) => self.limit_error(limit),
+            e => UpstreamError {
+                connect: true,
+                client_body: false,
+                limit: None,
+                endpoint: Some(endpoint.authority.clone()),
+                source: e.into(),
+            },
         };
         let mut req = http::Request::from_parts(parts, body);
         let mut retried = false;
@@ -257,13 +380,40 @@ impl Cluster {
                         // Unsent on a fresh connection: the upstream never saw it.
                         connect: back.is_some(),
                         client_body,
-                        endpoint: endpoint.authority.clone(),
+                        limit: None,
+                        endpoint: Some(endpoint.authority.clone()),
                         source: error.into(),
                     });
                 }
             }
         }
     }
+}
+
+/// What a cluster is built from, as text: TLS files by their contents, so a rotated
+/// CA makes a new cluster while an unchanged one keeps its state.
+fn fingerprint(config: &ClusterConfig) -> String {
+    let ca = config.tls.as_ref().map(|t| {
+        use sha2::Digest;
+        std::fs::read(&t.ca.value).map_or_else(
+            |e| format!("unreadable: {e}"),
+            |bytes| hex::encode(sha2::Sha256::digest(bytes)),
+        )
+    });
+    let endpoints: Vec<_> = config.endpoints.iter().map(|e| &e.value).collect();
+    format!(
+        "{}|{endpoints:?}|{:?}|{:?}|{:?}|{ca:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+        config.name.value,
+        config.balancer,
+        config.protocol,
+        config.tls.as_ref().map(|t| (&t.ca.value, &t.server_name)),
+        config.connect_timeout,
+        config.idle_timeout,
+        config.max_idle_per_endpoint,
+        config.limits,
+        config.outlier,
+        config.health_check,
+    )
 }
 
 #[cfg(test)]

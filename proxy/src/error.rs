@@ -50,6 +50,9 @@ pub struct ProxyError {
     /// hooks (a retry filter) see. A connect failure is safe to retry for any request,
     /// since the upstream never saw it.
     pub exchange: Option<weft_engine::ExchangeError>,
+    /// The circuit-breaking limit that refused the request, told to the client in
+    /// `x-weft-overflow`.
+    pub overflow: Option<&'static str>,
     /// What happened, in full, for the log only.
     pub detail: String,
 }
@@ -62,6 +65,7 @@ impl ProxyError {
             status,
             reason,
             exchange: None,
+            overflow: None,
             detail,
         }
     }
@@ -104,6 +108,9 @@ impl ProxyError {
         if let Ok(v) = HeaderValue::from_str(&error_id.to_string()) {
             headers.insert("x-weft-error-id", v);
         }
+        if let Some(limit) = self.overflow {
+            headers.insert("x-weft-overflow", HeaderValue::from_static(limit));
+        }
         resp
     }
 
@@ -129,6 +136,9 @@ impl ProxyError {
         headers.insert("x-weft-error", HeaderValue::from_static(self.side.as_str()));
         if let Ok(v) = HeaderValue::from_str(&error_id.to_string()) {
             headers.insert("x-weft-error-id", v);
+        }
+        if let Some(limit) = self.overflow {
+            headers.insert("x-weft-overflow", HeaderValue::from_static(limit));
         }
         resp
     }

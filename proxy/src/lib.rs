@@ -131,9 +131,19 @@ fn build_states(
     engine: &Engine,
     config: &Config,
     modules: &dyn ModuleStore,
+    previous: Option<&HashMap<String, Arc<Cluster>>>,
 ) -> Result<Vec<ListenerState>, StartError> {
     let mut clusters = HashMap::new();
+    let mut fresh = Vec::new();
     for (i, c) in config.clusters.iter().enumerate() {
+        // An unchanged cluster keeps its pools, health and latency estimates.
+        if let Some(kept) = previous
+            .and_then(|p| p.get(&c.name.value))
+            .filter(|k| k.same_config(c))
+        {
+            clusters.insert(c.name.value.clone(), kept.clone());
+            continue;
+        }
         let cluster = Cluster::new(c).map_err(|e| match e {
             ClusterError::Tls(source) => StartError::Tls {
                 location: config.locate(&c.name.referenced),
@@ -146,7 +156,9 @@ fn build_states(
                 source: other,
             },
         })?;
-        clusters.insert(c.name.value.clone(), Arc::new(cluster));
+        let cluster = Arc::new(cluster);
+        fresh.push(cluster.clone());
+        clusters.insert(c.name.value.clone(), cluster);
     }
     let clusters = Arc::new(clusters);
     let mut states = Vec::with_capacity(config.listeners.len());
@@ -188,6 +200,10 @@ fn build_states(
             normalize_path: l.normalize_path,
             conn: Arc::new(listener::ConnParts::new(tls, &settings)),
         });
+    }
+    // Only once everything loaded: a configuration that fails starts nothing.
+    for cluster in fresh {
+        cluster.start();
     }
     Ok(states)
 }
@@ -334,6 +350,14 @@ impl RunningProxy {
         }
     }
 
+    /// The endpoints of a cluster in force: address, whether its health checks let it
+    /// serve, and its latency estimate.
+    pub fn cluster_states(&self, name: &str) -> Option<Vec<(String, bool, Duration)>> {
+        let listeners = lock(&self.inner.listeners);
+        let state = listeners.first()?.state.load();
+        state.clusters.get(name).map(|c| c.endpoint_states())
+    }
+
     /// Apply a new configuration (see [`RunningProxy::reload_with`]).
     pub fn reload(&self, config: &Config) -> Result<(), StartError> {
         self.reload_with(config, &NoModules)
@@ -354,8 +378,11 @@ impl RunningProxy {
         modules: &dyn ModuleStore,
     ) -> Result<(), StartError> {
         let _one_at_a_time = lock(&self.inner.reloading);
-        let states = build_states(&self.inner.engine, config, modules)?;
         let _runtime = self.inner.runtime.enter();
+        let previous = lock(&self.inner.listeners)
+            .first()
+            .map(|b| b.state.load().clusters.clone());
+        let states = build_states(&self.inner.engine, config, modules, previous.as_deref())?;
         // Bind what is new first, so a taken port changes nothing.
         let mut fresh = Vec::new();
         {
@@ -455,5 +482,5 @@ fn bind(address: &str) -> std::io::Result<TcpListener> {
 /// config, TLS files read), without binding anything. Returns the listener count.
 pub fn check(config: &Config) -> Result<usize, StartError> {
     let engine = Engine::new()?;
-    Ok(build_states(&engine, config, &NoModules)?.len())
+    Ok(build_states(&engine, config, &NoModules, None)?.len())
 }

@@ -302,7 +302,8 @@ where
     S::Future: Send + 'static,
     TokioExecutor: HttpServerConnExec<S::Future, ProxyBody>,
 {
-    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), svc));
+    // With upgrades: a WebSocket's 101 hands this connection to its tunnel.
+    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
     let why = tokio::select! {
         result = conn.as_mut() => return result,
         () = stopped(stop) => None,

@@ -66,12 +66,18 @@ pub(crate) async fn serve(
     let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     // A gRPC client reads errors from `grpc-status`, not from an HTTP status.
     let grpc = is_grpc(req.headers());
+    let mut req = req;
+    let mut upgrade = Upgrade::of(&mut req);
     // A chain without hooks (or no chain) costs nothing: no context, no exchange.
     if !state.chain.has_hooks() {
-        return Ok(match forward(&state, req).await {
+        let mut resp = match forward(&state, req, &mut upgrade).await {
             Ok(resp) => resp,
             Err(e) => fail(&state.name, e, id, grpc),
-        });
+        };
+        if let Some(u) = upgrade {
+            u.finish(&mut resp);
+        }
+        return Ok(resp);
     }
     let (parts, body) = req.into_parts();
     let mut lent = Lent(Some(Box::new(Exchange {
@@ -79,13 +85,16 @@ pub(crate) async fn serve(
         response: None,
         ctx: RequestContext::new(id, conn),
     })));
-    let (resp, responder) = match filtered(&state, &mut lent, body, grpc).await {
+    let (mut resp, responder) = match filtered(&state, &mut lent, body, grpc, &mut upgrade).await {
         Ok(done) => done,
         Err(e) => {
             let kind = e.exchange;
             (fail(&state.name, e, id, grpc), Responder::Proxy(kind))
         }
     };
+    if let Some(u) = upgrade {
+        u.finish(&mut resp);
+    }
     // The end phase: `on-done` runs once the response body has gone, whatever happened.
     Ok(match lent.0 {
         Some(ex) if state.chain.done => done::wrap(resp, &state.chain, ex, responder),
@@ -110,6 +119,85 @@ fn fail(listener: &str, e: ProxyError, id: u64, grpc: bool) -> Response<ProxyBod
         e.into_grpc_response(id)
     } else {
         e.into_response(id)
+    }
+}
+
+/// An HTTP/1.1 upgrade (WebSocket and the like) on its way: the request goes through
+/// the chain as any other, asks the upstream to switch too, and a 101 answer joins
+/// the two connections into one tunnel.
+struct Upgrade {
+    protocol: HeaderValue,
+    client: hyper::upgrade::OnUpgrade,
+    upstream: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
+}
+
+impl Upgrade {
+    /// The upgrade a request asks for: HTTP/1.1, `Connection: upgrade` and `Upgrade`.
+    fn of(req: &mut Request<Incoming>) -> Option<Self> {
+        if req.version() != http::Version::HTTP_11 || req.method() == http::Method::CONNECT {
+            return None;
+        }
+        let headers = req.headers();
+        let asks = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        let protocol = headers.get(UPGRADE)?.clone();
+        if !asks {
+            return None;
+        }
+        Some(Self {
+            protocol,
+            client: hyper::upgrade::on(req),
+            upstream: None,
+        })
+    }
+
+    /// Ask the upstream to switch as the client asked.
+    fn ask(&self, headers: &mut HeaderMap) {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, self.protocol.clone());
+    }
+
+    /// Keep the upstream's side of a 101.
+    fn answered<B>(&mut self, resp: &mut http::Response<B>) {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let protocol = resp
+                .headers()
+                .get(UPGRADE)
+                .cloned()
+                .unwrap_or_else(|| self.protocol.clone());
+            self.upstream = Some((hyper::upgrade::on(resp), protocol));
+        }
+    }
+
+    /// If the client gets a 101, join the two sides; a 101 with no upstream behind
+    /// it (a filter's own) cannot be honoured and becomes a 502.
+    fn finish(self, resp: &mut Response<ProxyBody>) {
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return;
+        }
+        let Some((upstream, protocol)) = self.upstream else {
+            *resp.status_mut() = StatusCode::BAD_GATEWAY;
+            *resp.body_mut() = ProxyBody::full("upgrade failed\n");
+            return;
+        };
+        let headers = resp.headers_mut();
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, protocol);
+        let client = self.client;
+        tokio::spawn(async move {
+            let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+                return;
+            };
+            let mut client = hyper_util::rt::TokioIo::new(client);
+            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!("upgraded connection ended: {e}");
+            }
+        });
     }
 }
 
@@ -221,24 +309,34 @@ fn stream_body(
 async fn forward(
     state: &ListenerState,
     req: Request<Incoming>,
+    upgrade: &mut Option<Upgrade>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let received = Instant::now();
     let (mut parts, body) = req.into_parts();
     prepare(state, &mut parts)?;
+    if let Some(u) = upgrade {
+        u.ask(&mut parts.headers);
+    }
     let Some(cluster) = state.default_cluster.as_ref() else {
         return Err(no_route(state, &parts));
     };
     let (body, arrival) = stream_body(body, None, received);
     let mut attempt = Attempt::default();
-    let resp = tokio::select! {
+    let mut resp = tokio::select! {
         biased;
         r = cluster.send(parts, body.unwrap_or_else(ProxyBody::empty), &mut attempt) => {
             r.map_err(|e| upstream_error(cluster, e))?
         }
         () = arrival.expire(state.request_timeout) => {
+            if let Some(endpoint) = &attempt.endpoint {
+                cluster.timed_out(endpoint, state.request_timeout);
+            }
             return Err(timed_out(cluster, state.request_timeout, ExchangeError::Timeout));
         }
     };
+    if let Some(u) = upgrade {
+        u.answered(&mut resp);
+    }
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
     Ok(Response::from_parts(rparts, ProxyBody::Upstream(rbody)))
@@ -304,6 +402,7 @@ async fn filtered(
     lent: &mut Lent,
     body: Incoming,
     grpc: bool,
+    upgrade: &mut Option<Upgrade>,
 ) -> Result<(Response<ProxyBody>, Responder), ProxyError> {
     let chain = &state.chain;
     let id = lent.get().ctx.id;
@@ -406,6 +505,9 @@ async fn filtered(
                 .headers
                 .insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
         }
+        if let Some(u) = upgrade.as_ref() {
+            u.ask(&mut parts.headers);
+        }
         let body = match (&ex.request.body, stream.take()) {
             (Some(b), _) => ProxyBody::full(b.clone()),
             (None, Some(s)) => s,
@@ -415,10 +517,13 @@ async fn filtered(
         let sent_at = Instant::now();
         let mut info = Attempt::default();
         let exchange = async {
-            let resp = cluster
+            let mut resp = cluster
                 .send(parts, body, &mut info)
                 .await
                 .map_err(|e| upstream_error(cluster, e))?;
+            if let Some(u) = upgrade.as_mut() {
+                u.answered(&mut resp);
+            }
             let (parts, rbody) = resp.into_parts();
             if !chain.response_trailers {
                 return Ok((parts, ProxyBody::Upstream(rbody), None));
@@ -443,8 +548,17 @@ async fn filtered(
             }
             () = &mut expire => Err(timed_out(cluster, timeout, ExchangeError::Timeout)),
         };
+        // A timed-out attempt is a slow sample and a failure of its endpoint.
+        if let (Err(e), Some(endpoint)) = (&outcome, &info.endpoint)
+            && matches!(
+                e.exchange,
+                Some(ExchangeError::PerTryTimeout | ExchangeError::Timeout)
+            )
+        {
+            cluster.timed_out(endpoint, sent_at.elapsed());
+        }
         let ex = lent.get_mut();
-        ex.ctx.endpoint = info.endpoint;
+        ex.ctx.endpoint = info.endpoint.map(|e| e.authority.clone());
         ex.ctx.connect_time = info.connect_time;
         let (mut head, mut rbody, mut responder) = match outcome {
             Ok((parts, rbody, trailers)) => {
@@ -595,6 +709,26 @@ fn upstream_error(cluster: &Cluster, e: UpstreamError) -> ProxyError {
     }
     let detail = format!("cluster {:?}: {e}", cluster.name());
     let kind = e.kind();
+    if let Some(limit) = e.limit {
+        let mut error = ProxyError::new(
+            Side::Upstream,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream overloaded",
+            detail,
+        )
+        .exchange(kind);
+        error.overflow = Some(limit);
+        return error;
+    }
+    if e.endpoint.is_none() {
+        return ProxyError::new(
+            Side::Upstream,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            detail,
+        )
+        .exchange(kind);
+    }
     if e.connect {
         ProxyError::new(
             Side::Upstream,

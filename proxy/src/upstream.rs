@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -28,13 +28,48 @@ use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
 
-/// How connections to a cluster's endpoints are made.
+/// How connections to a cluster's endpoints are made, and how many may be.
 pub(crate) struct Connector {
     pub(crate) connect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     /// Speak HTTP/2 without asking (h2c, or TLS with ALPN `h2` only).
     pub(crate) http2_only: bool,
     pub(crate) tls: Option<TlsConnector>,
+    /// Most connections open to the cluster, and how many are.
+    pub(crate) max_connections: usize,
+    pub(crate) connections: Arc<AtomicUsize>,
+    /// Most requests waiting for a new connection, and how many do.
+    pub(crate) max_pending: usize,
+    pub(crate) pending: AtomicUsize,
+}
+
+/// Counts one in `counter` while it lives.
+pub(crate) struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    /// Count one, unless `max` are counted already.
+    pub(crate) fn try_new(counter: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        if counter.fetch_add(1, Ordering::AcqRel) >= max {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(counter.clone()))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts one in a counter it borrows, while it lives.
+struct Borrowed<'a>(&'a AtomicUsize);
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// TLS to the endpoints, with the ALPN list the cluster's protocol allows.
@@ -61,6 +96,9 @@ pub(crate) enum ConnectError {
     ServerName(String),
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
+    /// A circuit-breaking limit of the cluster: `max_connections` or `max_pending`.
+    #[error("the cluster's {0} is reached")]
+    Limit(&'static str),
 }
 
 struct Idle {
@@ -71,6 +109,8 @@ struct Idle {
 /// One endpoint of a cluster and its connections.
 pub(crate) struct Endpoint {
     pub(crate) authority: Authority,
+    /// Load, latency and health, for the balancer.
+    pub(crate) stats: crate::cluster::balance::Stats,
     idle: ArrayQueue<Idle>,
     h2: ArcSwapOption<http2::SendRequest<ProxyBody>>,
     /// Only one HTTP/2 connection is made at a time; the others wait and share it.
@@ -78,10 +118,20 @@ pub(crate) struct Endpoint {
     sweeper: AtomicBool,
 }
 
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("authority", &self.authority)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Endpoint {
-    pub(crate) fn new(authority: Authority, max_idle: usize) -> Self {
+    pub(crate) fn new(authority: Authority, max_idle: usize, weight: u32) -> Self {
         Self {
             authority,
+            stats: crate::cluster::balance::Stats::new(weight),
             idle: ArrayQueue::new(max_idle.max(1)),
             h2: ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::new(()),
@@ -118,6 +168,12 @@ impl Endpoint {
                 }
             });
         }
+        // A request that needs a new connection waits for it: bounded per cluster.
+        if connector.pending.fetch_add(1, Ordering::AcqRel) >= connector.max_pending {
+            connector.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(ConnectError::Limit("max_pending"));
+        }
+        let _pending = Borrowed(&connector.pending);
         if connector.http2_only {
             let _one_at_a_time = self.h2_connecting.lock().await;
             if let Some(h2) = self.shared_h2() {
@@ -140,6 +196,9 @@ impl Endpoint {
     }
 
     async fn connect(self: &Arc<Self>, connector: &Connector) -> Result<Conn, ConnectError> {
+        // Counted from before the connect to the end of the connection's task.
+        let held = Held::try_new(&connector.connections, connector.max_connections)
+            .ok_or(ConnectError::Limit("max_connections"))?;
         let tcp = tokio::time::timeout(
             connector.connect_timeout,
             TcpStream::connect(self.authority.as_str()),
@@ -149,7 +208,7 @@ impl Endpoint {
         let _ = tcp.set_nodelay(true);
         self.start_sweeper(connector.idle_timeout);
         let Some(tls) = &connector.tls else {
-            return self.handshake(tcp, connector.http2_only).await;
+            return self.handshake(tcp, connector.http2_only, held).await;
         };
         let name = match &tls.server_name {
             Some(n) => n.clone(),
@@ -161,10 +220,15 @@ impl Endpoint {
             .await
             .map_err(|_| ConnectError::Timeout(connector.connect_timeout))??;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        self.handshake(stream, h2).await
+        self.handshake(stream, h2, held).await
     }
 
-    async fn handshake<T>(self: &Arc<Self>, io: T, h2: bool) -> Result<Conn, ConnectError>
+    async fn handshake<T>(
+        self: &Arc<Self>,
+        io: T,
+        h2: bool,
+        held: Held,
+    ) -> Result<Conn, ConnectError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -176,7 +240,7 @@ impl Endpoint {
                 .handshake(io)
                 .await
                 .map_err(ConnectError::Handshake)?;
-            drive(conn, authority);
+            drive(conn, authority, held);
             self.h2.store(Some(Arc::new(sender.clone())));
             Ok(Conn::Http2(sender))
         } else {
@@ -184,7 +248,7 @@ impl Endpoint {
                 .handshake(io)
                 .await
                 .map_err(ConnectError::Handshake)?;
-            drive(conn, authority);
+            drive(conn.with_upgrades(), authority, held);
             Ok(Conn::Http1(sender))
         }
     }
@@ -239,12 +303,14 @@ impl Endpoint {
     }
 }
 
-/// Run a connection's task until the connection ends.
-fn drive<C>(conn: C, authority: Authority)
+/// Run a connection's task until the connection ends; it counts in the cluster's
+/// connections until then.
+fn drive<C>(conn: C, authority: Authority, held: Held)
 where
     C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     tokio::spawn(async move {
+        let _held = held;
         if let Err(e) = conn.await {
             tracing::debug!(%authority, "upstream connection ended: {e}");
         }
@@ -307,7 +373,12 @@ impl Future for Exchange {
         let Some((_, endpoint, sender)) = this.pending.take() else {
             return Poll::Pending;
         };
-        Poll::Ready(result.map(|resp| resp.map(|b| UpstreamBody::new(b, Some((endpoint, sender))))))
+        Poll::Ready(result.map(|resp| {
+            // A connection that switched protocols belongs to its tunnel, not the pool.
+            let pool = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                .then_some((endpoint, sender));
+            resp.map(|b| UpstreamBody::new(b, pool))
+        }))
     }
 }
 

@@ -44,6 +44,8 @@ pub fn backend(name: &'static str) -> BackendBuilder {
         name,
         http2_only: false,
         tls: None,
+        fail_first: (0, 200),
+        slow_first: (0, 0),
     }
 }
 
@@ -52,10 +54,13 @@ pub struct BackendBuilder {
     name: &'static str,
     http2_only: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
+    fail_first: (usize, u16),
+    slow_first: (usize, u64),
 }
 
 /// A running backend. It answers every request (after `x-delay-ms` milliseconds when
-/// the request has that header) with:
+/// the request has that header, with the status and delay its builder gave the first
+/// requests, else 200) with:
 /// - `x-backend`: its name; `x-path`: path and query; `x-host`: the host header (or
 ///   the URI authority); `x-version`: the HTTP version;
 /// - `x-echo-NAME` for every request header `x-NAME`, values joined by `,`;
@@ -82,6 +87,18 @@ impl BackendBuilder {
         self
     }
 
+    /// Answer the first `n` requests with `status` (usize::MAX: every request).
+    pub fn fail_first(mut self, n: usize, status: u16) -> Self {
+        self.fail_first = (n, status);
+        self
+    }
+
+    /// Hold the first `n` requests `ms` milliseconds before answering.
+    pub fn slow_first(mut self, n: usize, ms: u64) -> Self {
+        self.slow_first = (n, ms);
+        self
+    }
+
     /// Bind 127.0.0.1 on a free port and serve.
     pub async fn start(self) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -92,6 +109,7 @@ impl BackendBuilder {
         let requests = Arc::new(AtomicUsize::new(0));
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
         let (name, h2, tls) = (self.name, self.http2_only, self.tls);
+        let (fail_first, slow_first) = (self.fail_first, self.slow_first);
         let paths: Arc<Mutex<Vec<String>>> = Arc::default();
         let (conns, reqs, seen) = (connections.clone(), requests.clone(), paths.clone());
         tokio::spawn(async move {
@@ -106,11 +124,13 @@ impl BackendBuilder {
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        reqs.fetch_add(1, Ordering::Relaxed);
+                        let n = reqs.fetch_add(1, Ordering::Relaxed);
                         seen.lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .push(req.uri().path().to_owned());
-                        answer(name, req)
+                        let status = if n < fail_first.0 { fail_first.1 } else { 200 };
+                        let delay = if n < slow_first.0 { slow_first.1 } else { 0 };
+                        answer(name, req, status, delay)
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     if h2 {
@@ -143,8 +163,13 @@ impl BackendBuilder {
 async fn answer(
     name: &'static str,
     req: Request<Incoming>,
+    status: u16,
+    delay_ms: u64,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
     if let Some(ms) = parts
         .headers
         .get("x-delay-ms")
@@ -165,6 +190,7 @@ async fn answer(
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
     let mut resp = Response::builder()
+        .status(status)
         .header("x-backend", name)
         .header(
             "x-path",

@@ -273,15 +273,32 @@ struct When {
     retries: Window,
 }
 
+/// Why an attempt is retried, which decides whether its method matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Why {
+    /// The upstream never saw the request.
+    Unsent,
+    /// A listed gRPC status.
+    Grpc,
+    /// The upstream failed it: only methods that may be repeated go again.
+    Failed,
+}
+
 /// The most retries a filter may be configured for.
 const MAX_RETRIES: u32 = 9;
 
 impl Retry {
     /// Whether this outcome is worth another attempt, before method and budget.
+    #[cfg(test)]
     fn retryable(&self, head: &ResponseHead) -> bool {
+        self.why(head).is_some()
+    }
+
+    /// Why this outcome is worth another attempt, if it is.
+    fn why(&self, head: &ResponseHead) -> Option<Why> {
         let w = &self.when;
         if let Some(error) = head.error {
-            return match error {
+            let retry = match error {
                 ExchangeError::ConnectFailure => w.connect,
                 ExchangeError::Reset => w.reset,
                 ExchangeError::PerTryTimeout => w.per_try_timeout,
@@ -292,15 +309,22 @@ impl Retry {
                 | ExchangeError::NoHealthyEndpoint
                 | ExchangeError::ProtocolError => false,
             };
+            let why = if error == ExchangeError::ConnectFailure {
+                Why::Unsent
+            } else {
+                Why::Failed
+            };
+            return retry.then_some(why);
         }
         let status = head.status;
         if (w.five_xx && (500..600).contains(&status))
             || (w.gateway && matches!(status, 502..=504))
             || w.statuses.contains(&status)
         {
-            return true;
+            return Some(Why::Failed);
         }
-        !w.grpc.is_empty() && head.grpc_status().is_some_and(|c| w.grpc.contains(&c))
+        (!w.grpc.is_empty() && head.grpc_status().is_some_and(|c| w.grpc.contains(&c)))
+            .then_some(Why::Grpc)
     }
 
     /// Exponential backoff with full jitter: a random delay up to base × 2^(n-1),
@@ -420,11 +444,15 @@ impl Filter for Retry {
         if head.attempt == 1 {
             self.when.requests.add(now);
         }
-        if head.attempt > self.max_retries || !self.retryable(&head) {
+        if head.attempt > self.max_retries {
             return ResponseAction::Continue;
         }
-        // Connect failures are safe for every method: the upstream never saw them.
-        if head.error != Some(ExchangeError::ConnectFailure) {
+        let Some(why) = self.why(&head) else {
+            return ResponseAction::Continue;
+        };
+        // Connect failures are safe for every method (the upstream never saw them),
+        // and listed gRPC codes for every call (gRPC calls are all POSTs).
+        if why == Why::Failed {
             let method = ctx.request_head().method;
             if !self.when.methods.contains(&method) {
                 return ResponseAction::Continue;

@@ -1,11 +1,14 @@
 //! Weft end to end: real proxies, real backends, real filter components, on loopback.
 
+mod balance;
 mod config_errors;
 mod fault;
 mod grpc;
 mod hardening;
+mod interop;
 mod limits;
 mod protocols;
+mod retry;
 mod routing;
 mod sandbox;
 mod sdk;
