@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use weft_config::{ClusterConfig, HealthCheckConfig, OutlierConfig, UpstreamProtocol};
 
@@ -21,21 +22,34 @@ use crate::upstream::{
 /// An upstream cluster.
 pub struct Cluster {
     name: Arc<str>,
-    endpoints: Vec<Arc<Endpoint>>,
-    picker: balance::Picker,
+    /// The endpoints and their balancer, swapped whole when the endpoints change.
+    set: ArcSwap<EndpointSet>,
+    balancer: weft_config::Balancer,
+    max_idle: usize,
     scheme: Scheme,
     connector: Connector,
     max_requests: usize,
     requests: Arc<AtomicUsize>,
     outlier: OutlierConfig,
     health: Option<HealthCheckConfig>,
-    /// What the cluster was built from: an unchanged cluster is kept across reloads.
+    /// What the cluster was built from, endpoints aside: an unchanged cluster is kept
+    /// across reloads, its endpoint set updated in place.
     fingerprint: String,
 }
 
+/// A cluster's endpoints and the balancer over them.
+struct EndpointSet {
+    endpoints: Vec<Arc<Endpoint>>,
+    picker: balance::Picker,
+}
+
+/// A prepared change of a cluster's endpoints; calling it applies it.
+pub type EndpointUpdate = Box<dyn FnOnce() + Send>;
+
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let endpoints: Vec<&Authority> = self.endpoints.iter().map(|e| &e.authority).collect();
+        let set = self.set.load();
+        let endpoints: Vec<&Authority> = set.endpoints.iter().map(|e| &e.authority).collect();
         f.debug_struct("Cluster")
             .field("name", &self.name)
             .field("endpoints", &endpoints)
@@ -130,21 +144,7 @@ impl Cluster {
     /// Build a cluster; TLS files are read here, connections are made on demand.
     pub fn new(config: &ClusterConfig) -> Result<Self, ClusterError> {
         let max_idle = config.max_idle_per_endpoint;
-        // Every endpoint is parsed by the parser validation used: one that does not
-        // parse is an error here, never silently dropped.
-        let endpoints = config
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(index, e)| {
-                weft_config::parse_endpoint(e.value.address())
-                    .map(|a| Arc::new(Endpoint::new(a, max_idle, e.value.weight())))
-                    .map_err(|message| ClusterError::Endpoint { index, message })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if endpoints.is_empty() {
-            return Err(ClusterError::NoEndpoints);
-        }
+        let endpoints = endpoint_set(config, max_idle, &[])?;
         let (scheme, tls) = match &config.tls {
             None => (Scheme::HTTP, None),
             Some(t) => {
@@ -178,8 +178,12 @@ impl Cluster {
         };
         Ok(Self {
             name: Arc::from(config.name.value.as_str()),
-            picker: balance::Picker::new(config.balancer, &endpoints),
-            endpoints,
+            set: ArcSwap::from_pointee(EndpointSet {
+                picker: balance::Picker::new(config.balancer, &endpoints),
+                endpoints,
+            }),
+            balancer: config.balancer,
+            max_idle,
             scheme,
             connector: Connector {
                 connect_timeout: config.connect_timeout.0,
@@ -215,9 +219,43 @@ impl Cluster {
         self.fingerprint == fingerprint(config)
     }
 
+    /// Prepare this cluster's endpoints for `config` (a cluster for which
+    /// [`Cluster::same_config`] holds): endpoints that stay keep their pooled
+    /// connections, health and latency estimates; new ones start fresh. The update
+    /// happens when the returned function is called, so that a configuration that
+    /// fails elsewhere changes nothing.
+    pub fn prepare_endpoints(
+        self: &Arc<Self>,
+        config: &ClusterConfig,
+    ) -> Result<EndpointUpdate, ClusterError> {
+        let current = self.set.load_full();
+        let endpoints = endpoint_set(config, self.max_idle, &current.endpoints)?;
+        let cluster = self.clone();
+        Ok(Box::new(move || {
+            let same = endpoints.len() == current.endpoints.len()
+                && endpoints
+                    .iter()
+                    .zip(&current.endpoints)
+                    .all(|(a, b)| Arc::ptr_eq(a, b));
+            if !same {
+                tracing::info!(
+                    cluster = &*cluster.name,
+                    endpoints = endpoints.len(),
+                    "endpoints changed"
+                );
+                cluster.set.store(Arc::new(EndpointSet {
+                    picker: balance::Picker::new(cluster.balancer, &endpoints),
+                    endpoints,
+                }));
+            }
+        }))
+    }
+
     /// Each endpoint's address, whether it may serve now, and its latency estimate.
     pub fn endpoint_states(&self) -> Vec<(String, bool, Duration)> {
-        self.endpoints
+        self.set
+            .load()
+            .endpoints
             .iter()
             .map(|e| (e.authority.to_string(), e.stats.healthy(), e.stats.ewma()))
             .collect()
@@ -231,7 +269,8 @@ impl Cluster {
     }
 
     fn record(&self, endpoint: &Endpoint, ok: bool) {
-        if let Some(length) = balance::record(&self.outlier, endpoint, &self.endpoints, ok) {
+        let set = self.set.load();
+        if let Some(length) = balance::record(&self.outlier, endpoint, &set.endpoints, ok) {
             tracing::warn!(
                 cluster = &*self.name,
                 endpoint = %endpoint.authority,
@@ -265,7 +304,8 @@ impl Cluster {
         let Some(_request) = Held::try_new(&self.requests, self.max_requests) else {
             return Err(self.limit_error("max_requests"));
         };
-        let Some(endpoint) = self.picker.pick(&self.endpoints) else {
+        let set = self.set.load();
+        let Some(endpoint) = set.picker.pick(&set.endpoints).cloned() else {
             return Err(UpstreamError {
                 connect: false,
                 client_body: false,
@@ -273,11 +313,13 @@ impl Cluster {
                 endpoint: None,
                 source: format!(
                     "no healthy endpoint among {} (health checks or outlier ejection)",
-                    self.endpoints.len()
+                    set.endpoints.len()
                 )
                 .into(),
             });
         };
+        drop(set);
+        let endpoint = &endpoint;
         attempt.endpoint = Some(endpoint.clone());
         let _in_flight = balance::start(endpoint);
         let started = Instant::now();
@@ -390,7 +432,36 @@ impl Cluster {
     }
 }
 
-/// What a cluster is built from, as text: TLS files by their contents, so a rotated
+/// The endpoints of `config`, reusing those of `current` with the same address and
+/// weight. Every endpoint is parsed by the parser validation used: one that does not
+/// parse is an error here, never silently dropped.
+fn endpoint_set(
+    config: &ClusterConfig,
+    max_idle: usize,
+    current: &[Arc<Endpoint>],
+) -> Result<Vec<Arc<Endpoint>>, ClusterError> {
+    let endpoints = config
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(index, e)| {
+            let authority = weft_config::parse_endpoint(e.value.address())
+                .map_err(|message| ClusterError::Endpoint { index, message })?;
+            let weight = e.value.weight().max(1);
+            Ok(current
+                .iter()
+                .find(|c| c.authority == authority && c.stats.weight == weight)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Endpoint::new(authority, max_idle, weight))))
+        })
+        .collect::<Result<Vec<_>, ClusterError>>()?;
+    if endpoints.is_empty() {
+        return Err(ClusterError::NoEndpoints);
+    }
+    Ok(endpoints)
+}
+
+/// What a cluster is built from, endpoints aside, as text: TLS files by their contents, so a rotated
 /// CA makes a new cluster while an unchanged one keeps its state.
 fn fingerprint(config: &ClusterConfig) -> String {
     let ca = config.tls.as_ref().map(|t| {
@@ -400,9 +471,8 @@ fn fingerprint(config: &ClusterConfig) -> String {
             |bytes| hex::encode(sha2::Sha256::digest(bytes)),
         )
     });
-    let endpoints: Vec<_> = config.endpoints.iter().map(|e| &e.value).collect();
     format!(
-        "{}|{endpoints:?}|{:?}|{:?}|{:?}|{ca:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+        "{}|{:?}|{:?}|{:?}|{ca:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
         config.name.value,
         config.balancer,
         config.protocol,

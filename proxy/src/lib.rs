@@ -135,12 +135,22 @@ fn build_states(
 ) -> Result<Vec<ListenerState>, StartError> {
     let mut clusters = HashMap::new();
     let mut fresh = Vec::new();
+    let mut updates = Vec::new();
     for (i, c) in config.clusters.iter().enumerate() {
-        // An unchanged cluster keeps its pools, health and latency estimates.
+        // An unchanged cluster keeps its pools, health and latency estimates; when
+        // only its endpoints changed, those that stay keep theirs.
         if let Some(kept) = previous
             .and_then(|p| p.get(&c.name.value))
             .filter(|k| k.same_config(c))
         {
+            let update = kept
+                .prepare_endpoints(c)
+                .map_err(|source| StartError::Cluster {
+                    location: config.locate(&c.name.referenced),
+                    key: format!("clusters[{i}]"),
+                    source,
+                })?;
+            updates.push(update);
             clusters.insert(c.name.value.clone(), kept.clone());
             continue;
         }
@@ -201,7 +211,10 @@ fn build_states(
             conn: Arc::new(listener::ConnParts::new(tls, &settings)),
         });
     }
-    // Only once everything loaded: a configuration that fails starts nothing.
+    // Only once everything loaded: a configuration that fails changes nothing.
+    for update in updates {
+        update();
+    }
     for cluster in fresh {
         cluster.start();
     }

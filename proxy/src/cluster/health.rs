@@ -20,7 +20,8 @@ pub(super) async fn run(cluster: Weak<Cluster>, hc: HealthCheckConfig) {
         let Some(c) = cluster.upgrade() else {
             return;
         };
-        let checks = c.endpoints.iter().map(|e| check(&c, e, &hc));
+        let set = c.set.load_full();
+        let checks = set.endpoints.iter().map(|e| check(&c, e, &hc));
         futures_util::future::join_all(checks).await;
     }
 }

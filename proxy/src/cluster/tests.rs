@@ -83,7 +83,7 @@ async fn a_connection_is_reused_once_its_body_was_read() {
         assert_eq!(exchange(&cluster).await, "hello");
     }
     assert_eq!(be.accepted.load(Ordering::SeqCst), 1);
-    assert_eq!(cluster.endpoints[0].idle_len(), 1);
+    assert_eq!(cluster.set.load().endpoints[0].idle_len(), 1);
 }
 
 #[tokio::test]
@@ -95,7 +95,7 @@ async fn a_body_dropped_unread_closes_its_connection() {
         .await
         .unwrap();
     drop(resp);
-    assert_eq!(cluster.endpoints[0].idle_len(), 0);
+    assert_eq!(cluster.set.load().endpoints[0].idle_len(), 0);
     assert_eq!(exchange(&cluster).await, "hello");
     assert_eq!(be.accepted.load(Ordering::SeqCst), 2);
 }
@@ -145,9 +145,9 @@ async fn idle_connections_close_after_the_idle_timeout() {
     let be = backend(true).await;
     let cluster = cluster(be.addr, "    idle_timeout: 50ms\n");
     assert_eq!(exchange(&cluster).await, "hello");
-    assert_eq!(cluster.endpoints[0].idle_len(), 1);
+    assert_eq!(cluster.set.load().endpoints[0].idle_len(), 1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while cluster.endpoints[0].idle_len() > 0 {
+    while cluster.set.load().endpoints[0].idle_len() > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "idle connection never closed"
@@ -179,7 +179,7 @@ async fn concurrent_requests_each_get_a_connection_and_the_pool_is_bounded() {
             "hello"
         );
     }
-    assert_eq!(cluster.endpoints[0].idle_len(), 4);
+    assert_eq!(cluster.set.load().endpoints[0].idle_len(), 4);
 }
 
 #[tokio::test]

@@ -226,3 +226,32 @@ async fn an_unchanged_cluster_keeps_its_connections_across_a_reload() {
     assert_eq!(c.get(p.addr, "/").await.status, 200);
     assert_eq!(web.connections(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_endpoints_keep_the_connections_of_those_that_stay() {
+    let (a, b) = (backend("a").start().await, backend("b").start().await);
+    let reload = |p: &Proxy, endpoints: &[String]| {
+        let yaml = cluster(endpoints, "    balancer: round-robin\n");
+        let config = weft_config::Config::from_str(&yaml, "test.yaml", None).unwrap();
+        p.running().reload(&config).unwrap();
+    };
+    let p = proxy(&cluster(&[addr(&a)], "    balancer: round-robin\n"))
+        .start()
+        .await;
+    let c = client();
+    assert_eq!(c.get(p.addr, "/").await.status, 200);
+    // A second endpoint joins: the first keeps its pooled connection.
+    reload(&p, &[addr(&a), addr(&b)]);
+    for _ in 0..10 {
+        assert_eq!(c.get(p.addr, "/").await.status, 200);
+    }
+    assert_eq!((a.requests(), b.requests()), (6, 5));
+    assert_eq!(a.connections(), 1, "a's connection survived the change");
+    // The first leaves: everything goes to the second, on its pooled connection.
+    reload(&p, &[addr(&b)]);
+    for _ in 0..4 {
+        assert_eq!(c.get(p.addr, "/").await.status, 200);
+    }
+    assert_eq!((a.requests(), b.requests()), (6, 9));
+    assert_eq!(b.connections(), 1);
+}
