@@ -153,30 +153,10 @@ impl LocalResponse {
 impl Interest {
     /// The request hook only, without bodies. This is what [`crate::Filter::interest`]
     /// returns unless a filter overrides it.
-    pub const REQUEST: Interest = Interest {
-        request: true,
-        request_body: BodyMode::None,
-        response: false,
-        response_body: BodyMode::None,
-        done: false,
-        request_headers: Vec::new(),
-        response_headers: Vec::new(),
-        response_trailers: false,
-        keep_request_body: 0,
-    };
+    pub const REQUEST: Interest = Interest::NONE.with_request();
 
     /// The response hook only, without bodies; `on_request` is then never called.
-    pub const RESPONSE: Interest = Interest {
-        request: false,
-        request_body: BodyMode::None,
-        response: true,
-        response_body: BodyMode::None,
-        done: false,
-        request_headers: Vec::new(),
-        response_headers: Vec::new(),
-        response_trailers: false,
-        keep_request_body: 0,
-    };
+    pub const RESPONSE: Interest = Interest::NONE.with_response();
 
     /// No hook at all; add the ones wanted with the `with_*` methods.
     pub const NONE: Interest = Interest {

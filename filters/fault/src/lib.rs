@@ -29,7 +29,7 @@
 use std::time::Duration;
 
 use weft_sdk::prelude::*;
-use weft_sdk::{RequestHead, random};
+use weft_sdk::random;
 
 /// The fault filter's configuration.
 #[derive(Deserialize)]
@@ -87,9 +87,11 @@ const DEFAULT_ABORT_BODY: &str = "fault injected by the weft fault filter\n";
 
 /// Whether a fault with this condition hits this request: its header (if any) has
 /// the value, and the dice (if a percentage below 100 was given) agree.
-fn hits(head: Option<&RequestHead>, header: Option<&HeaderMatch>, percentage: Option<f64>) -> bool {
+fn hits(req: &Request, header: Option<&HeaderMatch>, percentage: Option<f64>) -> bool {
+    // One host call for the one header a condition reads; most requests lack it, and
+    // then nothing is copied.
     if let Some(h) = header
-        && head.and_then(|head| head.header(&h.name)) != Some(h.value.as_str())
+        && req.header(&h.name).as_deref() != Some(h.value.as_str())
     {
         return false;
     }
@@ -142,20 +144,9 @@ impl Filter for Fault {
         Ok(())
     }
 
-    fn interest(&self) -> Interest {
-        let abort = self.abort.as_ref().and_then(|a| a.header.as_ref());
-        let delay = self.delay.as_ref().and_then(|d| d.header.as_ref());
-        Interest::REQUEST.with_request_headers(abort.into_iter().chain(delay).map(|h| &h.name))
-    }
-
     fn on_request(&mut self, req: &Request, _: &Context) -> Action {
-        // The head is read (one host call) only when a condition looks at a header.
-        let wants_head = self.abort.as_ref().is_some_and(|a| a.header.is_some())
-            || self.delay.as_ref().is_some_and(|d| d.header.is_some());
-        let head = wants_head.then(|| req.head());
-        let head = head.as_ref();
         if let Some(a) = &self.abort
-            && hits(head, a.header.as_ref(), a.percentage)
+            && hits(req, a.header.as_ref(), a.percentage)
         {
             let body = a.body.as_deref().unwrap_or(DEFAULT_ABORT_BODY);
             return Action::Respond(
@@ -165,7 +156,7 @@ impl Filter for Fault {
             );
         }
         if let Some(d) = &self.delay
-            && hits(head, d.header.as_ref(), d.percentage)
+            && hits(req, d.header.as_ref(), d.percentage)
         {
             return Action::delay(d.duration);
         }
