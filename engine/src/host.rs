@@ -98,8 +98,6 @@ pub struct RequestContext {
     pub conn: Arc<ConnectionInfo>,
     /// When the request head arrived.
     pub received: Instant,
-    /// The same moment on the wall clock, nanoseconds since the Unix epoch.
-    pub received_wall: u64,
     /// The current attempt: 0 before the upstream, 1 for the first.
     pub attempt: u32,
     /// The cluster of the current attempt.
@@ -116,8 +114,6 @@ pub struct RequestContext {
     pub timeout: Option<Duration>,
     /// Per-attempt timeout a filter set.
     pub per_try_timeout: Option<Duration>,
-    /// Set once the request went upstream: exchange settings no longer apply.
-    pub sent: bool,
     properties: Vec<(Box<str>, Box<[u8]>)>,
     property_bytes: usize,
 }
@@ -129,7 +125,6 @@ impl RequestContext {
             id,
             conn,
             received: Instant::now(),
-            received_wall: wall_now(),
             attempt: 0,
             cluster: None,
             endpoint: None,
@@ -138,7 +133,6 @@ impl RequestContext {
             route: None,
             timeout: None,
             per_try_timeout: None,
-            sent: false,
             properties: Vec::new(),
             property_bytes: 0,
         }
@@ -691,7 +685,8 @@ impl types::HostContext for HostState {
         let ctx = &ex.ctx;
         types::Facts {
             request_id: ctx.id,
-            received_at: ctx.received_wall,
+            // The wall clock is read when a filter asks, not for every request.
+            received_at: wall_now().saturating_sub(nanos(ctx.received.elapsed())),
             elapsed: nanos(ctx.received.elapsed()),
             attempt: ctx.attempt,
             cluster: ctx.cluster.as_deref().map(str::to_owned),
@@ -748,7 +743,8 @@ impl types::HostContext for HostState {
         let Some(ctx) = self.ctx() else {
             return Err(types::SettingError::TooLate);
         };
-        if ctx.sent {
+        // Once the request went upstream, its exchange settings no longer apply.
+        if ctx.attempt > 0 {
             return Err(types::SettingError::TooLate);
         }
         let (slot, ns) = match setting {

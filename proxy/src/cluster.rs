@@ -29,7 +29,7 @@ pub struct Cluster {
     scheme: Scheme,
     connector: Connector,
     max_requests: usize,
-    requests: Arc<AtomicUsize>,
+    requests: AtomicUsize,
     outlier: OutlierConfig,
     health: Option<HealthCheckConfig>,
     /// What the cluster was built from, endpoints aside: an unchanged cluster is kept
@@ -196,7 +196,7 @@ impl Cluster {
                 pending: AtomicUsize::new(0),
             },
             max_requests: config.limits.max_requests,
-            requests: Arc::default(),
+            requests: AtomicUsize::new(0),
             outlier: config.outlier,
             health: config.health_check.clone(),
             fingerprint: fingerprint(config),

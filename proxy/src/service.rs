@@ -31,6 +31,7 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 const MAX_ATTEMPTS: u32 = 10;
 /// Tells the upstream which attempt of a request it sees, when retries are possible.
 const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-weft-attempt");
+const ATTEMPTS: [&str; MAX_ATTEMPTS as usize] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
 
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -137,14 +138,15 @@ impl Upgrade {
         if req.version() != http::Version::HTTP_11 || req.method() == http::Method::CONNECT {
             return None;
         }
+        // One lookup for the common case, a request without `Upgrade`.
         let headers = req.headers();
+        let protocol = headers.get(UPGRADE)?.clone();
         let asks = headers
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-        let protocol = headers.get(UPGRADE)?.clone();
         if !asks {
             return None;
         }
@@ -491,7 +493,6 @@ async fn filtered(
         attempt += 1;
         let ex = lent.get_mut();
         ex.ctx.attempt = attempt;
-        ex.ctx.sent = true;
         ex.ctx.cluster = Some(cluster.name_arc());
         ex.ctx.connect_time = None;
         ex.ctx.first_byte_time = None;
@@ -501,9 +502,11 @@ async fn filtered(
             std::mem::replace(&mut ex.request.parts, Request::new(()).into_parts().0)
         };
         if chain.response {
+            // A static value: no allocation per request.
+            let n = ATTEMPTS[(attempt as usize - 1).min(ATTEMPTS.len() - 1)];
             parts
                 .headers
-                .insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+                .insert(ATTEMPT_HEADER, HeaderValue::from_static(n));
         }
         if let Some(u) = upgrade.as_ref() {
             u.ask(&mut parts.headers);

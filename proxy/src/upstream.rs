@@ -9,6 +9,7 @@
 //! HTTP/2 connections multiplex: one per endpoint, shared by every request.
 
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -43,34 +44,29 @@ pub(crate) struct Connector {
     pub(crate) pending: AtomicUsize,
 }
 
-/// Counts one in `counter` while it lives.
-pub(crate) struct Held(Arc<AtomicUsize>);
+/// Counts one in a circuit-breaking counter while it lives: borrowed (`&AtomicUsize`)
+/// for what ends within a call, shared (`Arc`) for what outlives it (a connection).
+pub(crate) struct Held<C: Deref<Target = AtomicUsize>>(C);
 
-impl Held {
+impl<C: Deref<Target = AtomicUsize>> Held<C> {
     /// Count one, unless `max` are counted already.
-    pub(crate) fn try_new(counter: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+    pub(crate) fn try_new(counter: C, max: usize) -> Option<Self> {
         if counter.fetch_add(1, Ordering::AcqRel) >= max {
             counter.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Self(counter.clone()))
+        Some(Self(counter))
     }
 }
 
-impl Drop for Held {
+impl<C: Deref<Target = AtomicUsize>> Drop for Held<C> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Counts one in a counter it borrows, while it lives.
-struct Borrowed<'a>(&'a AtomicUsize);
-
-impl Drop for Borrowed<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+/// A connection's place in its cluster's count of connections.
+pub(crate) type HeldConnection = Held<Arc<AtomicUsize>>;
 
 /// TLS to the endpoints, with the ALPN list the cluster's protocol allows.
 pub(crate) struct TlsConnector {
@@ -169,11 +165,8 @@ impl Endpoint {
             });
         }
         // A request that needs a new connection waits for it: bounded per cluster.
-        if connector.pending.fetch_add(1, Ordering::AcqRel) >= connector.max_pending {
-            connector.pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(ConnectError::Limit("max_pending"));
-        }
-        let _pending = Borrowed(&connector.pending);
+        let _pending = Held::try_new(&connector.pending, connector.max_pending)
+            .ok_or(ConnectError::Limit("max_pending"))?;
         if connector.http2_only {
             let _one_at_a_time = self.h2_connecting.lock().await;
             if let Some(h2) = self.shared_h2() {
@@ -197,7 +190,7 @@ impl Endpoint {
 
     async fn connect(self: &Arc<Self>, connector: &Connector) -> Result<Conn, ConnectError> {
         // Counted from before the connect to the end of the connection's task.
-        let held = Held::try_new(&connector.connections, connector.max_connections)
+        let held = Held::try_new(connector.connections.clone(), connector.max_connections)
             .ok_or(ConnectError::Limit("max_connections"))?;
         let tcp = tokio::time::timeout(
             connector.connect_timeout,
@@ -227,7 +220,7 @@ impl Endpoint {
         self: &Arc<Self>,
         io: T,
         h2: bool,
-        held: Held,
+        held: HeldConnection,
     ) -> Result<Conn, ConnectError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -305,7 +298,7 @@ impl Endpoint {
 
 /// Run a connection's task until the connection ends; it counts in the cluster's
 /// connections until then.
-fn drive<C>(conn: C, authority: Authority, held: Held)
+fn drive<C>(conn: C, authority: Authority, held: HeldConnection)
 where
     C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {

@@ -11,9 +11,8 @@
 //! Only endpoints that are healthy (active checks) and not ejected (outlier
 //! detection) are chosen. Every counter is an atomic: choosing takes no lock.
 
-use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use weft_config::{Balancer, OutlierConfig};
@@ -48,7 +47,7 @@ pub(crate) struct Stats {
     /// What the active health checks say; true without checks.
     healthy: AtomicBool,
     /// Checks in a row that passed (positive) or failed (negative).
-    streak: std::sync::atomic::AtomicI32,
+    streak: AtomicI32,
 }
 
 impl Stats {
@@ -62,7 +61,7 @@ impl Stats {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
-            streak: std::sync::atomic::AtomicI32::new(0),
+            streak: AtomicI32::new(0),
         }
     }
 
@@ -136,15 +135,15 @@ impl Stats {
 }
 
 /// Count a request in flight to `endpoint` until the guard drops.
-pub(crate) fn start(endpoint: &Arc<Endpoint>) -> InFlight {
+pub(crate) fn start(endpoint: &Endpoint) -> InFlight<'_> {
     endpoint.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-    InFlight(endpoint.clone())
+    InFlight(endpoint)
 }
 
 /// A request in flight to an endpoint.
-pub(crate) struct InFlight(Arc<Endpoint>);
+pub(crate) struct InFlight<'a>(&'a Endpoint);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -156,7 +155,7 @@ pub(crate) struct Picker {
     balancer: Balancer,
     /// Round robin: endpoint indices, each as often as its weight (reduced).
     schedule: Vec<u32>,
-    next: std::sync::atomic::AtomicUsize,
+    next: AtomicUsize,
     /// Random draws: running sums of the weights.
     cumulative: Vec<u64>,
 }
@@ -189,7 +188,7 @@ impl Picker {
         Self {
             balancer,
             schedule,
-            next: std::sync::atomic::AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
             cumulative,
         }
     }
