@@ -124,6 +124,22 @@ impl Config {
 
     /// Check what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (i, server) in self.dns.servers.iter().enumerate() {
+            if server.value.parse::<std::net::SocketAddr>().is_err() {
+                return self.invalid(
+                    &server.referenced,
+                    format!("dns.servers[{i}]"),
+                    format!("{:?} is not ip:port", server.value),
+                );
+            }
+        }
+        if self.dns.min_refresh.0.is_zero() || self.dns.min_refresh.0 > self.dns.max_refresh.0 {
+            return self.invalid(
+                &serde_saphyr::Location::UNKNOWN,
+                "dns".into(),
+                "min_refresh must be above 0 and at most max_refresh",
+            );
+        }
         let mut clusters = HashSet::new();
         for (i, c) in self.clusters.iter().enumerate() {
             if !clusters.insert(c.name.value.as_str()) {
@@ -141,7 +157,8 @@ impl Config {
                 );
             }
             for (j, e) in c.endpoints.iter().enumerate() {
-                if let Err(why) = parse_endpoint(e.value.address()) {
+                let parsed = parse_endpoint(e.value.address());
+                if let Err(why) = parsed.and_then(|a| dns_name(&a, e.value.is_dns())) {
                     return self.invalid(
                         &e.referenced,
                         format!("clusters[{i}].endpoints[{j}]"),
@@ -388,6 +405,23 @@ pub fn parse_endpoint(s: &str) -> Result<http::uri::Authority, String> {
     }
     s.parse::<http::uri::Authority>()
         .map_err(|e| format!("{s:?} is not host:port: {e}"))
+}
+
+/// For a `dns:` endpoint, its name must be a name, not an IP address: there is
+/// nothing to follow.
+fn dns_name(authority: &http::uri::Authority, dns: bool) -> Result<(), String> {
+    if dns
+        && authority
+            .host()
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    {
+        return Err(format!(
+            "{authority:?}: a dns endpoint names a DNS name; give an IP address as `address`"
+        ));
+    }
+    Ok(())
 }
 
 /// A module reference: a built-in filter, a pushed filter or a file.

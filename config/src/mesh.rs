@@ -25,7 +25,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::{ClusterConfig, Config, ConfigError, ListenerConfig, ModuleRef, ShutdownConfig};
+use crate::{
+    ClusterConfig, Config, ConfigError, DnsConfig, ListenerConfig, ModuleRef, ShutdownConfig,
+};
 
 /// A whole mesh config.
 #[derive(Clone, Debug, Deserialize)]
@@ -34,6 +36,9 @@ pub struct MeshConfig {
     /// Clusters every proxy knows.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// How the proxies resolve `dns:` endpoints.
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// Groups of proxies and what they serve; a proxy takes the first group that
     /// selects it.
     pub proxies: Vec<ProxyGroup>,
@@ -117,6 +122,7 @@ impl MeshConfig {
             listeners,
             clusters: self.clusters.clone(),
             shutdown: ShutdownConfig::default(),
+            dns: self.dns.clone(),
             file: self.file.clone(),
             base_dir: None,
             mesh_group: Some(index),

@@ -23,6 +23,9 @@ pub struct Config {
     /// How it stops.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// How `dns:` endpoints are resolved.
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// The file this came from, for errors.
     #[serde(skip)]
     pub file: String,
@@ -64,6 +67,40 @@ impl Default for ShutdownConfig {
 
 fn default_drain() -> Duration {
     Duration(std::time::Duration::from_secs(30))
+}
+
+/// DNS discovery: the resolver `dns:` endpoints use and how often they are resolved
+/// again.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers, `ip:port`; the system's (`/etc/resolv.conf`) when empty.
+    #[serde(default)]
+    pub servers: Vec<Spanned<String>>,
+    /// Names are resolved again when their TTL runs out, but not sooner than this.
+    #[serde(default = "default_dns_min")]
+    pub min_refresh: Duration,
+    /// ... and not later than this.
+    #[serde(default = "default_dns_max")]
+    pub max_refresh: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            min_refresh: default_dns_min(),
+            max_refresh: default_dns_max(),
+        }
+    }
+}
+
+fn default_dns_min() -> Duration {
+    Duration(std::time::Duration::from_secs(1))
+}
+
+fn default_dns_max() -> Duration {
+    Duration(std::time::Duration::from_secs(300))
 }
 
 /// A listener: an address, optional TLS, limits, and a filter chain.
@@ -197,7 +234,8 @@ fn default_memory() -> Size {
 pub struct ClusterConfig {
     /// Unique name; filters route by it.
     pub name: Spanned<String>,
-    /// Each endpoint: `host:port`, or `{ address: host:port, weight: N }`.
+    /// Each endpoint: `host:port`, `{ address: host:port, weight: N }`, or
+    /// `{ dns: name:port, weight: N }` for every address the name resolves to.
     pub endpoints: Vec<Spanned<EndpointConfig>>,
     /// How an attempt picks its endpoint.
     #[serde(default)]
@@ -232,13 +270,27 @@ pub struct ClusterConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(
     untagged,
-    expecting = "host:port, or { address: host:port, weight: N }"
+    expecting = "host:port, { address: host:port, weight: N } or { dns: name:port, weight: N }"
 )]
 pub enum EndpointConfig {
     /// `host:port`, weight 1.
     Address(String),
     /// `{ address: host:port, weight: N }`.
     Weighted(WeightedEndpoint),
+    /// `{ dns: name:port, weight: N }`.
+    Dns(DnsEndpoint),
+}
+
+/// A DNS name followed on its TTL: each address it resolves to is an endpoint
+/// (with this port and weight), and the set follows the name's records.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsEndpoint {
+    /// `name:port`.
+    pub dns: String,
+    /// The weight of each address.
+    #[serde(default = "one")]
+    pub weight: u32,
 }
 
 /// An endpoint with a weight.
@@ -257,11 +309,12 @@ fn one() -> u32 {
 }
 
 impl EndpointConfig {
-    /// `host:port`.
+    /// `host:port` (`name:port` for a DNS endpoint).
     pub fn address(&self) -> &str {
         match self {
             Self::Address(a) => a,
             Self::Weighted(w) => &w.address,
+            Self::Dns(d) => &d.dns,
         }
     }
 
@@ -270,7 +323,13 @@ impl EndpointConfig {
         match self {
             Self::Address(_) => 1,
             Self::Weighted(w) => w.weight,
+            Self::Dns(d) => d.weight,
         }
+    }
+
+    /// Whether this names a DNS name to follow rather than one endpoint.
+    pub fn is_dns(&self) -> bool {
+        matches!(self, Self::Dns(_))
     }
 }
 

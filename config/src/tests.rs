@@ -225,3 +225,33 @@ fn files_belong_to_proxy_files_and_pushed_filters_to_meshes() {
         "{e}"
     );
 }
+
+#[test]
+fn dns_endpoints_and_resolvers_are_checked() {
+    let e = err("clusters:\n  - name: a\n    endpoints: [{ dns: \"10.0.0.1:80\" }]\n");
+    assert!(
+        e.starts_with("weft.yaml:3:")
+            && e.contains("clusters[0].endpoints[0]: ")
+            && e.contains("DNS name"),
+        "{e}"
+    );
+    let e = err("clusters:\n  - name: a\n    endpoints: [{ dns: \"api.internal\" }]\n");
+    assert!(e.contains("is not host:port"), "{e}");
+    let e = err("dns:\n  servers: [\"resolver.local\"]\n");
+    assert!(
+        e.starts_with("weft.yaml:2:") && e.contains("dns.servers[0]"),
+        "{e}"
+    );
+    let e = err("dns:\n  min_refresh: 10s\n  max_refresh: 1s\n");
+    assert!(e.contains("dns: min_refresh"), "{e}");
+    let c = Config::from_str(
+        "dns:\n  servers: [\"127.0.0.1:53\"]\nclusters:\n  - name: a\n    \
+         endpoints: [{ dns: \"api.internal:80\", weight: 3 }, \"10.0.0.1:80\"]\n",
+        "weft.yaml",
+        None,
+    )
+    .unwrap();
+    let e = &c.clusters[0].endpoints[0].value;
+    assert!(e.is_dns() && e.weight() == 3 && e.address() == "api.internal:80");
+    assert!(!c.clusters[0].endpoints[1].value.is_dns());
+}

@@ -3,15 +3,18 @@
 //! connection pool per endpoint speaking HTTP/1.1 or HTTP/2, in clear text or TLS.
 
 pub(crate) mod balance;
+mod dns;
 mod health;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
-use weft_config::{ClusterConfig, HealthCheckConfig, OutlierConfig, UpstreamProtocol};
+use weft_config::{ClusterConfig, DnsConfig, HealthCheckConfig, OutlierConfig, UpstreamProtocol};
 
 use crate::body::ProxyBody;
 use crate::tls;
@@ -24,6 +27,11 @@ pub struct Cluster {
     name: Arc<str>,
     /// The endpoints and their balancer, swapped whole when the endpoints change.
     set: ArcSwap<EndpointSet>,
+    /// Where the endpoints come from: the configured ones, and the addresses that
+    /// `dns:` names last resolved to.
+    sources: Mutex<Sources>,
+    /// The resolver that follows `dns:` names, when the cluster has any.
+    dns: Option<Arc<dns::Dns>>,
     balancer: weft_config::Balancer,
     max_idle: usize,
     scheme: Scheme,
@@ -41,6 +49,23 @@ pub struct Cluster {
 struct EndpointSet {
     endpoints: Vec<Arc<Endpoint>>,
     picker: balance::Picker,
+}
+
+/// A configured endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// One address.
+    Static { authority: Authority, weight: u32 },
+    /// Each address `name` resolves to, with the port of `name`.
+    Dns { name: Authority, weight: u32 },
+}
+
+/// What a cluster's endpoints are built from.
+#[derive(Debug, Default)]
+struct Sources {
+    configured: Vec<Source>,
+    /// The last answer for each `dns:` name (sorted); none until its first answer.
+    resolved: HashMap<Authority, Vec<IpAddr>>,
 }
 
 /// A prepared change of a cluster's endpoints; calling it applies it.
@@ -74,6 +99,9 @@ pub enum ClusterError {
     /// TLS material could not be used.
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
+    /// The resolver for `dns:` endpoints could not be set up.
+    #[error("dns: {0}")]
+    Dns(String),
 }
 
 /// A failed upstream exchange.
@@ -141,10 +169,21 @@ impl std::fmt::Display for UpstreamError {
 }
 
 impl Cluster {
-    /// Build a cluster; TLS files are read here, connections are made on demand.
-    pub fn new(config: &ClusterConfig) -> Result<Self, ClusterError> {
+    /// Build a cluster; TLS files are read here, connections are made on demand and
+    /// `dns:` names are resolved once the cluster starts.
+    pub fn new(config: &ClusterConfig, dns_config: &DnsConfig) -> Result<Self, ClusterError> {
         let max_idle = config.max_idle_per_endpoint;
-        let endpoints = endpoint_set(config, max_idle, &[])?;
+        let sources = Sources {
+            configured: sources(config)?,
+            resolved: HashMap::new(),
+        };
+        let endpoints = sources.endpoints(max_idle, &[]);
+        let dns = match config.endpoints.iter().any(|e| e.value.is_dns()) {
+            true => Some(Arc::new(
+                dns::Dns::new(dns_config).map_err(ClusterError::Dns)?,
+            )),
+            false => None,
+        };
         let (scheme, tls) = match &config.tls {
             None => (Scheme::HTTP, None),
             Some(t) => {
@@ -182,6 +221,8 @@ impl Cluster {
                 picker: balance::Picker::new(config.balancer, &endpoints),
                 endpoints,
             }),
+            sources: Mutex::new(sources),
+            dns,
             balancer: config.balancer,
             max_idle,
             scheme,
@@ -199,24 +240,28 @@ impl Cluster {
             requests: AtomicUsize::new(0),
             outlier: config.outlier,
             health: config.health_check.clone(),
-            fingerprint: fingerprint(config),
+            fingerprint: fingerprint(config, dns_config),
         })
     }
 
-    /// Start what runs beside the cluster (health checks), on the current runtime,
-    /// for as long as the cluster lives.
+    /// Start what runs beside the cluster (health checks, DNS discovery), on the
+    /// current runtime, for as long as the cluster lives.
     pub fn start(self: &Arc<Self>) {
-        if let Some(hc) = &self.health
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(hc) = &self.health {
             runtime.spawn(health::run(Arc::downgrade(self), hc.clone()));
+        }
+        if let Some(dns) = &self.dns {
+            runtime.spawn(dns::run(Arc::downgrade(self), dns.clone()));
         }
     }
 
     /// Whether this cluster was built from the same configuration, so it can be kept
     /// (with its pools, health and latency estimates) across a reload.
-    pub fn same_config(&self, config: &ClusterConfig) -> bool {
-        self.fingerprint == fingerprint(config)
+    pub fn same_config(&self, config: &ClusterConfig, dns: &DnsConfig) -> bool {
+        self.fingerprint == fingerprint(config, dns)
     }
 
     /// Prepare this cluster's endpoints for `config` (a cluster for which
@@ -228,27 +273,46 @@ impl Cluster {
         self: &Arc<Self>,
         config: &ClusterConfig,
     ) -> Result<EndpointUpdate, ClusterError> {
-        let current = self.set.load_full();
-        let endpoints = endpoint_set(config, self.max_idle, &current.endpoints)?;
+        let configured = sources(config)?;
         let cluster = self.clone();
         Ok(Box::new(move || {
-            let same = endpoints.len() == current.endpoints.len()
-                && endpoints
-                    .iter()
-                    .zip(&current.endpoints)
-                    .all(|(a, b)| Arc::ptr_eq(a, b));
-            if !same {
-                tracing::info!(
-                    cluster = &*cluster.name,
-                    endpoints = endpoints.len(),
-                    "endpoints changed"
-                );
-                cluster.set.store(Arc::new(EndpointSet {
-                    picker: balance::Picker::new(cluster.balancer, &endpoints),
-                    endpoints,
-                }));
+            cluster.lock_sources().configured = configured;
+            cluster.rebuild();
+            if let Some(dns) = &cluster.dns {
+                // New names are resolved now, not at the next refresh.
+                dns.wake.notify_one();
             }
         }))
+    }
+
+    fn lock_sources(&self) -> std::sync::MutexGuard<'_, Sources> {
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rebuild the endpoint set from its sources; endpoints that stay (same address,
+    /// name and weight) keep their pooled connections, health and latency estimates.
+    fn rebuild(&self) {
+        let sources = self.lock_sources();
+        let current = self.set.load_full();
+        let endpoints = sources.endpoints(self.max_idle, &current.endpoints);
+        drop(sources);
+        let same = endpoints.len() == current.endpoints.len()
+            && endpoints
+                .iter()
+                .zip(&current.endpoints)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if same {
+            return;
+        }
+        tracing::info!(
+            cluster = &*self.name,
+            endpoints = ?endpoints.iter().map(|e| e.authority.as_str()).collect::<Vec<_>>(),
+            "endpoints changed"
+        );
+        self.set.store(Arc::new(EndpointSet {
+            picker: balance::Picker::new(self.balancer, &endpoints),
+            endpoints,
+        }));
     }
 
     /// Each endpoint's address, whether it may serve now, and its latency estimate.
@@ -304,6 +368,12 @@ impl Cluster {
         let Some(_request) = Held::try_new(&self.requests, self.max_requests) else {
             return Err(self.limit_error("max_requests"));
         };
+        if let Some(dns) = &self.dns
+            && self.set.load().endpoints.is_empty()
+        {
+            // A name not resolved yet: wait for its first answer, briefly.
+            dns.first_answer(self.connector.connect_timeout).await;
+        }
         let set = self.set.load();
         let Some(endpoint) = set.picker.pick(&set.endpoints).cloned() else {
             return Err(UpstreamError {
@@ -311,11 +381,13 @@ impl Cluster {
                 client_body: false,
                 limit: None,
                 endpoint: None,
-                source: format!(
-                    "no healthy endpoint among {} (health checks or outlier ejection)",
-                    set.endpoints.len()
-                )
-                .into(),
+                source: match set.endpoints.len() {
+                    0 => "no endpoints (their DNS names have no addresses yet)".into(),
+                    n => {
+                        format!("no healthy endpoint among {n} (health checks or outlier ejection)")
+                            .into()
+                    }
+                },
             });
         };
         drop(set);
@@ -432,15 +504,10 @@ impl Cluster {
     }
 }
 
-/// The endpoints of `config`, reusing those of `current` with the same address and
-/// weight. Every endpoint is parsed by the parser validation used: one that does not
-/// parse is an error here, never silently dropped.
-fn endpoint_set(
-    config: &ClusterConfig,
-    max_idle: usize,
-    current: &[Arc<Endpoint>],
-) -> Result<Vec<Arc<Endpoint>>, ClusterError> {
-    let endpoints = config
+/// The configured endpoints of `config`, each parsed by the parser validation used:
+/// one that does not parse is an error here, never silently dropped.
+fn sources(config: &ClusterConfig) -> Result<Vec<Source>, ClusterError> {
+    let configured = config
         .endpoints
         .iter()
         .enumerate()
@@ -448,22 +515,83 @@ fn endpoint_set(
             let authority = weft_config::parse_endpoint(e.value.address())
                 .map_err(|message| ClusterError::Endpoint { index, message })?;
             let weight = e.value.weight().max(1);
-            Ok(current
-                .iter()
-                .find(|c| c.authority == authority && c.stats.weight == weight)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Endpoint::new(authority, max_idle, weight))))
+            Ok(match e.value.is_dns() {
+                true => Source::Dns {
+                    name: authority,
+                    weight,
+                },
+                false => Source::Static { authority, weight },
+            })
         })
         .collect::<Result<Vec<_>, ClusterError>>()?;
-    if endpoints.is_empty() {
+    if configured.is_empty() {
         return Err(ClusterError::NoEndpoints);
     }
-    Ok(endpoints)
+    Ok(configured)
+}
+
+impl Sources {
+    /// The endpoints these sources name, reusing those of `current` with the same
+    /// address, name and weight.
+    fn endpoints(&self, max_idle: usize, current: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
+        let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
+        let mut add = |authority: Authority, name: Option<&str>, weight: u32| {
+            let found = |e: &&Arc<Endpoint>| {
+                e.authority == authority && e.name.as_deref() == name && e.stats.weight == weight
+            };
+            if endpoints.iter().any(|e| found(&e)) {
+                return;
+            }
+            let endpoint = current.iter().find(found).cloned().unwrap_or_else(|| {
+                Arc::new(Endpoint::new(
+                    authority,
+                    name.map(Arc::from),
+                    max_idle,
+                    weight,
+                ))
+            });
+            endpoints.push(endpoint);
+        };
+        for source in &self.configured {
+            match source {
+                Source::Static { authority, weight } => add(authority.clone(), None, *weight),
+                Source::Dns { name, weight } => {
+                    let port = name.port_u16().unwrap_or(80);
+                    for ip in self.resolved.get(name).into_iter().flatten() {
+                        let address = std::net::SocketAddr::new(*ip, port).to_string();
+                        if let Ok(authority) = address.parse() {
+                            add(authority, Some(name.host()), *weight);
+                        }
+                    }
+                }
+            }
+        }
+        endpoints
+    }
+
+    /// The `dns:` names to resolve.
+    fn names(&self) -> Vec<Authority> {
+        let mut names: Vec<Authority> = Vec::new();
+        for source in &self.configured {
+            if let Source::Dns { name, .. } = source
+                && !names.contains(name)
+            {
+                names.push(name.clone());
+            }
+        }
+        names
+    }
 }
 
 /// What a cluster is built from, endpoints aside, as text: TLS files by their contents, so a rotated
 /// CA makes a new cluster while an unchanged one keeps its state.
-fn fingerprint(config: &ClusterConfig) -> String {
+fn fingerprint(config: &ClusterConfig, dns: &DnsConfig) -> String {
+    // The resolver matters only to a cluster that follows names.
+    let dns = config
+        .endpoints
+        .iter()
+        .any(|e| e.value.is_dns())
+        .then_some(dns);
     let ca = config.tls.as_ref().map(|t| {
         use sha2::Digest;
         std::fs::read(&t.ca.value).map_or_else(
@@ -472,7 +600,7 @@ fn fingerprint(config: &ClusterConfig) -> String {
         )
     });
     format!(
-        "{}|{:?}|{:?}|{:?}|{ca:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+        "{}|{:?}|{:?}|{:?}|{ca:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{dns:?}",
         config.name.value,
         config.balancer,
         config.protocol,

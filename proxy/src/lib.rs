@@ -141,7 +141,7 @@ fn build_states(
         // only its endpoints changed, those that stay keep theirs.
         if let Some(kept) = previous
             .and_then(|p| p.get(&c.name.value))
-            .filter(|k| k.same_config(c))
+            .filter(|k| k.same_config(c, &config.dns))
         {
             let update = kept
                 .prepare_endpoints(c)
@@ -154,7 +154,7 @@ fn build_states(
             clusters.insert(c.name.value.clone(), kept.clone());
             continue;
         }
-        let cluster = Cluster::new(c).map_err(|e| match e {
+        let cluster = Cluster::new(c, &config.dns).map_err(|e| match e {
             ClusterError::Tls(source) => StartError::Tls {
                 location: config.locate(&c.name.referenced),
                 key: format!("clusters[{i}].tls"),

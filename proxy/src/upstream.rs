@@ -105,6 +105,8 @@ struct Idle {
 /// One endpoint of a cluster and its connections.
 pub(crate) struct Endpoint {
     pub(crate) authority: Authority,
+    /// The DNS name this address was found under: the name TLS verifies.
+    pub(crate) name: Option<Arc<str>>,
     /// Load, latency and health, for the balancer.
     pub(crate) stats: crate::cluster::balance::Stats,
     idle: ArrayQueue<Idle>,
@@ -124,9 +126,15 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(authority: Authority, max_idle: usize, weight: u32) -> Self {
+    pub(crate) fn new(
+        authority: Authority,
+        name: Option<Arc<str>>,
+        max_idle: usize,
+        weight: u32,
+    ) -> Self {
         Self {
             authority,
+            name,
             stats: crate::cluster::balance::Stats::new(weight),
             idle: ArrayQueue::new(max_idle.max(1)),
             h2: ArcSwapOption::empty(),
@@ -205,8 +213,11 @@ impl Endpoint {
         };
         let name = match &tls.server_name {
             Some(n) => n.clone(),
-            None => rustls::pki_types::ServerName::try_from(self.authority.host().to_owned())
-                .map_err(|_| ConnectError::ServerName(self.authority.host().to_owned()))?,
+            None => {
+                let host = self.name.as_deref().unwrap_or(self.authority.host());
+                rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|_| ConnectError::ServerName(host.to_owned()))?
+            }
         };
         let handshake = tls.connector.connect(name, tcp);
         let stream = tokio::time::timeout(connector.connect_timeout, handshake)

@@ -46,6 +46,7 @@ pub fn backend(name: &'static str) -> BackendBuilder {
         tls: None,
         fail_first: (0, 200),
         slow_first: (0, 0),
+        bind: "127.0.0.1:0".into(),
     }
 }
 
@@ -56,6 +57,7 @@ pub struct BackendBuilder {
     tls: Option<Arc<rustls::ServerConfig>>,
     fail_first: (usize, u16),
     slow_first: (usize, u64),
+    bind: String,
 }
 
 /// A running backend. It answers every request (after `x-delay-ms` milliseconds when
@@ -99,11 +101,18 @@ impl BackendBuilder {
         self
     }
 
-    /// Bind 127.0.0.1 on a free port and serve.
+    /// Listen at `addr` (a loopback `ip:port`) instead of 127.0.0.1 on a free port:
+    /// several backends on one port, each its own address, as DNS names them.
+    pub fn bind(mut self, addr: &str) -> Self {
+        self.bind = addr.to_owned();
+        self
+    }
+
+    /// Bind (127.0.0.1 on a free port unless told otherwise) and serve.
     pub async fn start(self) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listener = TcpListener::bind(&self.bind)
             .await
-            .expect("bind backend");
+            .unwrap_or_else(|e| panic!("bind backend at {}: {e}", self.bind));
         let addr = listener.local_addr().expect("backend address");
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -480,6 +489,26 @@ pub fn self_signed() -> (String, String) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
         .expect("certificate");
     (cert.cert.pem(), cert.signing_key.serialize_pem())
+}
+
+/// A TLS server config for a backend with this certificate and key (PEM), offering
+/// h2 and http/1.1.
+pub fn server_tls(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
 }
 
 /// A YAML-safe path for a file holding `contents`, in a fresh temporary folder that

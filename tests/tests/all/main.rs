@@ -2,6 +2,7 @@
 
 mod balance;
 mod config_errors;
+mod discovery;
 mod fault;
 mod grpc;
 mod hardening;

@@ -96,24 +96,6 @@ async fn hop_by_hop_headers_stay_on_their_hop() {
     );
 }
 
-fn server_tls(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(cfg)
-}
-
 /// TLS on both sides: the client negotiates h2 with the proxy by ALPN, and the proxy
 /// negotiates h2 with a TLS backend by ALPN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
