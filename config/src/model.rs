@@ -124,6 +124,11 @@ pub struct ListenerConfig {
     /// escaped unreserved characters, remove dot segments, merge slashes.
     #[serde(default = "yes")]
     pub normalize_path: bool,
+    /// Accept `CONNECT host:port`: after the chain, the proxy opens a TCP connection
+    /// to an endpoint of the cluster the request is routed to (never to the host the
+    /// client named), answers 200 and joins the two. Refused with 501 otherwise.
+    #[serde(default)]
+    pub allow_connect: bool,
     /// The filter chain, in order.
     #[serde(default)]
     pub filters: Vec<FilterConfig>,

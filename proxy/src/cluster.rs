@@ -19,7 +19,8 @@ use weft_config::{ClusterConfig, DnsConfig, HealthCheckConfig, OutlierConfig, Up
 use crate::body::ProxyBody;
 use crate::tls;
 use crate::upstream::{
-    Conn, ConnectError, Connector, Endpoint, Exchange, Held, TlsConnector, UpstreamBody,
+    Conn, ConnectError, Connector, Endpoint, Exchange, Held, HeldConnection, Io, TlsConnector,
+    UpstreamBody,
 };
 
 /// An upstream cluster.
@@ -368,29 +369,7 @@ impl Cluster {
         let Some(_request) = Held::try_new(&self.requests, self.max_requests) else {
             return Err(self.limit_error("max_requests"));
         };
-        if let Some(dns) = &self.dns
-            && self.set.load().endpoints.is_empty()
-        {
-            // A name not resolved yet: wait for its first answer, briefly.
-            dns.first_answer(self.connector.connect_timeout).await;
-        }
-        let set = self.set.load();
-        let Some(endpoint) = set.picker.pick(&set.endpoints).cloned() else {
-            return Err(UpstreamError {
-                connect: false,
-                client_body: false,
-                limit: None,
-                endpoint: None,
-                source: match set.endpoints.len() {
-                    0 => "no endpoints (their DNS names have no addresses yet)".into(),
-                    n => {
-                        format!("no healthy endpoint among {n} (health checks or outlier ejection)")
-                            .into()
-                    }
-                },
-            });
-        };
-        drop(set);
+        let endpoint = self.choose().await?;
         let endpoint = &endpoint;
         attempt.endpoint = Some(endpoint.clone());
         let _in_flight = balance::start(endpoint);
@@ -408,6 +387,74 @@ impl Cluster {
             }
         }
         result
+    }
+
+    /// The endpoint the balancer picks; waits for a `dns:` name's first answer.
+    async fn choose(&self) -> Result<Arc<Endpoint>, UpstreamError> {
+        if let Some(dns) = &self.dns
+            && self.set.load().endpoints.is_empty()
+        {
+            // A name not resolved yet: wait for its first answer, briefly.
+            dns.first_answer(self.connector.connect_timeout).await;
+        }
+        let set = self.set.load();
+        set.picker
+            .pick(&set.endpoints)
+            .cloned()
+            .ok_or_else(|| UpstreamError {
+                connect: false,
+                client_body: false,
+                limit: None,
+                endpoint: None,
+                source: match set.endpoints.len() {
+                    0 => "no endpoints (their DNS names have no addresses yet)".into(),
+                    n => {
+                        format!("no healthy endpoint among {n} (health checks or outlier ejection)")
+                            .into()
+                    }
+                },
+            })
+    }
+
+    /// Open a tunnel (CONNECT) to one endpoint of the cluster: a byte stream, and the
+    /// connection's place in the cluster's `max_connections`, to hold while it lasts.
+    pub(crate) async fn tunnel(
+        &self,
+        attempt: &mut Attempt,
+    ) -> Result<(Box<dyn Io>, HeldConnection), UpstreamError> {
+        let endpoint = self.choose().await?;
+        attempt.endpoint = Some(endpoint.clone());
+        let started = Instant::now();
+        let result = endpoint.tunnel(&self.connector).await;
+        attempt.connect_time = Some(started.elapsed());
+        match result {
+            Ok(io) => {
+                endpoint.stats.observe(started.elapsed());
+                self.record(&endpoint, true);
+                Ok(io)
+            }
+            Err(e) => {
+                let e = self.connect_error(&endpoint, e);
+                if e.limit.is_none() {
+                    self.record(&endpoint, false);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A failure to connect to `endpoint`, as the exchange reports it.
+    fn connect_error(&self, endpoint: &Endpoint, e: ConnectError) -> UpstreamError {
+        match e {
+            ConnectError::Limit(limit) => self.limit_error(limit),
+            e => UpstreamError {
+                connect: true,
+                client_body: false,
+                limit: None,
+                endpoint: Some(endpoint.authority.clone()),
+                source: e.into(),
+            },
+        }
     }
 
     fn limit_error(&self, limit: &'static str) -> UpstreamError {
@@ -433,16 +480,6 @@ impl Cluster {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let connect_failed = |e: ConnectError| match e {
-            ConnectError::Limit(limit) => self.limit_error(limit),
-            e => UpstreamError {
-                connect: true,
-                client_body: false,
-                limit: None,
-                endpoint: Some(endpoint.authority.clone()),
-                source: e.into(),
-            },
-        };
         let mut req = http::Request::from_parts(parts, body);
         let mut retried = false;
         loop {
@@ -450,7 +487,7 @@ impl Cluster {
             let (conn, pooled) = endpoint
                 .checkout(&self.connector)
                 .await
-                .map_err(connect_failed)?;
+                .map_err(|e| self.connect_error(endpoint, e))?;
             if !pooled {
                 attempt.connect_time = Some(started.elapsed());
             }

@@ -208,6 +208,7 @@ fn build_states(
             request_timeout: l.limits.request_timeout.0,
             max_body: l.limits.max_body_size.bytes(),
             normalize_path: l.normalize_path,
+            allow_connect: l.allow_connect,
             conn: Arc::new(listener::ConnParts::new(tls, &settings)),
         });
     }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body as _;
@@ -24,6 +25,7 @@ use crate::cluster::{Attempt, Cluster, UpstreamError};
 use crate::done;
 use crate::error::{ProxyError, Side};
 use crate::normalize;
+use crate::upstream::{HeldConnection, Io};
 
 /// The longest delay a filter may ask for; longer asks are cut to it.
 const MAX_DELAY: Duration = Duration::from_secs(60);
@@ -53,6 +55,8 @@ pub struct ListenerState {
     pub max_body: usize,
     /// Normalise request paths before filters see them.
     pub normalize_path: bool,
+    /// Tunnel `CONNECT` requests to the routed cluster.
+    pub allow_connect: bool,
     /// TLS and HTTP settings for new connections.
     pub(crate) conn: Arc<crate::listener::ConnParts>,
 }
@@ -68,7 +72,7 @@ pub(crate) async fn serve(
     // A gRPC client reads errors from `grpc-status`, not from an HTTP status.
     let grpc = is_grpc(req.headers());
     let mut req = req;
-    let mut upgrade = Upgrade::of(&mut req);
+    let mut upgrade = Upgrade::of(&mut req, state.allow_connect);
     // A chain without hooks (or no chain) costs nothing: no context, no exchange.
     if !state.chain.has_hooks() {
         let mut resp = match forward(&state, req, &mut upgrade).await {
@@ -123,19 +127,38 @@ fn fail(listener: &str, e: ProxyError, id: u64, grpc: bool) -> Response<ProxyBod
     }
 }
 
-/// An HTTP/1.1 upgrade (WebSocket and the like) on its way: the request goes through
-/// the chain as any other, asks the upstream to switch too, and a 101 answer joins
-/// the two connections into one tunnel.
+/// An HTTP/1.1 upgrade (WebSocket and the like) or a CONNECT tunnel on its way: the
+/// request goes through the chain as any other. An upgrade asks the upstream to
+/// switch too, and a 101 answer joins the two connections; a CONNECT opens a
+/// connection to an endpoint of the routed cluster, and the proxy's 200 joins it to
+/// the client's.
 struct Upgrade {
-    protocol: HeaderValue,
+    /// The protocol the client asked to switch to; none for CONNECT.
+    protocol: Option<HeaderValue>,
     client: hyper::upgrade::OnUpgrade,
-    upstream: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
+    upstream: Option<Far>,
+}
+
+/// The upstream side of an upgrade.
+enum Far {
+    /// An upstream that answered 101, and the protocol it switched to.
+    Switched(hyper::upgrade::OnUpgrade, HeaderValue),
+    /// A tunnel's connection, counted in its cluster's connections while it lasts.
+    Tunnel(Box<dyn Io>, HeldConnection),
 }
 
 impl Upgrade {
-    /// The upgrade a request asks for: HTTP/1.1, `Connection: upgrade` and `Upgrade`.
-    fn of(req: &mut Request<Incoming>) -> Option<Self> {
-        if req.version() != http::Version::HTTP_11 || req.method() == http::Method::CONNECT {
+    /// The upgrade a request asks for: HTTP/1.1, `Connection: upgrade` and `Upgrade`;
+    /// or CONNECT, when the listener allows it.
+    fn of(req: &mut Request<Incoming>, allow_connect: bool) -> Option<Self> {
+        if req.method() == http::Method::CONNECT {
+            return allow_connect.then(|| Self {
+                protocol: None,
+                client: hyper::upgrade::on(req),
+                upstream: None,
+            });
+        }
+        if req.version() != http::Version::HTTP_11 {
             return None;
         }
         // One lookup for the common case, a request without `Upgrade`.
@@ -151,52 +174,99 @@ impl Upgrade {
             return None;
         }
         Some(Self {
-            protocol,
+            protocol: Some(protocol),
             client: hyper::upgrade::on(req),
             upstream: None,
         })
     }
 
+    /// Whether this is a CONNECT tunnel.
+    fn is_connect(&self) -> bool {
+        self.protocol.is_none()
+    }
+
     /// Ask the upstream to switch as the client asked.
     fn ask(&self, headers: &mut HeaderMap) {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, self.protocol.clone());
+        if let Some(protocol) = &self.protocol {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(UPGRADE, protocol.clone());
+        }
     }
 
     /// Keep the upstream's side of a 101.
     fn answered<B>(&mut self, resp: &mut http::Response<B>) {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let protocol = resp
-                .headers()
-                .get(UPGRADE)
-                .cloned()
-                .unwrap_or_else(|| self.protocol.clone());
-            self.upstream = Some((hyper::upgrade::on(resp), protocol));
+        if let Some(asked) = &self.protocol
+            && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let protocol = resp.headers().get(UPGRADE).unwrap_or(asked).clone();
+            self.upstream = Some(Far::Switched(hyper::upgrade::on(resp), protocol));
         }
     }
 
-    /// If the client gets a 101, join the two sides; a 101 with no upstream behind
-    /// it (a filter's own) cannot be honoured and becomes a 502.
+    /// Open the tunnel of a CONNECT to an endpoint of `cluster`: the proxy's own 200,
+    /// as the response hooks see it.
+    async fn tunnel(
+        &mut self,
+        cluster: &Cluster,
+        attempt: &mut Attempt,
+    ) -> Result<http::response::Parts, ProxyError> {
+        let (io, held) = cluster
+            .tunnel(attempt)
+            .await
+            .map_err(|e| upstream_error(cluster, e))?;
+        self.upstream = Some(Far::Tunnel(io, held));
+        Ok(Response::new(()).into_parts().0)
+    }
+
+    /// If the client gets its 101 (an upgrade) or a 2xx (CONNECT), join the two
+    /// sides; one with no upstream behind it (a filter's own answer) cannot be
+    /// honoured and becomes a 502.
     fn finish(self, resp: &mut Response<ProxyBody>) {
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let joined = match &self.protocol {
+            Some(_) => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
+            None => resp.status().is_success(),
+        };
+        if !joined {
             return;
         }
-        let Some((upstream, protocol)) = self.upstream else {
-            *resp.status_mut() = StatusCode::BAD_GATEWAY;
-            *resp.body_mut() = ProxyBody::full("upgrade failed\n");
-            return;
+        let upstream = match (self.upstream, &self.protocol) {
+            (Some(Far::Switched(upstream, protocol)), Some(_)) => {
+                let headers = resp.headers_mut();
+                headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(UPGRADE, protocol);
+                Either::Left(upstream)
+            }
+            (Some(Far::Tunnel(io, held)), None) => {
+                // A 2xx answer to CONNECT has no body: the tunnel follows the head.
+                *resp.body_mut() = ProxyBody::empty();
+                resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+                Either::Right((io, held))
+            }
+            _ => {
+                *resp.status_mut() = StatusCode::BAD_GATEWAY;
+                *resp.body_mut() = ProxyBody::full("upgrade failed\n");
+                return;
+            }
         };
-        let headers = resp.headers_mut();
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, protocol);
         let client = self.client;
         tokio::spawn(async move {
-            let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+            let Ok(client) = client.await else {
                 return;
             };
             let mut client = hyper_util::rt::TokioIo::new(client);
-            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            let ended = match upstream {
+                Either::Left(upstream) => {
+                    let Ok(upstream) = upstream.await else {
+                        return;
+                    };
+                    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                }
+                Either::Right((mut io, _held)) => {
+                    tokio::io::copy_bidirectional(&mut client, &mut io).await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!("upgraded connection ended: {e}");
             }
         });
@@ -232,9 +302,9 @@ impl Lent {
 
 /// The checks every request passes before anything else sees it.
 fn prepare(state: &ListenerState, parts: &mut http::request::Parts) -> Result<(), ProxyError> {
-    // CONNECT asks for a tunnel, which no listener offers yet: say so, rather than
-    // pass it on as a request the upstream cannot make sense of.
-    if parts.method == http::Method::CONNECT {
+    // CONNECT asks for a tunnel, which only a listener with `allow_connect` opens:
+    // say so, rather than pass it on as a request the upstream cannot make sense of.
+    if parts.method == http::Method::CONNECT && !state.allow_connect {
         return Err(ProxyError::new(
             Side::Downstream,
             StatusCode::NOT_IMPLEMENTED,
@@ -324,6 +394,10 @@ async fn forward(
     };
     let (body, arrival) = stream_body(body, None, received);
     let mut attempt = Attempt::default();
+    if let Some(u) = upgrade.as_mut().filter(|u| u.is_connect()) {
+        let parts = u.tunnel(cluster, &mut attempt).await?;
+        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+    }
     let mut resp = tokio::select! {
         biased;
         r = cluster.send(parts, body.unwrap_or_else(ProxyBody::empty), &mut attempt) => {
@@ -520,6 +594,10 @@ async fn filtered(
         let sent_at = Instant::now();
         let mut info = Attempt::default();
         let exchange = async {
+            if let Some(u) = upgrade.as_mut().filter(|u| u.is_connect()) {
+                let parts = u.tunnel(cluster, &mut info).await?;
+                return Ok((parts, ProxyBody::empty(), None));
+            }
             let mut resp = cluster
                 .send(parts, body, &mut info)
                 .await

@@ -65,6 +65,11 @@ impl<C: Deref<Target = AtomicUsize>> Drop for Held<C> {
     }
 }
 
+/// A byte stream to an endpoint, for tunnels.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// A connection's place in its cluster's count of connections.
 pub(crate) type HeldConnection = Held<Arc<AtomicUsize>>;
 
@@ -200,6 +205,33 @@ impl Endpoint {
         // Counted from before the connect to the end of the connection's task.
         let held = Held::try_new(connector.connections.clone(), connector.max_connections)
             .ok_or(ConnectError::Limit("max_connections"))?;
+        let tcp = self.tcp(connector).await?;
+        self.start_sweeper(connector.idle_timeout);
+        let Some(tls) = &connector.tls else {
+            return self.handshake(tcp, connector.http2_only, held).await;
+        };
+        let stream = self.tls(tls, connector, tcp).await?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        self.handshake(stream, h2, held).await
+    }
+
+    /// A connection for a tunnel (CONNECT): TCP, in TLS when the cluster speaks it,
+    /// counted among the cluster's connections for as long as it is held.
+    pub(crate) async fn tunnel(
+        &self,
+        connector: &Connector,
+    ) -> Result<(Box<dyn Io>, HeldConnection), ConnectError> {
+        let held = Held::try_new(connector.connections.clone(), connector.max_connections)
+            .ok_or(ConnectError::Limit("max_connections"))?;
+        let tcp = self.tcp(connector).await?;
+        let io: Box<dyn Io> = match &connector.tls {
+            None => Box::new(tcp),
+            Some(tls) => Box::new(self.tls(tls, connector, tcp).await?),
+        };
+        Ok((io, held))
+    }
+
+    async fn tcp(&self, connector: &Connector) -> Result<TcpStream, ConnectError> {
         let tcp = tokio::time::timeout(
             connector.connect_timeout,
             TcpStream::connect(self.authority.as_str()),
@@ -207,10 +239,17 @@ impl Endpoint {
         .await
         .map_err(|_| ConnectError::Timeout(connector.connect_timeout))??;
         let _ = tcp.set_nodelay(true);
-        self.start_sweeper(connector.idle_timeout);
-        let Some(tls) = &connector.tls else {
-            return self.handshake(tcp, connector.http2_only, held).await;
-        };
+        Ok(tcp)
+    }
+
+    /// TLS over `tcp`, verifying the configured name, else the name the endpoint was
+    /// found under, else its host.
+    async fn tls(
+        &self,
+        tls: &TlsConnector,
+        connector: &Connector,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
         let name = match &tls.server_name {
             Some(n) => n.clone(),
             None => {
@@ -220,11 +259,9 @@ impl Endpoint {
             }
         };
         let handshake = tls.connector.connect(name, tcp);
-        let stream = tokio::time::timeout(connector.connect_timeout, handshake)
+        Ok(tokio::time::timeout(connector.connect_timeout, handshake)
             .await
-            .map_err(|_| ConnectError::Timeout(connector.connect_timeout))??;
-        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        self.handshake(stream, h2, held).await
+            .map_err(|_| ConnectError::Timeout(connector.connect_timeout))??)
     }
 
     async fn handshake<T>(

@@ -2,6 +2,7 @@
 
 mod balance;
 mod config_errors;
+mod connect;
 mod discovery;
 mod fault;
 mod grpc;
