@@ -443,6 +443,13 @@ impl Cluster {
         }
     }
 
+    /// A place in the cluster's count of connections for an upgraded connection (a
+    /// WebSocket after its 101), which its HTTP connection gave up when it switched.
+    /// Counted even past `max_connections`: the connection is open already.
+    pub(crate) fn hold_connection(&self) -> HeldConnection {
+        Held::force(self.connector.connections.clone())
+    }
+
     /// A failure to connect to `endpoint`, as the exchange reports it.
     fn connect_error(&self, endpoint: &Endpoint, e: ConnectError) -> UpstreamError {
         match e {

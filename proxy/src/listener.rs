@@ -374,20 +374,30 @@ impl ConnWatch {
             }
             // Then: quiet (no byte either way, no request in flight) for the idle
             // timeout.
-            let mut quiet_checks = 0;
-            loop {
-                tokio::time::sleep(limits.idle_timeout / CHECKS).await;
-                let busy = self.active.swap(false, Ordering::Relaxed)
-                    || self.in_flight.load(Ordering::Relaxed) > 0;
-                quiet_checks = if busy { 0 } else { quiet_checks + 1 };
-                if quiet_checks >= CHECKS {
-                    return "idle";
-                }
-            }
+            self.idle(limits.idle_timeout).await;
+            "idle"
         };
         tokio::select! {
             why = quiet => why,
             () = self.abuse.notified() => "the client cancelled too many requests",
+        }
+    }
+}
+
+impl ConnWatch {
+    /// Resolves once no byte moved and no request was in flight for `idle_timeout`
+    /// (checked in quarters: within 1.25 times it).
+    pub(crate) async fn idle(&self, idle_timeout: Duration) {
+        const CHECKS: u32 = 4;
+        let mut quiet_checks = 0;
+        loop {
+            tokio::time::sleep(idle_timeout / CHECKS).await;
+            let busy = self.active.swap(false, Ordering::Relaxed)
+                || self.in_flight.load(Ordering::Relaxed) > 0;
+            quiet_checks = if busy { 0 } else { quiet_checks + 1 };
+            if quiet_checks >= CHECKS {
+                return;
+            }
         }
     }
 }

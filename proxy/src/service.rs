@@ -24,6 +24,7 @@ use crate::chain::FilterChain;
 use crate::cluster::{Attempt, Cluster, UpstreamError};
 use crate::done;
 use crate::error::{ProxyError, Side};
+use crate::listener::{ConnWatch, Watched};
 use crate::normalize;
 use crate::upstream::{HeldConnection, Io};
 
@@ -80,7 +81,7 @@ pub(crate) async fn serve(
             Err(e) => fail(&state.name, e, id, grpc),
         };
         if let Some(u) = upgrade {
-            u.finish(&mut resp);
+            u.finish(&mut resp, state.conn.limits.idle_timeout);
         }
         return Ok(resp);
     }
@@ -98,7 +99,7 @@ pub(crate) async fn serve(
         }
     };
     if let Some(u) = upgrade {
-        u.finish(&mut resp);
+        u.finish(&mut resp, state.conn.limits.idle_timeout);
     }
     // The end phase: `on-done` runs once the response body has gone, whatever happened.
     Ok(match lent.0 {
@@ -141,8 +142,9 @@ struct Upgrade {
 
 /// The upstream side of an upgrade.
 enum Far {
-    /// An upstream that answered 101, and the protocol it switched to.
-    Switched(hyper::upgrade::OnUpgrade, HeaderValue),
+    /// An upstream that answered 101, the protocol it switched to, and the
+    /// connection's place in its cluster's count.
+    Switched(hyper::upgrade::OnUpgrade, HeaderValue, HeldConnection),
     /// A tunnel's connection, counted in its cluster's connections while it lasts.
     Tunnel(Box<dyn Io>, HeldConnection),
 }
@@ -194,12 +196,13 @@ impl Upgrade {
     }
 
     /// Keep the upstream's side of a 101.
-    fn answered<B>(&mut self, resp: &mut http::Response<B>) {
+    fn answered<B>(&mut self, resp: &mut http::Response<B>, cluster: &Cluster) {
         if let Some(asked) = &self.protocol
             && resp.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             let protocol = resp.headers().get(UPGRADE).unwrap_or(asked).clone();
-            self.upstream = Some(Far::Switched(hyper::upgrade::on(resp), protocol));
+            let on = hyper::upgrade::on(resp);
+            self.upstream = Some(Far::Switched(on, protocol, cluster.hold_connection()));
         }
     }
 
@@ -219,9 +222,10 @@ impl Upgrade {
     }
 
     /// If the client gets its 101 (an upgrade) or a 2xx (CONNECT), join the two
-    /// sides; one with no upstream behind it (a filter's own answer) cannot be
-    /// honoured and becomes a 502.
-    fn finish(self, resp: &mut Response<ProxyBody>) {
+    /// sides until either closes or no byte moves either way for `idle_timeout`; one
+    /// with no upstream behind it (a filter's own answer) cannot be honoured and
+    /// becomes a 502.
+    fn finish(self, resp: &mut Response<ProxyBody>, idle_timeout: Duration) {
         let joined = match &self.protocol {
             Some(_) => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
             None => resp.status().is_success(),
@@ -229,18 +233,18 @@ impl Upgrade {
         if !joined {
             return;
         }
-        let upstream = match (self.upstream, &self.protocol) {
-            (Some(Far::Switched(upstream, protocol)), Some(_)) => {
+        let (upstream, held) = match (self.upstream, &self.protocol) {
+            (Some(Far::Switched(upstream, protocol, held)), Some(_)) => {
                 let headers = resp.headers_mut();
                 headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
                 headers.insert(UPGRADE, protocol);
-                Either::Left(upstream)
+                (Either::Left(upstream), held)
             }
             (Some(Far::Tunnel(io, held)), None) => {
                 // A 2xx answer to CONNECT has no body: the tunnel follows the head.
                 *resp.body_mut() = ProxyBody::empty();
                 resp.headers_mut().remove(http::header::CONTENT_LENGTH);
-                Either::Right((io, held))
+                (Either::Right(io), held)
             }
             _ => {
                 *resp.status_mut() = StatusCode::BAD_GATEWAY;
@@ -250,24 +254,30 @@ impl Upgrade {
         };
         let client = self.client;
         tokio::spawn(async move {
+            let _held = held;
             let Ok(client) = client.await else {
                 return;
             };
-            let mut client = hyper_util::rt::TokioIo::new(client);
-            let ended = match upstream {
-                Either::Left(upstream) => {
-                    let Ok(upstream) = upstream.await else {
-                        return;
-                    };
-                    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                }
-                Either::Right((mut io, _held)) => {
-                    tokio::io::copy_bidirectional(&mut client, &mut io).await
-                }
+            let upstream: Box<dyn Io> = match upstream {
+                Either::Left(switched) => match switched.await {
+                    Ok(io) => Box::new(hyper_util::rt::TokioIo::new(io)),
+                    Err(_) => return,
+                },
+                Either::Right(io) => io,
             };
-            if let Err(e) = ended {
-                tracing::debug!("upgraded connection ended: {e}");
+            // Every byte either way passes the upstream side: watching it is enough.
+            let watch = Arc::new(ConnWatch::new(u32::MAX));
+            let mut upstream = Watched::new(upstream, watch.clone());
+            let mut client = hyper_util::rt::TokioIo::new(client);
+            tokio::select! {
+                ended = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(e) = ended {
+                        tracing::debug!("upgraded connection ended: {e}");
+                    }
+                }
+                () = watch.idle(idle_timeout) => {
+                    tracing::debug!("upgraded connection closed: idle for {idle_timeout:?}");
+                }
             }
         });
     }
@@ -411,7 +421,7 @@ async fn forward(
         }
     };
     if let Some(u) = upgrade {
-        u.answered(&mut resp);
+        u.answered(&mut resp, cluster);
     }
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
@@ -603,7 +613,7 @@ async fn filtered(
                 .await
                 .map_err(|e| upstream_error(cluster, e))?;
             if let Some(u) = upgrade.as_mut() {
-                u.answered(&mut resp);
+                u.answered(&mut resp, cluster);
             }
             let (parts, rbody) = resp.into_parts();
             if !chain.response_trailers {

@@ -57,6 +57,12 @@ impl<C: Deref<Target = AtomicUsize>> Held<C> {
         }
         Some(Self(counter))
     }
+
+    /// Count one, whatever the count: for what is open already.
+    pub(crate) fn force(counter: C) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter)
+    }
 }
 
 impl<C: Deref<Target = AtomicUsize>> Drop for Held<C> {

@@ -129,3 +129,103 @@ async fn filters_route_tunnels_and_tunnels_count_as_connections() {
     }
     assert_eq!(web.requests(), 0);
 }
+
+/// An upstream that switches every request to an echo protocol: it answers 101 and
+/// sends back every byte it gets.
+async fn echo_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let switch = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n";
+                if s.write_all(switch).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Ask for an upgrade to the echo protocol; the stream and the answer's head.
+async fn upgrade(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /echo HTTP/1.1\r\nhost: echo\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(LIMIT, s.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8(head).unwrap())
+}
+
+async fn echoes(s: &mut TcpStream) -> bool {
+    if s.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    matches!(
+        tokio::time::timeout(LIMIT, s.read_exact(&mut buf)).await,
+        Ok(Ok(4))
+    ) && &buf == b"ping"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_count_as_connections_and_idle_ones_close() {
+    let echo = echo_upstream().await;
+    let yaml = format!(
+        "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    default_cluster: echo\n    \
+         limits: {{ idle_timeout: 1s }}\n\
+         clusters:\n  - name: echo\n    endpoints: [\"{echo}\"]\n    \
+         limits: {{ max_connections: 1 }}\n"
+    );
+    let p = proxy(&yaml).start().await;
+
+    let (mut first, head) = upgrade(p.addr).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(echoes(&mut first).await);
+
+    // The switched connection still holds the cluster's only place.
+    let (_s, head) = upgrade(p.addr).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("x-weft-overflow: max_connections"),
+        "{head}"
+    );
+
+    // Quiet past the listener's idle timeout: the tunnel is closed, its place freed.
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(LIMIT, first.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (mut s, head) = upgrade(p.addr).await;
+        if head.starts_with("HTTP/1.1 101") {
+            assert!(echoes(&mut s).await);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the idle tunnel kept its place");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
