@@ -10,10 +10,18 @@ use weft_tests::*;
 /// Send `CONNECT target` and read the answer's head: the stream (the tunnel when it
 /// is 200) and the head.
 async fn open(addr: std::net::SocketAddr, target: &str) -> (TcpStream, String) {
+    ask(
+        addr,
+        &format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n"),
+    )
+    .await
+}
+
+/// Send a request head on a fresh connection and read the answer's head, byte by
+/// byte so that nothing after it is taken from the stream.
+async fn ask(addr: std::net::SocketAddr, request: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -160,23 +168,11 @@ async fn echo_upstream() -> std::net::SocketAddr {
 
 /// Ask for an upgrade to the echo protocol; the stream and the answer's head.
 async fn upgrade(addr: std::net::SocketAddr) -> (TcpStream, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        b"GET /echo HTTP/1.1\r\nhost: echo\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    ask(
+        addr,
+        "GET /echo HTTP/1.1\r\nhost: echo\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
     )
     .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(LIMIT, s.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    (s, String::from_utf8(head).unwrap())
 }
 
 async fn echoes(s: &mut TcpStream) -> bool {
