@@ -299,27 +299,70 @@ impl HostState {
     }
 
     fn own_request_head(&self) -> types::RequestHead {
+        let mut text = HeadText::default();
         let Some(req) = self.req() else {
             return types::RequestHead {
-                method: String::new(),
-                path: "/".to_owned(),
+                method: text.push(b""),
+                path: text.push(b"/"),
                 authority: None,
-                headers: Vec::new(),
+                headers: None,
+                text: text.0,
             };
         };
         let parts = &req.parts;
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let authority = match parts.uri.authority() {
+            Some(a) => Some(a.as_str().as_bytes()),
+            None => parts.headers.get(http::header::HOST).map(|h| h.as_bytes()),
+        };
+        let method = parts.method.as_str();
+        text.0
+            .reserve(method.len() + path.len() + authority.map_or(0, <[u8]>::len));
         types::RequestHead {
-            method: parts.method.as_str().to_owned(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-            authority: match parts.uri.authority() {
-                Some(a) => Some(a.as_str().to_owned()),
-                None => get_header(&parts.headers, "host"),
-            },
-            headers: selected(&parts.headers, self.request_names()),
+            method: text.push(method.as_bytes()),
+            path: text.push(path.as_bytes()),
+            authority: authority.map(|a| text.push(a)),
+            headers: text.selected(&parts.headers, self.request_names()),
+            text: text.0,
         }
+    }
+}
+
+/// The strings of a head, back to back, for one copy into the guest.
+#[derive(Default)]
+struct HeadText(Vec<u8>);
+
+impl HeadText {
+    fn push(&mut self, bytes: &[u8]) -> types::Span {
+        // A head is bounded by the listener's header limit, far below 4 GiB.
+        let start = u32::try_from(self.0.len()).unwrap_or(u32::MAX);
+        self.0.extend_from_slice(bytes);
+        types::Span {
+            start,
+            len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The named headers present in `headers`, in the order of the names; none when
+    /// there are none (an empty list would still cost a copy into the guest).
+    fn selected(
+        &mut self,
+        headers: &HeaderMap,
+        names: &[HeaderName],
+    ) -> Option<Vec<types::HeaderSpan>> {
+        let mut out = Vec::new();
+        if headers.is_empty() {
+            return None;
+        }
+        for name in names {
+            for value in headers.get_all(name) {
+                out.push(types::HeaderSpan {
+                    name: self.push(name.as_str().as_bytes()),
+                    value: self.push(value.as_bytes()),
+                });
+            }
+        }
+        (!out.is_empty()).then_some(out)
     }
 }
 
@@ -374,23 +417,6 @@ fn get_header(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The values of the named headers, in the order of the names.
-fn selected(headers: &HeaderMap, names: &[HeaderName]) -> Vec<types::Header> {
-    if names.is_empty() || headers.is_empty() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for name in names {
-        for value in headers.get_all(name) {
-            out.push(types::Header {
-                name: name.as_str().to_owned(),
-                value: value.as_bytes().to_vec(),
-            });
-        }
-    }
-    out
-}
-
 fn all_headers(headers: &HeaderMap) -> Vec<types::Header> {
     headers
         .iter()
@@ -443,7 +469,7 @@ const NO_RESPONSE: &str = "no response is lent to this filter now";
 impl types::Host for HostState {}
 
 impl types::HostRequest for HostState {
-    fn head(&mut self, _: Resource<RequestRef>) -> types::RequestHead {
+    fn read_head(&mut self, _: Resource<RequestRef>) -> types::RequestHead {
         self.own_request_head()
     }
 
@@ -554,24 +580,33 @@ impl types::HostRequest for HostState {
 }
 
 impl types::HostResponse for HostState {
-    fn head(&mut self, _: Resource<ResponseRef>) -> types::ResponseHead {
+    fn read_head(&mut self, _: Resource<ResponseRef>) -> types::ResponseHead {
         let names = self.shared.views.get().map(|v| &v.response);
         let attempt = self.exchange.as_deref().map_or(0, |e| e.ctx.attempt);
         let Some(resp) = self.exchange.as_deref().and_then(|e| e.response.as_ref()) else {
             return types::ResponseHead {
                 status: 0,
                 attempt,
-                headers: Vec::new(),
+                text: None,
+                headers: None,
                 trailers: None,
                 error: None,
             };
         };
         let names = names.map_or(&[][..], |n| &n[..]);
+        let mut text = HeadText::default();
+        let headers = text.selected(&resp.parts.headers, names);
+        // Known trailers are a list, even an empty one: "none" says they are not known.
+        let trailers = resp
+            .trailers
+            .as_ref()
+            .map(|t| text.selected(t, names).unwrap_or_default());
         types::ResponseHead {
             status: resp.parts.status.as_u16(),
             attempt,
-            headers: selected(&resp.parts.headers, names),
-            trailers: resp.trailers.as_ref().map(|t| selected(t, names)),
+            text: (!text.0.is_empty()).then_some(text.0),
+            headers,
+            trailers,
             error: resp.error,
         }
     }
@@ -698,7 +733,7 @@ impl types::HostContext for HostState {
         }
     }
 
-    fn request_head(&mut self, _: Resource<ContextRef>) -> types::RequestHead {
+    fn read_request_head(&mut self, _: Resource<ContextRef>) -> types::RequestHead {
         self.own_request_head()
     }
 

@@ -64,12 +64,13 @@ mod types;
 
 pub use __weft_bindings::weft::filter::types::{
     Action, BodyMode, Connection, Context, ExchangeError, ExchangeSetting, Facts, Header,
-    HeaderError, HttpVersion, Interest, LocalResponse, PropertyError, Request, RequestHead,
-    Responder, Response, ResponseAction, ResponseHead, SettingError, Summary, TlsInfo,
+    HeaderError, HttpVersion, Interest, LocalResponse, PropertyError, Request, Responder, Response,
+    ResponseAction, SettingError, Summary, TlsInfo,
 };
 pub use filter::{Filter, from_config};
 pub use host::{log, metrics, random, state, time};
 pub use serde;
+pub use types::{RequestHead, ResponseHead};
 
 /// What a filter usually needs, in one import.
 pub mod prelude {

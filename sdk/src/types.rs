@@ -2,10 +2,107 @@
 
 use std::time::Duration;
 
+use crate::__weft_bindings::weft::filter::types as raw;
 use crate::{
     Action, BodyMode, Context, ExchangeError, ExchangeSetting, Header, Interest, LocalResponse,
-    RequestHead, ResponseAction, ResponseHead, SettingError,
+    Request, Response, ResponseAction, SettingError,
 };
+
+/// The head of a request: what [`Request::head`] and [`Context::request_head`] read
+/// in one host call.
+#[derive(Clone, Debug, Default)]
+pub struct RequestHead {
+    /// The method, e.g. `GET`.
+    pub method: String,
+    /// Path and query, e.g. `/api/users?id=7`.
+    pub path: String,
+    /// Target authority: the `:authority` of HTTP/2 or the `host` header of HTTP/1.
+    pub authority: Option<String>,
+    /// The values of the headers named in the filter's interest
+    /// ([`Interest::with_request_headers`]), in the order of that list and then of the
+    /// request.
+    pub headers: Vec<Header>,
+}
+
+/// The head of a response: what [`Response::head`] reads in one host call.
+#[derive(Clone, Debug, Default)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// The attempt this response answers: 1 for the first; 0 for a filter's local
+    /// response.
+    pub attempt: u32,
+    /// The values of the headers named in [`Interest::with_response_headers`].
+    pub headers: Vec<Header>,
+    /// The trailers so named, when the body had ended; `None` while it is still coming.
+    pub trailers: Option<Vec<Header>>,
+    /// Set when the proxy made this response because the exchange failed.
+    pub error: Option<ExchangeError>,
+}
+
+/// The bytes a span names in a head's text; empty if it does not fit (it always
+/// does when the proxy made it).
+fn bytes(text: &[u8], span: raw::Span) -> &[u8] {
+    let (start, len) = (span.start as usize, span.len as usize);
+    text.get(start..start.saturating_add(len))
+        .unwrap_or_default()
+}
+
+fn string(text: &[u8], span: raw::Span) -> String {
+    String::from_utf8_lossy(bytes(text, span)).into_owned()
+}
+
+fn headers(text: &[u8], spans: Option<Vec<raw::HeaderSpan>>) -> Vec<Header> {
+    spans
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| Header {
+            name: string(text, h.name),
+            value: bytes(text, h.value).to_vec(),
+        })
+        .collect()
+}
+
+impl From<raw::RequestHead> for RequestHead {
+    fn from(head: raw::RequestHead) -> Self {
+        let text = &head.text;
+        RequestHead {
+            method: string(text, head.method),
+            path: string(text, head.path),
+            authority: head.authority.map(|a| string(text, a)),
+            headers: headers(text, head.headers),
+        }
+    }
+}
+
+impl From<raw::ResponseHead> for ResponseHead {
+    fn from(head: raw::ResponseHead) -> Self {
+        let text = head.text.unwrap_or_default();
+        ResponseHead {
+            status: head.status,
+            attempt: head.attempt,
+            headers: headers(&text, head.headers),
+            trailers: head.trailers.map(|t| headers(&text, Some(t))),
+            error: head.error,
+        }
+    }
+}
+
+impl Request {
+    /// Method, path, authority and the headers named in the filter's interest, in
+    /// one host call.
+    pub fn head(&self) -> RequestHead {
+        self.read_head().into()
+    }
+}
+
+impl Response {
+    /// Status, the headers named in the filter's interest, the trailers when known,
+    /// and the exchange error, in one host call.
+    pub fn head(&self) -> ResponseHead {
+        self.read_head().into()
+    }
+}
 
 impl Action {
     /// Answer the client with this status and a `text/plain` body.
@@ -94,6 +191,12 @@ impl ResponseHead {
 }
 
 impl Context {
+    /// The request's head, from any hook (the headers named in the filter's
+    /// interest), in one host call.
+    pub fn request_head(&self) -> RequestHead {
+        self.read_request_head().into()
+    }
+
     /// Set the request's overall timeout, from its arrival to the response head across
     /// every attempt.
     pub fn set_timeout(&self, timeout: Duration) -> Result<(), SettingError> {

@@ -491,6 +491,28 @@ pub fn self_signed() -> (String, String) {
     (cert.cert.pem(), cert.signing_key.serialize_pem())
 }
 
+/// An address on 127.0.0.1 where connections are refused, for as long as this lives:
+/// its port stays bound (without listening), so no other socket of the test run (a
+/// proxy's own listener, say) can be given it, as could happen to a port bound and
+/// let go.
+pub struct Refused {
+    /// Where connections are refused.
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+/// Reserve an address where connections are refused.
+pub fn refused() -> Refused {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    Refused {
+        addr: socket.local_addr().expect("address"),
+        _socket: socket,
+    }
+}
+
 /// A TLS server config for a backend with this certificate and key (PEM), offering
 /// h2 and http/1.1.
 pub fn server_tls(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {

@@ -149,10 +149,8 @@ async fn a_failing_endpoint_is_ejected_and_comes_back() {
 async fn health_checks_take_a_dead_endpoint_out() {
     let good = backend("good").start().await;
     let sick = backend("sick").fail_first(usize::MAX, 500).start().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = refused();
+    let dead = refused.addr;
     let yaml = cluster(
         &[addr(&good), addr(&sick), format!("\"{dead}\"")],
         "    balancer: round-robin\n    outlier: { consecutive_failures: 0 }\n    \

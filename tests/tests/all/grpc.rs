@@ -39,10 +39,8 @@ fn header<'a>(parts: &'a http::response::Parts, name: &str) -> &'a str {
 async fn errors_the_proxy_makes_are_grpc_answers() {
     let logs = logs();
     // Nothing listens here: UNAVAILABLE.
-    let gone = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = refused();
+    let gone = refused.addr;
     // Accepts and never answers: DEADLINE_EXCEEDED.
     let silent = SilentUpstream::start().await;
     let silent_addr = silent.addr;

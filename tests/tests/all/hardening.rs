@@ -342,11 +342,8 @@ async fn a_cancelled_request_leaves_its_upstream_connection_pooled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_answers_give_an_id_and_keep_internals_in_the_log() {
     let logs = logs();
-    // Bind then drop: nothing listens there any more.
-    let gone = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = refused();
+    let gone = refused.addr;
     let yaml = format!(
         "listeners:\n  - name: leaky\n    address: 127.0.0.1:0\n    default_cluster: secret-cluster\n\
          clusters:\n  - name: secret-cluster\n    endpoints: [\"{gone}\"]\n"

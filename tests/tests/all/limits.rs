@@ -102,11 +102,8 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_gets_503() {
     let logs = logs();
-    // Bind then drop: nothing listens there any more.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = refused();
+    let addr = refused.addr;
     let yaml = format!(
         "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    default_cluster: gone\nclusters:\n  - name: gone\n    endpoints: [\"{addr}\"]\n"
     );

@@ -4,17 +4,16 @@
 use bytes::Bytes;
 use weft_tests::*;
 
-/// A proxy whose only cluster's one endpoint refuses connections, with these filters
-/// (YAML list items indented by six spaces).
-fn dead_cluster(filters: &str) -> String {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    format!(
+/// A proxy whose only cluster's one endpoint refuses connections (for as long as the
+/// guard lives), with these filters (YAML list items indented by six spaces).
+fn dead_cluster(filters: &str) -> (Refused, String) {
+    let dead = refused();
+    let yaml = format!(
         "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    default_cluster: dead\n    \
-         filters:\n{filters}clusters:\n  - name: dead\n    endpoints: [\"{dead}\"]\n"
-    )
+         filters:\n{filters}clusters:\n  - name: dead\n    endpoints: [\"{}\"]\n",
+        dead.addr
+    );
+    (dead, yaml)
 }
 
 /// A chain of one retry filter with this config (YAML flow mapping).
@@ -81,7 +80,7 @@ async fn a_body_larger_than_max_body_goes_once_and_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_are_retried_and_then_answered_503() {
     let logs = logs();
-    let yaml = dead_cluster(&retry("{ backoff: { base: 1ms, max: 2ms } }"));
+    let (_dead, yaml) = dead_cluster(&retry("{ backoff: { base: 1ms, max: 2ms } }"));
     let p = proxy(&yaml).start().await;
     let body = Bytes::from_static(b"x");
     // Even a POST: the upstream never saw it.
@@ -176,7 +175,7 @@ async fn response_hooks_see_the_proxys_errors_and_the_context() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_exchange_reaches_response_hooks_with_its_reason() {
-    let yaml = dead_cluster(&format!(
+    let (_dead, yaml) = dead_cluster(&format!(
         "      - name: stamp\n        module: {}\n        config: {{ name: s }}\n",
         weft_tests::guests::STAMP
     ));
