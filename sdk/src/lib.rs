@@ -25,7 +25,7 @@
 //!
 //! impl Filter for Hello {
 //!     fn on_request(&mut self, req: &Request, _: &Context) -> Action {
-//!         if req.head().path == "/hello" { Action::respond(200, &self.greeting) } else { Action::Continue }
+//!         if req.head().path() == "/hello" { Action::respond(200, &self.greeting) } else { Action::Continue }
 //!     }
 //! }
 //!

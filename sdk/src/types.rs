@@ -10,34 +10,31 @@ use crate::{
 
 /// The head of a request: what [`Request::head`] and [`Context::request_head`] read
 /// in one host call.
-#[derive(Clone, Debug, Default)]
+///
+/// It keeps the one buffer the proxy copied in and lends its strings out of it, so
+/// reading a head costs no further allocation.
+#[derive(Clone, Debug)]
 pub struct RequestHead {
-    /// The method, e.g. `GET`.
-    pub method: String,
-    /// Path and query, e.g. `/api/users?id=7`.
-    pub path: String,
-    /// Target authority: the `:authority` of HTTP/2 or the `host` header of HTTP/1.
-    pub authority: Option<String>,
-    /// The values of the headers named in the filter's interest
-    /// ([`Interest::with_request_headers`]), in the order of that list and then of the
-    /// request.
-    pub headers: Vec<Header>,
+    text: Vec<u8>,
+    method: raw::Span,
+    path: raw::Span,
+    authority: Option<raw::Span>,
+    headers: Vec<raw::HeaderSpan>,
 }
 
 /// The head of a response: what [`Response::head`] reads in one host call.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ResponseHead {
     /// Status code.
     pub status: u16,
     /// The attempt this response answers: 1 for the first; 0 for a filter's local
     /// response.
     pub attempt: u32,
-    /// The values of the headers named in [`Interest::with_response_headers`].
-    pub headers: Vec<Header>,
-    /// The trailers so named, when the body had ended; `None` while it is still coming.
-    pub trailers: Option<Vec<Header>>,
     /// Set when the proxy made this response because the exchange failed.
     pub error: Option<ExchangeError>,
+    text: Vec<u8>,
+    headers: Vec<raw::HeaderSpan>,
+    trailers: Option<Vec<raw::HeaderSpan>>,
 }
 
 /// The bytes a span names in a head's text; empty if it does not fit (it always
@@ -48,43 +45,231 @@ fn bytes(text: &[u8], span: raw::Span) -> &[u8] {
         .unwrap_or_default()
 }
 
-fn string(text: &[u8], span: raw::Span) -> String {
-    String::from_utf8_lossy(bytes(text, span)).into_owned()
+/// A string of the head. The proxy passes method, path, authority and header names
+/// as they are in its own `str`s, so they are always UTF-8; anything else reads as
+/// empty rather than panic.
+fn text(text: &[u8], span: raw::Span) -> &str {
+    std::str::from_utf8(bytes(text, span)).unwrap_or_default()
 }
 
-fn headers(text: &[u8], spans: Option<Vec<raw::HeaderSpan>>) -> Vec<Header> {
+/// Append `bytes` to a head's text and name where they lie.
+fn push(text: &mut Vec<u8>, bytes: &[u8]) -> raw::Span {
+    let span = raw::Span {
+        start: u32::try_from(text.len()).unwrap_or(u32::MAX),
+        len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+    };
+    text.extend_from_slice(bytes);
+    span
+}
+
+fn push_header(text: &mut Vec<u8>, name: &str, value: &[u8]) -> raw::HeaderSpan {
+    raw::HeaderSpan {
+        name: push(text, name.to_ascii_lowercase().as_bytes()),
+        value: push(text, value),
+    }
+}
+
+/// The first value of the named header among `spans`, as bytes.
+fn find<'a>(text: &'a [u8], spans: &[raw::HeaderSpan], name: &str) -> Option<&'a [u8]> {
     spans
-        .unwrap_or_default()
-        .into_iter()
-        .map(|h| Header {
-            name: string(text, h.name),
-            value: bytes(text, h.value).to_vec(),
-        })
-        .collect()
+        .iter()
+        .find(|h| bytes(text, h.name).eq_ignore_ascii_case(name.as_bytes()))
+        .map(|h| bytes(text, h.value))
+}
+
+fn iter<'a>(
+    text: &'a [u8],
+    spans: &'a [raw::HeaderSpan],
+) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+    spans
+        .iter()
+        .map(move |h| (self::text(text, h.name), bytes(text, h.value)))
 }
 
 impl From<raw::RequestHead> for RequestHead {
     fn from(head: raw::RequestHead) -> Self {
-        let text = &head.text;
         RequestHead {
-            method: string(text, head.method),
-            path: string(text, head.path),
-            authority: head.authority.map(|a| string(text, a)),
-            headers: headers(text, head.headers),
+            text: head.text,
+            method: head.method,
+            path: head.path,
+            authority: head.authority,
+            headers: head.headers.unwrap_or_default(),
         }
     }
 }
 
 impl From<raw::ResponseHead> for ResponseHead {
     fn from(head: raw::ResponseHead) -> Self {
-        let text = head.text.unwrap_or_default();
         ResponseHead {
             status: head.status,
             attempt: head.attempt,
-            headers: headers(&text, head.headers),
-            trailers: head.trailers.map(|t| headers(&text, Some(t))),
             error: head.error,
+            text: head.text.unwrap_or_default(),
+            headers: head.headers.unwrap_or_default(),
+            trailers: head.trailers,
         }
+    }
+}
+
+impl RequestHead {
+    /// A head as the proxy would give it, for a filter's unit tests: `method` and
+    /// `path` (with its query), no authority and no headers.
+    pub fn new(method: &str, path: &str) -> Self {
+        let mut text = Vec::with_capacity(method.len() + path.len());
+        let method = push(&mut text, method.as_bytes());
+        let path = push(&mut text, path.as_bytes());
+        RequestHead {
+            text,
+            method,
+            path,
+            authority: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// This head with an authority.
+    pub fn with_authority(mut self, authority: &str) -> Self {
+        self.authority = Some(push(&mut self.text, authority.as_bytes()));
+        self
+    }
+
+    /// This head with one more header (its name lower-cased, as the proxy's are).
+    pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        let span = push_header(&mut self.text, name, value.as_ref());
+        self.headers.push(span);
+        self
+    }
+
+    /// The method, e.g. `GET`.
+    pub fn method(&self) -> &str {
+        text(&self.text, self.method)
+    }
+
+    /// Path and query, e.g. `/api/users?id=7`.
+    pub fn path(&self) -> &str {
+        text(&self.text, self.path)
+    }
+
+    /// The path without its query.
+    pub fn path_only(&self) -> &str {
+        let path = self.path();
+        path.split_once('?').map_or(path, |(p, _)| p)
+    }
+
+    /// The query, without its `?`, when there is one.
+    pub fn query(&self) -> Option<&str> {
+        self.path().split_once('?').map(|(_, q)| q)
+    }
+
+    /// Target authority: the `:authority` of HTTP/2 or the `host` header of HTTP/1.
+    pub fn authority(&self) -> Option<&str> {
+        self.authority.map(|a| text(&self.text, a))
+    }
+
+    /// The first value of a header the filter named in its interest
+    /// ([`Interest::with_request_headers`]), if valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The first value of a header the filter named in its interest, as bytes.
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        find(&self.text, &self.headers, name)
+    }
+
+    /// The named headers the request has, name and value, in the order of the
+    /// interest's list and then of the request.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        iter(&self.text, &self.headers)
+    }
+}
+
+impl ResponseHead {
+    /// A head as the proxy would give it, for a filter's unit tests: `status`, for
+    /// the first attempt, with no headers, trailers not yet known and no error.
+    pub fn new(status: u16) -> Self {
+        ResponseHead {
+            status,
+            attempt: 1,
+            error: None,
+            text: Vec::new(),
+            headers: Vec::new(),
+            trailers: None,
+        }
+    }
+
+    /// This head for another attempt (0: a filter's local response).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// This head as the proxy makes it when an exchange failed.
+    pub fn with_error(mut self, error: ExchangeError) -> Self {
+        self.error = Some(error);
+        self
+    }
+
+    /// This head with one more header (its name lower-cased, as the proxy's are).
+    pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        let span = push_header(&mut self.text, name, value.as_ref());
+        self.headers.push(span);
+        self
+    }
+
+    /// This head with one more trailer; the trailers are then known.
+    pub fn with_trailer(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        let span = push_header(&mut self.text, name, value.as_ref());
+        self.trailers.get_or_insert_with(Vec::new).push(span);
+        self
+    }
+
+    /// The first value of a header the filter named in its interest, if valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The first value of a header the filter named in its interest, as bytes.
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        find(&self.text, &self.headers, name)
+    }
+
+    /// The named headers the response has, name and value.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        iter(&self.text, &self.headers)
+    }
+
+    /// Whether the trailers were known: the body had ended when the head was read
+    /// (see [`Interest::with_trailers`]).
+    pub fn trailers_known(&self) -> bool {
+        self.trailers.is_some()
+    }
+
+    /// The first value of a trailer the filter named in its interest, when the
+    /// trailers were known.
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        let spans = self.trailers.as_deref()?;
+        find(&self.text, spans, name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The named trailers, name and value, when they were known.
+    pub fn trailers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        iter(&self.text, self.trailers.as_deref().unwrap_or_default())
+    }
+
+    /// The gRPC status code, from the trailers or from the headers (a trailers-only
+    /// answer); the filter must name `grpc-status` in its interest.
+    pub fn grpc_status(&self) -> Option<u32> {
+        self.trailer("grpc-status")
+            .or_else(|| self.header("grpc-status"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Whether the proxy made this response because the exchange failed.
+    pub fn failed(&self) -> Option<ExchangeError> {
+        self.error
     }
 }
 
@@ -143,51 +328,6 @@ impl ResponseAction {
 fn nanos(d: Duration) -> u64 {
     // u64 nanoseconds reach 584 years; saturating is as good as exact.
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-fn first<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .and_then(|h| std::str::from_utf8(&h.value).ok())
-}
-
-impl RequestHead {
-    /// The first value of a header the filter named in its interest, if valid UTF-8.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        first(&self.headers, name)
-    }
-
-    /// The path without its query.
-    pub fn path_only(&self) -> &str {
-        self.path.split_once('?').map_or(&self.path, |(p, _)| p)
-    }
-}
-
-impl ResponseHead {
-    /// The first value of a header the filter named in its interest, if valid UTF-8.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        first(&self.headers, name)
-    }
-
-    /// The first value of a trailer the filter named in its interest, when the
-    /// trailers were known.
-    pub fn trailer(&self, name: &str) -> Option<&str> {
-        self.trailers.as_deref().and_then(|t| first(t, name))
-    }
-
-    /// The gRPC status code, from the trailers or from the headers (a trailers-only
-    /// answer); the filter must name `grpc-status` in its interest.
-    pub fn grpc_status(&self) -> Option<u32> {
-        self.trailer("grpc-status")
-            .or_else(|| self.header("grpc-status"))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    /// Whether the proxy made this response because the exchange failed.
-    pub fn failed(&self) -> Option<ExchangeError> {
-        self.error
-    }
 }
 
 impl Context {
@@ -343,5 +483,63 @@ impl Interest {
 impl Default for Interest {
     fn default() -> Self {
         Interest::REQUEST
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_lend_their_strings_from_one_buffer() {
+        let head = RequestHead::new("GET", "/api/users?id=7")
+            .with_authority("shop.local:8080")
+            .with_header("X-User", "alice")
+            .with_header("x-raw", [0xff, b'a']);
+        assert_eq!(head.method(), "GET");
+        assert_eq!(head.path(), "/api/users?id=7");
+        assert_eq!(head.path_only(), "/api/users");
+        assert_eq!(head.query(), Some("id=7"));
+        assert_eq!(head.authority(), Some("shop.local:8080"));
+        assert_eq!(head.header("x-user"), Some("alice"));
+        assert_eq!(
+            head.header("X-USER"),
+            Some("alice"),
+            "names match in any case"
+        );
+        assert_eq!(head.header("x-raw"), None, "not UTF-8");
+        assert_eq!(head.header_bytes("x-raw"), Some(&[0xff, b'a'][..]));
+        assert_eq!(head.header("x-none"), None);
+        let names: Vec<_> = head.headers().map(|(n, _)| n).collect();
+        assert_eq!(names, ["x-user", "x-raw"]);
+        assert_eq!(RequestHead::new("GET", "/").query(), None);
+
+        let resp = ResponseHead::new(200)
+            .with_attempt(2)
+            .with_header("grpc-status", "0");
+        assert!(!resp.trailers_known());
+        assert_eq!(resp.grpc_status(), Some(0));
+        let resp = resp.with_trailer("grpc-status", "14");
+        assert!(resp.trailers_known());
+        assert_eq!(resp.grpc_status(), Some(14), "trailers win over headers");
+        assert_eq!(resp.trailers().count(), 1);
+        assert_eq!((resp.status, resp.attempt, resp.failed()), (200, 2, None));
+    }
+
+    #[test]
+    fn a_span_outside_the_text_reads_empty() {
+        let head = RequestHead::from(raw::RequestHead {
+            text: b"GET".to_vec(),
+            method: raw::Span { start: 0, len: 3 },
+            path: raw::Span { start: 2, len: 90 },
+            authority: Some(raw::Span {
+                start: u32::MAX,
+                len: u32::MAX,
+            }),
+            headers: None,
+        });
+        assert_eq!(head.method(), "GET");
+        assert_eq!(head.path(), "");
+        assert_eq!(head.authority(), Some(""));
     }
 }

@@ -85,17 +85,33 @@ mod humantime_duration {
 
 const DEFAULT_ABORT_BODY: &str = "fault injected by the weft fault filter\n";
 
-/// Whether a fault with this condition hits this request: its header (if any) has
-/// the value, and the dice (if a percentage below 100 was given) agree.
-fn hits(req: &Request, header: Option<&HeaderMatch>, percentage: Option<f64>) -> bool {
-    // One host call for the one header a condition reads; most requests lack it, and
-    // then nothing is copied.
-    if let Some(h) = header
-        && req.header(&h.name).as_deref() != Some(h.value.as_str())
-    {
-        return false;
+/// The request's headers as the conditions read them: one host call per header
+/// name, however many conditions name it (abort and delay usually share one). Most
+/// requests lack it, and then nothing is copied.
+struct Seen<'a> {
+    req: &'a Request,
+    last: Option<(&'a str, Option<String>)>,
+}
+
+impl<'a> Seen<'a> {
+    fn has(&mut self, h: &'a HeaderMatch) -> bool {
+        if self.last.as_ref().is_none_or(|(name, _)| *name != h.name) {
+            self.last = Some((&h.name, self.req.header(&h.name)));
+        }
+        let value = self.last.as_ref().and_then(|(_, v)| v.as_deref());
+        value == Some(h.value.as_str())
     }
-    random::chance(percentage.unwrap_or(100.0))
+
+    /// Whether a fault with this condition hits this request: its header (if any)
+    /// has the value, and the dice (if a percentage below 100 was given) agree.
+    fn hits(&mut self, header: Option<&'a HeaderMatch>, percentage: Option<f64>) -> bool {
+        if let Some(h) = header
+            && !self.has(h)
+        {
+            return false;
+        }
+        random::chance(percentage.unwrap_or(100.0))
+    }
 }
 
 /// Check a fault's condition; lower-case its header name as the proxy's are.
@@ -145,8 +161,9 @@ impl Filter for Fault {
     }
 
     fn on_request(&mut self, req: &Request, _: &Context) -> Action {
+        let mut seen = Seen { req, last: None };
         if let Some(a) = &self.abort
-            && hits(req, a.header.as_ref(), a.percentage)
+            && seen.hits(a.header.as_ref(), a.percentage)
         {
             let body = a.body.as_deref().unwrap_or(DEFAULT_ABORT_BODY);
             return Action::Respond(
@@ -156,7 +173,7 @@ impl Filter for Fault {
             );
         }
         if let Some(d) = &self.delay
-            && hits(req, d.header.as_ref(), d.percentage)
+            && seen.hits(d.header.as_ref(), d.percentage)
         {
             return Action::delay(d.duration);
         }

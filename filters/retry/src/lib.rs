@@ -453,8 +453,8 @@ impl Filter for Retry {
         // Connect failures are safe for every method (the upstream never saw them),
         // and listed gRPC codes for every call (gRPC calls are all POSTs).
         if why == Why::Failed {
-            let method = ctx.request_head().method;
-            if !self.when.methods.contains(&method) {
+            let head = ctx.request_head();
+            if !self.when.methods.iter().any(|m| m == head.method()) {
                 return ResponseAction::Continue;
             }
         }

@@ -1,17 +1,14 @@
 use super::*;
-use weft_sdk::Header;
 
 fn load(json: &str) -> Result<Retry, String> {
     weft_sdk::from_config(json)
 }
 
 fn head(status: u16, error: Option<ExchangeError>) -> ResponseHead {
-    ResponseHead {
-        status,
-        attempt: 1,
-        headers: Vec::new(),
-        trailers: None,
-        error,
+    let head = ResponseHead::new(status);
+    match error {
+        Some(e) => head.with_error(e),
+        None => head,
     }
 }
 
@@ -49,16 +46,12 @@ fn conditions_statuses_and_grpc_codes() {
     assert!(r.retryable(&head(504, Some(ExchangeError::PerTryTimeout))));
     assert!(!r.retryable(&head(504, Some(ExchangeError::ConnectFailure))));
     let grpc = |in_trailers: bool, code: &str| {
-        let h = Header {
-            name: "grpc-status".into(),
-            value: code.as_bytes().to_vec(),
-        };
-        let mut resp = head(200, None);
-        if in_trailers {
-            resp.trailers = Some(vec![h]);
+        let resp = head(200, None);
+        let resp = if in_trailers {
+            resp.with_trailer("grpc-status", code)
         } else {
-            resp.headers = vec![h];
-        }
+            resp.with_header("grpc-status", code)
+        };
         r.retryable(&resp)
     };
     assert!(grpc(true, "14"));

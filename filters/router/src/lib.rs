@@ -429,7 +429,7 @@ impl Route {
             && !self
                 .methods
                 .iter()
-                .any(|want| want.eq_ignore_ascii_case(&head.method))
+                .any(|want| want.eq_ignore_ascii_case(head.method()))
         {
             return false;
         }
@@ -545,14 +545,14 @@ impl Filter for Router {
     fn on_request(&mut self, req: &Request, ctx: &Context) -> Action {
         // One host call: method, path and the headers the routes look at.
         let head = req.head();
-        let full = &head.path;
+        let full = head.path();
         let (path, query) = match full.split_once('?') {
             Some((p, q)) => (p, Some(q)),
-            None => (full.as_str(), None),
+            None => (full, None),
         };
         let Some(route) = (self.compiled.iter()).find(|r| r.matches(&head, path, query)) else {
             return Action::Respond(
-                LocalResponse::new(404).text(format!("no route for {} {path}\n", head.method)),
+                LocalResponse::new(404).text(format!("no route for {} {path}\n", head.method())),
             );
         };
         if let Some(name) = &route.name {

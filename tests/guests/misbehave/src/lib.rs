@@ -22,7 +22,7 @@ impl Filter for Misbehave {
     }
 
     fn on_request(&mut self, req: &Request, _: &Context) -> Action {
-        match req.head().path.as_str() {
+        match req.head().path() {
             "/trap" => trap(),
             "/panic" => panic!("filter exploded on purpose"),
             "/loop" => {

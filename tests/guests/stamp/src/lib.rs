@@ -61,7 +61,7 @@ impl Filter for Stamp {
 
     fn on_request(&mut self, req: &Request, ctx: &Context) -> Action {
         let head = req.head();
-        if let Err(e) = ctx.set(&format!("stamp.{}", self.name), head.path.as_bytes()) {
+        if let Err(e) = ctx.set(&format!("stamp.{}", self.name), head.path().as_bytes()) {
             log::error(&format!("stamp: cannot set a property: {e:?}"));
         }
         if let Err(e) = req.add_header("x-stamp-req", &self.name) {
@@ -86,7 +86,7 @@ impl Filter for Stamp {
             }
         }
         if let Some(c) = &self.requests {
-            let kind = if head.path == "/" { "root" } else { "other" };
+            let kind = if head.path() == "/" { "root" } else { "other" };
             if let Err(e) = c.inc(&[kind]) {
                 log::error(&format!("stamp: cannot count in its metric: {e}"));
             }
