@@ -18,8 +18,16 @@ const ROUTER: &str = r#"{"routes":[
 const FAULT: &str = r#"{"abort":{"status":503,"header":{"name":"x-weft-fault","value":"abort"}},
   "delay":{"duration":"500ms","header":{"name":"x-weft-fault","value":"delay"}}}"#;
 
+mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
 fn load(engine: &Engine, name: &str, config: &str) -> Filter {
     let bytes = weft_builtin::get(name).expect("built-in");
+    load_bytes(engine, name, bytes, config)
+}
+
+fn load_bytes(engine: &Engine, name: &str, bytes: &[u8], config: &str) -> Filter {
     let mut spec = FilterSpec::new(name, name, bytes);
     spec.config_json = config.to_owned();
     engine.load(spec).expect("loads")
@@ -81,6 +89,12 @@ fn hooks(c: &mut Criterion) {
     let router = load(&engine, "router", ROUTER);
     let fault = load(&engine, "fault", FAULT);
     let mut head = Some(request());
+    // The floor: a call into a warm instance whose hook returns at once.
+    let bytes = std::fs::read(guests::EMPTY).expect("the empty guest was built");
+    let empty = load_bytes(&engine, "empty", &bytes, "{}");
+    c.bench_function("hook/empty on-request (the floor)", |b| {
+        b.iter(|| head = Some(run(&empty, head.take().expect("head"))))
+    });
     c.bench_function("hook/router on-request", |b| {
         b.iter(|| head = Some(run(&router, head.take().expect("head"))))
     });
@@ -95,6 +109,9 @@ fn hooks(c: &mut Criterion) {
     });
     let retry = load(&engine, "retry", "{}");
     let mut ex = Some(answered());
+    c.bench_function("hook/empty on-response (the floor)", |b| {
+        b.iter(|| ex = Some(run_response(&empty, ex.take().expect("exchange"))))
+    });
     c.bench_function("hook/retry on-response (200)", |b| {
         b.iter(|| ex = Some(run_response(&retry, ex.take().expect("exchange"))))
     });

@@ -46,7 +46,7 @@ use weft_sdk::{ExchangeError, ResponseHead, log, random, state, time};
 
 mod budget;
 
-use budget::Window;
+use budget::{Batched, Window};
 
 /// The retry filter's configuration and, once initialised, its compiled policy.
 #[derive(Deserialize)]
@@ -269,7 +269,7 @@ struct When {
     statuses: Vec<u16>,
     grpc: Vec<u32>,
     methods: Vec<String>,
-    requests: Window,
+    requests: Batched,
     retries: Window,
 }
 
@@ -406,7 +406,7 @@ impl Filter for Retry {
             },
             grpc: self.grpc.iter().map(|c| c.0).collect(),
             methods: self.methods.clone(),
-            requests: Window::new("requests", window),
+            requests: Batched::new(Window::new("requests", window)),
             retries: Window::new("retries", window),
         };
         Ok(())

@@ -77,9 +77,40 @@ fn backoff_is_jittered_below_an_exponential_ceiling() {
 }
 
 #[test]
+fn instances_add_their_requests_to_the_shared_window_in_batches() {
+    // Two instances of one filter share the proxy's state (natively: this thread's).
+    assert_eq!(budget::BATCH, 8, "this test counts in batches of eight");
+    let config = r#"{"budget":{"window":"10s"}}"#;
+    let (mut a, mut b) = (load(config).unwrap(), load(config).unwrap());
+    let now = Duration::from_secs(1_000);
+    for _ in 0..5 {
+        a.when.requests.add(now);
+        b.when.requests.add(now);
+    }
+    assert_eq!(a.when.requests.sum(now), 5, "b still holds its five");
+    for _ in 0..3 {
+        b.when.requests.add(now);
+    }
+    assert_eq!(
+        a.when.requests.sum(now),
+        5 + 8,
+        "b added its batch of eight"
+    );
+    assert_eq!(b.when.requests.sum(now), 8);
+    // When the second turns, what an instance gathered goes to its own second.
+    let later = now + Duration::from_secs(1);
+    a.when.requests.add(later);
+    assert_eq!(b.when.requests.sum(later), 13);
+    assert_eq!(a.when.requests.sum(later), 14);
+    // Once the window has passed them, none of them count.
+    assert_eq!(b.when.requests.sum(now + Duration::from_secs(10)), 0);
+    assert_eq!(a.when.requests.sum(now + Duration::from_secs(10)), 1);
+}
+
+#[test]
 fn the_budget_allows_its_minimum_plus_a_share_of_requests() {
     // Native tests run the proxy's state in this thread, as the proxy would.
-    let r = load(r#"{"budget":{"ratio":0.5,"min_per_second":1,"window":"2s"}}"#).unwrap();
+    let mut r = load(r#"{"budget":{"ratio":0.5,"min_per_second":1,"window":"2s"}}"#).unwrap();
     let now = time::monotonic();
     for _ in 0..10 {
         r.when.requests.add(now);
