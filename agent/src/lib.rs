@@ -353,6 +353,7 @@ impl Subscriber {
         filters: BTreeMap<String, String>,
     ) {
         self.applied.version = Some(version);
+        self.proxy.set_config_version(version);
         self.version_tx.send_replace(Some(version));
         let Some(cache) = self.cache.clone() else {
             return;

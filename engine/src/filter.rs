@@ -2,7 +2,8 @@
 //! policy that decides what a broken hook does to the request.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use wasmtime::component::Resource;
@@ -87,8 +88,15 @@ struct Instance {
     _live: Live,
 }
 
+impl Drop for Instance {
+    fn drop(&mut self) {
+        (self.store.data().shared.stats.instances).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 struct Inner {
     name: Arc<str>,
+    source: Arc<str>,
     digest: String,
     interest: types::Interest,
     compiled: Arc<Compiled>,
@@ -129,11 +137,15 @@ impl Filter {
             name: name.clone(),
             metrics: Arc::new(FilterMetrics::new(spec.name, engine.metrics())),
             state: SharedState::default(),
+            stats: Default::default(),
+            digest: Arc::from(digest.as_str()),
             views: Default::default(),
         });
+        engine.metrics().watch(&shared);
         let deadline_ticks = spec.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1;
         let mut inner = Inner {
             name,
+            source: Arc::from(spec.source),
             digest,
             interest: types::Interest {
                 request: false,
@@ -206,6 +218,16 @@ impl Filter {
     /// Hex sha256 of its module.
     pub fn sha256(&self) -> &str {
         &self.inner.digest
+    }
+
+    /// Where its module came from (a path, `builtin:router`, a pushed module).
+    pub fn source(&self) -> &str {
+        &self.inner.source
+    }
+
+    /// What its hooks cost and how often they failed, and its instances alive.
+    pub fn stats(&self) -> crate::StatsReport {
+        self.inner.shared.stats.report()
     }
 
     /// The hooks and bodies it asked for.
@@ -296,10 +318,17 @@ impl Filter {
         };
         loop {
             attempts -= 1;
+            let started = Instant::now();
             let result = match inner.checkout() {
                 Ok(instance) => inner.call(instance, slot, body_access, phase, &call),
                 Err(e) => Err(e),
             };
+            let hook = match phase {
+                Phase::Request => 0,
+                Phase::Response => 1,
+                Phase::Done => 2,
+            };
+            (inner.shared.stats).record(hook, started.elapsed(), result.is_err());
             match result {
                 Ok(decision) => return Outcome::Done(decision),
                 Err(reason) => {
@@ -307,14 +336,9 @@ impl Filter {
                         filter: inner.name.clone(),
                         reason,
                     };
-                    let hook = match phase {
-                        Phase::Request => "on-request",
-                        Phase::Response => "on-response",
-                        Phase::Done => "on-done",
-                    };
                     tracing::warn!(
                         filter = &*inner.name,
-                        hook,
+                        hook = crate::stats::HOOKS[hook],
                         policy = ?inner.policy,
                         "filter failed: {}",
                         failure.reason
@@ -387,6 +411,7 @@ impl Inner {
             Err(e) => return Err(StartError::Failed(self.describe(&e, &store))),
         };
         let live = Live::new(&self.engine.inner.metrics.instances);
+        (self.shared.stats.instances).fetch_add(1, Ordering::Relaxed);
         Ok((
             Instance {
                 store,

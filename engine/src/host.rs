@@ -208,6 +208,10 @@ pub(crate) struct FilterShared {
     pub(crate) name: Arc<str>,
     pub(crate) metrics: Arc<FilterMetrics>,
     pub(crate) state: SharedState,
+    /// What its hooks cost and how they fail.
+    pub(crate) stats: crate::stats::HookStats,
+    /// The hex sha256 of its module, which `/metrics` and `/filters` show.
+    pub(crate) digest: Arc<str>,
     /// The headers the filter named in its interest, parsed once.
     pub(crate) views: OnceLock<HeaderViews>,
 }

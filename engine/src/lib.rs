@@ -28,6 +28,7 @@ mod filter;
 mod host;
 mod metrics;
 mod state;
+mod stats;
 mod stderr;
 mod wasi_io;
 
@@ -50,6 +51,7 @@ pub use host::{
     TlsInfo,
 };
 pub use metrics::MetricsHub;
+pub use stats::{HookReport, StatsReport};
 pub use weft_config::FailurePolicy;
 
 /// How often the deadline clock ticks. Hook deadlines are rounded up to it.

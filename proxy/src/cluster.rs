@@ -8,7 +8,7 @@ mod health;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,11 +39,26 @@ pub struct Cluster {
     connector: Connector,
     max_requests: usize,
     requests: AtomicUsize,
+    /// Attempts after the first.
+    retries: AtomicU64,
     outlier: OutlierConfig,
     health: Option<HealthCheckConfig>,
     /// What the cluster was built from, endpoints aside: an unchanged cluster is kept
     /// across reloads, its endpoint set updated in place.
     fingerprint: String,
+}
+
+/// A cluster as `/clusters` shows it.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct ClusterReport {
+    /// Its name.
+    pub name: String,
+    /// `round-robin`, `least-request` or `peak-ewma`.
+    pub balancer: &'static str,
+    /// Requests in flight to it now (held against `max_requests`).
+    pub requests: usize,
+    /// Its endpoints in force.
+    pub endpoints: Vec<balance::EndpointReport>,
 }
 
 /// A cluster's endpoints and the balancer over them.
@@ -239,6 +254,7 @@ impl Cluster {
             },
             max_requests: config.limits.max_requests,
             requests: AtomicUsize::new(0),
+            retries: AtomicU64::new(0),
             outlier: config.outlier,
             health: config.health_check.clone(),
             fingerprint: fingerprint(config, dns_config),
@@ -314,6 +330,36 @@ impl Cluster {
             picker: balance::Picker::new(self.balancer, &endpoints),
             endpoints,
         }));
+    }
+
+    /// Count an attempt after the first.
+    pub(crate) fn count_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Attempts after the first, since the cluster was built.
+    pub(crate) fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// What `/clusters` shows of this cluster.
+    pub(crate) fn report(&self) -> ClusterReport {
+        let set = self.set.load();
+        ClusterReport {
+            name: self.name.to_string(),
+            balancer: match self.balancer {
+                weft_config::Balancer::RoundRobin => "round-robin",
+                weft_config::Balancer::LeastRequest => "least-request",
+                weft_config::Balancer::PeakEwma => "peak-ewma",
+            },
+            requests: self.requests.load(Ordering::Relaxed),
+            endpoints: (set.endpoints.iter())
+                .map(|e| balance::EndpointReport {
+                    idle_connections: e.idle_len(),
+                    ..e.stats.report(e.authority.to_string())
+                })
+                .collect(),
+        }
     }
 
     /// Each endpoint's address, whether it may serve now, and its latency estimate.

@@ -27,6 +27,7 @@ mod cluster;
 mod done;
 mod error;
 mod listener;
+mod metrics;
 mod normalize;
 mod service;
 mod tls;
@@ -34,7 +35,7 @@ mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -230,6 +231,8 @@ pub(crate) struct Bound {
     pub(crate) addr: SocketAddr,
     state: Arc<ArcSwap<ListenerState>>,
     stop: watch::Sender<bool>,
+    /// Its connections, for `/metrics`.
+    pub(crate) counts: Arc<metrics::ConnCounts>,
 }
 
 impl Bound {
@@ -290,12 +293,18 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
             .await
             .map_err(bind_error)?;
         let addr = tcp.local_addr().map_err(bind_error)?;
+        let version = Arc::new(AtomicU64::new(0));
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(engine.metrics()));
+        registry.register_collector(Box::new(metrics::ProxyMetrics {
+            listeners: listeners.clone(),
+            version: version.clone(),
+        }));
         let state = Arc::new(admin::Admin {
             ready: false.into(),
             registry,
             listeners: listeners.clone(),
+            version,
         });
         tasks.push(tokio::spawn(admin::run(tcp, state.clone(), admin_stop_rx)));
         tracing::info!(%addr, "admin listening");
@@ -355,6 +364,13 @@ impl RunningProxy {
     /// The filter engine, shared by every listener.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Say which config server snapshot is in force, for `/config`.
+    pub fn set_config_version(&self, version: u64) {
+        if let Some((_, admin)) = &self.inner.admin {
+            admin.version.store(version, Ordering::Release);
+        }
     }
 
     /// Set what `/ready` answers.
@@ -431,12 +447,14 @@ impl RunningProxy {
             };
             let state = Arc::new(ArcSwap::from_pointee(state));
             let (stop, stop_rx) = watch::channel(false);
+            let counts = Arc::new(metrics::ConnCounts::default());
             let task = listener::run(
                 Arc::from(l.name.value.as_str()),
                 tcp,
                 state.clone(),
                 stop_rx,
                 self.inner.drain,
+                counts.clone(),
             );
             lock(&self.inner.tasks).push(tokio::spawn(task));
             tracing::info!(listener = %l.name.value, %addr, "listening");
@@ -446,6 +464,7 @@ impl RunningProxy {
                 addr,
                 state,
                 stop,
+                counts,
             });
         }
         // What is left was removed (or moved): stop accepting, drain in the background.

@@ -29,6 +29,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use weft_engine::{ConnectionInfo, TlsInfo};
 
+use crate::metrics::ConnCounts;
+
 use crate::body::ProxyBody;
 use crate::service::{self, ListenerState};
 
@@ -103,12 +105,29 @@ pub(crate) fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecut
 ///
 /// Past `max_connections()` open connections, new ones are closed at once. Accept
 /// errors (out of file descriptors, say) back off instead of spinning.
+/// Counts a connection open until dropped, also when its task is aborted.
+struct Open(Arc<ConnCounts>);
+
+impl Open {
+    fn new(counts: &Arc<ConnCounts>) -> Self {
+        counts.open.fetch_add(1, Ordering::Relaxed);
+        Self(counts.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub(crate) async fn accept_loop<F, Fut>(
     name: &str,
     listener: TcpListener,
     max_connections: impl Fn() -> usize,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
+    counts: Arc<ConnCounts>,
     mut serve: F,
 ) where
     F: FnMut(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
@@ -135,13 +154,20 @@ pub(crate) async fn accept_loop<F, Fut>(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = stopped(&mut stop) => break,
         };
+        counts.accepted.fetch_add(1, Ordering::Relaxed);
         if connections.len() >= max_connections() {
             tracing::debug!(listener = name, %peer, "connection limit reached; closing");
+            counts.refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
         }
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve(stream, peer, stop.clone()));
+        let open = Open::new(&counts);
+        let served = serve(stream, peer, stop.clone());
+        connections.spawn(async move {
+            served.await;
+            drop(open);
+        });
     }
     drop(listener);
     let all_done = async { while connections.join_next().await.is_some() {} };
@@ -182,6 +208,7 @@ pub(crate) async fn run(
     state: Arc<ArcSwap<ListenerState>>,
     stop: watch::Receiver<bool>,
     drain: Duration,
+    counts: Arc<ConnCounts>,
 ) {
     let limit_state = state.clone();
     accept_loop(
@@ -190,6 +217,7 @@ pub(crate) async fn run(
         move || limit_state.load().conn.limits.max_connections,
         stop,
         drain,
+        counts,
         move |stream, peer, stop| {
             let local = stream.local_addr().unwrap_or(peer);
             let conn = state.load().conn.clone();

@@ -575,6 +575,9 @@ async fn filtered(
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
+        if attempt > 1 {
+            cluster.count_retry();
+        }
         let ex = lent.get_mut();
         ex.ctx.attempt = attempt;
         ex.ctx.cluster = Some(cluster.name_arc());

@@ -344,7 +344,7 @@ impl Endpoint {
         }
     }
 
-    #[cfg(test)]
+    /// Idle HTTP/1.1 connections pooled now.
     pub(crate) fn idle_len(&self) -> usize {
         self.idle.len()
     }

@@ -29,6 +29,29 @@ fn clock() -> u64 {
     u64::try_from(START.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// One endpoint as `/clusters` shows it.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct EndpointReport {
+    /// `ip:port`.
+    pub address: String,
+    /// Its share of traffic against the others'.
+    pub weight: u32,
+    /// What the active health checks say (true without checks).
+    pub healthy: bool,
+    /// Set while outlier detection keeps it out: milliseconds left.
+    pub ejected_for_ms: Option<u64>,
+    /// Times it was ejected (each ejection lasts longer).
+    pub ejections: u32,
+    /// Failed attempts in a row.
+    pub consecutive_failures: u32,
+    /// Requests in flight to it now.
+    pub in_flight: u32,
+    /// Its latency estimate (peak EWMA), in milliseconds.
+    pub ewma_ms: f64,
+    /// Idle HTTP/1.1 connections pooled to it.
+    pub idle_connections: usize,
+}
+
 /// Load, latency and health of one endpoint.
 #[derive(Debug)]
 pub(crate) struct Stats {
@@ -72,6 +95,25 @@ impl Stats {
     /// Whether the balancer may choose it now.
     pub(crate) fn eligible(&self, now: u64) -> bool {
         self.healthy.load(Ordering::Relaxed) && !self.ejected(now)
+    }
+
+    /// What `/clusters` shows of this endpoint.
+    pub(crate) fn report(&self, address: String) -> EndpointReport {
+        let left = self
+            .ejected_until
+            .load(Ordering::Relaxed)
+            .saturating_sub(clock());
+        EndpointReport {
+            address,
+            weight: self.weight,
+            healthy: self.healthy(),
+            ejected_for_ms: (left > 0).then_some(left / 1_000_000),
+            ejections: self.ejections.load(Ordering::Relaxed),
+            consecutive_failures: self.failures.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            ewma_ms: self.ewma().as_secs_f64() * 1e3,
+            idle_connections: 0,
+        }
     }
 
     /// Whether the health checks let it serve.

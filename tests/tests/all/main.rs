@@ -1,5 +1,6 @@
 //! Weft end to end: real proxies, real backends, real filter components, on loopback.
 
+mod admin;
 mod balance;
 mod config_errors;
 mod connect;

@@ -1,0 +1,203 @@
+//! The proxy's own metrics on `/metrics`. Most are read when Prometheus scrapes, from
+//! the state the request path keeps anyway (endpoint load, latency, health, pools):
+//! they cost a request nothing. Counting connections costs two relaxed increments per
+//! connection, and retries one per retry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+use crate::Bound;
+
+/// A listener's connection counts.
+#[derive(Debug, Default)]
+pub(crate) struct ConnCounts {
+    /// Connections accepted.
+    pub(crate) accepted: AtomicU64,
+    /// Connections closed at once because the listener had `max_connections` open.
+    pub(crate) refused: AtomicU64,
+    /// Connections open now (served, not yet closed).
+    pub(crate) open: AtomicU64,
+}
+
+/// Everything the proxy itself exports.
+pub(crate) struct ProxyMetrics {
+    pub(crate) listeners: Arc<Mutex<Vec<Bound>>>,
+    /// The config server's snapshot version in force; 0 for a file's config.
+    pub(crate) version: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for ProxyMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyMetrics").finish_non_exhaustive()
+    }
+}
+
+type Labels<'a, const N: usize> = [(&'static str, &'a str); N];
+
+/// Write one family: `series` gives each label set and value.
+fn family<const N: usize, V>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    series: &[(Labels<'_, N>, V)],
+    write: impl Fn(&mut prometheus_client::encoding::MetricEncoder<'_>, &V) -> std::fmt::Result,
+) -> std::fmt::Result {
+    if series.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in series {
+        write(&mut metric.encode_family(labels)?, value)?;
+    }
+    Ok(())
+}
+
+fn counters<const N: usize>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(Labels<'_, N>, u64)],
+) -> std::fmt::Result {
+    family(encoder, name, help, MetricType::Counter, series, |m, v| {
+        m.encode_counter::<NoLabelSet, _, u64>(v, None)
+    })
+}
+
+fn gauges<const N: usize, V: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(Labels<'_, N>, V)],
+) -> std::fmt::Result {
+    family(encoder, name, help, MetricType::Gauge, series, |m, v| {
+        m.encode_gauge(v)
+    })
+}
+
+impl Collector for ProxyMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let version = self.version.load(Ordering::Acquire);
+        encoder
+            .encode_descriptor(
+                "weft_config_version",
+                "The config server's snapshot version in force; 0 for a configuration file.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&version)?;
+        let (listeners, clusters) = {
+            let bound = self
+                .listeners
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let listeners: Vec<(String, Arc<ConnCounts>)> = (bound.iter())
+                .map(|b| (b.name.clone(), b.counts.clone()))
+                .collect();
+            let clusters = bound.first().map(|b| b.state.load().clusters.clone());
+            (listeners, clusters)
+        };
+        let per_listener = |f: &dyn Fn(&ConnCounts) -> u64| -> Vec<(Labels<'_, 1>, u64)> {
+            (listeners.iter())
+                .map(|(name, c)| ([("listener", name.as_str())], f(c)))
+                .collect()
+        };
+        counters(
+            &mut encoder,
+            "weft_listener_connections",
+            "Connections accepted.",
+            &per_listener(&|c| c.accepted.load(Ordering::Relaxed)),
+        )?;
+        counters(
+            &mut encoder,
+            "weft_listener_connections_refused",
+            "Connections closed at once: the listener had max_connections open.",
+            &per_listener(&|c| c.refused.load(Ordering::Relaxed)),
+        )?;
+        gauges(
+            &mut encoder,
+            "weft_listener_connections_open",
+            "Connections open now.",
+            &per_listener(&|c| c.open.load(Ordering::Relaxed)),
+        )?;
+
+        let mut clusters: Vec<_> = clusters.iter().flat_map(|m| m.values().cloned()).collect();
+        clusters.sort_unstable_by(|a, b| a.name().cmp(b.name()));
+        let reports: Vec<_> = clusters
+            .iter()
+            .map(|c| (c.name(), c.report(), c.retries()))
+            .collect();
+        let per_cluster = |f: &dyn Fn(usize) -> u64| -> Vec<(Labels<'_, 1>, u64)> {
+            (reports.iter().enumerate())
+                .map(|(i, (name, _, _))| ([("cluster", *name)], f(i)))
+                .collect()
+        };
+        gauges(
+            &mut encoder,
+            "weft_cluster_requests_in_flight",
+            "Requests in flight to the cluster (what max_requests limits).",
+            &per_cluster(&|i| reports[i].1.requests as u64),
+        )?;
+        counters(
+            &mut encoder,
+            "weft_cluster_retries",
+            "Attempts after the first, as filters asked.",
+            &per_cluster(&|i| reports[i].2),
+        )?;
+        let endpoints: Vec<(Labels<'_, 2>, &crate::cluster::balance::EndpointReport)> = (reports
+            .iter())
+        .flat_map(|(name, r, _)| {
+            (r.endpoints.iter())
+                .map(move |e| ([("cluster", *name), ("endpoint", e.address.as_str())], e))
+        })
+        .collect();
+        let each = |f: &dyn Fn(&crate::cluster::balance::EndpointReport) -> u64| {
+            (endpoints.iter())
+                .map(|(l, e)| (*l, f(e)))
+                .collect::<Vec<_>>()
+        };
+        gauges(
+            &mut encoder,
+            "weft_endpoint_healthy",
+            "1 when the active health checks let the endpoint serve (always without checks).",
+            &each(&|e| u64::from(e.healthy)),
+        )?;
+        gauges(
+            &mut encoder,
+            "weft_endpoint_ejected",
+            "1 while outlier detection keeps the endpoint out.",
+            &each(&|e| u64::from(e.ejected_for_ms.is_some())),
+        )?;
+        counters(
+            &mut encoder,
+            "weft_endpoint_ejections",
+            "Times outlier detection ejected the endpoint.",
+            &each(&|e| u64::from(e.ejections)),
+        )?;
+        gauges(
+            &mut encoder,
+            "weft_endpoint_requests_in_flight",
+            "Requests in flight to the endpoint.",
+            &each(&|e| u64::from(e.in_flight)),
+        )?;
+        gauges(
+            &mut encoder,
+            "weft_endpoint_latency_ewma_seconds",
+            "The endpoint's latency estimate (peak EWMA) that the balancer uses.",
+            &(endpoints.iter())
+                .map(|(l, e)| (*l, e.ewma_ms / 1e3))
+                .collect::<Vec<_>>(),
+        )?;
+        gauges(
+            &mut encoder,
+            "weft_endpoint_idle_connections",
+            "Idle HTTP/1.1 connections pooled to the endpoint.",
+            &each(&|e| e.idle_connections as u64),
+        )?;
+        Ok(())
+    }
+}
