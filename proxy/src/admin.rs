@@ -134,6 +134,70 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
     resp
 }
 
+/// Whether the scraper accepts OpenMetrics (Prometheus asks for it first); others get
+/// the Prometheus text format, which every tool reads.
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let mut params = t.split(';').map(str::trim);
+            params
+                .next()
+                .is_some_and(|m| m.eq_ignore_ascii_case("application/openmetrics-text"))
+                && params.all(|p| p.replace(' ', "") != "q=0")
+        })
+}
+
+/// OpenMetrics text as the Prometheus text format (0.0.4): a counter family `x` is
+/// named `x_total` there, as its samples are; `# UNIT` and `# EOF` do not exist, nor
+/// `_created` samples; help text escapes only backslash and newline.
+fn prometheus_text(open: &str) -> String {
+    let counters: Vec<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len() + 8 * counters.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(&name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                if prefix == "# HELP " {
+                    out.push_str(&tail.replace("\\\"", "\""));
+                } else {
+                    out.push_str(tail);
+                }
+            }
+            None => {
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                if name
+                    .strip_suffix("_created")
+                    .is_some_and(|family| counters.contains(&family))
+                {
+                    continue;
+                }
+                out.push_str(line);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
     match req.uri().path() {
         "/ready" if admin.ready.load(Ordering::Acquire) => {
@@ -151,10 +215,15 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
         "/metrics" => {
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
-                Ok(()) => text(
+                Ok(()) if wants_openmetrics(req.headers()) => text(
                     StatusCode::OK,
                     out,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+                Ok(()) => text(
+                    StatusCode::OK,
+                    prometheus_text(&out),
+                    "text/plain; version=0.0.4; charset=utf-8",
                 ),
                 Err(e) => text(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -222,4 +291,41 @@ pub(crate) async fn run(listener: TcpListener, admin: Arc<Admin>, stop: watch::R
         },
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let open = "# HELP a_requests Requests.\n# TYPE a_requests counter\n\
+                    a_requests_total{x=\"1\"} 3\na_requests_created{x=\"1\"} 1.7e9\n\
+                    # HELP b Help with \\\"quotes\\\".\n# TYPE b gauge\n# UNIT b seconds\n\
+                    b 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(open),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\n\
+             a_requests_total{x=\"1\"} 3\n# HELP b Help with \"quotes\".\n# TYPE b gauge\nb 1\n"
+        );
+    }
+
+    #[test]
+    fn openmetrics_only_to_those_who_ask() {
+        let accept = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::ACCEPT, v.parse().unwrap());
+            wants_openmetrics(&h)
+        };
+        assert!(accept(
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4"
+        ));
+        assert!(accept(
+            "text/plain, Application/OpenMetrics-Text; version=1.0.0"
+        ));
+        assert!(!accept("application/openmetrics-text; q=0"));
+        assert!(!accept("text/plain;version=0.0.4"));
+        assert!(!accept("*/*"));
+        assert!(!wants_openmetrics(&http::HeaderMap::new()));
+    }
 }

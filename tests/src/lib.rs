@@ -35,6 +35,25 @@ pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 
+/// Debian's `promtool`: one on the PATH, or the one `./dev test` unpacks from the
+/// `prometheus` package into `target/tools` (unpacked, not installed: no service
+/// starts).
+pub fn promtool() -> std::path::PathBuf {
+    let unpacked =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/usr/bin/promtool");
+    if unpacked.exists() {
+        return unpacked;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("promtool"))
+            .find(|p| p.exists())
+    });
+    on_path.unwrap_or_else(|| {
+        panic!("promtool not found: `./dev test` fetches it from Debian's prometheus package")
+    })
+}
+
 /// Every test gives up after this long rather than hang.
 pub const LIMIT: Duration = Duration::from_secs(30);
 

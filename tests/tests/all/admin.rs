@@ -204,3 +204,95 @@ async fn admin_views_show_what_is_in_force_and_what_hooks_cost() {
     let filters = view(&c, admin, "/filters").await;
     assert_eq!(filters["filters"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_openmetrics_goes_to_who_asks() {
+    let web = backend("web").start().await;
+    let yaml = format!(
+        r#"
+admin:
+  address: 127.0.0.1:0
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    default_cluster: web
+    filters:
+      - name: stamp
+        module: "{}"
+        config: {{ name: one }}
+      - name: retry
+        module: builtin:retry
+        config: {{}}
+clusters:
+  - name: web
+    endpoints: ["{}"]
+"#,
+        guests::STAMP,
+        web.addr
+    );
+    let p = proxy(&yaml).start().await;
+    let admin = p.running().admin_addr().unwrap();
+    let c = client();
+    for path in ["/", "/a", "/b"] {
+        assert_eq!(c.get(p.addr, path).await.status, 200);
+    }
+
+    // What curl and promtool get: the Prometheus text format.
+    let plain = c.get(admin, "/metrics").await;
+    assert_eq!(
+        plain.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = plain.text();
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(
+        text.contains("# TYPE weft_filter_stamp_requests_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE weft_engine_filter_hook_duration_seconds histogram"));
+    let mut check = tokio::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("promtool runs");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = check.stdin.take().unwrap();
+        stdin.write_all(text.as_bytes()).await.unwrap();
+    }
+    let out = tokio::time::timeout(LIMIT, check.wait_with_output())
+        .await
+        .expect("promtool finishes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // What Prometheus asks for first: OpenMetrics.
+    let open = c
+        .get_with(
+            admin,
+            "/metrics",
+            &[(
+                "accept",
+                "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4",
+            )],
+        )
+        .await;
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let open = open.text();
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert!(
+        open.contains("# TYPE weft_filter_stamp_requests counter"),
+        "{open}"
+    );
+}
