@@ -192,6 +192,9 @@ filters, in front of blue ({blue}, and a slow replica {blue_slow}) and green
   curl -i http://{addr}/nowhere                            # no route: 404 from the router
   curl -i --http2-prior-knowledge http://{addr}/hello      # HTTP/2 (h2c)
   curl http://{admin}/ready ; curl http://{admin}/metrics
+  curl http://{admin}/filters                              # each filter's calls, p50, p99
+  curl http://{admin}/clusters                             # endpoints: health, EWMA, pools
+  curl http://{admin}/config                               # what is in force, with sha256s
 
 Change the mesh live: edit {mesh} (say, the split weights), then
 

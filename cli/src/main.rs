@@ -102,7 +102,7 @@ enum Command {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
-        /// Where the demo admin listener (/ready, /metrics) listens.
+        /// Where the demo admin listener (/ready, /live, /metrics, /config, /filters, /clusters) listens.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
         /// Where the demo config server listens.
@@ -133,7 +133,7 @@ struct Identity {
     /// A label mesh configs can select on, as KEY=VALUE; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// Admin listener (/ready, /metrics, /listeners) of a proxy fed by a config server.
+    /// Admin listener (/ready, /live, /metrics, /config, /filters, /clusters) of a proxy fed by a config server.
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: String,
     /// Where the last good snapshot is kept, so a restart serves without the server
