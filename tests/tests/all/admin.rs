@@ -274,6 +274,30 @@ clusters:
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Every series the Grafana dashboard queries is there.
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../../examples/grafana/weft-proxies.json"))
+            .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let exprs: Vec<&str> = (panels.iter())
+        .flat_map(|p| p["targets"].as_array().expect("targets"))
+        .map(|t| t["expr"].as_str().expect("expr"))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for expr in exprs {
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("weft_"));
+        for name in names {
+            assert!(
+                text.lines().any(|l| l
+                    .strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(['{', ' ']))),
+                "the dashboard queries {name}, which /metrics lacks"
+            );
+        }
+    }
+
     // What Prometheus asks for first: OpenMetrics.
     let open = c
         .get_with(
