@@ -204,15 +204,21 @@ backend be
         module: builtin:retry
         config: {}
 """
+    telemetry = """      - name: telemetry
+        module: builtin:telemetry
+        config: { workload: bench }
+"""
     chains = {"weft (no filter)": "", "weft (fault + router)": fault + router,
               "weft (fault + router + retry)": fault + router + retry,
+              "weft (telemetry + fault + router + retry)": telemetry + fault + router + retry,
               "weft (5 filters)": fault + hellos + router}
     binaries = [("", os.path.join(REL, "weft"))]
     if os.environ.get("BENCH_BASELINE"):
         binaries.append((" (baseline)", os.environ["BENCH_BASELINE"]))
     # A baseline runs the chains its own built-ins make; filters built by this tree
     # (and built-ins it lacks) may speak a contract it does not know.
-    baseline_chains = {"weft (no filter)", "weft (fault + router)"}
+    baseline_chains = {"weft (no filter)", "weft (fault + router)",
+                       "weft (fault + router + retry)"}
     runs = [(b, c) for c in chains.items() for b in binaries
             if not b[0] or c[0] in baseline_chains]
     for (suffix, binary), (name, chain) in runs:

@@ -7,6 +7,7 @@ const BUILTINS: &[(&str, &str, &str)] = &[
     ("router", "weft-filter-router", "filters/router"),
     ("fault", "weft-filter-fault", "filters/fault"),
     ("retry", "weft-filter-retry", "filters/retry"),
+    ("telemetry", "weft-filter-telemetry", "filters/telemetry"),
 ];
 
 fn main() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use weft_engine::{
     ConnectionInfo, Engine, Exchange, Filter, FilterSpec, Outcome, RequestContext, RequestHead,
-    ResponseAction, ResponseHead,
+    Responder, ResponseAction, ResponseHead, Summary,
 };
 
 const ROUTER: &str = r#"{"routes":[
@@ -114,6 +114,23 @@ fn hooks(c: &mut Criterion) {
     });
     c.bench_function("hook/retry on-response (200)", |b| {
         b.iter(|| ex = Some(run_response(&retry, ex.take().expect("exchange"))))
+    });
+    // Telemetry: its request hook (trace context, the labels it notes) and its
+    // `on-done` (three metric updates), with no span exporter.
+    let telemetry = load(&engine, "telemetry", r#"{"workload":"bench"}"#);
+    c.bench_function("hook/telemetry on-request", |b| {
+        b.iter(|| head = Some(run(&telemetry, head.take().expect("head"))))
+    });
+    let mut done = Some(run(&telemetry, answered()));
+    let summary = Summary {
+        status: 200,
+        responder: Responder::Upstream,
+        response_bytes: 6,
+        duration: 1_200_000,
+        complete: true,
+    };
+    c.bench_function("hook/telemetry on-done", |b| {
+        b.iter(|| done = Some(telemetry.on_done(done.take().expect("exchange"), &summary)))
     });
     c.bench_function("load/router compiled in memory (instantiate + init)", |b| {
         b.iter(|| black_box(load(&engine, "router", ROUTER)))

@@ -140,6 +140,26 @@ impl Config {
                 "min_refresh must be above 0 and at most max_refresh",
             );
         }
+        if let Some(t) = &self.tracing {
+            let port_ok = (t.collector.value.rsplit_once(':')).is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            let why = if !port_ok {
+                Some(format!(
+                    "collector {:?} is not host:port",
+                    t.collector.value
+                ))
+            } else if !(1..=10_000).contains(&t.batch) {
+                Some("batch must be within 1 to 10000".to_owned())
+            } else if t.flush_interval.0.is_zero() || t.timeout.0.is_zero() {
+                Some("flush_interval and timeout must be above 0".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return self.invalid(&t.collector.referenced, "tracing".into(), why);
+            }
+        }
         let mut clusters = HashSet::new();
         for (i, c) in self.clusters.iter().enumerate() {
             if !clusters.insert(c.name.value.as_str()) {
@@ -278,6 +298,33 @@ impl Config {
                         );
                     }
                     _ => {}
+                }
+                let m = &f.metrics;
+                let prefix_ok = m.prefix.is_empty()
+                    || (m.prefix.len() <= 50
+                        && m.prefix.bytes().enumerate().all(|(i, b)| {
+                            b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit())
+                        })
+                        && (!m.prefix.starts_with("weft_") || m.prefix == "weft_filter_"));
+                let why = if !prefix_ok {
+                    Some(format!(
+                        "metrics.prefix {:?} must match [a-z_][a-z0-9_]* (at most 50 bytes) and \
+                         not start with weft_ (the proxy's own names), except weft_filter_",
+                        m.prefix
+                    ))
+                } else if !(1..=100_000).contains(&m.max_series) {
+                    Some("metrics.max_series must be within 1 to 100000".to_owned())
+                } else if m.expire_after.0.is_zero() {
+                    Some("metrics.expire_after must be above 0".to_owned())
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return self.invalid(
+                        &f.name.referenced,
+                        self.listener_key(i, &format!(".filters[{j}].metrics")),
+                        why,
+                    );
                 }
                 if let Some(sha) = &f.sha256
                     && (sha.value.len() != 64 || !sha.value.bytes().all(|b| b.is_ascii_hexdigit()))

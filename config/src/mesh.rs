@@ -27,6 +27,7 @@ use serde_saphyr::Spanned;
 
 use crate::{
     ClusterConfig, Config, ConfigError, DnsConfig, ListenerConfig, ModuleRef, ShutdownConfig,
+    TracingConfig,
 };
 
 /// A whole mesh config.
@@ -39,6 +40,9 @@ pub struct MeshConfig {
     /// How the proxies resolve `dns:` endpoints.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Where every proxy exports spans; none: spans are not exported.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
     /// Groups of proxies and what they serve; a proxy takes the first group that
     /// selects it.
     pub proxies: Vec<ProxyGroup>,
@@ -123,6 +127,7 @@ impl MeshConfig {
             clusters: self.clusters.clone(),
             shutdown: ShutdownConfig::default(),
             dns: self.dns.clone(),
+            tracing: self.tracing.clone(),
             file: self.file.clone(),
             base_dir: None,
             mesh_group: Some(index),

@@ -26,6 +26,9 @@ pub struct Config {
     /// How `dns:` endpoints are resolved.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Where the spans filters finish are exported; none: spans are not exported.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
     /// The file this came from, for errors.
     #[serde(skip)]
     pub file: String,
@@ -38,6 +41,43 @@ pub struct Config {
     /// `proxies[N].listeners` where a proxy's file says `listeners`.
     #[serde(skip)]
     pub mesh_group: Option<usize>,
+}
+
+/// Span export over OTLP/gRPC.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/gRPC address, `host:port` (an OpenTelemetry Collector,
+    /// Jaeger or Tempo listens on 4317).
+    pub collector: Spanned<String>,
+    /// `service.name` of spans that do not name their own service.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Most spans sent in one export call.
+    #[serde(default = "default_span_batch")]
+    pub batch: usize,
+    /// How often waiting spans are sent.
+    #[serde(default = "default_span_flush")]
+    pub flush_interval: Duration,
+    /// How long one export call may take before its spans are dropped.
+    #[serde(default = "default_span_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_service_name() -> String {
+    "weft".to_owned()
+}
+
+fn default_span_batch() -> usize {
+    512
+}
+
+fn default_span_flush() -> Duration {
+    Duration(std::time::Duration::from_millis(500))
+}
+
+fn default_span_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(5))
 }
 
 /// The admin listener.
@@ -223,6 +263,47 @@ pub struct FilterConfig {
     /// The filter's own configuration, handed to it as JSON.
     #[serde(default)]
     pub config: Option<Spanned<crate::FilterSettings>>,
+    /// How the metrics the filter defines are named and bounded.
+    #[serde(default)]
+    pub metrics: FilterMetricsConfig,
+}
+
+/// How a filter's own metrics are named and bounded.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterMetricsConfig {
+    /// Put before each metric name the filter defines (`istio_` gives the telemetry
+    /// filter Istio's names).
+    #[serde(default = "default_metric_prefix")]
+    pub prefix: String,
+    /// Most label sets one metric holds; updates past it are dropped and counted.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+    /// A label set not updated for this long leaves `/metrics`.
+    #[serde(default = "default_expire_after")]
+    pub expire_after: Duration,
+}
+
+impl Default for FilterMetricsConfig {
+    fn default() -> Self {
+        Self {
+            prefix: default_metric_prefix(),
+            max_series: default_max_series(),
+            expire_after: default_expire_after(),
+        }
+    }
+}
+
+fn default_metric_prefix() -> String {
+    "weft_filter_".to_owned()
+}
+
+fn default_max_series() -> usize {
+    2_000
+}
+
+fn default_expire_after() -> Duration {
+    Duration(std::time::Duration::from_secs(600))
 }
 
 fn default_hook_timeout() -> Duration {

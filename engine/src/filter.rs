@@ -11,7 +11,6 @@ use wasmtime::{Store, Trap};
 
 use crate::bindings::{FilterWorld, types};
 use crate::host::{Exchange, FilterShared, HeaderViews, HostState, Phase};
-use crate::metrics::FilterMetrics;
 use crate::metrics::Live;
 use crate::state::SharedState;
 use crate::{Compiled, EPOCH_TICK, Engine, FailurePolicy, LoadError};
@@ -37,6 +36,8 @@ pub struct FilterSpec<'a> {
     pub memory: usize,
     /// Most idle instances kept warm.
     pub max_idle: usize,
+    /// How the filter's own metrics are named and bounded.
+    pub metrics: crate::MetricsSpec,
 }
 
 impl<'a> FilterSpec<'a> {
@@ -52,6 +53,7 @@ impl<'a> FilterSpec<'a> {
             timeout: Duration::from_millis(20),
             memory: 16 << 20,
             max_idle: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
+            metrics: crate::MetricsSpec::default(),
         }
     }
 }
@@ -135,8 +137,9 @@ impl Filter {
         let name: Arc<str> = Arc::from(spec.name);
         let shared = Arc::new(FilterShared {
             name: name.clone(),
-            metrics: Arc::new(FilterMetrics::new(spec.name, engine.metrics())),
+            metrics: (engine.metrics()).filter_metrics(spec.name, &digest, &spec.metrics),
             state: SharedState::default(),
+            spans: engine.spans(),
             stats: Default::default(),
             digest: Arc::from(digest.as_str()),
             views: Default::default(),

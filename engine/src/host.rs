@@ -114,6 +114,8 @@ pub struct RequestContext {
     pub timeout: Option<Duration>,
     /// Per-attempt timeout a filter set.
     pub per_try_timeout: Option<Duration>,
+    /// The `grpc-status` the client got, once known.
+    pub grpc_status: Option<u32>,
     properties: Vec<(Box<str>, Box<[u8]>)>,
     property_bytes: usize,
 }
@@ -133,6 +135,7 @@ impl RequestContext {
             route: None,
             timeout: None,
             per_try_timeout: None,
+            grpc_status: None,
             properties: Vec::new(),
             property_bytes: 0,
         }
@@ -208,6 +211,8 @@ pub(crate) struct FilterShared {
     pub(crate) name: Arc<str>,
     pub(crate) metrics: Arc<FilterMetrics>,
     pub(crate) state: SharedState,
+    /// Where `export-span` puts spans.
+    pub(crate) spans: Arc<crate::SpanQueue>,
     /// What its hooks cost and how they fail.
     pub(crate) stats: crate::stats::HookStats,
     /// The hex sha256 of its module, which `/metrics` and `/filters` show.
@@ -774,6 +779,10 @@ impl types::HostContext for HostState {
         }
     }
 
+    fn grpc_status(&mut self, _: Resource<ContextRef>) -> Option<u32> {
+        self.exchange.as_ref()?.ctx.grpc_status
+    }
+
     fn configure(
         &mut self,
         _: Resource<ContextRef>,
@@ -822,7 +831,20 @@ impl host_api::Host for HostState {
         help: String,
         labels: Vec<String>,
     ) -> Result<u32, host_api::MetricError> {
-        self.shared.metrics.define(kind, &name, &help, labels)
+        self.shared.metrics.define(kind, &name, &help, labels, None)
+    }
+
+    fn define_histogram(
+        &mut self,
+        name: String,
+        help: String,
+        labels: Vec<String>,
+        bounds: Vec<f64>,
+    ) -> Result<u32, host_api::MetricError> {
+        let kind = host_api::MetricKind::Histogram;
+        self.shared
+            .metrics
+            .define(kind, &name, &help, labels, Some(bounds))
     }
 
     fn metric_add(
@@ -883,6 +905,15 @@ impl host_api::Host for HostState {
 
     fn wall_now(&mut self) -> u64 {
         wall_now()
+    }
+
+    fn spans_exported(&mut self) -> bool {
+        self.shared.spans.enabled()
+    }
+
+    fn export_span(&mut self, span: host_api::Span) -> bool {
+        let valid = span.trace_id != (0, 0) && span.span_id != 0 && span.parent_span_id != Some(0);
+        valid && self.shared.spans.push(span)
     }
 
     fn random_u64(&mut self) -> u64 {

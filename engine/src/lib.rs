@@ -27,6 +27,7 @@ mod bindings;
 mod filter;
 mod host;
 mod metrics;
+mod spans;
 mod state;
 mod stats;
 mod stderr;
@@ -50,7 +51,8 @@ pub use host::{
     ConnectionInfo, Exchange, ExchangeError, HostState, RequestContext, RequestHead, ResponseHead,
     TlsInfo,
 };
-pub use metrics::MetricsHub;
+pub use metrics::{MetricsHub, MetricsSpec};
+pub use spans::{SPAN_QUEUE, Span, SpanKind, SpanQueue};
 pub use stats::{HookReport, StatsReport};
 pub use weft_config::FailurePolicy;
 
@@ -133,6 +135,7 @@ struct EngineInner {
     /// freed, so swapping filter versions does not grow the proxy.
     compiled: Mutex<HashMap<[u8; 32], Weak<Compiled>>>,
     metrics: Arc<MetricsHub>,
+    spans: Arc<SpanQueue>,
     epoch_start: Instant,
 }
 
@@ -207,6 +210,7 @@ impl Engine {
                 linker,
                 compiled: Mutex::default(),
                 metrics: Arc::default(),
+                spans: Arc::default(),
                 epoch_start: Instant::now(),
             }),
         })
@@ -215,6 +219,11 @@ impl Engine {
     /// The metrics filters define; register it once with the process's registry.
     pub fn metrics(&self) -> Arc<MetricsHub> {
         self.inner.metrics.clone()
+    }
+
+    /// The queue of spans filters finish; the proxy's exporter drains it.
+    pub fn spans(&self) -> Arc<SpanQueue> {
+        self.inner.spans.clone()
     }
 
     /// The hex sha256 of some bytes, as used for module identity.

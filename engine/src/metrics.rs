@@ -1,58 +1,130 @@
 //! Metrics that filters define at run time, exported with the proxy's own on `/metrics`.
 //!
-//! Each metric is a prometheus-client family named `weft_filter_<name>`, keyed by a
-//! `filter` label plus the filter's own labels. A filter gets a small integer handle
-//! when it defines a metric, so a hot-path increment is an index and a family lookup.
+//! A filter's metrics belong to the filter as loaded: a name and a module digest. A
+//! reload of the same module keeps counting into the same series; a replaced or removed
+//! filter's series leave `/metrics` once its last request is done. Each metric is named
+//! `<prefix><name>` (`weft_filter_` unless the filter's configuration says otherwise)
+//! and labelled `filter` plus the filter's own labels.
+//!
+//! Label sets are bounded: a metric holds at most `max_series` of them, a series not
+//! touched for `expire_after` leaves, and an update that would pass the limit is
+//! refused and counted in `weft_engine_filter_metric_dropped`.
+//!
+//! The hot path is a read lock, one hash of the label values the guest passed, and
+//! relaxed atomics: a series that exists takes no allocation.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use crate::bindings::host_api::{MetricError, MetricKind};
 use crate::host::FilterShared;
 use crate::stats::HOOKS;
 
-type Labels = Vec<(String, String)>;
-
 /// Most metrics one filter may define.
 const MAX_METRICS: usize = 64;
-/// Most label sets one metric may hold, so a filter cannot blow up `/metrics`.
-const MAX_SERIES: usize = 2_000;
+/// Most buckets a histogram may have.
+const MAX_BUCKETS: usize = 64;
 
-fn new_histogram() -> Histogram {
-    // 1 µs .. ~17 s when values are seconds; filters that observe other units still
-    // get a usable spread.
-    Histogram::new(exponential_buckets(0.000_001, 4.0, 13))
+/// How a filter's metrics are named and bounded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsSpec {
+    /// Put before each metric's name: `weft_filter_` by default; `istio_` makes the
+    /// telemetry filter's names Istio's.
+    pub prefix: String,
+    /// Most label sets (series) one metric holds.
+    pub max_series: usize,
+    /// A series not updated for this long leaves `/metrics`.
+    pub expire_after: Duration,
 }
 
-enum Metric {
-    Counter(Family<Labels, Counter>),
-    Gauge(Family<Labels, Gauge>),
-    Histogram(Family<Labels, Histogram, fn() -> Histogram>),
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        Self {
+            prefix: "weft_filter_".to_owned(),
+            max_series: 2_000,
+            expire_after: Duration::from_secs(600),
+        }
+    }
 }
 
+/// Whether `s` is a metric or label name a filter may use: `[a-z_][a-z0-9_]*`.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()))
+}
+
+/// 1 µs .. ~17 s when values are seconds; filters that observe other units pick their
+/// own bounds with `define-histogram`.
+fn default_bounds() -> Box<[f64]> {
+    (0..13).map(|i| 0.000_001 * 4f64.powi(i)).collect()
+}
+
+enum Value {
+    Counter(AtomicU64),
+    Gauge(AtomicI64),
+    Histogram {
+        /// One per bound, plus the rest; not cumulative.
+        buckets: Box<[AtomicU64]>,
+        /// The sum's `f64` bits.
+        sum: AtomicU64,
+    },
+}
+
+/// One label set of a metric.
+struct Series {
+    /// Milliseconds since the hub's epoch at the last update.
+    touched: AtomicU64,
+    value: Value,
+}
+
+/// A family and the filter that defined it.
+type FamilyOf = (Arc<str>, Arc<MetricFamily>);
+
+/// One metric a filter defined.
 struct MetricFamily {
+    /// The full name, prefix included.
     name: String,
+    /// The name the filter gave.
+    short: String,
     help: String,
     kind: MetricKind,
-    labels: Vec<String>,
-    metric: Metric,
-    series: std::sync::atomic::AtomicUsize,
+    labels: Box<[String]>,
+    /// Histogram bucket bounds, increasing; empty for counters and gauges.
+    bounds: Box<[f64]>,
+    series: RwLock<HashMap<Box<[String]>, Arc<Series>>>,
+    /// Updates refused at the series limit.
+    dropped: AtomicU64,
 }
 
-impl std::fmt::Debug for MetricFamily {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetricFamily")
-            .field("name", &self.name)
-            .finish()
+impl MetricFamily {
+    fn new_series(&self, now: u64) -> Series {
+        let value = match self.kind {
+            MetricKind::Counter => Value::Counter(AtomicU64::new(0)),
+            MetricKind::Gauge => Value::Gauge(AtomicI64::new(0)),
+            MetricKind::Histogram => Value::Histogram {
+                buckets: (0..=self.bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum: AtomicU64::new(0f64.to_bits()),
+            },
+        };
+        Series {
+            touched: AtomicU64::new(now),
+            value,
+        }
+    }
+
+    /// Drop the series idle since before `oldest` (ms since the epoch).
+    fn expire(&self, series: &mut HashMap<Box<[String]>, Arc<Series>>, oldest: u64) {
+        series.retain(|_, s| s.touched.load(Relaxed) >= oldest);
     }
 }
 
@@ -72,17 +144,31 @@ impl Drop for Live {
     }
 }
 
-/// Every filter-defined metric of the process, and the engine's own gauges; register
-/// it once as a collector.
-#[derive(Debug, Default)]
+/// Every filter's metrics, and the engine's own gauges; register it once as a
+/// collector.
+#[derive(Debug)]
 pub struct MetricsHub {
-    families: Mutex<Vec<Arc<MetricFamily>>>,
     /// Filter instances alive (warm in a pool or running a hook).
     pub(crate) instances: Gauge,
     /// Compiled components alive (used by at least one loaded filter).
     pub(crate) components: Gauge,
     /// Every loaded filter, for its hook figures; unloaded ones drop out.
     filters: Mutex<Vec<Weak<FilterShared>>>,
+    /// Every loaded filter's own metrics; unloaded ones drop out.
+    defined: Mutex<Vec<Weak<FilterMetrics>>>,
+    epoch: Instant,
+}
+
+impl Default for MetricsHub {
+    fn default() -> Self {
+        Self {
+            instances: Gauge::default(),
+            components: Gauge::default(),
+            filters: Mutex::default(),
+            defined: Mutex::default(),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// The hook figures of the filters loaded under one name and module, summed: the same
@@ -104,23 +190,68 @@ impl FilterSeries {
                 mine.1 += n;
             }
             *sum += f.stats.time[hook].sum_seconds();
-            self.failures[hook] += f.stats.failures[hook].load(Ordering::Relaxed);
+            self.failures[hook] += f.stats.failures[hook].load(Relaxed);
         }
-        self.instances += f.stats.instances.load(Ordering::Relaxed).max(0);
+        self.instances += f.stats.instances.load(Relaxed).max(0);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl MetricsHub {
     /// Show a newly loaded filter's hook figures for as long as it is loaded.
     pub(crate) fn watch(&self, filter: &Arc<FilterShared>) {
-        let mut filters = self.filters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut filters = lock(&self.filters);
         filters.retain(|f| f.strong_count() > 0);
         filters.push(Arc::downgrade(filter));
     }
 
+    /// The metrics of a filter being loaded: those of the same filter already loaded
+    /// (same name, module and metric settings), so a reload keeps counting, or new ones.
+    pub(crate) fn filter_metrics(
+        self: &Arc<Self>,
+        filter: &str,
+        digest: &str,
+        spec: &crate::MetricsSpec,
+    ) -> Arc<FilterMetrics> {
+        let mut defined = lock(&self.defined);
+        defined.retain(|m| m.strong_count() > 0);
+        let same =
+            |m: &FilterMetrics| &*m.filter == filter && &*m.digest == digest && m.spec == *spec;
+        if let Some(m) = defined.iter().filter_map(Weak::upgrade).find(|m| same(m)) {
+            return m;
+        }
+        let m = Arc::new(FilterMetrics {
+            filter: Arc::from(filter),
+            digest: Arc::from(digest),
+            spec: spec.clone(),
+            hub: Arc::downgrade(self),
+            epoch: self.epoch,
+            families: RwLock::default(),
+        });
+        defined.push(Arc::downgrade(&m));
+        m
+    }
+
+    fn live_metrics(&self) -> Vec<Arc<FilterMetrics>> {
+        let mut defined = lock(&self.defined);
+        defined.retain(|m| m.strong_count() > 0);
+        defined.iter().filter_map(Weak::upgrade).collect()
+    }
+
     fn filter_series(&self) -> Vec<FilterSeries> {
         let live: Vec<Arc<FilterShared>> = {
-            let mut filters = self.filters.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut filters = lock(&self.filters);
             filters.retain(|f| f.strong_count() > 0);
             filters.iter().filter_map(Weak::upgrade).collect()
         };
@@ -207,49 +338,90 @@ impl MetricsHub {
         Ok(())
     }
 
-    fn define(
-        &self,
-        kind: MetricKind,
-        name: &str,
-        help: &str,
-        labels: Vec<String>,
-    ) -> Result<Arc<MetricFamily>, MetricError> {
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 100
-                && s.bytes().enumerate().all(|(i, b)| {
-                    b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit())
-                })
-        };
-        if !valid(name) || !labels.iter().all(|l| valid(l) && l != "filter") {
-            return Err(MetricError::InvalidName);
-        }
-        let full = format!("weft_filter_{name}");
-        let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(existing) = families.iter().find(|f| f.name == full) {
-            if existing.kind != kind || existing.labels != labels {
-                return Err(MetricError::Conflict);
+    /// Filters' own metrics, grouped by full name: one family may hold the series of
+    /// several filters that use the same name (with the same kind and labels).
+    fn encode_defined(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let live = self.live_metrics();
+        let now = self.now_ms();
+        let mut by_name: BTreeMap<String, Vec<FamilyOf>> = BTreeMap::new();
+        for m in &live {
+            let oldest = now.saturating_sub(millis(m.spec.expire_after));
+            for f in read(&m.families).iter() {
+                f.expire(&mut write(&f.series), oldest);
+                by_name
+                    .entry(f.name.clone())
+                    .or_default()
+                    .push((m.filter.clone(), f.clone()));
             }
-            return Ok(existing.clone());
         }
-        let metric = match kind {
-            MetricKind::Counter => Metric::Counter(Family::default()),
-            MetricKind::Gauge => Metric::Gauge(Family::default()),
-            MetricKind::Histogram => Metric::Histogram(Family::new_with_constructor(
-                new_histogram as fn() -> Histogram,
-            )),
-        };
-        let family = Arc::new(MetricFamily {
-            name: full,
-            help: help.to_owned(),
-            kind,
-            labels,
-            metric,
-            series: Default::default(),
-        });
-        families.push(family.clone());
-        Ok(family)
+        for (name, fams) in &by_name {
+            let first = &fams[0].1;
+            let (ty, name) = match first.kind {
+                // The text encoder appends `_total` to counters itself.
+                MetricKind::Counter => (
+                    MetricType::Counter,
+                    name.strip_suffix("_total").unwrap_or(name),
+                ),
+                MetricKind::Gauge => (MetricType::Gauge, name.as_str()),
+                MetricKind::Histogram => (MetricType::Histogram, name.as_str()),
+            };
+            let mut family = encoder.encode_descriptor(name, &first.help, None, ty)?;
+            for (filter, f) in fams {
+                let series = read(&f.series);
+                for (values, s) in series.iter() {
+                    let mut labels: Vec<(&str, &str)> = Vec::with_capacity(values.len() + 1);
+                    labels.push(("filter", filter));
+                    labels.extend(
+                        f.labels
+                            .iter()
+                            .map(String::as_str)
+                            .zip(values.iter().map(String::as_str)),
+                    );
+                    let mut metric = family.encode_family(&labels)?;
+                    match &s.value {
+                        Value::Counter(n) => {
+                            metric.encode_counter::<NoLabelSet, _, u64>(&n.load(Relaxed), None)?
+                        }
+                        Value::Gauge(n) => metric.encode_gauge(&n.load(Relaxed))?,
+                        Value::Histogram { buckets, sum } => {
+                            let buckets: Vec<(f64, u64)> = (f.bounds.iter().copied())
+                                .chain([f64::INFINITY])
+                                .zip(buckets.iter().map(|b| b.load(Relaxed)))
+                                .collect();
+                            let count = buckets.iter().map(|b| b.1).sum();
+                            let sum = f64::from_bits(sum.load(Relaxed));
+                            metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?
+                        }
+                    }
+                }
+            }
+        }
+        if by_name.is_empty() {
+            return Ok(());
+        }
+        let mut dropped = encoder.encode_descriptor(
+            "weft_engine_filter_metric_dropped",
+            "Updates of a filter's metric refused because the metric held as many label sets as its filter's max_series allows.",
+            None,
+            MetricType::Counter,
+        )?;
+        for fams in by_name.values() {
+            for (filter, f) in fams {
+                let labels = [("filter", &**filter), ("metric", f.short.as_str())];
+                (dropped.encode_family(&labels)?)
+                    .encode_counter::<NoLabelSet, _, u64>(&f.dropped.load(Relaxed), None)?;
+            }
+        }
+        Ok(())
     }
+
+    fn now_ms(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Collector for MetricsHub {
@@ -269,93 +441,140 @@ impl Collector for MetricsHub {
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
         self.encode_filter_series(&mut encoder)?;
-        let families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
-        for f in families.iter() {
-            let (ty, metric): (_, &dyn EncodeMetric) = match &f.metric {
-                Metric::Counter(m) => (m.metric_type(), m),
-                Metric::Gauge(m) => (m.metric_type(), m),
-                Metric::Histogram(m) => (m.metric_type(), m),
-            };
-            let mut name = f.name.as_str();
-            // The text encoder appends `_total` to counters itself.
-            if matches!(f.metric, Metric::Counter(_)) {
-                name = name.strip_suffix("_total").unwrap_or(name);
-            }
-            metric.encode(encoder.encode_descriptor(name, &f.help, None, ty)?)?;
-        }
-        Ok(())
+        self.encode_defined(&mut encoder)
     }
 }
 
-/// One filter's view of the hub: the handles it defined.
+/// One loaded filter's metrics: the families it defined, by handle.
 pub(crate) struct FilterMetrics {
-    filter: String,
-    hub: Arc<MetricsHub>,
-    handles: RwLock<Vec<Arc<MetricFamily>>>,
-    by_name: Mutex<HashMap<String, u32>>,
+    filter: Arc<str>,
+    digest: Arc<str>,
+    spec: crate::MetricsSpec,
+    hub: Weak<MetricsHub>,
+    epoch: Instant,
+    families: RwLock<Vec<Arc<MetricFamily>>>,
+}
+
+impl std::fmt::Debug for FilterMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterMetrics")
+            .field("filter", &self.filter)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FilterMetrics {
-    pub(crate) fn new(filter: &str, hub: Arc<MetricsHub>) -> Self {
-        Self {
-            filter: filter.to_owned(),
-            hub,
-            handles: RwLock::default(),
-            by_name: Mutex::default(),
-        }
-    }
-
+    /// Define a metric, or return the handle of the one this filter defined the same
+    /// way. `bounds` are a histogram's bucket bounds; none takes the default ones.
     pub(crate) fn define(
         &self,
         kind: MetricKind,
         name: &str,
         help: &str,
         labels: Vec<String>,
+        bounds: Option<Vec<f64>>,
     ) -> Result<u32, MetricError> {
-        let mut by_name = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
-        let family = self.hub.define(kind, name, help, labels)?;
-        if let Some(handle) = by_name.get(name) {
-            return Ok(*handle);
+        let unique = labels
+            .iter()
+            .enumerate()
+            .all(|(i, l)| !labels[..i].contains(l));
+        if !valid_name(name) || !unique || !labels.iter().all(|l| valid_name(l) && l != "filter") {
+            return Err(MetricError::InvalidName);
         }
-        let mut handles = self.handles.write().unwrap_or_else(PoisonError::into_inner);
-        if handles.len() >= MAX_METRICS {
+        let bounds: Box<[f64]> = match (kind, bounds) {
+            (MetricKind::Histogram, None) => default_bounds(),
+            (MetricKind::Histogram, Some(b)) => {
+                let increasing = b.windows(2).all(|w| w[0] < w[1]);
+                if b.is_empty()
+                    || b.len() > MAX_BUCKETS
+                    || !increasing
+                    || !b.iter().all(|x| x.is_finite())
+                {
+                    return Err(MetricError::InvalidName);
+                }
+                b.into()
+            }
+            (_, None) => Box::default(),
+            (_, Some(_)) => return Err(MetricError::Conflict),
+        };
+        let full = format!("{}{name}", self.spec.prefix);
+        let same = |f: &MetricFamily| f.kind == kind && *f.labels == *labels && f.bounds == bounds;
+        let mut families = write(&self.families);
+        if let Some(i) = families.iter().position(|f| f.short == name) {
+            return if same(&families[i]) {
+                u32::try_from(i).map_err(|_| MetricError::LimitExceeded)
+            } else {
+                Err(MetricError::Conflict)
+            };
+        }
+        // Another filter may export the same name, but only the same way.
+        if let Some(hub) = self.hub.upgrade() {
+            for other in hub.live_metrics() {
+                if std::ptr::eq(&*other, self) {
+                    continue;
+                }
+                if read(&other.families)
+                    .iter()
+                    .any(|f| f.name == full && !same(f))
+                {
+                    return Err(MetricError::Conflict);
+                }
+            }
+        }
+        if families.len() >= MAX_METRICS {
             return Err(MetricError::LimitExceeded);
         }
-        handles.push(family);
-        let handle = u32::try_from(handles.len() - 1).map_err(|_| MetricError::LimitExceeded)?;
-        by_name.insert(name.to_owned(), handle);
-        Ok(handle)
+        families.push(Arc::new(MetricFamily {
+            name: full,
+            short: name.to_owned(),
+            help: help.to_owned(),
+            kind,
+            labels: labels.into(),
+            bounds,
+            series: RwLock::default(),
+            dropped: AtomicU64::new(0),
+        }));
+        u32::try_from(families.len() - 1).map_err(|_| MetricError::LimitExceeded)
     }
 
+    /// Run `f` on the series of `values`, made if it is new and the limit allows.
     fn with<R>(
         &self,
         handle: u32,
         values: Vec<String>,
-        f: impl FnOnce(&Metric, &Labels) -> Result<R, MetricError>,
+        f: impl FnOnce(&MetricFamily, &Value) -> Result<R, MetricError>,
     ) -> Result<R, MetricError> {
-        let handles = self.handles.read().unwrap_or_else(PoisonError::into_inner);
-        let family = handles
+        let families = read(&self.families);
+        let family = families
             .get(handle as usize)
             .ok_or(MetricError::UnknownMetric)?;
         if values.len() != family.labels.len() {
             return Err(MetricError::LabelMismatch);
         }
-        let mut labels = Vec::with_capacity(values.len() + 1);
-        labels.push(("filter".to_owned(), self.filter.clone()));
-        labels.extend(family.labels.iter().cloned().zip(values));
-        let exists = match &family.metric {
-            Metric::Counter(m) => m.get(&labels).is_some(),
-            Metric::Gauge(m) => m.get(&labels).is_some(),
-            Metric::Histogram(m) => m.get(&labels).is_some(),
-        };
-        if !exists {
-            use std::sync::atomic::Ordering::Relaxed;
-            if family.series.fetch_add(1, Relaxed) >= MAX_SERIES {
-                family.series.fetch_sub(1, Relaxed);
+        let now = millis(self.epoch.elapsed());
+        if let Some(s) = read(&family.series).get(&values[..]) {
+            s.touched.store(now, Relaxed);
+            return f(family, &s.value);
+        }
+        let mut series = write(&family.series);
+        if let Some(s) = series.get(&values[..]) {
+            s.touched.store(now, Relaxed);
+            return f(family, &s.value);
+        }
+        if series.len() >= self.spec.max_series {
+            family.expire(
+                &mut series,
+                now.saturating_sub(millis(self.spec.expire_after)),
+            );
+            if series.len() >= self.spec.max_series {
+                family.dropped.fetch_add(1, Relaxed);
                 return Err(MetricError::LimitExceeded);
             }
         }
-        f(&family.metric, &labels)
+        let s = Arc::new(family.new_series(now));
+        let r = f(family, &s.value)?;
+        series.insert(values.into_boxed_slice(), s);
+        Ok(r)
     }
 
     pub(crate) fn add(
@@ -364,17 +583,17 @@ impl FilterMetrics {
         labels: Vec<String>,
         delta: i64,
     ) -> Result<(), MetricError> {
-        self.with(handle, labels, |m, l| match m {
-            Metric::Counter(c) => {
+        self.with(handle, labels, |_, v| match v {
+            Value::Counter(c) => {
                 let delta = u64::try_from(delta).map_err(|_| MetricError::Conflict)?;
-                c.get_or_create(l).inc_by(delta);
+                c.fetch_add(delta, Relaxed);
                 Ok(())
             }
-            Metric::Gauge(g) => {
-                g.get_or_create(l).inc_by(delta);
+            Value::Gauge(g) => {
+                g.fetch_add(delta, Relaxed);
                 Ok(())
             }
-            Metric::Histogram(_) => Err(MetricError::Conflict),
+            Value::Histogram { .. } => Err(MetricError::Conflict),
         })
     }
 
@@ -384,9 +603,9 @@ impl FilterMetrics {
         labels: Vec<String>,
         value: i64,
     ) -> Result<(), MetricError> {
-        self.with(handle, labels, |m, l| match m {
-            Metric::Gauge(g) => {
-                g.get_or_create(l).set(value);
+        self.with(handle, labels, |_, v| match v {
+            Value::Gauge(g) => {
+                g.store(value, Relaxed);
                 Ok(())
             }
             _ => Err(MetricError::Conflict),
@@ -399,9 +618,16 @@ impl FilterMetrics {
         labels: Vec<String>,
         value: f64,
     ) -> Result<(), MetricError> {
-        self.with(handle, labels, |m, l| match m {
-            Metric::Histogram(h) => {
-                h.get_or_create(l).observe(value);
+        if value.is_nan() {
+            return Err(MetricError::Conflict);
+        }
+        self.with(handle, labels, |family, v| match v {
+            Value::Histogram { buckets, sum } => {
+                let i = family.bounds.partition_point(|b| *b < value);
+                buckets[i].fetch_add(1, Relaxed);
+                let _ = sum.fetch_update(Relaxed, Relaxed, |s| {
+                    Some((f64::from_bits(s) + value).to_bits())
+                });
                 Ok(())
             }
             _ => Err(MetricError::Conflict),
@@ -412,38 +638,47 @@ impl FilterMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MetricsSpec;
+
+    fn encode(hub: &Arc<MetricsHub>) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(hub.clone()));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    fn labels(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
 
     #[test]
     fn define_count_and_encode() {
         let hub = Arc::new(MetricsHub::default());
-        let m = FilterMetrics::new("stamp", hub.clone());
+        let m = hub.filter_metrics("stamp", "d1", &MetricsSpec::default());
+        let counter = MetricKind::Counter;
         let id = m
-            .define(
-                MetricKind::Counter,
-                "hits_total",
-                "Hits.",
-                vec!["path".into()],
-            )
+            .define(counter, "hits_total", "Hits.", labels(&["path"]), None)
             .unwrap();
         assert_eq!(
-            m.define(
-                MetricKind::Counter,
-                "hits_total",
-                "Hits.",
-                vec!["path".into()]
-            )
-            .unwrap(),
+            m.define(counter, "hits_total", "Hits.", labels(&["path"]), None)
+                .unwrap(),
             id
         );
         assert!(matches!(
-            m.define(MetricKind::Gauge, "hits_total", "Hits.", vec![]),
+            m.define(MetricKind::Gauge, "hits_total", "Hits.", vec![], None),
             Err(MetricError::Conflict)
         ));
         assert!(matches!(
-            m.define(MetricKind::Gauge, "Bad-Name", "", vec![]),
+            m.define(MetricKind::Gauge, "Bad-Name", "", vec![], None),
             Err(MetricError::InvalidName)
         ));
-        m.add(id, vec!["/a".into()], 3).unwrap();
+        assert!(matches!(
+            m.define(MetricKind::Gauge, "twice", "", labels(&["a", "a"]), None),
+            Err(MetricError::InvalidName)
+        ));
+        m.add(id, labels(&["/a"]), 3).unwrap();
+        m.add(id, labels(&["/a"]), 2).unwrap();
         assert!(matches!(
             m.add(id, vec![], 1),
             Err(MetricError::LabelMismatch)
@@ -452,13 +687,139 @@ mod tests {
             m.add(7, vec![], 1),
             Err(MetricError::UnknownMetric)
         ));
-
-        let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(hub));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        let out = encode(&hub);
         assert!(
-            out.contains(r#"weft_filter_hits_total{filter="stamp",path="/a"} 3"#),
+            out.contains(r#"weft_filter_hits_total{filter="stamp",path="/a"} 5"#),
+            "{out}"
+        );
+        // A hostile label value cannot break the exposition.
+        m.add(id, labels(&["a\"b\nc"]), 1).unwrap();
+        assert!(encode(&hub).contains(r#"path="a\"b\nc"} 1"#));
+    }
+
+    #[test]
+    fn histograms_take_their_bounds_and_prefix() {
+        let hub = Arc::new(MetricsHub::default());
+        let spec = MetricsSpec {
+            prefix: "istio_".into(),
+            ..Default::default()
+        };
+        let m = hub.filter_metrics("telemetry", "d1", &spec);
+        let bad = m.define(MetricKind::Histogram, "x", "", vec![], Some(vec![5.0, 1.0]));
+        assert!(matches!(bad, Err(MetricError::InvalidName)));
+        let h = m
+            .define(
+                MetricKind::Histogram,
+                "request_duration_milliseconds",
+                "Latency.",
+                labels(&["code"]),
+                Some(vec![1.0, 5.0, 10.0]),
+            )
+            .unwrap();
+        for v in [0.5, 1.0, 3.0, 7.0, 50.0] {
+            m.observe(h, labels(&["200"]), v).unwrap();
+        }
+        let out = encode(&hub);
+        for line in [
+            r#"istio_request_duration_milliseconds_bucket{le="1.0",filter="telemetry",code="200"} 2"#,
+            r#"istio_request_duration_milliseconds_bucket{le="5.0",filter="telemetry",code="200"} 3"#,
+            r#"istio_request_duration_milliseconds_bucket{le="10.0",filter="telemetry",code="200"} 4"#,
+            r#"istio_request_duration_milliseconds_bucket{le="+Inf",filter="telemetry",code="200"} 5"#,
+            r#"istio_request_duration_milliseconds_count{filter="telemetry",code="200"} 5"#,
+            r#"istio_request_duration_milliseconds_sum{filter="telemetry",code="200"} 61.5"#,
+        ] {
+            assert!(out.contains(line), "{line} not in {out}");
+        }
+    }
+
+    #[test]
+    fn label_sets_are_bounded_and_idle_ones_expire() {
+        let hub = Arc::new(MetricsHub::default());
+        let spec = MetricsSpec {
+            max_series: 3,
+            expire_after: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let m = hub.filter_metrics("t", "d1", &spec);
+        let id = m
+            .define(
+                MetricKind::Counter,
+                "req_total",
+                "",
+                labels(&["host"]),
+                None,
+            )
+            .unwrap();
+        for i in 0..10 {
+            let r = m.add(id, vec![format!("h{i}")], 1);
+            assert_eq!(r.is_ok(), i < 3, "{i}");
+        }
+        // A series that exists still counts at the limit.
+        m.add(id, labels(&["h0"]), 1).unwrap();
+        let out = encode(&hub);
+        assert_eq!(out.matches("weft_filter_req_total{").count(), 3, "{out}");
+        assert!(
+            out.contains(
+                r#"weft_engine_filter_metric_dropped_total{filter="t",metric="req_total"} 7"#
+            ),
+            "{out}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        // Idle ones make room for a new one, then leave at the next scrape.
+        m.add(id, labels(&["h0"]), 1).unwrap();
+        m.add(id, labels(&["new"]), 1).unwrap();
+        let out = encode(&hub);
+        assert!(
+            out.contains(r#"weft_filter_req_total{filter="t",host="h0"} 3"#),
+            "{out}"
+        );
+        assert!(out.contains(r#"host="new"} 1"#), "{out}");
+        assert!(!out.contains(r#"host="h1""#), "{out}");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!encode(&hub).contains("weft_filter_req_total{"));
+    }
+
+    #[test]
+    fn metrics_live_as_long_as_their_filter() {
+        let hub = Arc::new(MetricsHub::default());
+        let spec = MetricsSpec::default();
+        let a = hub.filter_metrics("f", "d1", &spec);
+        let id = a
+            .define(MetricKind::Counter, "n_total", "", vec![], None)
+            .unwrap();
+        a.add(id, vec![], 2).unwrap();
+        // The same module loaded again (a reload) counts on.
+        let again = hub.filter_metrics("f", "d1", &spec);
+        assert!(Arc::ptr_eq(&a, &again));
+        // Another filter may share the name only the same way.
+        let other = hub.filter_metrics("g", "d2", &spec);
+        assert!(matches!(
+            other.define(MetricKind::Gauge, "n_total", "", vec![], None),
+            Err(MetricError::Conflict)
+        ));
+        let id2 = other
+            .define(MetricKind::Counter, "n_total", "", vec![], None)
+            .unwrap();
+        other.add(id2, vec![], 1).unwrap();
+        let out = encode(&hub);
+        assert!(
+            out.contains(r#"weft_filter_n_total{filter="f"} 2"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"weft_filter_n_total{filter="g"} 1"#),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("# TYPE weft_filter_n counter").count(),
+            1,
+            "{out}"
+        );
+        drop((a, again));
+        let out = encode(&hub);
+        assert!(!out.contains(r#"filter="f""#), "{out}");
+        assert!(
+            out.contains(r#"weft_filter_n_total{filter="g"} 1"#),
             "{out}"
         );
     }

@@ -179,6 +179,11 @@ fn load_filter(
     spec.policy = f.failure;
     spec.timeout = f.timeout.0;
     spec.memory = f.memory.bytes();
+    spec.metrics = weft_engine::MetricsSpec {
+        prefix: f.metrics.prefix.clone(),
+        max_series: f.metrics.max_series,
+        expire_after: f.metrics.expire_after.0,
+    };
     engine.load(spec).map_err(|e| {
         let (location, k) = match &e {
             LoadError::ConfigRejected { filter, message } => {

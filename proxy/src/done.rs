@@ -44,6 +44,11 @@ pub(crate) fn wrap(
     responder: Responder,
 ) -> Response<ProxyBody> {
     let status = resp.status().as_u16();
+    let mut ex = ex;
+    // A trailers-only gRPC answer carries its status in the head.
+    if let Some(code) = resp.headers().get("grpc-status") {
+        ex.ctx.grpc_status = parse_grpc_status(code.as_bytes());
+    }
     resp.map(|inner| {
         ProxyBody::Done(Box::new(DoneBody {
             inner,
@@ -56,6 +61,10 @@ pub(crate) fn wrap(
             }),
         }))
     })
+}
+
+fn parse_grpc_status(value: &[u8]) -> Option<u32> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 impl DoneBody {
@@ -91,6 +100,11 @@ impl Body for DoneBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Some(code) = trailers.get("grpc-status")
+                    && let Some(p) = self.pending.as_mut()
+                {
+                    p.ex.ctx.grpc_status = parse_grpc_status(code.as_bytes());
                 }
                 if self.inner.is_end_stream() {
                     self.finish(true);

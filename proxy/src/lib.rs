@@ -30,6 +30,7 @@ mod listener;
 mod metrics;
 mod normalize;
 mod service;
+mod spans;
 mod tls;
 mod upstream;
 
@@ -253,6 +254,11 @@ struct Inner {
     admin_stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     drain: Duration,
+    /// Where spans go; none while no collector is configured.
+    span_settings: watch::Sender<Option<spans::ExportSettings>>,
+    /// Tells the span exporter to send what is left and stop.
+    span_stop: watch::Sender<bool>,
+    exporter: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A proxy that is serving; clones are handles to the same proxy.
@@ -279,6 +285,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     let engine = Engine::new()?;
     let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let (span_settings, span_settings_rx) = watch::channel(None);
+    let (span_stop, span_stop_rx) = watch::channel(false);
+    let span_stats = Arc::new(spans::ExportStats::default());
+    let exporter = tokio::spawn(spans::run(
+        engine.spans(),
+        span_settings_rx,
+        span_stop_rx,
+        span_stats.clone(),
+    ));
     let mut tasks = Vec::new();
     let listeners: Arc<Mutex<Vec<Bound>>> = Arc::default();
     let mut admin = None;
@@ -299,6 +314,8 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         registry.register_collector(Box::new(metrics::ProxyMetrics {
             listeners: listeners.clone(),
             version: version.clone(),
+            spans: engine.spans(),
+            span_stats: span_stats.clone(),
         }));
         let state = Arc::new(admin::Admin {
             ready: false.into(),
@@ -320,6 +337,9 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
             admin_stop,
             tasks: Mutex::new(tasks),
             drain: config.shutdown.drain_timeout.0,
+            span_settings,
+            span_stop,
+            exporter: Mutex::new(Some(exporter)),
         }),
     };
     if let Err(e) = proxy.reload(&config) {
@@ -474,6 +494,16 @@ impl RunningProxy {
         }
         *running = next;
         lock(&self.inner.tasks).retain(|t| !t.is_finished());
+        let export = config
+            .tracing
+            .as_ref()
+            .map(spans::ExportSettings::from_config);
+        self.inner.engine.spans().set_enabled(export.is_some());
+        self.inner.span_settings.send_if_modified(|s| {
+            let changed = *s != export;
+            *s = export;
+            changed
+        });
         Ok(())
     }
 
@@ -486,6 +516,12 @@ impl RunningProxy {
         let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         for task in tasks {
             let _ = task.await;
+        }
+        // The last requests' spans go out before the exporter stops.
+        let _ = self.inner.span_stop.send(true);
+        let exporter = lock(&self.inner.exporter).take();
+        if let Some(exporter) = exporter {
+            let _ = exporter.await;
         }
     }
 

@@ -28,6 +28,9 @@ pub(crate) struct ProxyMetrics {
     pub(crate) listeners: Arc<Mutex<Vec<Bound>>>,
     /// The config server's snapshot version in force; 0 for a file's config.
     pub(crate) version: Arc<AtomicU64>,
+    /// The spans filters finished, waiting for export.
+    pub(crate) spans: Arc<weft_engine::SpanQueue>,
+    pub(crate) span_stats: Arc<crate::spans::ExportStats>,
 }
 
 impl std::fmt::Debug for ProxyMetrics {
@@ -90,6 +93,36 @@ impl Collector for ProxyMetrics {
                 MetricType::Gauge,
             )?
             .encode_gauge(&version)?;
+        let exported = self.span_stats.exported.load(Ordering::Relaxed);
+        encoder
+            .encode_descriptor(
+                "weft_trace_spans_exported",
+                "Spans the collector took.",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&exported, None)?;
+        let dropped = [
+            ([("reason", "queue")], self.spans.dropped()),
+            (
+                [("reason", "export")],
+                self.span_stats.failed.load(Ordering::Relaxed),
+            ),
+        ];
+        counters(
+            &mut encoder,
+            "weft_trace_spans_dropped",
+            "Spans dropped: at the queue (no collector configured, or the queue was full) or in an export the collector did not take.",
+            &dropped,
+        )?;
+        encoder
+            .encode_descriptor(
+                "weft_trace_spans_queued",
+                "Spans waiting for export.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(self.spans.len() as u64))?;
         let (listeners, clusters) = {
             let bound = self
                 .listeners

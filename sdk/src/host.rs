@@ -121,6 +121,22 @@ pub mod metrics {
         pub fn define(name: &str, help: &str, label_names: &[&str]) -> Result<Self, MetricError> {
             define(raw::MetricKind::Histogram, name, help, label_names).map(Self)
         }
+        /// Define (or find, the same way) a histogram with these bucket upper bounds:
+        /// finite, strictly increasing, at most 64 (`+Inf` is added).
+        ///
+        /// ```no_run
+        /// use weft_sdk::metrics::Histogram;
+        /// let ms = Histogram::define_with_bounds("latency_ms", "Latency.", &["route"], &[1.0, 10.0, 100.0])?;
+        /// # Ok::<(), weft_sdk::metrics::MetricError>(())
+        /// ```
+        pub fn define_with_bounds(
+            name: &str,
+            help: &str,
+            label_names: &[&str],
+            bounds: &[f64],
+        ) -> Result<Self, MetricError> {
+            imp::define_histogram(name, help, &owned(label_names), bounds).map(Self)
+        }
         /// Record one observation in the series with these label values.
         pub fn observe(&self, label_values: &[&str], value: f64) -> Result<(), MetricError> {
             imp::metric_observe(self.0, &owned(label_values), value)
@@ -166,6 +182,37 @@ pub mod state {
     /// Remove a key; true if it was there.
     pub fn delete(key: &str) -> bool {
         imp::state_delete(key)
+    }
+}
+
+/// Distributed tracing: finished spans go to the proxy, which exports them in
+/// batches to the configured collector (OTLP), never blocking the request.
+///
+/// ```no_run
+/// use weft_sdk::trace::{self, Span, SpanKind};
+/// if trace::exported() {
+///     let span = Span {
+///         trace_id: (1, 2), span_id: 3, parent_span_id: None, name: "GET".into(),
+///         kind: SpanKind::Server, start: 0, end: 1, error: false,
+///         attributes: vec![("http.request.method".into(), "GET".into())], trace_state: None,
+///     };
+///     trace::export(&span);
+/// }
+/// ```
+pub mod trace {
+    use super::{imp, raw};
+    pub use raw::{Span, SpanKind};
+
+    /// Whether the proxy exports spans (a collector is configured), so a filter may
+    /// skip building spans that would be dropped.
+    pub fn exported() -> bool {
+        imp::spans_exported()
+    }
+
+    /// Hand a finished span to the proxy's exporter. False when it was dropped: no
+    /// collector configured, the export queue full, or a zero id.
+    pub fn export(span: &Span) -> bool {
+        imp::export_span(span)
     }
 }
 

@@ -68,7 +68,7 @@ pub use __weft_bindings::weft::filter::types::{
     ResponseAction, SettingError, Summary, TlsInfo,
 };
 pub use filter::{Filter, from_config};
-pub use host::{log, metrics, random, state, time};
+pub use host::{log, metrics, random, state, time, trace};
 pub use serde;
 pub use types::{RequestHead, ResponseHead};
 

@@ -81,6 +81,33 @@ pub(crate) fn define_metric(
     })
 }
 
+pub(crate) fn define_histogram(
+    name: &str,
+    help: &str,
+    labels: &[String],
+    bounds: &[f64],
+) -> Result<u32, MetricError> {
+    let increasing = bounds.windows(2).all(|w| w[0] < w[1]);
+    if bounds.is_empty()
+        || bounds.len() > 64
+        || !increasing
+        || !bounds.iter().all(|b| b.is_finite())
+    {
+        return Err(MetricError::InvalidName);
+    }
+    define_metric(MetricKind::Histogram, name, help, labels)
+}
+
+/// No proxy exports spans natively.
+pub(crate) fn spans_exported() -> bool {
+    false
+}
+
+/// Checks a span as the proxy does; natively no exporter takes it.
+pub(crate) fn export_span(_span: &crate::trace::Span) -> bool {
+    false
+}
+
 /// Check a use of metric `id` with these labels and this operation.
 fn use_metric(id: u32, labels: &[String], allowed: &[MetricKind]) -> Result<(), MetricError> {
     with(|h| match h.metrics.get(id as usize) {

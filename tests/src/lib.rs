@@ -232,6 +232,12 @@ async fn answer(
         .filter(|k| k.as_str().starts_with("x-"))
         .collect();
     names.dedup();
+    // Trace context, as the backend got it.
+    for n in ["traceparent", "tracestate"] {
+        if let Some(v) = parts.headers.get(n).and_then(|v| v.to_str().ok()) {
+            resp = resp.header(format!("x-echo-{n}"), v);
+        }
+    }
     for n in names {
         let joined: Vec<_> = parts
             .headers
@@ -653,5 +659,243 @@ impl SilentUpstream {
 impl Drop for SilentUpstream {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// The series name (`_bucket`, `_count` ... included).
+    pub name: String,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its value.
+    pub value: f64,
+}
+
+/// Parse the samples of a Prometheus text exposition (comments skipped); panics on a
+/// line that is not a sample, so a test sees a broken exposition at once.
+pub fn samples(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (name, rest) = match line.find(['{', ' ']) {
+            Some(i) => line.split_at(i),
+            None => panic!("not a sample: {line}"),
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        let value_text = if let Some(mut rest) = rest.strip_prefix('{') {
+            loop {
+                if let Some(r) = rest.strip_prefix('}') {
+                    break r;
+                }
+                let eq = rest.find('=').unwrap_or_else(|| panic!("label in {line}"));
+                let key = rest[..eq].trim_start_matches(',').to_owned();
+                let mut chars = rest[eq + 1..]
+                    .strip_prefix('"')
+                    .expect("quoted")
+                    .char_indices();
+                let mut value = String::new();
+                let end = loop {
+                    match chars.next() {
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, 'n')) => value.push('\n'),
+                            Some((_, c)) => value.push(c),
+                            None => panic!("escape in {line}"),
+                        },
+                        Some((i, '"')) => break i,
+                        Some((_, c)) => value.push(c),
+                        None => panic!("unterminated value in {line}"),
+                    }
+                };
+                labels.insert(key, value);
+                rest = rest[eq + 2 + end + 1..].trim_start_matches(',');
+            }
+        } else {
+            rest
+        };
+        let value = value_text.split_whitespace().next().expect("a value");
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|e| panic!("{v} in {line}: {e}")),
+        };
+        out.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// The samples named `name` whose labels include all of `labels`.
+pub fn select<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect()
+}
+
+/// The sum of the samples named `name` whose labels include all of `labels`.
+pub fn total(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    select(samples, name, labels).iter().map(|s| s.value).sum()
+}
+
+/// Check an exposition with Debian's promtool; panics with its complaint.
+pub async fn promtool_check(text: &str) {
+    let problems = promtool_problems(text).await;
+    assert!(
+        problems.is_empty(),
+        "promtool check metrics: {problems:?}\n{text}"
+    );
+}
+
+/// What Debian's promtool finds wrong with an exposition it could parse (its lint,
+/// exit 3); panics when it cannot parse it.
+pub async fn promtool_problems(text: &str) -> Vec<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut check = tokio::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("promtool runs");
+    {
+        let mut stdin = check.stdin.take().expect("stdin");
+        stdin
+            .write_all(text.as_bytes())
+            .await
+            .expect("promtool reads");
+    }
+    let out = tokio::time::timeout(LIMIT, check.wait_with_output())
+        .await
+        .expect("promtool within the limit")
+        .expect("promtool output");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(0) => Vec::new(),
+        Some(3) => said.lines().map(str::to_owned).collect(),
+        _ => panic!("promtool could not parse the exposition: {said}\n{text}"),
+    }
+}
+
+/// An OTLP/gRPC trace receiver on loopback, as a collector would be: it keeps every
+/// span it is sent. Stops when dropped.
+pub struct OtlpReceiver {
+    /// Its address, for `tracing.collector`.
+    pub addr: SocketAddr,
+    spans: Arc<Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let mut spans = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for rs in request.into_inner().resource_spans {
+            let service = (rs.resource.iter())
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+impl OtlpReceiver {
+    /// Start one on a free loopback port.
+    pub async fn start() -> Self {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let sink = Sink::default();
+        let spans = sink.0.clone();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(sink))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                ),
+        );
+        Self {
+            addr,
+            spans,
+            stop: Some(stop),
+        }
+    }
+
+    /// Every span received so far, with its resource's `service.name`.
+    pub fn spans(&self) -> Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)> {
+        self.spans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Wait (up to [`LIMIT`]) until at least `n` spans came; returns them all.
+    pub async fn wait_for(
+        &self,
+        n: usize,
+    ) -> Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)> {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let spans = self.spans();
+            if spans.len() >= n || tokio::time::Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }

@@ -250,29 +250,7 @@ clusters:
         "{text}"
     );
     assert!(text.contains("# TYPE weft_engine_filter_hook_duration_seconds histogram"));
-    let mut check = tokio::process::Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("promtool runs");
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = check.stdin.take().unwrap();
-        stdin.write_all(text.as_bytes()).await.unwrap();
-    }
-    let out = tokio::time::timeout(LIMIT, check.wait_with_output())
-        .await
-        .expect("promtool finishes")
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text).await;
 
     // Every series the Grafana dashboard queries is there.
     let dashboard: Value =

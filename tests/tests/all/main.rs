@@ -15,3 +15,4 @@ mod retry;
 mod routing;
 mod sandbox;
 mod sdk;
+mod telemetry;
