@@ -44,6 +44,7 @@ async fn backend(name: &'static str, delay: Duration) -> anyhow::Result<SocketAd
                             .to_owned()
                     };
                     let (host, attempt) = (header("host"), header("x-weft-attempt"));
+                    let trace = header("traceparent");
                     let failing = req.uri().path().contains("flaky")
                         && flaky.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
                     let (status, what) = if failing {
@@ -60,6 +61,7 @@ async fn backend(name: &'static str, delay: Duration) -> anyhow::Result<SocketAd
                         .status(status)
                         .header("content-type", "text/plain")
                         .header("x-backend", name)
+                        .header("x-seen-traceparent", trace)
                         .body(Full::new(Bytes::from(body)))
                         .expect("static parts are valid");
                     async move {
@@ -192,6 +194,8 @@ filters, in front of blue ({blue}, and a slow replica {blue_slow}) and green
   curl -i http://{addr}/nowhere                            # no route: 404 from the router
   curl -i --http2-prior-knowledge http://{addr}/hello      # HTTP/2 (h2c)
   curl http://{admin}/ready ; curl http://{admin}/metrics
+  curl -s http://{admin}/metrics | grep ^istio_requests_total  # RED metrics, Istio's names
+  curl -si http://{addr}/hello | grep -i traceparent       # the trace context blue got
   curl http://{admin}/filters                              # each filter's calls, p50, p99
   curl http://{admin}/clusters                             # endpoints: health, EWMA, pools
   curl http://{admin}/config                               # what is in force, with sha256s

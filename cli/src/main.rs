@@ -1,6 +1,7 @@
 //! `weft`: the proxy, a demo, and the tools around them.
 #![forbid(unsafe_code)]
 
+mod access;
 mod client;
 mod demo;
 mod paths;
@@ -149,22 +150,39 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Logs go to standard error, filtered by `RUST_LOG`. The access log (target
+/// `weft::access`, on when the configuration has `access_log`) goes to standard output,
+/// one JSON line per request, through a writer thread: a request never waits for the
+/// terminal or the disk, and lines past its buffer are dropped rather than waited for.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, filter};
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // Standard output is for what a command prints (`weft status`, the demo's
         // instructions); logs go beside errors.
         .with_writer(std::io::stderr)
+        .with_filter(env)
+        .with_filter(filter::filter_fn(|m| {
+            m.target() != weft_proxy::ACCESS_LOG_TARGET
+        }));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let access = access::Lines(writer).with_filter(
+        filter::Targets::new().with_target(weft_proxy::ACCESS_LOG_TARGET, tracing::Level::INFO),
+    );
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(access)
         .init();
+    guard
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let _access_log = init_logging();
     let workers = cli
         .workers
         .or_else(|| std::thread::available_parallelism().ok())

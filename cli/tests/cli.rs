@@ -307,3 +307,117 @@ fn out_of_file_descriptors_listeners_wait_instead_of_spinning() {
     drop(guard);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_access_log_is_one_json_line_per_request_on_stdout() {
+    let dir = temp_dir();
+    let path = dir.join("access.yaml");
+    std::fs::write(
+        &path,
+        r#"
+access_log:
+  fields: [trace_id, method, path, status, responder, decisions, attempts, duration_ms, complete]
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    filters:
+      - name: telemetry
+        module: builtin:telemetry
+        config: {}
+      - name: fault
+        module: builtin:fault
+        config: { abort: { status: 418, header: { name: x-teapot, value: "1" } } }
+"#,
+    )
+    .unwrap();
+    let mut child = weft()
+        .args(["proxy", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let guard = Guard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let logs = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("addr=").nth(1) {
+                let addr = addr
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = logs.send(("listening", addr));
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(("stdout", line));
+        }
+    });
+    let (_, addr) = rx.recv_timeout(LIMIT).expect("the proxy starts");
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(
+        s,
+        "GET /tea?secret=1 HTTP/1.1\r\nhost: test\r\nx-teapot: 1\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 418"), "{out}");
+    // No cluster: the proxy answers itself, and says so in the log.
+    let reply = get(addr, "/nowhere");
+    assert!(reply.starts_with("HTTP/1.1 "), "{reply}");
+
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        let (what, line) = rx.recv_timeout(LIMIT).expect("an access log line");
+        if what == "stdout" {
+            lines.push(line);
+        }
+    }
+    drop(guard);
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("valid JSON");
+    let asked = [
+        "trace_id",
+        "method",
+        "path",
+        "status",
+        "responder",
+        "decisions",
+        "attempts",
+        "duration_ms",
+        "complete",
+    ];
+    assert_eq!(first.as_object().unwrap().len(), asked.len(), "{first}");
+    let at: Vec<usize> = asked
+        .iter()
+        .map(|k| lines[0].find(&format!("\"{k}\":")).expect(k))
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "the fields asked for, in order: {}",
+        lines[0]
+    );
+    assert_eq!(first["path"], "/tea", "the query is never logged");
+    assert_eq!(first["status"], 418);
+    assert_eq!(first["responder"], "filter:fault");
+    assert_eq!(first["decisions"], serde_json::json!(["fault:respond"]));
+    assert_eq!(first["attempts"], 0);
+    assert_eq!(first["complete"], true);
+    assert_eq!(
+        first["trace_id"].as_str().map(str::len),
+        Some(32),
+        "{first}"
+    );
+    assert!(first["duration_ms"].as_f64().is_some());
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).expect("valid JSON");
+    assert_eq!(second["path"], "/nowhere");
+    assert_eq!(second["responder"], "proxy");
+}

@@ -160,6 +160,26 @@ impl Config {
                 return self.invalid(&t.collector.referenced, "tracing".into(), why);
             }
         }
+        if let Some(a) = &self.access_log {
+            if !(0.0..=1.0).contains(&a.sample) {
+                return self.invalid(
+                    &serde_saphyr::Location::UNKNOWN,
+                    "access_log.sample".into(),
+                    format!("{} is not within 0 to 1", a.sample),
+                );
+            }
+            if let Some(fields) = &a.fields {
+                for (i, f) in fields.value.iter().enumerate() {
+                    if !ACCESS_LOG_FIELDS.contains(&f.as_str()) {
+                        return self.invalid(
+                            &fields.referenced,
+                            format!("access_log.fields[{i}]"),
+                            format!("no field {f:?} (fields: {})", ACCESS_LOG_FIELDS.join(", ")),
+                        );
+                    }
+                }
+            }
+        }
         let mut clusters = HashSet::new();
         for (i, c) in self.clusters.iter().enumerate() {
             if !clusters.insert(c.name.value.as_str()) {

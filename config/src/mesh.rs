@@ -26,8 +26,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::{
-    ClusterConfig, Config, ConfigError, DnsConfig, ListenerConfig, ModuleRef, ShutdownConfig,
-    TracingConfig,
+    AccessLogConfig, ClusterConfig, Config, ConfigError, DnsConfig, ListenerConfig, ModuleRef,
+    ShutdownConfig, TracingConfig,
 };
 
 /// A whole mesh config.
@@ -43,6 +43,9 @@ pub struct MeshConfig {
     /// Where every proxy exports spans; none: spans are not exported.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
+    /// Every proxy's access log; none: no access log.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
     /// Groups of proxies and what they serve; a proxy takes the first group that
     /// selects it.
     pub proxies: Vec<ProxyGroup>,
@@ -128,6 +131,7 @@ impl MeshConfig {
             shutdown: ShutdownConfig::default(),
             dns: self.dns.clone(),
             tracing: self.tracing.clone(),
+            access_log: self.access_log.clone(),
             file: self.file.clone(),
             base_dir: None,
             mesh_group: Some(index),

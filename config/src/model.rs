@@ -29,6 +29,9 @@ pub struct Config {
     /// Where the spans filters finish are exported; none: spans are not exported.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
+    /// One JSON line per request; none: no access log.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
     /// The file this came from, for errors.
     #[serde(skip)]
     pub file: String,
@@ -41,6 +44,47 @@ pub struct Config {
     /// `proxies[N].listeners` where a proxy's file says `listeners`.
     #[serde(skip)]
     pub mesh_group: Option<usize>,
+}
+
+/// The fields an access log line may have, in the order lines have them by default.
+pub const ACCESS_LOG_FIELDS: &[&str] = &[
+    "time",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "listener",
+    "peer",
+    "method",
+    "authority",
+    "path",
+    "route",
+    "cluster",
+    "endpoint",
+    "attempts",
+    "status",
+    "grpc_status",
+    "responder",
+    "error",
+    "decisions",
+    "response_bytes",
+    "duration_ms",
+    "complete",
+];
+
+/// The access log: one JSON line per request, through the `weft::access` log target.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// The fields of each line, in this order (default: all of [`ACCESS_LOG_FIELDS`]).
+    #[serde(default)]
+    pub fields: Option<Spanned<Vec<String>>>,
+    /// Share of requests logged, 0 to 1, decided when each arrives.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+}
+
+fn default_sample() -> f64 {
+    1.0
 }
 
 /// Span export over OTLP/gRPC.

@@ -116,6 +116,9 @@ pub struct RequestContext {
     pub per_try_timeout: Option<Duration>,
     /// The `grpc-status` the client got, once known.
     pub grpc_status: Option<u32>,
+    /// What filters decided (`router:route`, `retry:retry`), kept only when the
+    /// request is logged.
+    pub decisions: Option<Vec<String>>,
     properties: Vec<(Box<str>, Box<[u8]>)>,
     property_bytes: usize,
 }
@@ -136,6 +139,7 @@ impl RequestContext {
             timeout: None,
             per_try_timeout: None,
             grpc_status: None,
+            decisions: None,
             properties: Vec::new(),
             property_bytes: 0,
         }
@@ -832,6 +836,26 @@ impl host_api::Host for HostState {
         labels: Vec<String>,
     ) -> Result<u32, host_api::MetricError> {
         self.shared.metrics.define(kind, &name, &help, labels, None)
+    }
+
+    fn metric_series(
+        &mut self,
+        metric: u32,
+        labels: Vec<String>,
+    ) -> Result<u64, host_api::MetricError> {
+        self.shared.metrics.series(metric, labels)
+    }
+
+    fn series_add(&mut self, series: u64, delta: i64) -> Result<(), host_api::MetricError> {
+        self.shared.metrics.series_add(series, delta)
+    }
+
+    fn series_set(&mut self, series: u64, value: i64) -> Result<(), host_api::MetricError> {
+        self.shared.metrics.series_set(series, value)
+    }
+
+    fn series_observe(&mut self, series: u64, value: f64) -> Result<(), host_api::MetricError> {
+        self.shared.metrics.series_observe(series, value)
     }
 
     fn define_histogram(

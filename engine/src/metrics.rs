@@ -14,7 +14,7 @@
 //! relaxed atomics: a series that exists takes no allocation.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,7 @@ fn valid_name(s: &str) -> bool {
 
 /// 1 µs .. ~17 s when values are seconds; filters that observe other units pick their
 /// own bounds with `define-histogram`.
-fn default_bounds() -> Box<[f64]> {
+fn default_bounds() -> Arc<[f64]> {
     (0..13).map(|i| 0.000_001 * 4f64.powi(i)).collect()
 }
 
@@ -73,6 +73,8 @@ enum Value {
     Counter(AtomicU64),
     Gauge(AtomicI64),
     Histogram {
+        /// The family's bucket bounds.
+        bounds: Arc<[f64]>,
         /// One per bound, plus the rest; not cumulative.
         buckets: Box<[AtomicU64]>,
         /// The sum's `f64` bits.
@@ -85,6 +87,64 @@ struct Series {
     /// Milliseconds since the hub's epoch at the last update.
     touched: AtomicU64,
     value: Value,
+    /// Its handle once a filter asked for one; 0 before.
+    handle: AtomicU64,
+    /// Set when it expired: updates by handle then fail, and the filter resolves its
+    /// labels again (to a new series).
+    dead: AtomicBool,
+}
+
+impl Series {
+    fn add(&self, delta: i64) -> Result<(), MetricError> {
+        match &self.value {
+            Value::Counter(c) => {
+                let delta = u64::try_from(delta).map_err(|_| MetricError::Conflict)?;
+                c.fetch_add(delta, Relaxed);
+                Ok(())
+            }
+            Value::Gauge(g) => {
+                g.fetch_add(delta, Relaxed);
+                Ok(())
+            }
+            Value::Histogram { .. } => Err(MetricError::Conflict),
+        }
+    }
+
+    fn set(&self, value: i64) -> Result<(), MetricError> {
+        match &self.value {
+            Value::Gauge(g) => {
+                g.store(value, Relaxed);
+                Ok(())
+            }
+            _ => Err(MetricError::Conflict),
+        }
+    }
+
+    fn observe(&self, value: f64) -> Result<(), MetricError> {
+        match &self.value {
+            Value::Histogram {
+                bounds,
+                buckets,
+                sum,
+            } if !value.is_nan() => {
+                let i = bounds.partition_point(|b| *b < value);
+                buckets[i].fetch_add(1, Relaxed);
+                let _ = sum.fetch_update(Relaxed, Relaxed, |s| {
+                    Some((f64::from_bits(s) + value).to_bits())
+                });
+                Ok(())
+            }
+            _ => Err(MetricError::Conflict),
+        }
+    }
+}
+
+/// A place in a filter's handle table: the series a handle names, and how often the
+/// place was given out, so an old handle never names a newer series.
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    series: Option<Arc<Series>>,
 }
 
 /// A family and the filter that defined it.
@@ -100,7 +160,7 @@ struct MetricFamily {
     kind: MetricKind,
     labels: Box<[String]>,
     /// Histogram bucket bounds, increasing; empty for counters and gauges.
-    bounds: Box<[f64]>,
+    bounds: Arc<[f64]>,
     series: RwLock<HashMap<Box<[String]>, Arc<Series>>>,
     /// Updates refused at the series limit.
     dropped: AtomicU64,
@@ -112,6 +172,7 @@ impl MetricFamily {
             MetricKind::Counter => Value::Counter(AtomicU64::new(0)),
             MetricKind::Gauge => Value::Gauge(AtomicI64::new(0)),
             MetricKind::Histogram => Value::Histogram {
+                bounds: self.bounds.clone(),
                 buckets: (0..=self.bounds.len()).map(|_| AtomicU64::new(0)).collect(),
                 sum: AtomicU64::new(0f64.to_bits()),
             },
@@ -119,12 +180,20 @@ impl MetricFamily {
         Series {
             touched: AtomicU64::new(now),
             value,
+            handle: AtomicU64::new(0),
+            dead: AtomicBool::new(false),
         }
     }
 
     /// Drop the series idle since before `oldest` (ms since the epoch).
     fn expire(&self, series: &mut HashMap<Box<[String]>, Arc<Series>>, oldest: u64) {
-        series.retain(|_, s| s.touched.load(Relaxed) >= oldest);
+        series.retain(|_, s| {
+            let keep = s.touched.load(Relaxed) >= oldest;
+            if !keep {
+                s.dead.store(true, Relaxed);
+            }
+            keep
+        });
     }
 }
 
@@ -238,6 +307,7 @@ impl MetricsHub {
             hub: Arc::downgrade(self),
             epoch: self.epoch,
             families: RwLock::default(),
+            slots: RwLock::default(),
         });
         defined.push(Arc::downgrade(&m));
         m
@@ -383,7 +453,7 @@ impl MetricsHub {
                             metric.encode_counter::<NoLabelSet, _, u64>(&n.load(Relaxed), None)?
                         }
                         Value::Gauge(n) => metric.encode_gauge(&n.load(Relaxed))?,
-                        Value::Histogram { buckets, sum } => {
+                        Value::Histogram { buckets, sum, .. } => {
                             let buckets: Vec<(f64, u64)> = (f.bounds.iter().copied())
                                 .chain([f64::INFINITY])
                                 .zip(buckets.iter().map(|b| b.load(Relaxed)))
@@ -453,6 +523,8 @@ pub(crate) struct FilterMetrics {
     hub: Weak<MetricsHub>,
     epoch: Instant,
     families: RwLock<Vec<Arc<MetricFamily>>>,
+    /// The series filters hold handles to, by place.
+    slots: RwLock<Vec<Slot>>,
 }
 
 impl std::fmt::Debug for FilterMetrics {
@@ -481,7 +553,7 @@ impl FilterMetrics {
         if !valid_name(name) || !unique || !labels.iter().all(|l| valid_name(l) && l != "filter") {
             return Err(MetricError::InvalidName);
         }
-        let bounds: Box<[f64]> = match (kind, bounds) {
+        let bounds: Arc<[f64]> = match (kind, bounds) {
             (MetricKind::Histogram, None) => default_bounds(),
             (MetricKind::Histogram, Some(b)) => {
                 let increasing = b.windows(2).all(|w| w[0] < w[1]);
@@ -494,7 +566,7 @@ impl FilterMetrics {
                 }
                 b.into()
             }
-            (_, None) => Box::default(),
+            (_, None) => Arc::new([]),
             (_, Some(_)) => return Err(MetricError::Conflict),
         };
         let full = format!("{}{name}", self.spec.prefix);
@@ -537,13 +609,8 @@ impl FilterMetrics {
         u32::try_from(families.len() - 1).map_err(|_| MetricError::LimitExceeded)
     }
 
-    /// Run `f` on the series of `values`, made if it is new and the limit allows.
-    fn with<R>(
-        &self,
-        handle: u32,
-        values: Vec<String>,
-        f: impl FnOnce(&MetricFamily, &Value) -> Result<R, MetricError>,
-    ) -> Result<R, MetricError> {
+    /// The series of `values`, made if it is new and the limit allows; touched.
+    fn resolve(&self, handle: u32, values: Vec<String>) -> Result<Arc<Series>, MetricError> {
         let families = read(&self.families);
         let family = families
             .get(handle as usize)
@@ -554,27 +621,24 @@ impl FilterMetrics {
         let now = millis(self.epoch.elapsed());
         if let Some(s) = read(&family.series).get(&values[..]) {
             s.touched.store(now, Relaxed);
-            return f(family, &s.value);
+            return Ok(s.clone());
         }
         let mut series = write(&family.series);
         if let Some(s) = series.get(&values[..]) {
             s.touched.store(now, Relaxed);
-            return f(family, &s.value);
+            return Ok(s.clone());
         }
         if series.len() >= self.spec.max_series {
-            family.expire(
-                &mut series,
-                now.saturating_sub(millis(self.spec.expire_after)),
-            );
+            let oldest = now.saturating_sub(millis(self.spec.expire_after));
+            family.expire(&mut series, oldest);
             if series.len() >= self.spec.max_series {
                 family.dropped.fetch_add(1, Relaxed);
                 return Err(MetricError::LimitExceeded);
             }
         }
         let s = Arc::new(family.new_series(now));
-        let r = f(family, &s.value)?;
-        series.insert(values.into_boxed_slice(), s);
-        Ok(r)
+        series.insert(values.into_boxed_slice(), s.clone());
+        Ok(s)
     }
 
     pub(crate) fn add(
@@ -583,18 +647,7 @@ impl FilterMetrics {
         labels: Vec<String>,
         delta: i64,
     ) -> Result<(), MetricError> {
-        self.with(handle, labels, |_, v| match v {
-            Value::Counter(c) => {
-                let delta = u64::try_from(delta).map_err(|_| MetricError::Conflict)?;
-                c.fetch_add(delta, Relaxed);
-                Ok(())
-            }
-            Value::Gauge(g) => {
-                g.fetch_add(delta, Relaxed);
-                Ok(())
-            }
-            Value::Histogram { .. } => Err(MetricError::Conflict),
-        })
+        self.resolve(handle, labels)?.add(delta)
     }
 
     pub(crate) fn set(
@@ -603,13 +656,7 @@ impl FilterMetrics {
         labels: Vec<String>,
         value: i64,
     ) -> Result<(), MetricError> {
-        self.with(handle, labels, |_, v| match v {
-            Value::Gauge(g) => {
-                g.store(value, Relaxed);
-                Ok(())
-            }
-            _ => Err(MetricError::Conflict),
-        })
+        self.resolve(handle, labels)?.set(value)
     }
 
     pub(crate) fn observe(
@@ -618,20 +665,72 @@ impl FilterMetrics {
         labels: Vec<String>,
         value: f64,
     ) -> Result<(), MetricError> {
-        if value.is_nan() {
-            return Err(MetricError::Conflict);
+        self.resolve(handle, labels)?.observe(value)
+    }
+
+    /// A handle to the series of `values`: `generation << 32 | place + 1`.
+    pub(crate) fn series(&self, metric: u32, values: Vec<String>) -> Result<u64, MetricError> {
+        let s = self.resolve(metric, values)?;
+        let known = s.handle.load(Relaxed);
+        if known != 0 {
+            return Ok(known);
         }
-        self.with(handle, labels, |family, v| match v {
-            Value::Histogram { buckets, sum } => {
-                let i = family.bounds.partition_point(|b| *b < value);
-                buckets[i].fetch_add(1, Relaxed);
-                let _ = sum.fetch_update(Relaxed, Relaxed, |s| {
-                    Some((f64::from_bits(s) + value).to_bits())
-                });
-                Ok(())
+        let mut slots = write(&self.slots);
+        let known = s.handle.load(Relaxed);
+        if known != 0 {
+            return Ok(known);
+        }
+        // A place whose series expired is given out again, under a new generation.
+        let free = slots
+            .iter()
+            .position(|p| p.series.as_ref().is_none_or(|s| s.dead.load(Relaxed)));
+        let place = match free {
+            Some(i) => i,
+            None => {
+                slots.push(Slot::default());
+                slots.len() - 1
             }
-            _ => Err(MetricError::Conflict),
-        })
+        };
+        let slot = &mut slots[place];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.series = Some(s.clone());
+        let handle = (u64::from(slot.generation) << 32) | (place as u64 + 1);
+        s.handle.store(handle, Relaxed);
+        Ok(handle)
+    }
+
+    /// Run `f` on the live series `handle` names.
+    fn by_handle<R>(
+        &self,
+        handle: u64,
+        f: impl FnOnce(&Series) -> Result<R, MetricError>,
+    ) -> Result<R, MetricError> {
+        let place = (handle & 0xffff_ffff)
+            .checked_sub(1)
+            .ok_or(MetricError::UnknownMetric)?;
+        let slots = read(&self.slots);
+        let slot = slots
+            .get(place as usize)
+            .ok_or(MetricError::UnknownMetric)?;
+        match &slot.series {
+            Some(s) if u64::from(slot.generation) == handle >> 32 && !s.dead.load(Relaxed) => {
+                s.touched.store(millis(self.epoch.elapsed()), Relaxed);
+                f(s)
+            }
+            _ => Err(MetricError::UnknownMetric),
+        }
+    }
+
+    pub(crate) fn series_add(&self, handle: u64, delta: i64) -> Result<(), MetricError> {
+        self.by_handle(handle, |s| s.add(delta))
+    }
+
+    pub(crate) fn series_set(&self, handle: u64, value: i64) -> Result<(), MetricError> {
+        self.by_handle(handle, |s| s.set(value))
+    }
+
+    pub(crate) fn series_observe(&self, handle: u64, value: f64) -> Result<(), MetricError> {
+        self.by_handle(handle, |s| s.observe(value))
     }
 }
 
@@ -777,6 +876,71 @@ mod tests {
         assert!(!out.contains(r#"host="h1""#), "{out}");
         std::thread::sleep(Duration::from_millis(250));
         assert!(!encode(&hub).contains("weft_filter_req_total{"));
+    }
+
+    #[test]
+    fn series_handles_update_without_labels_until_the_series_expires() {
+        let hub = Arc::new(MetricsHub::default());
+        let spec = MetricsSpec {
+            expire_after: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let m = hub.filter_metrics("t", "d1", &spec);
+        let c = m
+            .define(MetricKind::Counter, "n_total", "", labels(&["k"]), None)
+            .unwrap();
+        let h = m
+            .define(
+                MetricKind::Histogram,
+                "ms",
+                "",
+                labels(&["k"]),
+                Some(vec![1.0]),
+            )
+            .unwrap();
+        let a = m.series(c, labels(&["a"])).unwrap();
+        assert_eq!(
+            m.series(c, labels(&["a"])).unwrap(),
+            a,
+            "one handle per series"
+        );
+        let b = m.series(h, labels(&["a"])).unwrap();
+        assert_ne!(a, b);
+        m.series_add(a, 2).unwrap();
+        m.add(c, labels(&["a"]), 1).unwrap();
+        m.series_observe(b, 0.5).unwrap();
+        assert!(matches!(
+            m.series_observe(a, 1.0),
+            Err(MetricError::Conflict)
+        ));
+        assert!(matches!(
+            m.series_add(0, 1),
+            Err(MetricError::UnknownMetric)
+        ));
+        assert!(matches!(
+            m.series_add(a + 7, 1),
+            Err(MetricError::UnknownMetric)
+        ));
+        let out = encode(&hub);
+        assert!(
+            out.contains(r#"weft_filter_n_total{filter="t",k="a"} 3"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"weft_filter_ms_bucket{le="1.0",filter="t",k="a"} 1"#),
+            "{out}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        encode(&hub);
+        // Expired: the handle fails; resolving again gives a new series and handle.
+        assert!(matches!(
+            m.series_add(a, 1),
+            Err(MetricError::UnknownMetric)
+        ));
+        let again = m.series(c, labels(&["a"])).unwrap();
+        assert_ne!(again, a);
+        m.series_add(again, 1).unwrap();
+        assert!(encode(&hub).contains(r#"weft_filter_n_total{filter="t",k="a"} 1"#));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! exchange to its end, so the hooks run exactly once, also when the client goes away.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use weft_engine::{Exchange, Responder, Summary};
 
+use crate::access::AccessLog;
 use crate::body::ProxyBody;
 use crate::chain::FilterChain;
 
@@ -25,6 +27,7 @@ struct Pending {
     ex: Box<Exchange>,
     status: u16,
     responder: Responder,
+    log: Option<Arc<AccessLog>>,
 }
 
 impl std::fmt::Debug for DoneBody {
@@ -42,6 +45,7 @@ pub(crate) fn wrap(
     chain: &FilterChain,
     ex: Box<Exchange>,
     responder: Responder,
+    log: Option<Arc<AccessLog>>,
 ) -> Response<ProxyBody> {
     let status = resp.status().as_u16();
     let mut ex = ex;
@@ -58,6 +62,7 @@ pub(crate) fn wrap(
                 ex,
                 status,
                 responder,
+                log,
             }),
         }))
     })
@@ -83,6 +88,9 @@ impl DoneBody {
         // Last filter first, as responses go.
         for filter in p.chain.filters().iter().rev().filter(|f| f.interest().done) {
             ex = filter.on_done(ex, &summary);
+        }
+        if let Some(log) = p.log {
+            log.write(&ex, &summary);
         }
     }
 }

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod access;
 mod admin;
 mod body;
 mod chain;
@@ -47,6 +48,7 @@ use tokio::task::JoinHandle;
 use weft_config::Config;
 use weft_engine::Engine;
 
+pub use access::TARGET as ACCESS_LOG_TARGET;
 pub use body::ProxyBody;
 pub use chain::{ChainError, FilterChain};
 pub use cluster::{Cluster, ClusterError};
@@ -212,6 +214,10 @@ fn build_states(
             normalize_path: l.normalize_path,
             allow_connect: l.allow_connect,
             conn: Arc::new(listener::ConnParts::new(tls, &settings)),
+            access: config
+                .access_log
+                .as_ref()
+                .map(|a| Arc::new(access::AccessLog::new(Arc::from(l.name.value.as_str()), a))),
         });
     }
     // Only once everything loaded: a configuration that fails changes nothing.

@@ -60,6 +60,8 @@ pub struct ListenerState {
     pub allow_connect: bool,
     /// TLS and HTTP settings for new connections.
     pub(crate) conn: Arc<crate::listener::ConnParts>,
+    /// The access log, when the configuration has one.
+    pub(crate) access: Option<Arc<crate::access::AccessLog>>,
 }
 
 /// Serve one request. Never fails: every error becomes a response that says who
@@ -74,8 +76,10 @@ pub(crate) async fn serve(
     let grpc = is_grpc(req.headers());
     let mut req = req;
     let mut upgrade = Upgrade::of(&mut req, state.allow_connect);
-    // A chain without hooks (or no chain) costs nothing: no context, no exchange.
-    if !state.chain.has_hooks() {
+    let logged = state.access.as_ref().filter(|a| a.sampled());
+    // A chain without hooks (or no chain) costs nothing: no context, no exchange,
+    // unless the request is logged.
+    if !state.chain.has_hooks() && logged.is_none() {
         let mut resp = match forward(&state, req, &mut upgrade).await {
             Ok(resp) => resp,
             Err(e) => fail(&state.name, e, id, grpc),
@@ -86,10 +90,14 @@ pub(crate) async fn serve(
         return Ok(resp);
     }
     let (parts, body) = req.into_parts();
+    let mut ctx = RequestContext::new(id, conn);
+    if logged.is_some() {
+        ctx.decisions = Some(Vec::new());
+    }
     let mut lent = Lent(Some(Box::new(Exchange {
         request: RequestHead { parts, body: None },
         response: None,
-        ctx: RequestContext::new(id, conn),
+        ctx,
     })));
     let (mut resp, responder) = match filtered(&state, &mut lent, body, grpc, &mut upgrade).await {
         Ok(done) => done,
@@ -103,7 +111,9 @@ pub(crate) async fn serve(
     }
     // The end phase: `on-done` runs once the response body has gone, whatever happened.
     Ok(match lent.0 {
-        Some(ex) if state.chain.done => done::wrap(resp, &state.chain, ex, responder),
+        Some(ex) if state.chain.done || logged.is_some() => {
+            done::wrap(resp, &state.chain, ex, responder, logged.cloned())
+        }
         _ => resp,
     })
 }
@@ -301,6 +311,13 @@ impl Lent {
         let (ex, outcome) = filter.on_request(self.0.take().expect(Self::BACK));
         self.0 = Some(ex);
         outcome
+    }
+
+    /// Note what a filter decided, when the request is logged.
+    fn decided(&mut self, filter: &Filter, what: &str) {
+        if let Some(d) = self.get_mut().ctx.decisions.as_mut() {
+            d.push(format!("{}:{what}", filter.name()));
+        }
     }
 
     fn on_response(&mut self, filter: &Filter) -> Outcome<ResponseAction> {
@@ -529,9 +546,13 @@ async fn filtered(
     for &i in chain.request_filters() {
         let filter = &chain.filters()[i];
         match lent.on_request(filter) {
-            Outcome::Done(Action::Continue) | Outcome::Skipped(_) => {}
+            Outcome::Done(Action::Continue) => {}
+            Outcome::Skipped(_) => lent.decided(filter, "failed-open"),
             Outcome::Done(Action::Route(name)) => match state.clusters.get(&name) {
-                Some(c) => route = Some(c),
+                Some(c) => {
+                    lent.decided(filter, "route");
+                    route = Some(c);
+                }
                 None => {
                     return Err(ProxyError::new(
                         Side::Filter,
@@ -545,9 +566,11 @@ async fn filtered(
                 }
             },
             Outcome::Done(Action::Delay(ns)) => {
+                lent.decided(filter, "delay");
                 tokio::time::sleep(Duration::from_nanos(ns).min(MAX_DELAY)).await;
             }
             Outcome::Done(Action::Respond(local)) => {
+                lent.decided(filter, "respond");
                 // Filters before this one see the local response like an upstream one.
                 lent.get_mut().response = Some(local_response(filter.name(), local)?);
                 let mut responder = Responder::Filter(filter.name().to_owned());
@@ -555,7 +578,10 @@ async fn filtered(
                 response_hooks(state, lent, i, &mut body, &mut responder, |_| false)?;
                 return Ok((finish(lent, body), responder));
             }
-            Outcome::Failed(f) => return Err(filter_failed(&f)),
+            Outcome::Failed(f) => {
+                lent.decided(filter, "failed");
+                return Err(filter_failed(&f));
+            }
         }
     }
 
@@ -571,7 +597,7 @@ async fn filtered(
     let expire = arrival.expire(timeout);
     tokio::pin!(expire);
     // Hooks after the exchange read the request head: keep it, send a copy.
-    let keep_head = chain.response || chain.done;
+    let keep_head = chain.response || chain.done || lent.get().ctx.decisions.is_some();
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
@@ -763,8 +789,10 @@ fn response_hooks(
         .filter(|f| f.interest().response)
     {
         match lent.on_response(filter) {
-            Outcome::Done(ResponseAction::Continue) | Outcome::Skipped(_) => {}
+            Outcome::Done(ResponseAction::Continue) => {}
+            Outcome::Skipped(_) => lent.decided(filter, "failed-open"),
             Outcome::Done(ResponseAction::Respond(local)) => {
+                lent.decided(filter, "respond");
                 lent.get_mut().response = Some(local_response(filter.name(), local)?);
                 *stream = None;
                 *responder = Responder::Filter(filter.name().to_owned());
@@ -772,8 +800,10 @@ fn response_hooks(
             Outcome::Done(ResponseAction::Retry(ns)) => {
                 let delay = Duration::from_nanos(ns).min(MAX_DELAY);
                 if may_retry(delay) {
+                    lent.decided(filter, "retry");
                     return Ok(Some(delay));
                 }
+                lent.decided(filter, "retry-refused");
                 tracing::debug!(
                     listener = &*state.name,
                     request = lent.get().ctx.id,
@@ -781,7 +811,10 @@ fn response_hooks(
                     "retry not possible (body not kept, attempts or time used up)"
                 );
             }
-            Outcome::Failed(f) => return Err(filter_failed(&f)),
+            Outcome::Failed(f) => {
+                lent.decided(filter, "failed");
+                return Err(filter_failed(&f));
+            }
         }
     }
     Ok(None)

@@ -98,6 +98,38 @@ pub(crate) fn define_histogram(
     define_metric(MetricKind::Histogram, name, help, labels)
 }
 
+/// A series handle natively: the metric's id, plus one.
+pub(crate) fn metric_series(id: u32, labels: &[String]) -> Result<u64, MetricError> {
+    let kinds = [
+        MetricKind::Counter,
+        MetricKind::Gauge,
+        MetricKind::Histogram,
+    ];
+    use_metric(id, labels, &kinds).map(|()| u64::from(id) + 1)
+}
+
+/// Check an update of series `handle` of one of these kinds.
+fn use_series(handle: u64, allowed: &[MetricKind]) -> Result<(), MetricError> {
+    let id = handle.checked_sub(1).and_then(|i| usize::try_from(i).ok());
+    with(|h| match id.and_then(|i| h.metrics.get(i)) {
+        None => Err(MetricError::UnknownMetric),
+        Some((_, kind, _)) if !allowed.contains(kind) => Err(MetricError::Conflict),
+        Some(_) => Ok(()),
+    })
+}
+
+pub(crate) fn series_add(handle: u64, _delta: i64) -> Result<(), MetricError> {
+    use_series(handle, &[MetricKind::Counter, MetricKind::Gauge])
+}
+
+pub(crate) fn series_set(handle: u64, _value: i64) -> Result<(), MetricError> {
+    use_series(handle, &[MetricKind::Gauge])
+}
+
+pub(crate) fn series_observe(handle: u64, _value: f64) -> Result<(), MetricError> {
+    use_series(handle, &[MetricKind::Histogram])
+}
+
 /// No proxy exports spans natively.
 pub(crate) fn spans_exported() -> bool {
     false

@@ -40,7 +40,10 @@
 
 pub mod context;
 
-use weft_sdk::metrics::{Counter, Histogram};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use weft_sdk::metrics::{Counter, Histogram, MetricError, Series};
 use weft_sdk::prelude::*;
 use weft_sdk::trace::{Span, SpanKind};
 use weft_sdk::{Responder, random, trace};
@@ -154,6 +157,8 @@ pub struct Telemetry {
     pub duration: DurationUnit,
     #[serde(skip)]
     metrics: Option<Metrics>,
+    #[serde(skip)]
+    cache: RefCell<Cache>,
 }
 
 #[derive(Debug)]
@@ -161,6 +166,72 @@ struct Metrics {
     requests: Counter,
     errors: Counter,
     duration: Histogram,
+}
+
+/// Label sets seen, to their series: a request whose labels were seen before records
+/// with two calls that pass no strings.
+#[derive(Debug, Default)]
+struct Cache {
+    /// The label values joined by U+001F, a byte no label value needs.
+    key: String,
+    series: HashMap<String, Recorded>,
+}
+
+/// Most label sets one instance remembers; past it, it starts over.
+const MAX_CACHED: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+struct Recorded {
+    requests: Series,
+    errors: Option<Series>,
+    duration: Series,
+}
+
+impl Metrics {
+    /// Count one request with these labels.
+    fn record(&self, cache: &mut Cache, labels: &[&str; 8], failed: bool, took: f64) {
+        let Cache { key, series } = cache;
+        key.clear();
+        for l in labels {
+            key.push_str(l);
+            key.push('\u{1f}');
+        }
+        // Twice at most: a series the proxy expired is resolved again.
+        for _ in 0..2 {
+            let rec = match series.get_mut(key.as_str()) {
+                Some(r) => r,
+                None => {
+                    let (Ok(requests), Ok(duration)) =
+                        (self.requests.series(labels), self.duration.series(labels))
+                    else {
+                        // Past the series limit: the proxy dropped and counted it.
+                        return;
+                    };
+                    if series.len() >= MAX_CACHED {
+                        series.clear();
+                    }
+                    let rec = Recorded {
+                        requests,
+                        errors: None,
+                        duration,
+                    };
+                    series.entry(key.clone()).or_insert(rec)
+                }
+            };
+            if failed && rec.errors.is_none() {
+                rec.errors = self.errors.series(labels).ok();
+            }
+            let result = rec.requests.inc().and_then(|()| rec.duration.observe(took));
+            let result = match (failed, rec.errors) {
+                (true, Some(e)) => result.and_then(|()| e.inc()),
+                _ => result,
+            };
+            if !matches!(result, Err(MetricError::UnknownMetric)) {
+                return;
+            }
+            series.remove(key.as_str());
+        }
+    }
 }
 
 /// What the request hook hands to `on-done`, in a property.
@@ -385,16 +456,17 @@ impl Filter for Telemetry {
         let noted = self.note(&head);
         if self.trace.propagate {
             let parent = context::format_traceparent(noted.trace_id, noted.span_id, noted.sampled);
-            let _ = req.set_header("traceparent", &parent);
+            let _ = req.set_header("traceparent", parent.as_str());
         }
         match self.reporter {
             Reporter::Source => {
                 let _ = req.set_header(SOURCE_HEADER, self.workload());
             }
             // The caller's claim stops here; it names this hop's caller only.
-            Reporter::Destination => {
+            Reporter::Destination if head.header_bytes(SOURCE_HEADER).is_some() => {
                 req.remove_header(SOURCE_HEADER);
             }
+            Reporter::Destination => {}
         }
         let _ = ctx.set(PROPERTY, &noted.encode());
         Action::Continue
@@ -441,16 +513,11 @@ impl Filter for Telemetry {
             &grpc_label,
         ];
         let failed = summary.status >= 500 || grpc.is_some_and(grpc_error) || !summary.complete;
-        // A label set past the proxy's limit is dropped and counted by the proxy.
-        let _ = metrics.requests.inc(&labels);
-        if failed {
-            let _ = metrics.errors.inc(&labels);
-        }
         let took = match self.duration {
             DurationUnit::Milliseconds => summary.duration as f64 / 1e6,
             DurationUnit::Seconds => summary.duration as f64 / 1e9,
         };
-        let _ = metrics.duration.observe(&labels, took);
+        metrics.record(&mut self.cache.borrow_mut(), &labels, failed, took);
 
         if noted.sampled && noted.trace_id != (0, 0) && trace::exported() {
             let mut attributes: Vec<(String, String)> = vec![

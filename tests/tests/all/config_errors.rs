@@ -138,3 +138,33 @@ clusters:
     p.running().reload(&good).unwrap();
     assert_eq!(c.get(p.addr, "/").await.header("x-stamp"), Some("v2"));
 }
+
+#[test]
+fn observability_settings_are_checked() {
+    let listener = "listeners:\n  - name: main\n    address: 127.0.0.1:0\n";
+    let e = config_error(&format!(
+        "access_log:\n  fields: [status, colour]\n{listener}"
+    ));
+    assert!(
+        e.contains("access_log.fields[1]") && e.contains("no field \"colour\""),
+        "{e}"
+    );
+    let e = config_error(&format!("access_log:\n  sample: 2\n{listener}"));
+    assert!(
+        e.contains("access_log.sample") && e.contains("not within 0 to 1"),
+        "{e}"
+    );
+    let e = config_error(&format!("tracing:\n  collector: nowhere\n{listener}"));
+    assert!(e.contains("tracing") && e.contains("not host:port"), "{e}");
+    let e = config_error(&format!(
+        "{listener}    filters:\n      - name: t\n        module: builtin:telemetry\n        metrics: {{ prefix: weft_mine_ }}\n"
+    ));
+    assert!(
+        e.contains("filters[0].metrics") && e.contains("weft_"),
+        "{e}"
+    );
+    let e = config_error(&format!(
+        "{listener}    filters:\n      - name: t\n        module: builtin:telemetry\n        config: {{ reporter: source }}\n"
+    ));
+    assert!(e.contains("workload"), "{e}");
+}
