@@ -207,7 +207,8 @@ async fn admin_views_show_what_is_in_force_and_what_hooks_cost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_openmetrics_goes_to_who_asks() {
-    let web = backend("web").start().await;
+    // Three 503s: the first request fails after its two retries, an error to count.
+    let web = backend("web").fail_first(3, 503).start().await;
     let yaml = format!(
         r#"
 admin:
@@ -217,6 +218,9 @@ listeners:
     address: 127.0.0.1:0
     default_cluster: web
     filters:
+      - name: telemetry
+        module: builtin:telemetry
+        config: {{}}
       - name: stamp
         module: "{}"
         config: {{ name: one }}
@@ -233,7 +237,8 @@ clusters:
     let p = proxy(&yaml).start().await;
     let admin = p.running().admin_addr().unwrap();
     let c = client();
-    for path in ["/", "/a", "/b"] {
+    assert_eq!(c.get(p.addr, "/").await.status, 503);
+    for path in ["/a", "/b"] {
         assert_eq!(c.get(p.addr, path).await.status, 200);
     }
 
