@@ -22,11 +22,16 @@ fn temp_dir() -> std::path::PathBuf {
 
 /// A blocking HTTP/1.1 GET with `connection: close`; returns the whole response.
 fn get(addr: SocketAddr, path: &str) -> String {
+    get_with(addr, path, "")
+}
+
+/// [`get`] with more header lines (each ending in CRLF).
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: test\r\n{headers}connection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -361,15 +366,7 @@ listeners:
     });
     let (_, addr) = rx.recv_timeout(LIMIT).expect("the proxy starts");
     let addr: SocketAddr = addr.parse().unwrap();
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(
-        s,
-        "GET /tea?secret=1 HTTP/1.1\r\nhost: test\r\nx-teapot: 1\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let out = get_with(addr, "/tea?secret=1", "x-teapot: 1\r\n");
     assert!(out.starts_with("HTTP/1.1 418"), "{out}");
     // No cluster: the proxy answers itself, and says so in the log.
     let reply = get(addr, "/nowhere");
