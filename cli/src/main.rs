@@ -169,7 +169,11 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         .with_filter(filter::filter_fn(|m| {
             m.target() != weft_proxy::ACCESS_LOG_TARGET
         }));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    // 4096 lines of buffer (the default 128k would hold megabytes at start).
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(4096)
+        .lossy(true)
+        .finish(std::io::stdout());
     let access = access::Lines(writer).with_filter(
         filter::Targets::new().with_target(weft_proxy::ACCESS_LOG_TARGET, tracing::Level::INFO),
     );

@@ -7,6 +7,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+use std::sync::OnceLock;
+
 use crossbeam_queue::ArrayQueue;
 
 pub use crate::bindings::host_api::{Span, SpanKind};
@@ -16,7 +18,9 @@ pub const SPAN_QUEUE: usize = 8192;
 
 /// The queue between filters' `export-span` and the proxy's span exporter.
 pub struct SpanQueue {
-    queue: ArrayQueue<Span>,
+    /// Made when export is first turned on: a proxy that exports nothing holds no
+    /// room for spans.
+    queue: OnceLock<ArrayQueue<Span>>,
     enabled: AtomicBool,
     dropped: AtomicU64,
 }
@@ -24,7 +28,7 @@ pub struct SpanQueue {
 impl std::fmt::Debug for SpanQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SpanQueue")
-            .field("queued", &self.queue.len())
+            .field("queued", &self.len())
             .field("enabled", &self.enabled.load(Relaxed))
             .finish()
     }
@@ -33,7 +37,7 @@ impl std::fmt::Debug for SpanQueue {
 impl Default for SpanQueue {
     fn default() -> Self {
         Self {
-            queue: ArrayQueue::new(SPAN_QUEUE),
+            queue: OnceLock::new(),
             enabled: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         }
@@ -48,15 +52,21 @@ impl SpanQueue {
 
     /// Start or stop taking spans; stopping drops those still queued.
     pub fn set_enabled(&self, on: bool) {
+        if on {
+            self.queue.get_or_init(|| ArrayQueue::new(SPAN_QUEUE));
+        }
         self.enabled.store(on, Relaxed);
         if !on {
-            while self.queue.pop().is_some() {}
+            while self.pop().is_some() {}
         }
     }
 
     /// Queue a span; false (and counted) when it was dropped.
     pub fn push(&self, span: Span) -> bool {
-        if self.enabled() && self.queue.push(span).is_ok() {
+        if self.enabled()
+            && let Some(q) = self.queue.get()
+            && q.push(span).is_ok()
+        {
             return true;
         }
         self.dropped.fetch_add(1, Relaxed);
@@ -65,17 +75,17 @@ impl SpanQueue {
 
     /// The oldest queued span.
     pub fn pop(&self) -> Option<Span> {
-        self.queue.pop()
+        self.queue.get()?.pop()
     }
 
     /// Spans waiting.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queue.get().map_or(0, ArrayQueue::len)
     }
 
     /// Whether no span waits.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
     }
 
     /// Spans dropped at the queue: none exported, or the queue was full.
