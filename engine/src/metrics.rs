@@ -609,8 +609,14 @@ impl FilterMetrics {
         u32::try_from(families.len() - 1).map_err(|_| MetricError::LimitExceeded)
     }
 
-    /// The series of `values`, made if it is new and the limit allows; touched.
-    fn resolve(&self, handle: u32, values: Vec<String>) -> Result<Arc<Series>, MetricError> {
+    /// Run `f` on the series of `values`, made if it is new and the limit allows;
+    /// touched. A series that exists is used under the read lock, without a clone.
+    fn with_series<R>(
+        &self,
+        handle: u32,
+        values: Vec<String>,
+        f: impl FnOnce(&Arc<Series>) -> Result<R, MetricError>,
+    ) -> Result<R, MetricError> {
         let families = read(&self.families);
         let family = families
             .get(handle as usize)
@@ -621,12 +627,12 @@ impl FilterMetrics {
         let now = millis(self.epoch.elapsed());
         if let Some(s) = read(&family.series).get(&values[..]) {
             s.touched.store(now, Relaxed);
-            return Ok(s.clone());
+            return f(s);
         }
         let mut series = write(&family.series);
         if let Some(s) = series.get(&values[..]) {
             s.touched.store(now, Relaxed);
-            return Ok(s.clone());
+            return f(s);
         }
         if series.len() >= self.spec.max_series {
             let oldest = now.saturating_sub(millis(self.spec.expire_after));
@@ -637,8 +643,9 @@ impl FilterMetrics {
             }
         }
         let s = Arc::new(family.new_series(now));
-        series.insert(values.into_boxed_slice(), s.clone());
-        Ok(s)
+        let r = f(&s);
+        series.insert(values.into_boxed_slice(), s);
+        r
     }
 
     pub(crate) fn add(
@@ -647,7 +654,7 @@ impl FilterMetrics {
         labels: Vec<String>,
         delta: i64,
     ) -> Result<(), MetricError> {
-        self.resolve(handle, labels)?.add(delta)
+        self.with_series(handle, labels, |s| s.add(delta))
     }
 
     pub(crate) fn set(
@@ -656,7 +663,7 @@ impl FilterMetrics {
         labels: Vec<String>,
         value: i64,
     ) -> Result<(), MetricError> {
-        self.resolve(handle, labels)?.set(value)
+        self.with_series(handle, labels, |s| s.set(value))
     }
 
     pub(crate) fn observe(
@@ -665,12 +672,12 @@ impl FilterMetrics {
         labels: Vec<String>,
         value: f64,
     ) -> Result<(), MetricError> {
-        self.resolve(handle, labels)?.observe(value)
+        self.with_series(handle, labels, |s| s.observe(value))
     }
 
     /// A handle to the series of `values`: `generation << 32 | place + 1`.
     pub(crate) fn series(&self, metric: u32, values: Vec<String>) -> Result<u64, MetricError> {
-        let s = self.resolve(metric, values)?;
+        let s = self.with_series(metric, values, |s| Ok(s.clone()))?;
         let known = s.handle.load(Relaxed);
         if known != 0 {
             return Ok(known);
