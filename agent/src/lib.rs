@@ -11,7 +11,9 @@
 //!    stream; each snapshot is applied through
 //!    [`weft_proxy::RunningProxy::reload_with`] off the runtime's workers, and
 //!    requests in flight finish on the chain they started with.
-//! 3. [`Agent::applied`] tells which version is live; [`Agent::stop`] ends it.
+//! 3. When the server asks for them, the agent reports what the proxy's RED metrics
+//!    counted (see `report`) on the same stream, for `weft stat`.
+//! 4. [`Agent::applied`] tells which version is live; [`Agent::stop`] ends it.
 //!
 //! ```no_run
 //! # async fn run(proxy: weft_proxy::RunningProxy) -> Result<(), Box<dyn std::error::Error>> {
@@ -26,6 +28,7 @@
 #![deny(missing_docs)]
 
 mod cache;
+mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -139,6 +142,7 @@ struct Subscriber {
     applied: Applied,
     version_tx: watch::Sender<Option<u64>>,
     cache: Option<Arc<cache::DiskCache>>,
+    reporter: report::Reporter,
 }
 
 /// Apply the snapshot cached on disk (if any), then subscribe in the background.
@@ -165,6 +169,7 @@ pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, Agent
         applied: Applied::default(),
         version_tx,
         cache,
+        reporter: report::Reporter::default(),
     };
     subscriber.apply_cached().await;
     let task = tokio::spawn(subscriber.run());
@@ -243,10 +248,34 @@ impl Subscriber {
         request
             .metadata_mut()
             .insert("authorization", self.authorization.clone());
-        let mut snapshots = client.subscribe(request).await?.into_inner();
+        let response = client.subscribe(request).await?;
+        let interval = report_interval(response.metadata());
+        let mut snapshots = response.into_inner();
         tracing::info!(server = %self.options.server, node = %self.options.node, "subscribed to the config server");
+        // Reports count from now: what was served while no server listened is not
+        // told to this one as if it had just happened.
+        let hub = self.proxy.engine().metrics();
+        let _ = self.reporter.collect(&hub);
+        let mut reports = interval.map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
         let mut delivered = false;
-        while let Some(mut snapshot) = snapshots.message().await? {
+        loop {
+            let next = tokio::select! {
+                next = snapshots.message() => next?,
+                _ = tick(&mut reports) => {
+                    for report in self.reporter.collect(&hub) {
+                        let report = ProxyMessage { kind: Some(Kind::Report(report)) };
+                        if tx.send(report).await.is_err() {
+                            return Ok(delivered);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Some(mut snapshot) = next else { break };
             delivered = true;
             let version = snapshot.version;
             let modules = std::mem::take(&mut snapshot.modules)
@@ -370,6 +399,28 @@ impl Subscriber {
             // Serving goes on; only a restart without the server would miss it.
             tracing::warn!(version, "cannot cache the snapshot on disk: {e}");
         }
+    }
+}
+
+/// The report interval the server asked for, if it did.
+fn report_interval(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let ms: u64 = metadata
+        .get(weft_api::REPORT_INTERVAL_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    // Faster than every 10 ms would be a server's mistake, not a wish.
+    (ms > 0).then(|| Duration::from_millis(ms.max(10)))
+}
+
+/// The next report's time; never, without reports.
+async fn tick(reports: &mut Option<tokio::time::Interval>) {
+    match reports {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

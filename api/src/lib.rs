@@ -49,6 +49,16 @@ pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// refused before it is read (OUT_OF_RANGE).
 pub const MAX_PROXY_MESSAGE_SIZE: usize = 64 << 10;
 
+/// Response metadata of `Subscribe`: how often, in milliseconds, the proxy sends a
+/// [`Report`]; absent or 0: never.
+pub const REPORT_INTERVAL_HEADER: &str = "x-weft-report-interval-ms";
+
+/// Most rows one [`Report`] may carry; a proxy splits longer lists.
+pub const MAX_REPORT_ROWS: usize = 100;
+
+/// Most buckets one [`Traffic`] histogram may have.
+pub const MAX_REPORT_BUCKETS: usize = 65;
+
 /// The `authorization` metadata value that carries a token: `Bearer TOKEN`. Fails
 /// when the token holds characters metadata cannot carry.
 pub fn bearer(

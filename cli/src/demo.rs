@@ -123,12 +123,10 @@ pub(crate) async fn run(
             .create(&data)
             .with_context(|| format!("creating {}", data.display()))?;
     }
-    let server = weft_config_server::start(weft_config_server::Options::new(
-        server_listen,
-        data.clone(),
-    ))
-    .await
-    .context(
+    let mut options = weft_config_server::Options::new(server_listen, data.clone());
+    // Quick enough for `weft stat` to follow someone trying the demo by hand.
+    options.report_interval = Duration::from_secs(2);
+    let server = weft_config_server::start(options).await.context(
         "starting the demo config server (is the port taken? try --server-listen 127.0.0.1:7071)",
     )?;
     let url = format!("http://{}", server.addr());
@@ -199,6 +197,8 @@ filters, in front of blue ({blue}, and a slow replica {blue_slow}) and green
   curl http://{admin}/filters                              # each filter's calls, p50, p99
   curl http://{admin}/clusters                             # endpoints: health, EWMA, pools
   curl http://{admin}/config                               # what is in force, with sha256s
+  ./target/release/weft stat --server {url}     # live: success rate, req/s, p50/p95/p99
+                                  # per service and route across both proxies (Ctrl-C ends)
 
 Change the mesh live: edit {mesh} (say, the split weights), then
 

@@ -5,6 +5,7 @@ mod access;
 mod client;
 mod demo;
 mod paths;
+mod stat;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,6 +64,9 @@ enum Command {
         /// refused unless one disconnected long enough ago to be forgotten.
         #[arg(long, default_value_t = weft_config_server::Limits::default().max_proxies)]
         max_proxies: usize,
+        /// How often proxies report their traffic, for `weft stat`; 0s: never.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        report_interval: Duration,
     },
     /// Push a filter module (.wasm component) to the config server under a name.
     Push {
@@ -90,6 +94,10 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// Success rate, requests per second and latency (p50, p95, p99) per service and
+    /// route across the mesh, from the traffic proxies report to the config server;
+    /// redrawn live in a terminal.
+    Stat(stat::StatArgs),
     /// Make an earlier version current again (as a new version).
     Rollback {
         /// The version to return to.
@@ -225,17 +233,26 @@ fn main() -> ExitCode {
                 max_filter_size,
                 max_connections,
                 max_proxies,
+                report_interval,
             } => {
                 let limits = weft_config_server::Limits {
                     max_connections,
                     max_proxies,
                     ..Default::default()
                 };
-                run_config_server(listen, data_dir, max_filter_size, limits).await
+                let mut options = weft_config_server::Options::new(
+                    listen,
+                    data_dir.unwrap_or_else(paths::server_data_dir),
+                );
+                options.max_filter_size = max_filter_size;
+                options.limits = limits;
+                options.report_interval = report_interval;
+                run_config_server(options).await
             }
             Command::Push { file, name, server } => client::push(&server, &file, &name).await,
             Command::Apply { file, server } => client::apply(&server, &file).await,
             Command::Status { json, server } => client::status(&server, json).await,
+            Command::Stat(args) => stat::stat(&args).await,
             Command::Rollback { version, server } => client::rollback(&server, version).await,
             Command::Demo {
                 listen,
@@ -353,23 +370,12 @@ pub(crate) async fn wait_for_stop() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_config_server(
-    listen: std::net::SocketAddr,
-    data_dir: Option<PathBuf>,
-    max_filter_size: usize,
-    limits: weft_config_server::Limits,
-) -> anyhow::Result<()> {
-    let data_dir = data_dir.unwrap_or_else(paths::server_data_dir);
+async fn run_config_server(mut options: weft_config_server::Options) -> anyhow::Result<()> {
     let given = |var: &str| std::env::var(var).ok().filter(|t| !t.is_empty());
-    let server = weft_config_server::start(weft_config_server::Options {
-        listen,
-        data_dir: data_dir.clone(),
-        token: given("WEFT_TOKEN"),
-        proxy_token: given("WEFT_PROXY_TOKEN"),
-        max_filter_size,
-        limits,
-    })
-    .await?;
+    options.token = given("WEFT_TOKEN");
+    options.proxy_token = given("WEFT_PROXY_TOKEN");
+    let data_dir = options.data_dir.clone();
+    let server = weft_config_server::start(options).await?;
     if let Some(token) = server.created_token() {
         println!(
             "created the API token (shown once; kept in {}):\n  {token}",

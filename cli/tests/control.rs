@@ -67,9 +67,15 @@ struct Server {
 
 /// `weft config-server` on `listen` with its data in `dir`.
 fn config_server(dir: &Path, listen: &str) -> Server {
+    config_server_with(dir, listen, &[])
+}
+
+/// `weft config-server` with more arguments.
+fn config_server_with(dir: &Path, listen: &str, args: &[&str]) -> Server {
     let mut child = weft()
         .args(["config-server", "--listen", listen, "--data-dir"])
         .arg(dir)
+        .args(args)
         .env("WEFT_CACHE_DIR", dir.join("cache"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -187,9 +193,21 @@ fn last_number(out: &str) -> u64 {
         .unwrap_or_else(|| panic!("no version at the end of {out:?}"))
 }
 
-/// `weft proxy --config-server URL` as node `node`, caching in `state`, serving on
-/// `workers` threads (one runs the single-threaded scheduler).
+/// `weft proxy --config-server URL` as node `node` of service `web`, caching in
+/// `state`, serving on `workers` threads (one runs the single-threaded scheduler).
 fn proxy(url: &str, token: &Path, node: &str, state: &Path, workers: usize) -> ProxyProc {
+    proxy_of(url, token, node, "web", state, workers)
+}
+
+/// The same, beside another service.
+fn proxy_of(
+    url: &str,
+    token: &Path,
+    node: &str,
+    service: &str,
+    state: &Path,
+    workers: usize,
+) -> ProxyProc {
     let mut child = weft()
         .args(["proxy", "--proxy-token-file"])
         .arg(token)
@@ -199,7 +217,7 @@ fn proxy(url: &str, token: &Path, node: &str, state: &Path, workers: usize) -> P
             "--node",
             node,
             "--service",
-            "web",
+            service,
             "--label",
             "zone=a",
             "--admin",
@@ -683,4 +701,280 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
         client.get(inbound, "/").await.header("x-echo-tag"),
         Some("one")
     );
+}
+
+/// Prometheus' `histogram_quantile` over one series' cumulative buckets, as
+/// (upper bound, count) sorted by bound.
+fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
+    let total = buckets.last().unwrap().1;
+    let rank = q * total;
+    let mut below = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return below.0;
+            }
+            return below.0 + (le - below.0) * (rank - below.1) / (count - below.1);
+        }
+        below = (le, count);
+    }
+    unreachable!("+Inf holds every observation")
+}
+
+/// The mesh of the `weft stat` test: a banking sidecar routing `/buy` and `/quote`
+/// to their backends, and, once its address is known, a trading sidecar calling it.
+fn bank_mesh(buy: SocketAddr, quote: SocketAddr, callee: Option<SocketAddr>) -> String {
+    let mut mesh = format!(
+        r#"clusters:
+  - name: buy
+    endpoints: ["{buy}"]
+  - name: quote
+    endpoints: ["{quote}"]
+proxies:
+  - select: {{ service: banking }}
+    listeners:
+      - name: inbound
+        address: 127.0.0.1:0
+        default_cluster: buy
+        filters:
+          - name: telemetry
+            module: builtin:telemetry
+            config: {{ reporter: destination, workload: banking, service: banking }}
+          - name: router
+            module: builtin:router
+            config:
+              routes:
+                - name: buy
+                  match: {{ path: {{ prefix: /buy }} }}
+                  cluster: buy
+                - name: quote
+                  match: {{ path: {{ prefix: /quote }} }}
+                  cluster: quote
+"#
+    );
+    if let Some(callee) = callee {
+        mesh = mesh.replacen(
+            "proxies:",
+            &format!("  - name: banking\n    endpoints: [\"{callee}\"]\nproxies:"),
+            1,
+        );
+        mesh.push_str(
+            r#"  - select: { service: trading }
+    listeners:
+      - name: inbound
+        address: 127.0.0.1:0
+        default_cluster: banking
+        filters:
+          - name: telemetry
+            module: builtin:telemetry
+            metrics: { prefix: istio_ }
+            config: { reporter: source, workload: trading, service: banking, duration: milliseconds }
+"#,
+        );
+    }
+    mesh
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_stat_shows_the_load_each_service_and_route_got() {
+    let dir = TempDir::new();
+    // /buy: the first 2 of 10 fail. /quote: the first 3 of 5 take 60 ms.
+    let buy = backend("buy").fail_first(2, 503).start().await;
+    let quote = backend("quote").slow_first(3, 60).start().await;
+    let server = config_server_with(
+        &dir.0.join("server"),
+        "127.0.0.1:0",
+        &["--report-interval", "100ms"],
+    );
+    let mesh_file = write(&dir.0, "mesh.yaml", &bank_mesh(buy.addr, quote.addr, None));
+    server.apply(&mesh_file);
+    let callee = proxy_of(
+        &server.url,
+        &server.proxy_token,
+        "banking-1",
+        "banking",
+        &dir.0.join("banking"),
+        1,
+    );
+    let callee_addr = callee.inbound();
+    let mesh_file = write(
+        &dir.0,
+        "mesh.yaml",
+        &bank_mesh(buy.addr, quote.addr, Some(callee_addr)),
+    );
+    let version = server.apply(&mesh_file);
+    let caller = proxy_of(
+        &server.url,
+        &server.proxy_token,
+        "trading-1",
+        "trading",
+        &dir.0.join("trading"),
+        1,
+    );
+    let caller_addr = caller.inbound();
+    server.converged(&["banking-1", "trading-1"], version);
+
+    // Nothing has been sent yet: nothing to show.
+    let empty = server.cli_ok(&["stat", "--once"]);
+    assert!(
+        empty.contains("no traffic reported in the window"),
+        "{empty}"
+    );
+
+    let client = weft_tests::client();
+    let mut sent = BTreeMap::new();
+    for (path, n) in [("/buy/order", 10), ("/quote/eur", 5)] {
+        for _ in 0..n {
+            let status = client.get(caller_addr, path).await.status.as_u16();
+            *sent.entry((path, status)).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        sent,
+        BTreeMap::from([
+            (("/buy/order", 200), 8),
+            (("/buy/order", 503), 2),
+            (("/quote/eur", 200), 5)
+        ])
+    );
+
+    // The proxies report every 100 ms: wait until all 15 are in.
+    let stat = |reporter: &str| -> Value {
+        let out = server.cli_ok(&["stat", "--json", "--window", "2m", "--reporter", reporter]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let all_in = |reporter: &str| {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let view = stat(reporter);
+            if view["services"][0]["requests"] == 15 {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not all 15 requests reported: {view:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let view = all_in("auto");
+    // The callee's side is shown: each request once, not once per hop.
+    let services = view["services"].as_array().unwrap();
+    assert_eq!(services.len(), 1, "{view:#}");
+    let bank = &services[0];
+    assert_eq!(bank["service"], "banking");
+    assert_eq!(bank["reporter"], "destination");
+    assert_eq!(
+        (bank["requests"].as_u64(), bank["errors"].as_u64()),
+        (Some(15), Some(2))
+    );
+    assert_eq!(bank["success_rate"].as_f64().unwrap(), 13.0 / 15.0);
+    assert_eq!(bank["proxies"], 1);
+    let covered = view["covered_seconds"].as_f64().unwrap();
+    assert!((1.0..=120.0).contains(&covered), "{covered}");
+    assert_eq!(bank["rps"].as_f64().unwrap(), 15.0 / covered);
+    let routes: BTreeMap<String, &Value> = bank["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["route"].as_str().unwrap().to_owned(), r))
+        .collect();
+    assert_eq!(
+        routes.keys().collect::<Vec<_>>(),
+        ["buy", "quote"],
+        "{view:#}"
+    );
+    let (b, q) = (routes["buy"], routes["quote"]);
+    assert_eq!(
+        (b["requests"].as_u64(), b["errors"].as_u64()),
+        (Some(10), Some(2))
+    );
+    assert_eq!(b["success_rate"].as_f64().unwrap(), 0.8);
+    assert_eq!(
+        (q["requests"].as_u64(), q["errors"].as_u64()),
+        (Some(5), Some(0))
+    );
+    assert_eq!(q["success_rate"].as_f64().unwrap(), 1.0);
+
+    // The latency is what the callee measured: the quantiles of its own histogram,
+    // read from its /metrics. Three of five quotes took at least 60 ms, so the median
+    // lies in a bucket above 50 ms.
+    let (_, text) = admin_get(callee.admin, "/metrics");
+    let all = weft_tests::samples(&text);
+    for (route, line) in [("buy", b), ("quote", q)] {
+        let mut buckets: Vec<(f64, f64)> = weft_tests::select(
+            &all,
+            "weft_filter_request_duration_seconds_bucket",
+            &[("route", route)],
+        )
+        .iter()
+        .map(|s| (s.labels["le"].parse::<f64>().unwrap() * 1000.0, s.value))
+        .fold(BTreeMap::<u64, (f64, f64)>::new(), |mut m, (le, n)| {
+            // Summed over response codes.
+            let e = m.entry(le.to_bits()).or_insert((le, 0.0));
+            e.1 += n;
+            m
+        })
+        .into_values()
+        .collect();
+        buckets.sort_by(|x, y| x.0.total_cmp(&y.0));
+        for q in ["p50", "p95", "p99"] {
+            let want = histogram_quantile(q[1..].parse::<f64>().unwrap() / 100.0, &buckets);
+            let got = line["latency_ms"][q].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-6,
+                "{route} {q}: {got} vs {want} from {buckets:?}"
+            );
+        }
+    }
+    assert!(q["latency_ms"]["p50"].as_f64().unwrap() >= 50.0, "{q:#}");
+
+    // The caller's side counted the same requests, without routes of its own.
+    let source = all_in("source");
+    let bank = &source["services"][0];
+    assert_eq!(
+        (
+            bank["reporter"].as_str(),
+            bank["requests"].as_u64(),
+            bank["errors"].as_u64()
+        ),
+        (Some("source"), Some(15), Some(2)),
+        "{source:#}"
+    );
+    assert_eq!(bank["routes"][0]["route"], "unknown", "{source:#}");
+
+    // The table: one line for the service, one per route.
+    let table = server.cli_ok(&["stat", "--window", "2m"]);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[1],
+        [
+            "SERVICE", "ROUTE", "REPORTER", "REQUESTS", "SUCCESS", "RPS", "P50", "P95", "P99",
+            "PROXIES"
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        rows[2][..5],
+        ["banking", "*", "destination", "15", "86.67%"],
+        "{table}"
+    );
+    assert_eq!(
+        rows[3][..5],
+        ["banking", "buy", "destination", "10", "80.00%"],
+        "{table}"
+    );
+    assert_eq!(
+        rows[4][..5],
+        ["banking", "quote", "destination", "5", "100.00%"],
+        "{table}"
+    );
+    assert_eq!(rows[4][9], "1", "{table}");
+
+    // Bad questions are answered with what is wrong.
+    let err = server.cli_err(&["stat", "--window", "1h"]);
+    assert!(err.contains("400") && err.contains("1s to 120s"), "{err}");
 }

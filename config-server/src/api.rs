@@ -47,6 +47,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/versions", get(versions))
         .route("/v1/rollback/{version}", post(rollback))
         .route("/v1/proxies", get(proxies))
+        .route("/v1/stats", get(stats))
         .route("/v1/openapi.yaml", get(openapi))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -216,6 +217,46 @@ async fn proxies(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let filters = current.map(|c| &c.version.filters);
     let proxies = shared.proxies.list();
     Json(json!({ "version": version, "filters": filters, "proxies": proxies }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    /// e.g. `30s`, `1m`.
+    window: Option<String>,
+    /// `auto`, `destination` or `source`.
+    reporter: Option<String>,
+}
+
+/// The traffic proxies reported over a window, per service and route.
+async fn stats(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Reply {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let max = crate::stats::MAX_WINDOW;
+    let window = match &query.window {
+        None => Duration::from_secs(30),
+        Some(w) => humantime::parse_duration(w)
+            .ok()
+            .filter(|w| (Duration::from_secs(1)..=max).contains(w))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "window {w:?} is not a duration from 1s to {}s, e.g. 30s or 1m",
+                    max.as_secs()
+                ))
+            })?,
+    };
+    let choice = match &query.reporter {
+        None => crate::stats::Choice::Auto,
+        Some(r) => crate::stats::Choice::parse(r).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "reporter {r:?} is not one of auto, destination, source"
+            ))
+        })?,
+    };
+    let view = shared.stats.view(window, choice, shared.report_interval);
+    Ok(Json(view).into_response())
 }
 
 async fn openapi() -> Response {

@@ -13,7 +13,10 @@
 //! 3. Proxies subscribe over gRPC with the proxy token: each gets the current
 //!    snapshot for the group that selects it, with the modules it lacks, and every
 //!    later version; their ACKs and NACKs show in `GET /v1/proxies`.
-//! 4. [`RunningServer::shutdown`] ends the proxies' streams (they reconnect to the
+//! 4. Proxies report their traffic on the same stream every
+//!    [`Options::report_interval`]; `GET /v1/stats` sums it per service and route
+//!    over a window (what `weft stat` shows).
+//! 5. [`RunningServer::shutdown`] ends the proxies' streams (they reconnect to the
 //!    next server) and stops.
 //!
 //! ```no_run
@@ -41,6 +44,7 @@ mod auth;
 mod changes;
 mod error;
 mod serve;
+mod stats;
 mod store;
 mod stream;
 mod validate;
@@ -79,11 +83,15 @@ pub struct Options {
     pub max_filter_size: usize,
     /// Bounds on connections and on what proxies may register.
     pub limits: Limits,
+    /// How often proxies report their traffic (for `GET /v1/stats`); zero: never.
+    pub report_interval: Duration,
 }
 
 impl Options {
     /// Default largest filter module: 16 MiB.
     pub const DEFAULT_MAX_FILTER_SIZE: usize = 16 << 20;
+    /// Default report interval: 5 s.
+    pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
     /// Options with the tokens from the data folder and the default limits.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
@@ -94,6 +102,7 @@ impl Options {
             proxy_token: None,
             max_filter_size: Self::DEFAULT_MAX_FILTER_SIZE,
             limits: Limits::default(),
+            report_interval: Self::DEFAULT_REPORT_INTERVAL,
         }
     }
 }
@@ -246,6 +255,8 @@ pub(crate) struct Shared {
     /// Changes are checked and stored one at a time.
     pub write: tokio::sync::Mutex<()>,
     pub proxies: stream::Registry,
+    pub stats: stats::Stats,
+    pub report_interval: Duration,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -311,6 +322,8 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
         published: watch::Sender::new(Arc::new(Published { state, current })),
         write: tokio::sync::Mutex::new(()),
         proxies: stream::Registry::new(&opts.limits),
+        stats: stats::Stats::new(),
+        report_interval: opts.report_interval,
         stop: stop_rx.clone(),
     });
     let app = api::router(shared.clone())

@@ -359,7 +359,7 @@ fn check_text(what: &str, value: &str, max: usize) -> Result<(), String> {
 }
 
 /// The start of a long value, to name it in an error.
-fn short(s: &str) -> String {
+pub(crate) fn short(s: &str) -> String {
     match s.char_indices().nth(40) {
         Some((i, _)) => format!("{}...", &s[..i]),
         None => s.to_owned(),
@@ -461,7 +461,15 @@ impl Control for ControlService {
             inbound,
             tx,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let mut response = Response::new(ReceiverStream::new(rx));
+        let interval = self.shared.report_interval.as_millis();
+        if interval > 0 {
+            response.metadata_mut().insert(
+                weft_api::REPORT_INTERVAL_HEADER,
+                tonic::metadata::MetadataValue::from(u64::try_from(interval).unwrap_or(u64::MAX)),
+            );
+        }
+        Ok(response)
     }
 }
 
@@ -548,8 +556,14 @@ async fn serve_proxy(
                         v.last = Some(Outcome { version: nack.version, result: "nack", error: Some(error) });
                     });
                 }
+                Ok(Some(ProxyMessage { kind: Some(Kind::Report(report)) })) => {
+                    if let Err(why) = crate::stats::check_report(&report) {
+                        break Some(Status::invalid_argument(why));
+                    }
+                    shared.stats.record(node, &report);
+                }
                 Ok(Some(_)) => break Some(Status::invalid_argument(
-                    "after its Hello, a proxy sends only Ack and Nack",
+                    "after its Hello, a proxy sends only Ack, Nack and Report",
                 )),
                 Ok(None) => break None,
                 Err(status) => {

@@ -51,7 +51,7 @@ pub use host::{
     ConnectionInfo, Exchange, ExchangeError, HostState, RequestContext, RequestHead, ResponseHead,
     TlsInfo,
 };
-pub use metrics::{MetricsHub, MetricsSpec};
+pub use metrics::{DefinedSeries, MetricsHub, MetricsSpec, SeriesValue};
 pub use spans::{SPAN_QUEUE, Span, SpanKind, SpanQueue};
 pub use stats::{HookReport, StatsReport};
 pub use weft_config::FailurePolicy;

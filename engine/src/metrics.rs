@@ -197,6 +197,49 @@ impl MetricFamily {
     }
 }
 
+/// One series of a metric a filter defined, as [`MetricsHub::read_defined`] reads it.
+#[derive(Debug)]
+pub struct DefinedSeries<'a> {
+    /// The filter's name in the chain.
+    pub filter: &'a str,
+    /// The metric's full name, prefix included (`_total` included for counters).
+    pub name: &'a str,
+    /// The metric's label names, in order.
+    pub labels: &'a [String],
+    /// This series' label values, in the same order.
+    pub values: &'a [String],
+    /// What it counted.
+    pub value: SeriesValue<'a>,
+}
+
+impl DefinedSeries<'_> {
+    /// The value of label `name`, if the metric has that label.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        let i = self.labels.iter().position(|l| l == name)?;
+        self.values.get(i).map(String::as_str)
+    }
+}
+
+/// A series' value at the time it was read.
+#[derive(Debug)]
+pub enum SeriesValue<'a> {
+    /// A counter's total.
+    Counter(u64),
+    /// A gauge's value.
+    Gauge(i64),
+    /// A histogram's upper bounds (increasing, `+Inf` left out), its count per bucket
+    /// (not cumulative, one more than the bounds: the last is past every bound) and the
+    /// sum of what it observed.
+    Histogram {
+        /// Upper bounds.
+        bounds: &'a [f64],
+        /// Count per bucket.
+        buckets: &'a [u64],
+        /// Sum of the observed values.
+        sum: f64,
+    },
+}
+
 /// Holds one in a gauge of live things for as long as the thing it belongs to lives.
 pub(crate) struct Live(Gauge);
 
@@ -408,21 +451,57 @@ impl MetricsHub {
         Ok(())
     }
 
-    /// Filters' own metrics, grouped by full name: one family may hold the series of
-    /// several filters that use the same name (with the same kind and labels).
-    fn encode_defined(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
-        let live = self.live_metrics();
+    /// Every live filter's families, after dropping their idle series.
+    fn live_families(&self) -> Vec<FamilyOf> {
         let now = self.now_ms();
-        let mut by_name: BTreeMap<String, Vec<FamilyOf>> = BTreeMap::new();
-        for m in &live {
+        let mut families = Vec::new();
+        for m in &self.live_metrics() {
             let oldest = now.saturating_sub(millis(m.spec.expire_after));
             for f in read(&m.families).iter() {
                 f.expire(&mut write(&f.series), oldest);
-                by_name
-                    .entry(f.name.clone())
-                    .or_default()
-                    .push((m.filter.clone(), f.clone()));
+                families.push((m.filter.clone(), f.clone()));
             }
+        }
+        families
+    }
+
+    /// Read every series of the metrics filters defined, as `/metrics` would show
+    /// them (idle series dropped first). For readers off the request path, such as
+    /// the report a proxy sends its config server; updates go on meanwhile.
+    pub fn read_defined(&self, mut f: impl FnMut(&DefinedSeries<'_>)) {
+        let mut counts = Vec::new();
+        for (filter, family) in self.live_families() {
+            for (values, s) in read(&family.series).iter() {
+                let value = match &s.value {
+                    Value::Counter(n) => SeriesValue::Counter(n.load(Relaxed)),
+                    Value::Gauge(n) => SeriesValue::Gauge(n.load(Relaxed)),
+                    Value::Histogram { buckets, sum, .. } => {
+                        counts.clear();
+                        counts.extend(buckets.iter().map(|b| b.load(Relaxed)));
+                        SeriesValue::Histogram {
+                            bounds: &family.bounds,
+                            buckets: &counts,
+                            sum: f64::from_bits(sum.load(Relaxed)),
+                        }
+                    }
+                };
+                f(&DefinedSeries {
+                    filter: &filter,
+                    name: &family.name,
+                    labels: &family.labels,
+                    values,
+                    value,
+                });
+            }
+        }
+    }
+
+    /// Filters' own metrics, grouped by full name: one family may hold the series of
+    /// several filters that use the same name (with the same kind and labels).
+    fn encode_defined(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut by_name: BTreeMap<String, Vec<FamilyOf>> = BTreeMap::new();
+        for (filter, f) in self.live_families() {
+            by_name.entry(f.name.clone()).or_default().push((filter, f));
         }
         for (name, fams) in &by_name {
             let first = &fams[0].1;
@@ -836,6 +915,36 @@ mod tests {
         ] {
             assert!(out.contains(line), "{line} not in {out}");
         }
+        let mut read = Vec::new();
+        hub.read_defined(|s| {
+            let SeriesValue::Histogram {
+                bounds,
+                buckets,
+                sum,
+            } = s.value
+            else {
+                panic!("not a histogram: {s:?}");
+            };
+            read.push((
+                s.filter.to_owned(),
+                s.name.to_owned(),
+                s.label("code").map(str::to_owned),
+                bounds.to_vec(),
+                buckets.to_vec(),
+                sum,
+            ));
+        });
+        assert_eq!(
+            read,
+            [(
+                "telemetry".to_owned(),
+                "istio_request_duration_milliseconds".to_owned(),
+                Some("200".to_owned()),
+                vec![1.0, 5.0, 10.0],
+                vec![2, 1, 1, 1],
+                61.5
+            )]
+        );
     }
 
     #[test]

@@ -1,0 +1,240 @@
+//! Traffic reports: what the proxy's RED metrics counted since the last report, for
+//! the config server's `weft stat`.
+//!
+//! The rows come from the metrics filters define, read the way a Prometheus scrape
+//! would read them, so any filter that follows Istio's conventions feeds them
+//! (`builtin:telemetry` does):
+//!
+//! - a counter named `…requests_total` counts requests,
+//! - a counter named `…request_errors_total` counts the failed ones,
+//! - a histogram named `…request_duration_milliseconds` (or `…_seconds`) their
+//!   latency,
+//!
+//! each labelled `destination_service`, and optionally `reporter` (`destination`
+//! when absent) and `route`. Other labels (response code, method, workloads) are
+//! summed over. A series' increase is taken from its own last value, so a series that
+//! expired, or a filter that was replaced, starts again from zero instead of showing
+//! as a drop.
+
+use std::collections::{BTreeMap, HashMap};
+
+use prost::Message;
+use weft_api::{MAX_REPORT_BUCKETS, MAX_REPORT_ROWS, Report, Traffic};
+use weft_engine::{DefinedSeries, MetricsHub, SeriesValue};
+
+/// Reports stay well below what the server accepts from a proxy.
+const MAX_REPORT_BYTES: usize = weft_api::MAX_PROXY_MESSAGE_SIZE - 4096;
+/// Longest service or route name reported; longer ones are cut.
+const MAX_NAME: usize = 253;
+
+/// What a series measures.
+#[derive(Clone, Copy)]
+enum Measure {
+    Requests,
+    Errors,
+    /// Latency, with the factor that makes its unit milliseconds.
+    Latency(f64),
+}
+
+fn measure(name: &str) -> Option<Measure> {
+    if name.ends_with("request_errors_total") {
+        Some(Measure::Errors)
+    } else if name.ends_with("requests_total") {
+        Some(Measure::Requests)
+    } else if name.ends_with("request_duration_milliseconds") {
+        Some(Measure::Latency(1.0))
+    } else if name.ends_with("request_duration_seconds") {
+        Some(Measure::Latency(1000.0))
+    } else {
+        None
+    }
+}
+
+/// A series' value when last read.
+enum Last {
+    Count(u64),
+    Histogram(Vec<u64>, f64),
+}
+
+/// Turns the metrics' totals into increases since the previous [`Reporter::collect`].
+#[derive(Default)]
+pub(crate) struct Reporter {
+    /// By series: filter, metric name and label values, joined.
+    last: HashMap<String, Last>,
+    /// Reused between calls.
+    key: String,
+}
+
+#[derive(Default)]
+struct Row {
+    requests: u64,
+    errors: u64,
+    /// Upper bounds in milliseconds, with their counts.
+    buckets: Vec<(f64, u64)>,
+    rest: u64,
+    sum_ms: f64,
+}
+
+impl Reporter {
+    /// The increases since the last call (everything counted so far on the first),
+    /// as reports of at most [`MAX_REPORT_ROWS`] rows and well under the largest
+    /// message a proxy may send.
+    pub(crate) fn collect(&mut self, hub: &MetricsHub) -> Vec<Report> {
+        let mut rows: BTreeMap<(String, String, String), Row> = BTreeMap::new();
+        let mut seen: HashMap<String, Last> = HashMap::with_capacity(self.last.len());
+        hub.read_defined(|s| self.read(s, &mut rows, &mut seen));
+        // Series that are gone (expired, or their filter was replaced) are forgotten.
+        self.last = seen;
+        let mut reports = Vec::new();
+        let mut report = Report::default();
+        let mut size = 0;
+        for ((reporter, service, route), row) in rows {
+            if row.requests == 0 {
+                continue;
+            }
+            let (bounds_ms, mut buckets): (Vec<f64>, Vec<u64>) = row.buckets.into_iter().unzip();
+            buckets.push(row.rest);
+            let traffic = Traffic {
+                reporter,
+                service,
+                route,
+                requests: row.requests,
+                errors: row.errors.min(row.requests),
+                bounds_ms,
+                buckets,
+                sum_ms: row.sum_ms,
+            };
+            let len = traffic.encoded_len() + 8;
+            if !report.rows.is_empty()
+                && (report.rows.len() == MAX_REPORT_ROWS || size + len > MAX_REPORT_BYTES)
+            {
+                reports.push(std::mem::take(&mut report));
+                size = 0;
+            }
+            size += len;
+            report.rows.push(traffic);
+        }
+        if !report.rows.is_empty() {
+            reports.push(report);
+        }
+        reports
+    }
+
+    fn read(
+        &mut self,
+        s: &DefinedSeries<'_>,
+        rows: &mut BTreeMap<(String, String, String), Row>,
+        seen: &mut HashMap<String, Last>,
+    ) {
+        let Some(measure) = measure(s.name) else {
+            return;
+        };
+        let Some(service) = s.label("destination_service") else {
+            return;
+        };
+        self.key.clear();
+        for part in [s.filter, s.name]
+            .into_iter()
+            .chain(s.values.iter().map(String::as_str))
+        {
+            self.key.push_str(part);
+            self.key.push('\0');
+        }
+        let last = self.last.remove(&self.key);
+        let row = || {
+            let reporter = s.label("reporter").unwrap_or("destination");
+            let route = s.label("route").unwrap_or("");
+            (cut(reporter), cut(service), cut(route))
+        };
+        match (measure, &s.value) {
+            (Measure::Requests | Measure::Errors, SeriesValue::Counter(now)) => {
+                // A counter below its last value started again (a reload with other
+                // settings): all of it is new.
+                let delta = match last {
+                    Some(Last::Count(before)) if before <= *now => now - before,
+                    _ => *now,
+                };
+                seen.insert(self.key.clone(), Last::Count(*now));
+                if delta > 0 {
+                    let row = rows.entry(row()).or_default();
+                    match measure {
+                        Measure::Requests => row.requests += delta,
+                        _ => row.errors += delta,
+                    }
+                }
+            }
+            (
+                Measure::Latency(scale),
+                SeriesValue::Histogram {
+                    bounds,
+                    buckets,
+                    sum,
+                },
+            ) if buckets.len() <= MAX_REPORT_BUCKETS => {
+                let before = match last {
+                    Some(Last::Histogram(b, sum)) if b.len() == buckets.len() => {
+                        let grew = b.iter().zip(buckets.iter()).all(|(b, n)| b <= n);
+                        grew.then_some((b, sum))
+                    }
+                    _ => None,
+                };
+                let delta = |i: usize| buckets[i] - before.as_ref().map_or(0, |b| b.0[i]);
+                let any = (0..buckets.len()).any(|i| delta(i) > 0);
+                if any {
+                    let row = rows.entry(row()).or_default();
+                    if row.buckets.is_empty() && row.rest == 0 {
+                        row.buckets = bounds.iter().map(|b| (b * scale, 0)).collect();
+                    }
+                    let same = row.buckets.len() == bounds.len()
+                        && (row.buckets.iter().zip(bounds.iter())).all(|(r, b)| r.0 == b * scale);
+                    // Histograms of another shape for the same row count in its
+                    // requests, not in its latency.
+                    if same {
+                        for (i, b) in row.buckets.iter_mut().enumerate() {
+                            b.1 += delta(i);
+                        }
+                        row.rest += delta(bounds.len());
+                        let base = before.as_ref().map_or(0.0, |b| b.1);
+                        row.sum_ms += ((sum - base) * scale).max(0.0);
+                    }
+                }
+                seen.insert(self.key.clone(), Last::Histogram(buckets.to_vec(), *sum));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn cut(s: &str) -> String {
+    if s.len() <= MAX_NAME {
+        return s.to_owned();
+    }
+    let mut end = MAX_NAME;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_by_name() {
+        assert!(matches!(
+            measure("istio_requests_total"),
+            Some(Measure::Requests)
+        ));
+        assert!(matches!(
+            measure("weft_filter_request_errors_total"),
+            Some(Measure::Errors)
+        ));
+        assert!(matches!(
+            measure("weft_filter_request_duration_seconds"),
+            Some(Measure::Latency(s)) if s == 1000.0
+        ));
+        assert!(measure("weft_filter_request_bytes").is_none());
+        assert_eq!(cut(&"é".repeat(200)).len(), 252);
+    }
+}
