@@ -14,7 +14,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_api::proxy_message::Kind;
-use weft_api::{Ack, BoundListener, ControlClient, Hello, Nack, ProxyMessage, Snapshot};
+use weft_api::{
+    Ack, BoundListener, ControlClient, Hello, Nack, ProxyMessage, Report, Snapshot, Traffic,
+};
 use weft_config_server::{Limits, Options, RunningServer};
 use weft_tests::LIMIT;
 use weft_tests::guests::{HELLO, HELLO_P1, STAMP, WRONG_WORLD};
@@ -1115,5 +1117,96 @@ async fn values_the_request_path_cannot_use_are_refused_at_apply() {
         a.get("/v1/versions").await.json["versions"],
         Value::Array(vec![])
     );
+    within(server.shutdown()).await;
+}
+
+#[tokio::test]
+async fn traffic_reports_are_checked_and_summed_per_service_and_route() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    let a = api(&server, Some(TOKEN));
+
+    // The server tells each proxy how often to report.
+    let mut client = within(ControlClient::connect(format!("http://{}", server.addr())))
+        .await
+        .unwrap();
+    let (to_server, rx) = mpsc::channel(8);
+    to_server
+        .send(ProxyMessage {
+            kind: Some(Kind::Hello(hello("bank-1", "banking"))),
+        })
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    (request.metadata_mut()).insert("authorization", weft_api::bearer(PROXY_TOKEN).unwrap());
+    let response = within(client.subscribe(request)).await.unwrap();
+    let interval = response.metadata().get(weft_api::REPORT_INTERVAL_HEADER);
+    assert_eq!(interval.and_then(|v| v.to_str().ok()), Some("5000"));
+    let mut snapshots = response.into_inner();
+
+    let row = |route: &str, requests, errors, buckets: Vec<u64>| Traffic {
+        reporter: "destination".into(),
+        service: "banking".into(),
+        route: route.into(),
+        requests,
+        errors,
+        bounds_ms: vec![10.0, 100.0],
+        buckets,
+        sum_ms: 0.0,
+    };
+    let report = |rows| ProxyMessage {
+        kind: Some(Kind::Report(Report { rows })),
+    };
+    to_server
+        .send(report(vec![
+            row("buy", 4, 1, vec![2, 2, 0]),
+            row("quote", 1, 0, vec![0, 0, 1]),
+        ]))
+        .await
+        .unwrap();
+    to_server
+        .send(report(vec![row("buy", 6, 0, vec![6, 0, 0])]))
+        .await
+        .unwrap();
+    let view = within(async {
+        loop {
+            let view = a.get("/v1/stats?window=10s").await.json;
+            if view["services"][0]["requests"] == 11 {
+                break view;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let bank = &view["services"][0];
+    assert_eq!(bank["service"], "banking", "{view:#}");
+    assert_eq!(bank["errors"], 1);
+    assert_eq!(bank["proxies"], 1);
+    let buy = &bank["routes"][0];
+    assert_eq!(
+        (&buy["route"], &buy["requests"]),
+        (&"buy".into(), &10.into())
+    );
+    // 8 of 10 under 10 ms: the median is at 10 * 5/8 ms.
+    assert_eq!(buy["latency_ms"]["p50"], 6.25);
+    // One of one past 100 ms: the highest bound is all that is known.
+    assert_eq!(bank["routes"][1]["latency_ms"]["p99"], 100.0);
+
+    // Bad questions are refused with what is wrong.
+    let bad = a.get("/v1/stats?window=1h").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.json["error"].as_str().unwrap().contains("1s to 120s"));
+    let bad = a.get("/v1/stats?reporter=me").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    // A report that makes no sense ends the proxy's stream and counts nothing.
+    let mut hostile = row("buy\x1b[2J", 1000, 1, vec![1000, 0, 0]);
+    hostile.bounds_ms = vec![f64::NAN, 1.0];
+    to_server.send(report(vec![hostile])).await.unwrap();
+    let end = within(snapshots.message()).await.unwrap_err();
+    assert_eq!(end.code(), tonic::Code::InvalidArgument, "{end:?}");
+    assert!(end.message().starts_with("Report.rows:"), "{end:?}");
+    let view = a.get("/v1/stats").await.json;
+    assert_eq!(view["services"][0]["requests"], 11, "{view:#}");
     within(server.shutdown()).await;
 }
