@@ -176,9 +176,9 @@ pub(crate) async fn run(
     println!(
         r#"
 Weft demo is running: a proxy on {addr} and a second one on {addr_b},
-both fed by the config server on {url} with the fault, retry and router
-filters, in front of blue ({blue}, and a slow replica {blue_slow}) and green
-({green}). Try:
+both fed by the config server on {url} with the telemetry, fault, retry
+and router filters, in front of blue ({blue}, and a slow replica {blue_slow})
+and green ({green}). Try:
 
   curl -i http://{addr}/hello                              # routed to blue
   for i in $(seq 20); do curl -s http://{addr}/hello; done # blue-slow gets few (peak-EWMA)

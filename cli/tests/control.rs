@@ -788,14 +788,11 @@ async fn weft_stat_shows_the_load_each_service_and_route_got() {
     );
     let mesh_file = write(&dir.0, "mesh.yaml", &bank_mesh(buy.addr, quote.addr, None));
     server.apply(&mesh_file);
-    let callee = proxy_of(
-        &server.url,
-        &server.proxy_token,
-        "banking-1",
-        "banking",
-        &dir.0.join("banking"),
-        1,
-    );
+    let sidecar = |node: &str, service: &str| {
+        let state = dir.0.join(service);
+        proxy_of(&server.url, &server.proxy_token, node, service, &state, 1)
+    };
+    let callee = sidecar("banking-1", "banking");
     let callee_addr = callee.inbound();
     let mesh_file = write(
         &dir.0,
@@ -803,14 +800,7 @@ async fn weft_stat_shows_the_load_each_service_and_route_got() {
         &bank_mesh(buy.addr, quote.addr, Some(callee_addr)),
     );
     let version = server.apply(&mesh_file);
-    let caller = proxy_of(
-        &server.url,
-        &server.proxy_token,
-        "trading-1",
-        "trading",
-        &dir.0.join("trading"),
-        1,
-    );
+    let caller = sidecar("trading-1", "trading");
     let caller_addr = caller.inbound();
     server.converged(&["banking-1", "trading-1"], version);
 
@@ -868,11 +858,11 @@ async fn weft_stat_shows_the_load_each_service_and_route_got() {
         (bank["requests"].as_u64(), bank["errors"].as_u64()),
         (Some(15), Some(2))
     );
-    assert_eq!(bank["success_rate"].as_f64().unwrap(), 13.0 / 15.0);
+    assert_close(&bank["success_rate"], 13.0 / 15.0);
     assert_eq!(bank["proxies"], 1);
     let covered = view["covered_seconds"].as_f64().unwrap();
     assert!((1.0..=120.0).contains(&covered), "{covered}");
-    assert_eq!(bank["rps"].as_f64().unwrap(), 15.0 / covered);
+    assert_close(&bank["rps"], 15.0 / covered);
     let routes: BTreeMap<String, &Value> = bank["routes"]
         .as_array()
         .unwrap()
@@ -889,12 +879,12 @@ async fn weft_stat_shows_the_load_each_service_and_route_got() {
         (b["requests"].as_u64(), b["errors"].as_u64()),
         (Some(10), Some(2))
     );
-    assert_eq!(b["success_rate"].as_f64().unwrap(), 0.8);
+    assert_close(&b["success_rate"], 0.8);
     assert_eq!(
         (q["requests"].as_u64(), q["errors"].as_u64()),
         (Some(5), Some(0))
     );
-    assert_eq!(q["success_rate"].as_f64().unwrap(), 1.0);
+    assert_close(&q["success_rate"], 1.0);
 
     // The latency is what the callee measured: the quantiles of its own histogram,
     // read from its /metrics. Three of five quotes took at least 60 ms, so the median
@@ -977,4 +967,17 @@ async fn weft_stat_shows_the_load_each_service_and_route_got() {
     // Bad questions are answered with what is wrong.
     let err = server.cli_err(&["stat", "--window", "1h"]);
     assert!(err.contains("400") && err.contains("1s to 120s"), "{err}");
+}
+
+/// JSON numbers are compared within a rounding error: parsing one back need not
+/// give the very float that was printed.
+#[track_caller]
+fn assert_close(got: &Value, want: f64) {
+    let got = got
+        .as_f64()
+        .unwrap_or_else(|| panic!("{got} is not a number"));
+    assert!(
+        (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+        "{got} vs {want}"
+    );
 }
