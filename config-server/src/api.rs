@@ -316,6 +316,7 @@ mod tests {
         ("/v1/versions", &["get"]),
         ("/v1/rollback/{version}", &["post"]),
         ("/v1/proxies", &["get"]),
+        ("/v1/stats", &["get"]),
         ("/v1/openapi.yaml", &["get"]),
     ];
 
