@@ -100,11 +100,6 @@ pub(crate) fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecut
     builder
 }
 
-/// Accept until `stop` turns true, serving each connection with `serve`, then let the
-/// connections finish for up to `drain` and close what is left.
-///
-/// Past `max_connections()` open connections, new ones are closed at once. Accept
-/// errors (out of file descriptors, say) back off instead of spinning.
 /// Counts a connection open until dropped, also when its task is aborted.
 struct Open(Arc<ConnCounts>);
 
@@ -121,6 +116,11 @@ impl Drop for Open {
     }
 }
 
+/// Accept until `stop` turns true, serving each connection with `serve`, then let the
+/// connections finish for up to `drain` and close what is left.
+///
+/// Past `max_connections()` open connections, new ones are closed at once. Accept
+/// errors (out of file descriptors, say) back off instead of spinning.
 pub(crate) async fn accept_loop<F, Fut>(
     name: &str,
     listener: TcpListener,
@@ -211,6 +211,7 @@ pub(crate) async fn run(
     counts: Arc<ConnCounts>,
 ) {
     let limit_state = state.clone();
+    let bytes = counts.clone();
     accept_loop(
         &name.clone(),
         listener,
@@ -221,21 +222,39 @@ pub(crate) async fn run(
         move |stream, peer, stop| {
             let local = stream.local_addr().unwrap_or(peer);
             let conn = state.load().conn.clone();
-            serve_connection(name.clone(), stream, peer, local, conn, state.clone(), stop)
+            let served = Served {
+                name: name.clone(),
+                peer,
+                local,
+                counts: bytes.clone(),
+            };
+            serve_connection(served, stream, conn, state.clone(), stop)
         },
     )
     .await;
 }
 
-async fn serve_connection(
+/// Who a data-plane connection is for: its listener (name and counts) and its ends.
+struct Served {
     name: Arc<str>,
-    stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    counts: Arc<ConnCounts>,
+}
+
+async fn serve_connection(
+    served: Served,
+    stream: TcpStream,
     conn: Arc<ConnParts>,
     state: Arc<ArcSwap<ListenerState>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Served {
+        name,
+        peer,
+        local,
+        counts,
+    } = served;
     let mut info = ConnectionInfo {
         peer,
         local,
@@ -246,7 +265,7 @@ async fn serve_connection(
     let result = match &conn.tls {
         None => {
             let svc = request_service(state, Arc::new(info), watch.clone());
-            let io = Watched::new(stream, watch.clone());
+            let io = Watched::new(stream, watch.clone()).counting(counts);
             drive(io, &conn.builder, svc, &limits, &watch, &mut stop).await
         }
         Some(acceptor) => {
@@ -280,7 +299,8 @@ async fn serve_connection(
                 peer_identity: None,
             });
             let svc = request_service(state, Arc::new(info), watch.clone());
-            let io = Watched::new(stream, watch.clone());
+            // Counted after TLS: the bytes of HTTP, as the listener's filters see them.
+            let io = Watched::new(stream, watch.clone()).counting(counts);
             drive(io, &conn.builder, svc, &limits, &watch, &mut stop).await
         }
     };
@@ -460,20 +480,44 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A connection's I/O, marking the watch active whenever bytes move.
+/// A connection's I/O, marking the watch active whenever bytes move, and counting
+/// them for its listener when it serves one.
 pub(crate) struct Watched<T> {
     inner: T,
     watch: Arc<ConnWatch>,
+    counts: Option<Arc<ConnCounts>>,
 }
 
 impl<T> Watched<T> {
     pub(crate) fn new(inner: T, watch: Arc<ConnWatch>) -> Self {
-        Self { inner, watch }
+        Self {
+            inner,
+            watch,
+            counts: None,
+        }
     }
 
-    fn touch(&self) {
+    /// Count the bytes read and written into the listener's `counts`.
+    pub(crate) fn counting(self, counts: Arc<ConnCounts>) -> Self {
+        Self {
+            counts: Some(counts),
+            ..self
+        }
+    }
+
+    fn read(&self, n: usize) {
         // A plain store on a line only this connection writes: no contention.
         self.watch.active.store(true, Ordering::Relaxed);
+        if let Some(c) = &self.counts {
+            c.received_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn wrote(&self, n: usize) {
+        self.watch.active.store(true, Ordering::Relaxed);
+        if let Some(c) = &self.counts {
+            c.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -486,8 +530,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.touch();
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.read(n);
         }
         polled
     }
@@ -501,8 +546,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.touch();
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            this.wrote(n);
         }
         polled
     }
@@ -514,8 +561,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.touch();
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            this.wrote(n);
         }
         polled
     }

@@ -1,7 +1,8 @@
 //! The proxy's own metrics on `/metrics`. Most are read when Prometheus scrapes, from
 //! the state the request path keeps anyway (endpoint load, latency, health, pools):
 //! they cost a request nothing. Counting connections costs two relaxed increments per
-//! connection, and retries one per retry.
+//! connection, bytes one per read or write on a client connection, and retries one
+//! per retry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,6 +22,10 @@ pub(crate) struct ConnCounts {
     pub(crate) refused: AtomicU64,
     /// Connections open now (served, not yet closed).
     pub(crate) open: AtomicU64,
+    /// Bytes read from clients (after TLS), upgraded connections' included.
+    pub(crate) received_bytes: AtomicU64,
+    /// Bytes written to clients (before TLS), upgraded connections' included.
+    pub(crate) sent_bytes: AtomicU64,
 }
 
 /// Everything the proxy itself exports.
@@ -156,6 +161,18 @@ impl Collector for ProxyMetrics {
             "weft_listener_connections_open",
             "Connections open now.",
             &per_listener(&|c| c.open.load(Ordering::Relaxed)),
+        )?;
+        counters(
+            &mut encoder,
+            "weft_listener_received_bytes",
+            "Bytes read from clients, after TLS; upgraded connections' included.",
+            &per_listener(&|c| c.received_bytes.load(Ordering::Relaxed)),
+        )?;
+        counters(
+            &mut encoder,
+            "weft_listener_sent_bytes",
+            "Bytes written to clients, before TLS; upgraded connections' included.",
+            &per_listener(&|c| c.sent_bytes.load(Ordering::Relaxed)),
         )?;
 
         let mut clusters: Vec<_> = clusters.iter().flat_map(|m| m.values().cloned()).collect();

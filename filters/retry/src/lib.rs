@@ -9,7 +9,8 @@
 //! 3. A **budget** bounds retries across every instance of the filter in the proxy,
 //!    as Linkerd's does: over the last `window`, retries may add at most `ratio` of
 //!    the requests plus `min_per_second`. A dead backend gets at most that much extra
-//!    load, and clients get fast errors.
+//!    load, and clients get fast errors. Each failure the budget kept from a retry
+//!    counts in `weft_filter_retry_budget_exhausted_total{filter, cluster}`.
 //!
 //! ```yaml
 //! config:
@@ -40,6 +41,7 @@
 
 use std::time::Duration;
 
+use weft_sdk::metrics::Counter;
 use weft_sdk::prelude::*;
 use weft_sdk::serde::de::{self, Deserializer};
 use weft_sdk::{ExchangeError, ResponseHead, log, random, state, time};
@@ -271,6 +273,8 @@ struct When {
     methods: Vec<String>,
     requests: Batched,
     retries: Window,
+    /// Retries the budget refused, by cluster; none when the proxy would not define it.
+    refused: Option<Counter>,
 }
 
 /// Why an attempt is retried, which decides whether its method matters.
@@ -286,6 +290,9 @@ enum Why {
 
 /// The most retries a filter may be configured for.
 const MAX_RETRIES: u32 = 9;
+
+/// The counter of retries the budget refused (`weft_filter_` + this on `/metrics`).
+const REFUSED: &str = "retry_budget_exhausted_total";
 
 impl Retry {
     /// Whether this outcome is worth another attempt, before method and budget.
@@ -408,6 +415,13 @@ impl Filter for Retry {
             methods: self.methods.clone(),
             requests: Batched::new(Window::new("requests", window)),
             retries: Window::new("retries", window),
+            refused: Counter::define(
+                REFUSED,
+                "Failed attempts that were worth a retry but went to the client: the retry budget was spent.",
+                &["cluster"],
+            )
+            .inspect_err(|e| log::warn(&format!("retry: cannot define {REFUSED}: {e:?}")))
+            .ok(),
         };
         Ok(())
     }
@@ -460,6 +474,11 @@ impl Filter for Retry {
         }
         if !self.spend() {
             log::debug("retry: budget exhausted; the failure goes to the client");
+            if let Some(refused) = self.when.refused {
+                let cluster = ctx.facts().cluster.unwrap_or_default();
+                // Past the filter's series limit the proxy counts the drop itself.
+                let _ = refused.inc(&[&cluster]);
+            }
             return ResponseAction::Continue;
         }
         ResponseAction::retry(self.backoff(head.attempt))

@@ -206,9 +206,57 @@ async fn admin_views_show_what_is_in_force_and_what_hooks_cost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_count_every_byte_each_way() {
+    let web = backend("web").start().await;
+    let p = proxy(&format!(
+        "admin:\n  address: 127.0.0.1:0\n{}",
+        chain(&web, "      []\n")
+    ))
+    .start()
+    .await;
+    let body = "b".repeat(3000);
+    let requests = [
+        "GET /one HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".to_owned(),
+        format!(
+            "POST /two HTTP/1.1\r\nhost: b\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        // Refused by the proxy itself: its own answer counts too.
+        "GET /three HTTP/1.1\r\nhost: c\r\nhost: d\r\nconnection: close\r\n\r\n".to_owned(),
+    ];
+    let (mut sent, mut received) = (0, 0);
+    for request in &requests {
+        // Read until the proxy closes: every byte it wrote is here.
+        let answer = raw_exchange(p.addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+        sent += request.len();
+        received += answer.len();
+    }
+    let admin = p.running().admin_addr().expect("admin");
+    let metrics = client().get(admin, "/metrics").await.text();
+    let samples = samples(&metrics);
+    let main = [("listener", "main")];
+    assert_eq!(
+        total(&samples, "weft_listener_received_bytes_total", &main),
+        sent as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        total(&samples, "weft_listener_sent_bytes_total", &main),
+        received as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        total(&samples, "weft_listener_connections_total", &main),
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_openmetrics_goes_to_who_asks() {
-    // Three 503s: the first request fails after its two retries, an error to count.
-    let web = backend("web").fail_first(3, 503).start().await;
+    // One 503, which a budget that allows no retry refuses: an error to count, and a
+    // refusal.
+    let web = backend("web").fail_first(1, 503).start().await;
     let yaml = format!(
         r#"
 admin:
@@ -226,7 +274,7 @@ listeners:
         config: {{ name: one }}
       - name: retry
         module: builtin:retry
-        config: {{}}
+        config: {{ budget: {{ ratio: 0, min_per_second: 0 }} }}
 clusters:
   - name: web
     endpoints: ["{}"]

@@ -122,6 +122,47 @@ async fn the_budget_bounds_retries_against_a_dead_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_budget_refuses_is_counted_per_cluster() {
+    let web = backend("web").fail_first(usize::MAX, 503).start().await;
+    // Room for 10 retries in the window (1/s for 10 s), none for the requests' share.
+    let yaml = format!(
+        "admin:\n  address: 127.0.0.1:0\n{}",
+        chain(
+            &web,
+            &retry(
+                "{ max_retries: 1, backoff: { base: 1ms, max: 1ms }, \
+                 budget: { ratio: 0, min_per_second: 1, window: 10s } }",
+            ),
+        )
+    );
+    let p = proxy(&yaml).start().await;
+    let c = client();
+    let n = 30;
+    for i in 0..n {
+        assert_eq!(c.get(p.addr, &format!("/{i}")).await.status, 503);
+    }
+    // Each request failed once and was either retried once or refused by the budget.
+    let retries = web.requests() - n;
+    assert!((1..=10).contains(&retries), "{retries} retries");
+    let admin = p.running().admin_addr().expect("admin");
+    let metrics = c.get(admin, "/metrics").await.text();
+    let samples = samples(&metrics);
+    let refused = total(
+        &samples,
+        "weft_filter_retry_budget_exhausted_total",
+        &[("filter", "retry"), ("cluster", "web")],
+    );
+    assert_eq!(refused, (n - retries) as f64, "{metrics}");
+    let retried = total(
+        &samples,
+        "weft_cluster_retries_total",
+        &[("cluster", "web")],
+    );
+    assert_eq!(retried, retries as f64, "{metrics}");
+    promtool_check(&metrics).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_attempt_times_out_and_the_next_one_answers() {
     let web = backend("web").slow_first(1, 3000).start().await;
     let p = proxy(&chain(&web, &retry("{ per_try_timeout: 200ms }")))
