@@ -215,13 +215,7 @@ backend be
     binaries = [("", os.path.join(REL, "weft"))]
     if os.environ.get("BENCH_BASELINE"):
         binaries.append((" (baseline)", os.environ["BENCH_BASELINE"]))
-    # A baseline runs the chains its own built-ins make; filters built by this tree
-    # (and built-ins it lacks) may speak a contract it does not know.
-    baseline_chains = {"weft (no filter)", "weft (fault + router)",
-                       "weft (fault + router + retry)"}
-    runs = [(b, c) for c in chains.items() for b in binaries
-            if not b[0] or c[0] in baseline_chains]
-    for (suffix, binary), (name, chain) in runs:
+    for (suffix, binary), (name, chain) in [(b, c) for c in chains.items() for b in binaries]:
         name += suffix
         port = free_port()
         path = os.path.join(tmp, re.sub(r"\W+", "-", name) + ".yaml")
@@ -234,6 +228,12 @@ backend be
   - name: be
     endpoints: ["{backend_addr}"]
 """)
+        # A baseline runs the chains it can load: its built-ins may lack a filter,
+        # and a filter built by this tree may speak a contract it does not know.
+        if suffix and subprocess.run([binary, "proxy", "-c", path, "--check"],
+                                     capture_output=True).returncode != 0:
+            print(f"{name}: the baseline cannot load this chain; skipped", file=sys.stderr)
+            continue
         env = dict(os.environ, RUST_LOG="warn")
         targets[name] = (start([binary, "proxy", "-c", path], 1, env=env),
                          f"127.0.0.1:{port}")
