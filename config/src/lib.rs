@@ -133,6 +133,13 @@ impl Config {
                 );
             }
         }
+        if !(1..=10_000).contains(&self.dns.max_addresses) {
+            return self.invalid(
+                &serde_saphyr::Location::UNKNOWN,
+                "dns.max_addresses".into(),
+                "must be within 1 to 10000",
+            );
+        }
         if self.dns.min_refresh.0.is_zero() || self.dns.min_refresh.0 > self.dns.max_refresh.0 {
             return self.invalid(
                 &serde_saphyr::Location::UNKNOWN,
@@ -198,7 +205,11 @@ impl Config {
             }
             for (j, e) in c.endpoints.iter().enumerate() {
                 let parsed = parse_endpoint(e.value.address());
-                if let Err(why) = parsed.and_then(|a| dns_name(&a, e.value.is_dns())) {
+                let checked = parsed.and_then(|a| {
+                    dns_name(&a, e.value.is_dns())?;
+                    literal_allowed(&a, c.allow_link_local)
+                });
+                if let Err(why) = checked {
                     return self.invalid(
                         &e.referenced,
                         format!("clusters[{i}].endpoints[{j}]"),
@@ -272,6 +283,11 @@ impl Config {
                     self.listener_key(i, ".address"),
                     format!("{} is used by another listener", l.address.value),
                 );
+            }
+            if let Some(list) = &l.upgrades
+                && let Some(why) = list.value.iter().find_map(|p| bad_upgrade(p))
+            {
+                return self.invalid(&list.referenced, self.listener_key(i, ".upgrades"), why);
             }
             if let Some(d) = &l.default_cluster
                 && !clusters.contains(d.value.as_str())
@@ -489,6 +505,93 @@ fn dns_name(authority: &http::uri::Authority, dns: bool) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Why an address may not be an endpoint: the unspecified address (it reaches this
+/// host's own listeners), broadcast and multicast; link-local ones (cloud metadata at
+/// `169.254.169.254`) unless the cluster allows them. One rule for written endpoints
+/// and for the addresses a `dns:` name resolves to.
+pub fn endpoint_ip_refused(ip: std::net::IpAddr, allow_link_local: bool) -> Option<&'static str> {
+    use std::net::IpAddr;
+    let ip = ip.to_canonical();
+    if ip.is_unspecified() {
+        return Some("the unspecified address is not an endpoint");
+    }
+    if ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        return Some("a multicast or broadcast address is not an endpoint");
+    }
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    };
+    (link_local && !allow_link_local).then_some(
+        "link-local addresses (cloud metadata) are refused unless the cluster sets \
+         allow_link_local: true",
+    )
+}
+
+/// A written endpoint that is an IP address must be one [`endpoint_ip_refused`] allows.
+fn literal_allowed(authority: &http::uri::Authority, allow_link_local: bool) -> Result<(), String> {
+    let host = authority.host().trim_matches(['[', ']']);
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => match endpoint_ip_refused(ip, allow_link_local) {
+            Some(why) => Err(format!("{authority:?}: {why}")),
+            None => Ok(()),
+        },
+        Err(_) => Ok(()),
+    }
+}
+
+/// Whether a listener bound to `bound` answers a request for `host` (its `Host` or
+/// `:authority`, port allowed). One bound to a loopback address answers only hosts a
+/// web page cannot rebind to it: IP addresses, `localhost`, and the names in
+/// `allowed`; one bound elsewhere answers any host. A request without a host (HTTP/1.0)
+/// comes from no browser and is answered.
+pub fn host_allowed(bound: std::net::IpAddr, host: Option<&str>, allowed: &[String]) -> bool {
+    if !bound.is_loopback() {
+        return true;
+    }
+    let Some(host) = host else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// Why a listener may not pass upgrades to `protocol`, if it may not.
+fn bad_upgrade(protocol: &str) -> Option<String> {
+    let name = protocol.split('/').next().unwrap_or(protocol);
+    if name.eq_ignore_ascii_case("h2c") {
+        return Some(
+            "h2c cannot be passed: the proxy serves HTTP/2 cleartext itself, and a tunnel \
+             would carry requests past every filter"
+                .to_owned(),
+        );
+    }
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let ok = match protocol.split_once('/') {
+        Some((n, v)) => token(n) && token(v),
+        None => token(protocol),
+    };
+    (!ok).then(|| format!("{protocol:?} is not a protocol name (a token, optionally /version)"))
 }
 
 /// A module reference: a built-in filter, a pushed filter or a file.

@@ -130,6 +130,11 @@ fn default_span_timeout() -> Duration {
 pub struct AdminConfig {
     /// `ip:port`; port 0 picks a free one.
     pub address: Spanned<String>,
+    /// Host names the admin listener answers besides IP addresses and `localhost`,
+    /// when it is bound to a loopback address (a browser on the same machine could
+    /// otherwise be made to read it through a name that resolves to 127.0.0.1).
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 /// Graceful shutdown.
@@ -167,6 +172,10 @@ pub struct DnsConfig {
     /// ... and not later than this.
     #[serde(default = "default_dns_max")]
     pub max_refresh: Duration,
+    /// The most addresses one name becomes endpoints for; the rest of an answer
+    /// (lowest addresses first) is left out and logged once.
+    #[serde(default = "default_dns_max_addresses")]
+    pub max_addresses: usize,
 }
 
 impl Default for DnsConfig {
@@ -175,12 +184,17 @@ impl Default for DnsConfig {
             servers: Vec::new(),
             min_refresh: default_dns_min(),
             max_refresh: default_dns_max(),
+            max_addresses: default_dns_max_addresses(),
         }
     }
 }
 
 fn default_dns_min() -> Duration {
     Duration(std::time::Duration::from_secs(1))
+}
+
+fn default_dns_max_addresses() -> usize {
+    64
 }
 
 fn default_dns_max() -> Duration {
@@ -213,6 +227,19 @@ pub struct ListenerConfig {
     /// client named), answers 200 and joins the two. Refused with 501 otherwise.
     #[serde(default)]
     pub allow_connect: bool,
+    /// The protocols a client may switch to with `Connection: upgrade` (HTTP/1.1),
+    /// matched by name without version and case. A request that asks for another has
+    /// its `Upgrade` removed and is served as a plain request. `h2c` is refused: the
+    /// proxy serves HTTP/2 cleartext itself, and a tunnel would carry requests past
+    /// every filter.
+    /// Default: `[websocket]`.
+    #[serde(default)]
+    pub upgrades: Option<Spanned<Vec<String>>>,
+    /// The peers on this listener are other mesh proxies: what a proxy says of its
+    /// caller (`x-weft-source-workload`) reaches filters. On other listeners that
+    /// header is removed from every request, as `x-weft-attempt` is everywhere.
+    #[serde(default)]
+    pub mesh_internal: bool,
     /// The filter chain, in order.
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
@@ -220,6 +247,16 @@ pub struct ListenerConfig {
 
 fn yes() -> bool {
     true
+}
+
+impl ListenerConfig {
+    /// The protocols clients may upgrade to, lower-cased: `upgrades`, or WebSocket.
+    pub fn upgrade_protocols(&self) -> Vec<String> {
+        match &self.upgrades {
+            Some(list) => list.value.iter().map(|p| p.to_ascii_lowercase()).collect(),
+            None => vec!["websocket".to_owned()],
+        }
+    }
 }
 
 /// Server-side TLS.
@@ -370,6 +407,10 @@ pub struct ClusterConfig {
     /// How an attempt picks its endpoint.
     #[serde(default)]
     pub balancer: Balancer,
+    /// Accept link-local endpoints (`169.254.0.0/16`, `fe80::/10`), where cloud
+    /// metadata services live; refused otherwise, written or resolved.
+    #[serde(default)]
+    pub allow_link_local: bool,
     /// Circuit-breaking limits.
     #[serde(default)]
     pub limits: ClusterLimits,

@@ -119,6 +119,9 @@ pub struct RequestContext {
     /// What filters decided (`router:route`, `retry:retry`), kept only when the
     /// request is logged.
     pub decisions: Option<Vec<String>>,
+    /// A filter set the request's `traceparent`: the trace context going upstream is
+    /// one the chain made or validated, not merely what the client sent.
+    pub trace_set: bool,
     properties: Vec<(Box<str>, Box<[u8]>)>,
     property_bytes: usize,
 }
@@ -140,6 +143,7 @@ impl RequestContext {
             per_try_timeout: None,
             grpc_status: None,
             decisions: None,
+            trace_set: false,
             properties: Vec::new(),
             property_bytes: 0,
         }
@@ -305,6 +309,16 @@ impl HostState {
             return None;
         }
         self.exchange.as_deref_mut()?.response.as_mut()
+    }
+
+    /// Remember that a request hook set the trace context.
+    fn note_trace(&mut self, name: &str) {
+        if self.phase == Phase::Request
+            && name.eq_ignore_ascii_case("traceparent")
+            && let Some(ctx) = self.ctx()
+        {
+            ctx.trace_set = true;
+        }
     }
 
     fn ctx(&mut self) -> Option<&mut RequestContext> {
@@ -551,6 +565,7 @@ impl types::HostRequest for HostState {
         name: String,
         value: String,
     ) -> Result<(), types::HeaderError> {
+        self.note_trace(&name);
         match self.req_mut() {
             Some(r) => set_header(&mut r.parts.headers, &name, &value),
             None => Err(types::HeaderError::Forbidden),
@@ -563,6 +578,7 @@ impl types::HostRequest for HostState {
         name: String,
         value: String,
     ) -> Result<(), types::HeaderError> {
+        self.note_trace(&name);
         match self.req_mut() {
             Some(r) => add_header(&mut r.parts.headers, &name, &value),
             None => Err(types::HeaderError::Forbidden),

@@ -115,16 +115,18 @@ impl AccessLog {
         out.push('{');
         let parts = &ex.request.parts;
         let ctx = &ex.ctx;
-        // The trace this hop sent on (a telemetry filter sets it), else the one it got.
+        // The trace this hop sent on, when a filter (telemetry) set its context: a
+        // client's own `traceparent` is not a context the chain validated.
         let trace = parts
             .headers
             .get("traceparent")
+            .filter(|_| ctx.trace_set)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 let mut p = v.split('-').skip(1);
                 Some((p.next()?, p.next()?))
             })
-            .filter(|(t, s)| t.len() == 32 && s.len() == 16);
+            .filter(|(t, s)| hex_id(t, 32) && hex_id(s, 16));
         for (i, field) in self.fields.iter().enumerate() {
             if i > 0 {
                 out.push(',');
@@ -194,9 +196,46 @@ impl AccessLog {
     }
 }
 
+/// `s` as a JSON string. Beyond what JSON needs escaped, every control character
+/// (C0, DEL, C1) and the invisible format characters that reorder or hide text
+/// (bidirectional overrides such as U+202E, zero-width characters, line separators)
+/// are written as `\uXXXX`, so a client's path cannot make a log line read other
+/// than it is.
 fn string(out: &mut String, s: &str) {
-    // serde_json escapes as JSON asks; writing a str cannot fail.
-    let _ = serde_json::to_string(s).map(|q| out.push_str(&q));
+    out.push('"');
+    let mut from = 0;
+    for (i, c) in s.char_indices() {
+        let escaped = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if c.is_control() || invisible(c) => "",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push_str(escaped);
+        }
+        from = i + c.len_utf8();
+    }
+    out.push_str(&s[from..]);
+    out.push('"');
+}
+
+/// Format characters that change how text around them shows (all below U+FFFF).
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}'
+    )
+}
+
+fn hex_id(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn optional(out: &mut String, s: Option<&str>) {

@@ -28,6 +28,10 @@ pub(crate) struct Admin {
     pub(crate) listeners: Arc<Mutex<Vec<Bound>>>,
     /// The config server's snapshot version in force; 0 for a file's config.
     pub(crate) version: Arc<AtomicU64>,
+    /// The address the admin listener is bound to, and the host names it answers
+    /// besides IP addresses and `localhost` when that is a loopback address.
+    pub(crate) bound: std::net::IpAddr,
+    pub(crate) allow_hosts: Vec<String>,
 }
 
 fn json(value: &serde_json::Value) -> Response<ProxyBody> {
@@ -199,6 +203,35 @@ fn prometheus_text(open: &str) -> String {
 }
 
 fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
+    // A page in a browser on this machine may reach a loopback port through a name
+    // it controls (DNS rebinding): answer only hosts that cannot be rebound.
+    let host = req.uri().host().or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
+    if !weft_config::host_allowed(admin.bound, host, &admin.allow_hosts) {
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "unknown host: the admin listener answers IP addresses, localhost and \
+             admin.allow_hosts\n"
+                .into(),
+            "text/plain",
+        );
+    }
+    // Views only: nothing here changes when asked to.
+    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+        let mut resp = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the admin views answer GET and HEAD\n".into(),
+            "text/plain",
+        );
+        resp.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
+        return resp;
+    }
     match req.uri().path() {
         "/ready" if admin.ready.load(Ordering::Acquire) => {
             text(StatusCode::OK, "ready\n".into(), "text/plain")

@@ -196,7 +196,7 @@ impl Cluster {
         let endpoints = sources.endpoints(max_idle, &[]);
         let dns = match config.endpoints.iter().any(|e| e.value.is_dns()) {
             true => Some(Arc::new(
-                dns::Dns::new(dns_config).map_err(ClusterError::Dns)?,
+                dns::Dns::new(dns_config, config.allow_link_local).map_err(ClusterError::Dns)?,
             )),
             false => None,
         };
@@ -690,8 +690,9 @@ fn fingerprint(config: &ClusterConfig, dns: &DnsConfig) -> String {
         )
     });
     format!(
-        "{}|{:?}|{:?}|{:?}|{ca:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{dns:?}",
+        "{}|{}|{:?}|{:?}|{:?}|{ca:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{dns:?}",
         config.name.value,
+        config.allow_link_local,
         config.balancer,
         config.protocol,
         config.tls.as_ref().map(|t| (&t.ca.value, &t.server_name)),

@@ -213,6 +213,8 @@ fn build_states(
             max_body: l.limits.max_body_size.bytes(),
             normalize_path: l.normalize_path,
             allow_connect: l.allow_connect,
+            upgrades: l.upgrade_protocols().into_iter().map(Box::from).collect(),
+            mesh_internal: l.mesh_internal,
             conn: Arc::new(listener::ConnParts::new(tls, &settings)),
             access: config
                 .access_log
@@ -328,6 +330,8 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
             registry,
             listeners: listeners.clone(),
             version,
+            bound: addr.ip(),
+            allow_hosts: a.allow_hosts.clone(),
         });
         tasks.push(tokio::spawn(admin::run(tcp, state.clone(), admin_stop_rx)));
         tracing::info!(%addr, "admin listening");

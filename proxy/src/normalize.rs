@@ -50,7 +50,7 @@ pub(crate) fn authority(parts: &mut Parts) -> Result<(), ProxyError> {
         (None, None) if parts.version <= Version::HTTP_10 => return Ok(()),
         (None, None) => return Err(bad("missing host", "no host header".into())),
     };
-    if chosen.as_str().contains('@') || chosen.host().is_empty() {
+    if chosen.as_str().contains('@') || !usable_host(chosen.host()) {
         return Err(bad(
             "invalid host",
             format!("authority {:?}", chosen.as_str()),
@@ -70,6 +70,18 @@ pub(crate) fn authority(parts: &mut Parts) -> Result<(), ProxyError> {
         parts.uri = Uri::from(pq);
     }
     Ok(())
+}
+
+/// Whether a host names something: an IPv6 literal in brackets that parses, or a
+/// non-empty name (`[]`, `[x]` and an empty host are not), so that nothing downstream
+/// (a metric label, a route, a report) ever meets a request for no host.
+fn usable_host(host: &str) -> bool {
+    match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => !host.is_empty() && !host.contains([']', '[']),
+    }
 }
 
 /// Normalise the path of `parts.uri` in place (see the module docs); the query is

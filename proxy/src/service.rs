@@ -58,6 +58,10 @@ pub struct ListenerState {
     pub normalize_path: bool,
     /// Tunnel `CONNECT` requests to the routed cluster.
     pub allow_connect: bool,
+    /// The protocols clients may upgrade to, lower-cased, without `h2c`.
+    pub upgrades: Box<[Box<str>]>,
+    /// Peers are mesh proxies: their `x-weft-source-workload` reaches filters.
+    pub mesh_internal: bool,
     /// TLS and HTTP settings for new connections.
     pub(crate) conn: Arc<crate::listener::ConnParts>,
     /// The access log, when the configuration has one.
@@ -75,7 +79,10 @@ pub(crate) async fn serve(
     // A gRPC client reads errors from `grpc-status`, not from an HTTP status.
     let grpc = is_grpc(req.headers());
     let mut req = req;
-    let mut upgrade = Upgrade::of(&mut req, state.allow_connect);
+    let mut upgrade = Upgrade::of(&mut req, &state);
+    // An intermediary answers in its own HTTP version (RFC 9110 §6.2), whatever the
+    // upstream spoke: an HTTP/1.0 backend must not make a client drop its connection.
+    let version = req.version();
     let logged = state.access.as_ref().filter(|a| a.sampled());
     // A chain without hooks (or no chain) costs nothing: no context, no exchange,
     // unless the request is logged.
@@ -87,6 +94,7 @@ pub(crate) async fn serve(
         if let Some(u) = upgrade {
             u.finish(&mut resp, state.conn.limits.idle_timeout);
         }
+        *resp.version_mut() = version;
         return Ok(resp);
     }
     let (parts, body) = req.into_parts();
@@ -109,6 +117,7 @@ pub(crate) async fn serve(
     if let Some(u) = upgrade {
         u.finish(&mut resp, state.conn.limits.idle_timeout);
     }
+    *resp.version_mut() = version;
     // The end phase: `on-done` runs once the response body has gone, whatever happened.
     Ok(match lent.0 {
         Some(ex) if state.chain.done || logged.is_some() => {
@@ -160,11 +169,14 @@ enum Far {
 }
 
 impl Upgrade {
-    /// The upgrade a request asks for: HTTP/1.1, `Connection: upgrade` and `Upgrade`;
-    /// or CONNECT, when the listener allows it.
-    fn of(req: &mut Request<Incoming>, allow_connect: bool) -> Option<Self> {
+    /// The upgrade a request asks for: HTTP/1.1, `Connection: upgrade` and an
+    /// `Upgrade` naming protocols the listener passes (only those are asked of the
+    /// upstream; a request naming none is served as a plain one, its `Upgrade`
+    /// removed with the other hop-by-hop headers); or CONNECT, when the listener
+    /// allows it.
+    fn of(req: &mut Request<Incoming>, state: &ListenerState) -> Option<Self> {
         if req.method() == http::Method::CONNECT {
-            return allow_connect.then(|| Self {
+            return state.allow_connect.then(|| Self {
                 protocol: None,
                 client: hyper::upgrade::on(req),
                 upstream: None,
@@ -175,7 +187,7 @@ impl Upgrade {
         }
         // One lookup for the common case, a request without `Upgrade`.
         let headers = req.headers();
-        let protocol = headers.get(UPGRADE)?.clone();
+        let asked = headers.get(UPGRADE)?;
         let asks = headers
             .get_all(CONNECTION)
             .iter()
@@ -185,6 +197,7 @@ impl Upgrade {
         if !asks {
             return None;
         }
+        let protocol = allowed_upgrades(asked, &state.upgrades)?;
         Some(Self {
             protocol: Some(protocol),
             client: hyper::upgrade::on(req),
@@ -205,15 +218,43 @@ impl Upgrade {
         }
     }
 
-    /// Keep the upstream's side of a 101.
-    fn answered<B>(&mut self, resp: &mut http::Response<B>, cluster: &Cluster) {
-        if let Some(asked) = &self.protocol
-            && resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        {
-            let protocol = resp.headers().get(UPGRADE).unwrap_or(asked).clone();
-            let on = hyper::upgrade::on(resp);
-            self.upstream = Some(Far::Switched(on, protocol, cluster.hold_connection()));
+    /// Keep the upstream's side of a 101, which must switch to a protocol the
+    /// client asked for.
+    fn answered<B>(
+        &mut self,
+        resp: &mut http::Response<B>,
+        cluster: &Cluster,
+    ) -> Result<(), ProxyError> {
+        let Some(asked) = &self.protocol else {
+            return switched_unasked(resp, cluster);
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(());
         }
+        let protocol = match resp.headers().get(UPGRADE) {
+            None => asked.clone(),
+            Some(to) => {
+                let chosen = to.to_str().ok().map(|t| protocol_name(t.trim()));
+                let offered = asked
+                    .to_str()
+                    .ok()
+                    .into_iter()
+                    .flat_map(|a| a.split(','))
+                    .any(|a| {
+                        chosen.is_some_and(|c| protocol_name(a.trim()).eq_ignore_ascii_case(c))
+                    });
+                if !offered {
+                    return Err(upstream_protocol(
+                        cluster,
+                        format!("switched to {to:?}, which the client did not ask for"),
+                    ));
+                }
+                to.clone()
+            }
+        };
+        let on = hyper::upgrade::on(resp);
+        self.upstream = Some(Far::Switched(on, protocol, cluster.hold_connection()));
+        Ok(())
     }
 
     /// Open the tunnel of a CONNECT to an endpoint of `cluster`: the proxy's own 200,
@@ -293,6 +334,58 @@ impl Upgrade {
     }
 }
 
+/// The name of an upgrade protocol without its version: `websocket` of `WebSocket/13`.
+fn protocol_name(p: &str) -> &str {
+    p.split('/').next().unwrap_or(p).trim()
+}
+
+/// The protocols of a client's `Upgrade` that the listener passes, as the value to
+/// ask the upstream for; none when it names none of them.
+fn allowed_upgrades(asked: &HeaderValue, allowed: &[Box<str>]) -> Option<HeaderValue> {
+    let text = asked.to_str().ok()?;
+    let passes = |p: &&str| {
+        let name = protocol_name(p);
+        // Validation refuses `h2c` in the list; refused here as well, whatever it says.
+        !name.eq_ignore_ascii_case("h2c") && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+    };
+    let (mut total, mut kept) = (0, 0);
+    for p in text.split(',').map(str::trim) {
+        total += 1;
+        kept += usize::from(passes(&p));
+    }
+    match kept {
+        0 => None,
+        // The usual case, one protocol that passes: sent on as it is.
+        k if k == total => Some(asked.clone()),
+        _ => {
+            let list: Vec<&str> = text.split(',').map(str::trim).filter(passes).collect();
+            HeaderValue::from_str(&list.join(", ")).ok()
+        }
+    }
+}
+
+/// A 101 to a request that asked for no switch (or for a CONNECT tunnel) is not
+/// HTTP: an upstream error, never a tunnel.
+fn switched_unasked<B>(resp: &http::Response<B>, cluster: &Cluster) -> Result<(), ProxyError> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(upstream_protocol(
+            cluster,
+            "answered 101 Switching Protocols to a request that asked for no upgrade".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn upstream_protocol(cluster: &Cluster, detail: String) -> ProxyError {
+    ProxyError::new(
+        Side::Upstream,
+        StatusCode::BAD_GATEWAY,
+        "upstream protocol error",
+        format!("cluster {:?}: {detail}", cluster.name()),
+    )
+    .exchange(ExchangeError::ProtocolError)
+}
+
 /// The request's exchange, lent to each hook and given back after it.
 struct Lent(Option<Box<Exchange>>);
 
@@ -351,12 +444,30 @@ fn prepare(state: &ListenerState, parts: &mut http::request::Parts) -> Result<()
     // must not reach filters or the upstream.
     strip_hop_by_hop(&mut parts.headers);
 
+    // Headers the proxy sets on requests are its own: a client's would pass for the
+    // proxy's word (an attempt number, a caller's workload). A mesh listener's peers
+    // are proxies, whose word on their caller stands.
+    strip_owned(&mut parts.headers, state.mesh_internal);
+
     // Filters route on the path the upstream will see: `/public/../admin` is
     // `/admin` for both.
     if state.normalize_path {
         normalize::path(parts)?;
     }
     Ok(())
+}
+
+/// The header in which a proxy names its caller's workload to the next hop.
+const SOURCE_WORKLOAD: HeaderName = HeaderName::from_static("x-weft-source-workload");
+
+/// Remove from a client's request the headers the proxy sets on requests: the
+/// attempt number, and the caller's workload unless the peer is a mesh proxy.
+/// (`x-weft-fault` and the like are the client's to send: filters match on them.)
+fn strip_owned(headers: &mut HeaderMap, mesh_internal: bool) {
+    headers.remove(ATTEMPT_HEADER);
+    if !mesh_internal {
+        headers.remove(SOURCE_WORKLOAD);
+    }
 }
 
 /// When a request has arrived, from which its timeout counts: at once for a request
@@ -437,8 +548,9 @@ async fn forward(
             return Err(timed_out(cluster, state.request_timeout, ExchangeError::Timeout));
         }
     };
-    if let Some(u) = upgrade {
-        u.answered(&mut resp, cluster);
+    match upgrade {
+        Some(u) => u.answered(&mut resp, cluster)?,
+        None => switched_unasked(&resp, cluster)?,
     }
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
@@ -641,8 +753,9 @@ async fn filtered(
                 .send(parts, body, &mut info)
                 .await
                 .map_err(|e| upstream_error(cluster, e))?;
-            if let Some(u) = upgrade.as_mut() {
-                u.answered(&mut resp, cluster);
+            match upgrade.as_mut() {
+                Some(u) => u.answered(&mut resp, cluster)?,
+                None => switched_unasked(&resp, cluster)?,
             }
             let (parts, rbody) = resp.into_parts();
             if !chain.response_trailers {

@@ -2,8 +2,11 @@
 //! again when their answers' TTL runs out (within `min_refresh` and `max_refresh`);
 //! every address is an endpoint. A failed lookup keeps the last answer and is tried
 //! again sooner; a name that no longer exists (NXDOMAIN, no records) has no
-//! endpoints.
+//! endpoints. An answer is checked as a written endpoint is: no unspecified,
+//! broadcast or multicast address, no link-local one unless the cluster allows it,
+//! and at most `dns.max_addresses` of them; what is left out is logged once per name.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::Weak;
@@ -23,6 +26,10 @@ pub(super) struct Dns {
     resolver: TokioResolver,
     min: Duration,
     max: Duration,
+    /// The most addresses a name becomes endpoints for.
+    max_addresses: usize,
+    /// The cluster takes link-local addresses.
+    allow_link_local: bool,
     /// Resolve now: the names changed, or the cluster is gone.
     pub(super) wake: Notify,
     /// Every name has had its first lookup.
@@ -42,7 +49,7 @@ impl std::fmt::Debug for Dns {
 impl Dns {
     /// A resolver asking `config.servers`, or the system's name servers when none
     /// are given.
-    pub(super) fn new(config: &DnsConfig) -> Result<Self, String> {
+    pub(super) fn new(config: &DnsConfig, allow_link_local: bool) -> Result<Self, String> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if config.servers.is_empty() {
             TokioResolver::builder(provider)
@@ -81,6 +88,8 @@ impl Dns {
             resolver,
             min: config.min_refresh.0,
             max: config.max_refresh.0,
+            max_addresses: config.max_addresses,
+            allow_link_local,
             wake: Notify::new(),
             answered: AtomicBool::new(false),
             answers: Notify::new(),
@@ -96,18 +105,35 @@ impl Dns {
         let _ = tokio::time::timeout(limit, answered).await;
     }
 
-    /// Look `name` up: its addresses (sorted) and how long they hold, `Ok(None)` when
-    /// the name has no addresses, or why the lookup failed.
-    async fn lookup(&self, name: &str) -> Result<Option<(Vec<IpAddr>, Duration)>, String> {
+    /// Look `name` up: its addresses (sorted, checked, capped) and how long they
+    /// hold, `Ok(None)` when the name has no addresses, or why the lookup failed.
+    async fn lookup(&self, name: &str) -> Result<Option<Answer>, String> {
         match self.resolver.lookup_ip(name).await {
             Ok(found) => {
                 let mut ips: Vec<IpAddr> = found.iter().collect();
                 ips.sort_unstable();
                 ips.dedup();
+                let mut refused = Vec::new();
+                ips.retain(|ip| {
+                    let why = weft_config::endpoint_ip_refused(*ip, self.allow_link_local);
+                    if let Some(why) = why
+                        && refused.len() < 4
+                    {
+                        refused.push(format!("{ip}: {why}"));
+                    }
+                    why.is_none()
+                });
+                let dropped = ips.len().saturating_sub(self.max_addresses);
+                ips.truncate(self.max_addresses);
                 let ttl = found
                     .valid_until()
                     .saturating_duration_since(Instant::now());
-                Ok(Some((ips, ttl)))
+                Ok(Some(Answer {
+                    ips,
+                    ttl,
+                    refused,
+                    dropped,
+                }))
             }
             Err(e) if e.is_no_records_found() => Ok(None),
             Err(e) => Err(e.to_string()),
@@ -115,9 +141,23 @@ impl Dns {
     }
 }
 
+/// What a lookup found.
+struct Answer {
+    /// The addresses that become endpoints.
+    ips: Vec<IpAddr>,
+    /// How long they hold.
+    ttl: Duration,
+    /// Addresses refused, with why (the first few).
+    refused: Vec<String>,
+    /// Addresses past `max_addresses`, left out.
+    dropped: usize,
+}
+
 /// Follow a cluster's names until the cluster is gone.
 pub(super) async fn run(cluster: Weak<Cluster>, dns: Arc<Dns>) {
     let mut failures = 0u32;
+    // Names whose answers were cut or refused in part, logged once each.
+    let mut told: HashSet<String> = HashSet::new();
     loop {
         let Some(c) = cluster.upgrade() else {
             return;
@@ -129,9 +169,21 @@ pub(super) async fn run(cluster: Weak<Cluster>, dns: Arc<Dns>) {
         let mut failed = false;
         for name in names {
             match dns.lookup(name.host()).await {
-                Ok(Some((ips, ttl))) => {
-                    next = next.min(ttl);
-                    answers.push((name, ips));
+                Ok(Some(answer)) => {
+                    next = next.min(answer.ttl);
+                    if (!answer.refused.is_empty() || answer.dropped > 0)
+                        && told.len() < 1024
+                        && told.insert(name.to_string())
+                    {
+                        tracing::warn!(
+                            %name,
+                            refused = ?answer.refused,
+                            left_out = answer.dropped,
+                            max_addresses = dns.max_addresses,
+                            "DNS answer not taken whole (logged once per name)"
+                        );
+                    }
+                    answers.push((name, answer.ips));
                 }
                 Ok(None) => {
                     tracing::warn!(%name, "DNS name has no addresses");

@@ -202,3 +202,62 @@ async fn a_dns_name_is_followed_on_its_ttl_and_endpoints_that_stay_keep_their_co
     drop(a);
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_answer_becomes_only_endpoints_a_written_one_could_be_and_no_more_than_the_cap() {
+    let logs = logs();
+    let b = backend("b").bind("127.0.0.2:0").start().await;
+    let port = b.addr.port();
+    // This host's own listeners (0.0.0.0, ::), cloud metadata and other link-local
+    // addresses, beside one real backend; and a name with 40 addresses.
+    let mut hosts = String::from(
+        "0.0.0.0 odd.weft.test\n:: odd.weft.test\n169.254.169.254 odd.weft.test\n\
+         fe80::1 odd.weft.test\n224.0.0.1 odd.weft.test\n127.0.0.2 odd.weft.test\n",
+    );
+    for i in 1..=40 {
+        hosts.push_str(&format!("127.0.9.{i} many.weft.test\n"));
+    }
+    let dns = Dnsmasq::start(&hosts).await;
+    let yaml = format!(
+        "dns:\n  servers: [\"127.0.0.1:{dns_port}\"]\n  max_addresses: 8\n\
+         listeners:\n  - name: web\n    address: 127.0.0.1:0\n    default_cluster: odd\n\
+         clusters:\n  - name: odd\n    endpoints: [{{ dns: \"odd.weft.test:{port}\" }}]\n\
+         \x20 - name: many\n    endpoints: [{{ dns: \"many.weft.test:{port}\" }}]\n",
+        dns_port = dns.port,
+    );
+    let p = proxy(&yaml).start().await;
+    let web = p.running().listener_addr("web").unwrap();
+    let seen = spread(web, 4).await;
+    assert_eq!(count(&seen, "b"), 4, "{seen:?}");
+    let addresses = |cluster: &str| -> Vec<String> {
+        let mut a: Vec<String> = p
+            .running()
+            .cluster_states(cluster)
+            .unwrap()
+            .into_iter()
+            .map(|(a, ..)| a)
+            .collect();
+        a.sort_unstable();
+        a
+    };
+    assert_eq!(addresses("odd"), [format!("127.0.0.2:{port}")]);
+    // The cap keeps the lowest addresses; the name is resolved once the cluster starts.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while addresses("many").len() < 8 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let many = addresses("many");
+    assert_eq!(many.len(), 8, "{many:?}");
+    assert!(many.contains(&format!("127.0.9.1:{port}")), "{many:?}");
+    // Told once per name, however often it is resolved again (the TTL is a second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let told = |name: &str| {
+        logs.text()
+            .lines()
+            .filter(|l| l.contains("not taken whole") && l.contains(name))
+            .count()
+    };
+    assert_eq!(told("many.weft.test"), 1, "{}", logs.text());
+    assert_eq!(told("odd.weft.test"), 1);
+    assert!(logs.text().contains("169.254.169.254: link-local"));
+}

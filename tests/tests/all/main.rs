@@ -8,6 +8,7 @@ mod discovery;
 mod fault;
 mod grpc;
 mod hardening;
+mod hostile;
 mod interop;
 mod limits;
 mod protocols;
