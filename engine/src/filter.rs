@@ -101,6 +101,9 @@ struct Inner {
     source: Arc<str>,
     digest: String,
     interest: types::Interest,
+    /// The clusters the filter declared at `init`; when any, the only ones it may
+    /// route to.
+    clusters: Box<[crate::ClusterRef]>,
     compiled: Arc<Compiled>,
     engine: Engine,
     shared: Arc<FilterShared>,
@@ -161,6 +164,7 @@ impl Filter {
                 response_trailers: false,
                 keep_request_body: 0,
             },
+            clusters: Box::default(),
             compiled,
             engine: engine.clone(),
             shared,
@@ -173,7 +177,7 @@ impl Filter {
         };
         // The first instance proves the filter starts and accepts its config, and
         // tells which hooks it wants.
-        let (instance, interest) = inner.instantiate().map_err(|e| match e {
+        let (instance, interest, declared) = inner.instantiate().map_err(|e| match e {
             StartError::Rejected(message) => LoadError::ConfigRejected {
                 filter: spec.name.to_owned(),
                 message,
@@ -202,6 +206,8 @@ impl Filter {
         };
         let _ = inner.shared.views.set(views);
         inner.interest = interest;
+        // Every instance declares the same (one config); the first one's are kept.
+        inner.clusters = declared.into();
         let _ = inner.idle.push(instance);
         Ok(Self {
             inner: Arc::new(inner),
@@ -236,6 +242,18 @@ impl Filter {
     /// The hooks and bodies it asked for.
     pub fn interest(&self) -> &types::Interest {
         &self.inner.interest
+    }
+
+    /// The clusters its configuration names, as it declared them at `init`.
+    pub fn clusters(&self) -> &[crate::ClusterRef] {
+        &self.inner.clusters
+    }
+
+    /// Whether it may route to `cluster`: one it declared, or any when it declared
+    /// none (a filter that predates `declare-cluster`).
+    pub fn may_route(&self, cluster: &str) -> bool {
+        let declared = &self.inner.clusters;
+        declared.is_empty() || declared.iter().any(|c| c.name == cluster)
     }
 
     /// Its failure policy.
@@ -384,7 +402,9 @@ enum StartError {
 
 impl Inner {
     /// A fresh instance, initialised with the filter's config.
-    fn instantiate(&self) -> Result<(Instance, types::Interest), StartError> {
+    fn instantiate(
+        &self,
+    ) -> Result<(Instance, types::Interest, Vec<crate::ClusterRef>), StartError> {
         let state = HostState::new(
             self.shared.clone(),
             self.memory,
@@ -413,6 +433,8 @@ impl Inner {
             Ok(Err(message)) => return Err(StartError::Rejected(message)),
             Err(e) => return Err(StartError::Failed(self.describe(&e, &store))),
         };
+        // Declarations count only during `init`.
+        let declared = store.data_mut().declared.take().unwrap_or_default();
         let live = Live::new(&self.engine.inner.metrics.instances);
         (self.shared.stats.instances).fetch_add(1, Ordering::Relaxed);
         Ok((
@@ -422,6 +444,7 @@ impl Inner {
                 _live: live,
             },
             interest,
+            declared,
         ))
     }
 
@@ -435,7 +458,7 @@ impl Inner {
             return Ok(instance);
         }
         match self.instantiate() {
-            Ok((instance, _)) => Ok(instance),
+            Ok((instance, ..)) => Ok(instance),
             Err(StartError::Rejected(m)) => Err(format!("rejected its config: {m}")),
             Err(StartError::Failed(m)) => Err(m),
         }

@@ -236,6 +236,19 @@ pub(crate) struct HeaderViews {
     pub(crate) response: Box<[HeaderName]>,
 }
 
+/// A cluster a filter's configuration names, as the filter declared it in `init`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterRef {
+    /// The cluster's name.
+    pub name: String,
+    /// The configuration key that names it, e.g. `routes[2].cluster`.
+    pub key: String,
+}
+
+/// The most clusters one filter may declare; names and keys are bounded as well.
+const MAX_DECLARED: usize = 1024;
+const MAX_DECLARED_TEXT: usize = 512;
+
 /// The data of one instance's `Store`.
 pub struct HostState {
     wasi: WasiCtx,
@@ -247,6 +260,8 @@ pub struct HostState {
     pub(crate) phase: Phase,
     /// Whether the filter running now may touch the buffered request/response body.
     pub(crate) body_access: bool,
+    /// The clusters the filter declared while its `init` ran; `None` once it returned.
+    pub(crate) declared: Option<Vec<ClusterRef>>,
     rng: fastrand::Rng,
     epoch: Instant,
 }
@@ -278,6 +293,7 @@ impl HostState {
             exchange: None,
             phase: Phase::Request,
             body_access: false,
+            declared: Some(Vec::new()),
             rng: fastrand::Rng::new(),
             epoch,
         }
@@ -945,6 +961,19 @@ impl host_api::Host for HostState {
 
     fn wall_now(&mut self) -> u64 {
         wall_now()
+    }
+
+    fn declare_cluster(&mut self, name: String, key: String) {
+        let Some(declared) = self.declared.as_mut() else {
+            return;
+        };
+        if declared.len() < MAX_DECLARED
+            && name.len() <= MAX_DECLARED_TEXT
+            && key.len() <= MAX_DECLARED_TEXT
+            && !declared.iter().any(|d| d.name == name && d.key == key)
+        {
+            declared.push(ClusterRef { name, key });
+        }
     }
 
     fn spans_exported(&mut self) -> bool {

@@ -48,8 +48,8 @@ pub use bindings::types::{
 };
 pub use filter::{Filter, FilterFailure, FilterSpec, Outcome};
 pub use host::{
-    ConnectionInfo, Exchange, ExchangeError, HostState, RequestContext, RequestHead, ResponseHead,
-    TlsInfo,
+    ClusterRef, ConnectionInfo, Exchange, ExchangeError, HostState, RequestContext, RequestHead,
+    ResponseHead, TlsInfo,
 };
 pub use metrics::{DefinedSeries, MetricsHub, MetricsSpec, SeriesValue};
 pub use spans::{SPAN_QUEUE, Span, SpanKind, SpanQueue};

@@ -184,7 +184,7 @@ fn load_filter(
         max_series: f.metrics.max_series,
         expire_after: f.metrics.expire_after.0,
     };
-    engine.load(spec).map_err(|e| {
+    let filter = engine.load(spec).map_err(|e| {
         let (location, k) = match &e {
             LoadError::ConfigRejected { filter, message } => {
                 // Filters name the key at fault first (`routes[0].rewrite.host: ...`,
@@ -225,5 +225,47 @@ fn load_filter(
             message: e.to_string(),
             source: Some(Box::new(e)),
         }
+    })?;
+    check_clusters(config, f, &filter, &key)?;
+    Ok(filter)
+}
+
+/// Every cluster a filter declared must be one the configuration has: what loads,
+/// serves. The error points at the key in the filter's `config` that names it.
+fn check_clusters(
+    config: &Config,
+    f: &FilterConfig,
+    filter: &Filter,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(), ChainError> {
+    let Some(missing) = (filter.clusters().iter())
+        .find(|c| !config.clusters.iter().any(|k| k.name.value == c.name))
+    else {
+        return Ok(());
+    };
+    let known: Vec<&str> = (config.clusters.iter())
+        .map(|c| c.name.value.as_str())
+        .collect();
+    let at = f.config.as_ref().and_then(|c| c.value.locate(&missing.key));
+    let location = match (at, &f.config) {
+        (Some(at), _) => config.locate(&at),
+        (None, Some(c)) => config.locate(&c.referenced),
+        (None, None) => config.locate(&f.name.referenced),
+    };
+    Err(ChainError {
+        location,
+        key: key(&format!("config.{}", missing.key)),
+        message: format!(
+            "filter {:?} routes to cluster {:?}, which the configuration does not have \
+             (clusters: {})",
+            filter.name(),
+            missing.name,
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ),
+        source: None,
     })
 }

@@ -661,9 +661,20 @@ async fn filtered(
             Outcome::Done(Action::Continue) => {}
             Outcome::Skipped(_) => lent.decided(filter, "failed-open"),
             Outcome::Done(Action::Route(name)) => match state.clusters.get(&name) {
-                Some(c) => {
+                Some(c) if filter.may_route(&name) => {
                     lent.decided(filter, "route");
                     route = Some(c);
+                }
+                Some(_) => {
+                    return Err(ProxyError::new(
+                        Side::Filter,
+                        StatusCode::BAD_GATEWAY,
+                        "no such upstream",
+                        format!(
+                            "filter {:?} routed to cluster {name:?}, which it did not declare",
+                            filter.name()
+                        ),
+                    ));
                 }
                 None => {
                     return Err(ProxyError::new(

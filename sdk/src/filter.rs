@@ -55,6 +55,33 @@ pub trait Filter: DeserializeOwned + 'static {
         Interest::REQUEST
     }
 
+    /// The clusters this filter's configuration names and may route to, each with
+    /// the key that names it, asked once after a successful [`Filter::init`]. The
+    /// proxy checks every one against the mesh when it loads the filter (and the
+    /// config server before it accepts a change), pointing at the key of a cluster
+    /// that does not exist, so a typo is refused at load rather than answered 502 at
+    /// request time. Once a filter names any, an [`Action::route`] to another cluster
+    /// is refused.
+    ///
+    /// The default names none: the filter may route to any cluster, and a route to
+    /// one that does not exist fails when a request takes it.
+    ///
+    /// ```no_run
+    /// # use weft_sdk::prelude::*;
+    /// # #[derive(Deserialize)] #[serde(crate = "weft_sdk::serde")] struct Canary { stable: String, canary: String }
+    /// # impl Filter for Canary { fn on_request(&mut self, _: &Request, _: &Context) -> Action { Action::Continue }
+    /// fn clusters(&self) -> Vec<ClusterRef> {
+    ///     vec![
+    ///         ClusterRef::new(&self.stable, "stable"),
+    ///         ClusterRef::new(&self.canary, "canary"),
+    ///     ]
+    /// }
+    /// # }
+    /// ```
+    fn clusters(&self) -> Vec<ClusterRef> {
+        Vec::new()
+    }
+
     /// Called for every request. Return [`Action::Continue`] to pass it on. The
     /// [`Context`] is the request's own: its facts, its exchange settings, and the
     /// properties filters leave for later hooks.
@@ -74,6 +101,26 @@ pub trait Filter: DeserializeOwned + 'static {
     /// (`with_done`): the place to record what happened.
     fn on_done(&mut self, ctx: &Context, summary: &Summary) {
         let _ = (ctx, summary);
+    }
+}
+
+/// A cluster a filter's configuration names (see [`Filter::clusters`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterRef {
+    /// The cluster's name, as the mesh's `clusters` has it.
+    pub name: String,
+    /// The configuration key that names it, as the SDK's config errors write keys:
+    /// `routes[2].cluster`, `routes[0].split[1].cluster`.
+    pub key: String,
+}
+
+impl ClusterRef {
+    /// The cluster `name`, named at `key`.
+    pub fn new(name: &str, key: impl Into<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            key: key.into(),
+        }
     }
 }
 
@@ -108,6 +155,9 @@ pub fn init<F: Filter>(slot: &'static LocalKey<Slot<F>>, config: &str) -> Result
     slot.with(|s| s.replace(None));
     let filter: F = from_config(config)?;
     let interest = filter.interest();
+    for cluster in filter.clusters() {
+        crate::host::declare_cluster(&cluster);
+    }
     slot.with(|s| s.replace(Some(filter)));
     Ok(interest)
 }

@@ -9,6 +9,12 @@ use crate::native as imp;
 #[cfg(target_arch = "wasm32")]
 use raw as imp;
 
+/// Tell the proxy a cluster the filter's configuration names; the glue calls it
+/// during `init` for every [`crate::Filter::clusters`] entry.
+pub(crate) fn declare_cluster(cluster: &crate::ClusterRef) {
+    imp::declare_cluster(&cluster.name, &cluster.key);
+}
+
 /// Log records through the proxy's logger, tagged with the filter's name.
 ///
 /// ```no_run

@@ -67,7 +67,7 @@ pub use __weft_bindings::weft::filter::types::{
     HeaderError, HttpVersion, Interest, LocalResponse, PropertyError, Request, Responder, Response,
     ResponseAction, SettingError, Summary, TlsInfo,
 };
-pub use filter::{Filter, from_config};
+pub use filter::{ClusterRef, Filter, from_config};
 pub use host::{log, metrics, random, state, time, trace};
 pub use serde;
 pub use types::{RequestHead, ResponseHead};
@@ -75,7 +75,7 @@ pub use types::{RequestHead, ResponseHead};
 /// What a filter usually needs, in one import.
 pub mod prelude {
     pub use crate::{
-        Action, BodyMode, Context, Filter, Interest, LocalResponse, Request, Response,
+        Action, BodyMode, ClusterRef, Context, Filter, Interest, LocalResponse, Request, Response,
         ResponseAction, Summary,
     };
     pub use serde::Deserialize;

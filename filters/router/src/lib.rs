@@ -5,9 +5,16 @@
 //! 2. The winning route's `rewrite` (if any) changes the path and the authority.
 //! 3. The request goes to the route's `cluster`, or to one of its `split` clusters
 //!    picked at random in proportion to the weights.
-//! 4. No route matches: a local 404 naming the method and path.
+//! 4. No route matches: a local 404 naming the method and path; with
+//!    `no_match: continue`, the request goes on down the chain instead, to the
+//!    listener's `default_cluster` (or the proxy's own 404 `no route` without one).
+//!
+//! Every cluster a route names (`cluster`, each `split` entry, weight 0 included) is
+//! declared to the proxy, which refuses a configuration naming a cluster the mesh
+//! does not have, at the route's key.
 //!
 //! ```yaml
+//! no_match: not-found              # or: continue
 //! routes:
 //!   - name: api                    # optional: the route's name in logs and metrics
 //!     timeout: 5s                  # optional: the request's overall timeout here
@@ -47,11 +54,24 @@ use weft_sdk::{RequestHead, random};
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
 pub struct Router {
     routes: Vec<RouteConfig>,
+    #[serde(default)]
+    no_match: NoMatch,
     #[serde(skip)]
     compiled: Vec<Route>,
     /// Every header a route looks at, so one host call brings them all.
     #[serde(skip)]
     header_names: Vec<String>,
+}
+
+/// What a request that no route matches gets.
+#[derive(Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(crate = "weft_sdk::serde", rename_all = "kebab-case")]
+enum NoMatch {
+    /// A local 404 naming the method and path.
+    #[default]
+    NotFound,
+    /// On down the chain, to the listener's `default_cluster`.
+    Continue,
 }
 
 #[derive(Deserialize)]
@@ -542,6 +562,22 @@ impl Filter for Router {
         Interest::REQUEST.with_request_headers(&self.header_names)
     }
 
+    fn clusters(&self) -> Vec<ClusterRef> {
+        let mut named = Vec::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Some(c) = &r.cluster {
+                named.push(ClusterRef::new(c, format!("routes[{i}].cluster")));
+            }
+            for (j, s) in r.split.iter().flatten().enumerate() {
+                named.push(ClusterRef::new(
+                    &s.cluster,
+                    format!("routes[{i}].split[{j}].cluster"),
+                ));
+            }
+        }
+        named
+    }
+
     fn on_request(&mut self, req: &Request, ctx: &Context) -> Action {
         // One host call: method, path and the headers the routes look at.
         let head = req.head();
@@ -551,6 +587,9 @@ impl Filter for Router {
             None => (full, None),
         };
         let Some(route) = (self.compiled.iter()).find(|r| r.matches(&head, path, query)) else {
+            if self.no_match == NoMatch::Continue {
+                return Action::Continue;
+            }
             return Action::Respond(
                 LocalResponse::new(404).text(format!("no route for {} {path}\n", head.method())),
             );

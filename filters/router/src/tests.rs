@@ -190,3 +190,31 @@ fn rewritten_hosts_and_prefixes_must_fit_a_request_head() {
     );
     assert!(e.starts_with("routes[0].rewrite.prefix: "), "{e}");
 }
+
+#[test]
+fn every_cluster_a_route_names_is_declared_with_its_key() {
+    let r = load(
+        r#"{"routes":[
+            {"match":{"path":{"prefix":"/a"}},"cluster":"shop"},
+            {"match":{"path":{"prefix":"/b"}},"split":[{"cluster":"shop","weight":100},{"cluster":"shopv2","weight":0}]}
+        ]}"#,
+    )
+    .unwrap();
+    let named: Vec<(String, String)> = r.clusters().into_iter().map(|c| (c.name, c.key)).collect();
+    assert_eq!(
+        named,
+        [
+            ("shop".into(), "routes[0].cluster".into()),
+            ("shop".into(), "routes[1].split[0].cluster".into()),
+            ("shopv2".into(), "routes[1].split[1].cluster".into()),
+        ]
+    );
+}
+
+#[test]
+fn no_match_is_a_404_unless_told_to_continue() {
+    assert!(load(r#"{"routes":[{"cluster":"a"}]}"#).unwrap().no_match == NoMatch::NotFound);
+    let r = load(r#"{"no_match":"continue","routes":[{"cluster":"a"}]}"#).unwrap();
+    assert!(r.no_match == NoMatch::Continue);
+    assert!(error(r#"{"no_match":"drop","routes":[{"cluster":"a"}]}"#).contains("no_match"));
+}

@@ -170,3 +170,103 @@ clusters:
         "{e}"
     );
 }
+
+#[test]
+fn a_route_to_a_cluster_that_does_not_exist_is_refused_at_load_where_it_is_written() {
+    // `carts` for `cart`, and a split entry at weight 0: both would answer 502 at
+    // request time; both are refused when the configuration loads.
+    for (route, line_col, key) in [
+        (
+            "cluster: carts",
+            "test.yaml:13:",
+            "listeners[0].filters[0].config.routes[1].cluster",
+        ),
+        (
+            "split: [{ cluster: cart, weight: 100 }, { cluster: shopv2, weight: 0 }]",
+            "test.yaml:13:",
+            "listeners[0].filters[0].config.routes[1].split[1].cluster",
+        ),
+    ] {
+        let yaml = format!(
+            r#"listeners:
+  - name: main
+    address: 127.0.0.1:0
+    filters:
+      - name: router
+        module: builtin:router
+        config:
+          routes:
+            - match: {{ path: {{ prefix: /a }} }}
+              cluster: cart
+            - match: {{ path: {{ prefix: / }} }}
+              timeout: 2s
+              {route}
+clusters:
+  - name: cart
+    endpoints: ["127.0.0.1:1"]
+  - name: shop
+    endpoints: ["127.0.0.1:1"]
+"#
+        );
+        let e = config_error(&yaml);
+        assert!(e.starts_with(line_col) && e.contains(key), "{e}");
+        assert!(e.contains("clusters: cart, shop"), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_routes_only_to_the_clusters_it_declared() {
+    let logs = logs();
+    let a = backend("a").start().await;
+    let b = backend("b").start().await;
+    let yaml = |declare: &str| {
+        format!(
+            "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    filters:\n\
+             \x20     - name: stamp\n        module: {}\n        \
+             config: {{ name: s, route: b, declare: {declare} }}\n\
+             clusters:\n  - name: a\n    endpoints: [\"{}\"]\n  - name: b\n    endpoints: [\"{}\"]\n",
+            guests::STAMP,
+            a.addr,
+            b.addr
+        )
+    };
+    // Declared a, routed to b: refused, and the log says why.
+    let p = proxy(&yaml("[a]")).start().await;
+    let r = client().get(p.addr, "/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(logs.of_error(&r).contains("which it did not declare"));
+    assert_eq!(b.requests(), 0);
+    // A filter that declares nothing (one written before declarations) routes anywhere.
+    let p = proxy(&yaml("[]")).start().await;
+    let r = client().get(p.addr, "/").await;
+    assert_eq!(r.header("x-backend"), Some("b"), "{}", r.text());
+    // A declared cluster that does not exist is refused at its key.
+    let e = config_error(&yaml("[a, nope]"));
+    assert!(
+        e.contains("listeners[0].filters[0].config.declare[1]") && e.contains("\"nope\""),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_passes_unmatched_requests_on_when_told_to() {
+    let a = backend("a").start().await;
+    let b = backend("b").start().await;
+    let routes = "            - match: { path: { prefix: /a } }\n              cluster: a\n";
+    let listener = "    default_cluster: b";
+    let p = proxy(&routed(&a, &b, routes, listener)).start().await;
+    let r = client().get(p.addr, "/elsewhere").await;
+    assert_eq!(r.status, 404, "the default: the router's own 404");
+    assert!(r.text().contains("no route for GET /elsewhere"));
+    let yaml = routed(&a, &b, routes, listener).replace(
+        "        config:\n          routes:",
+        "        config:\n          no_match: continue\n          routes:",
+    );
+    let p = proxy(&yaml).start().await;
+    let r = client().get(p.addr, "/elsewhere").await;
+    assert_eq!(r.header("x-backend"), Some("b"), "{}", r.text());
+    assert_eq!(
+        client().get(p.addr, "/a").await.header("x-backend"),
+        Some("a")
+    );
+}

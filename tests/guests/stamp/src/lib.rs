@@ -13,6 +13,8 @@
 //!   `stamp.<name>`); the response hook reads it back into `x-stamp-ctx`, and adds
 //!   `x-stamp-attempt` (the attempt number) and, for a response the proxy made,
 //!   `x-stamp-error` (why the exchange failed).
+//! - With `route: NAME`, the request hook routes to that cluster; `declare: [..]` names
+//!   the clusters it declares to the proxy (keys `declare[i]`).
 
 use weft_sdk::metrics::Counter;
 use weft_sdk::prelude::*;
@@ -28,6 +30,10 @@ struct Stamp {
     upper: bool,
     #[serde(default)]
     reverse: bool,
+    #[serde(default)]
+    route: Option<String>,
+    #[serde(default)]
+    declare: Vec<String>,
     #[serde(skip)]
     requests: Option<Counter>,
 }
@@ -57,6 +63,12 @@ impl Filter for Stamp {
         } else {
             interest
         }
+    }
+
+    fn clusters(&self) -> Vec<ClusterRef> {
+        (self.declare.iter().enumerate())
+            .map(|(i, c)| ClusterRef::new(c, format!("declare[{i}]")))
+            .collect()
     }
 
     fn on_request(&mut self, req: &Request, ctx: &Context) -> Action {
@@ -91,7 +103,10 @@ impl Filter for Stamp {
                 log::error(&format!("stamp: cannot count in its metric: {e}"));
             }
         }
-        Action::Continue
+        match &self.route {
+            Some(cluster) => Action::route(cluster),
+            None => Action::Continue,
+        }
     }
 
     fn on_response(&mut self, resp: &Response, ctx: &Context) -> ResponseAction {
