@@ -6,9 +6,12 @@
 //! `<prefix><name>` (`weft_filter_` unless the filter's configuration says otherwise)
 //! and labelled `filter` plus the filter's own labels.
 //!
-//! Label sets are bounded: a metric holds at most `max_series` of them, a series not
-//! touched for `expire_after` leaves, and an update that would pass the limit is
-//! refused and counted in `weft_engine_filter_metric_dropped`.
+//! Label sets are bounded: a metric holds at most `max_series` of them, and a series
+//! not touched for `expire_after` leaves. A full metric still counts: an update of a
+//! new label set goes to the metric's overflow series (one more, every label value
+//! `overflow`) and is counted in `weft_engine_filter_metric_dropped` (its label set was
+//! dropped, not the update). Totals stay right, so a client that floods a label
+//! cannot make errors go uncounted.
 //!
 //! The hot path is a read lock, one hash of the label values the guest passed, and
 //! relaxed atomics: a series that exists takes no allocation.
@@ -162,7 +165,9 @@ struct MetricFamily {
     /// Histogram bucket bounds, increasing; empty for counters and gauges.
     bounds: Arc<[f64]>,
     series: RwLock<HashMap<Box<[String]>, Arc<Series>>>,
-    /// Updates refused at the series limit.
+    /// The label values of the overflow series: `overflow` for every label.
+    overflow: Box<[String]>,
+    /// Updates of a new label set at the series limit, counted in the overflow series.
     dropped: AtomicU64,
 }
 
@@ -550,7 +555,7 @@ impl MetricsHub {
         }
         let mut dropped = encoder.encode_descriptor(
             "weft_engine_filter_metric_dropped",
-            "Updates of a filter's metric refused because the metric held as many label sets as its filter's max_series allows.",
+            "Updates of a filter's metric whose label set was new when the metric held as many as its filter's max_series allows: counted in its overflow series instead.",
             None,
             MetricType::Counter,
         )?;
@@ -680,6 +685,7 @@ impl FilterMetrics {
             short: name.to_owned(),
             help: help.to_owned(),
             kind,
+            overflow: labels.iter().map(|_| "overflow".to_owned()).collect(),
             labels: labels.into(),
             bounds,
             series: RwLock::default(),
@@ -688,8 +694,9 @@ impl FilterMetrics {
         u32::try_from(families.len() - 1).map_err(|_| MetricError::LimitExceeded)
     }
 
-    /// Run `f` on the series of `values`, made if it is new and the limit allows;
-    /// touched. A series that exists is used under the read lock, without a clone.
+    /// Run `f` on the series of `values`, made if it is new; touched. A series that
+    /// exists is used under the read lock, without a clone. Past the limit, a new label
+    /// set is the overflow series.
     fn with_series<R>(
         &self,
         handle: u32,
@@ -718,7 +725,15 @@ impl FilterMetrics {
             family.expire(&mut series, oldest);
             if series.len() >= self.spec.max_series {
                 family.dropped.fetch_add(1, Relaxed);
-                return Err(MetricError::LimitExceeded);
+                if let Some(s) = series.get(&family.overflow) {
+                    s.touched.store(now, Relaxed);
+                    return f(s);
+                }
+                // One past the limit, made once (and again after it expired).
+                let s = Arc::new(family.new_series(now));
+                let r = f(&s);
+                series.insert(family.overflow.clone(), s);
+                return r;
             }
         }
         let s = Arc::new(family.new_series(now));
@@ -966,13 +981,16 @@ mod tests {
             )
             .unwrap();
         for i in 0..10 {
-            let r = m.add(id, vec![format!("h{i}")], 1);
-            assert_eq!(r.is_ok(), i < 3, "{i}");
+            m.add(id, vec![format!("h{i}")], 1).unwrap();
         }
         // A series that exists still counts at the limit.
         m.add(id, labels(&["h0"]), 1).unwrap();
         let out = encode(&hub);
-        assert_eq!(out.matches("weft_filter_req_total{").count(), 3, "{out}");
+        assert_eq!(out.matches("weft_filter_req_total{").count(), 4, "{out}");
+        assert!(
+            out.contains(r#"weft_filter_req_total{filter="t",host="overflow"} 7"#),
+            "{out}"
+        );
         assert!(
             out.contains(
                 r#"weft_engine_filter_metric_dropped_total{filter="t",metric="req_total"} 7"#
@@ -992,6 +1010,66 @@ mod tests {
         assert!(!out.contains(r#"host="h1""#), "{out}");
         std::thread::sleep(Duration::from_millis(250));
         assert!(!encode(&hub).contains("weft_filter_req_total{"));
+    }
+
+    #[test]
+    fn a_full_metric_counts_new_label_sets_in_its_overflow_series() {
+        let hub = Arc::new(MetricsHub::default());
+        let spec = MetricsSpec {
+            max_series: 2,
+            ..Default::default()
+        };
+        let m = hub.filter_metrics("t", "d1", &spec);
+        let c = m
+            .define(
+                MetricKind::Counter,
+                "n_total",
+                "",
+                labels(&["host", "code"]),
+                None,
+            )
+            .unwrap();
+        let h = m
+            .define(
+                MetricKind::Histogram,
+                "s",
+                "",
+                labels(&["host"]),
+                Some(vec![1.0]),
+            )
+            .unwrap();
+        m.add(c, labels(&["a", "200"]), 1).unwrap();
+        m.add(c, labels(&["b", "200"]), 1).unwrap();
+        // Past the limit, by labels or by handle, every new label set is one series.
+        m.add(c, labels(&["c", "503"]), 2).unwrap();
+        let d = m.series(c, labels(&["d", "503"])).unwrap();
+        let e = m.series(c, labels(&["e", "503"])).unwrap();
+        assert_eq!(d, e, "one overflow series");
+        m.series_add(d, 1).unwrap();
+        m.series_add(e, 1).unwrap();
+        m.add(c, labels(&["a", "200"]), 1).unwrap();
+        for host in ["a", "b", "c", "d"] {
+            m.observe(h, labels(&[host]), 0.5).unwrap();
+        }
+        let out = encode(&hub);
+        for line in [
+            r#"weft_filter_n_total{filter="t",host="a",code="200"} 2"#,
+            r#"weft_filter_n_total{filter="t",host="b",code="200"} 1"#,
+            r#"weft_filter_n_total{filter="t",host="overflow",code="overflow"} 4"#,
+            r#"weft_filter_s_count{filter="t",host="overflow"} 2"#,
+            r#"weft_engine_filter_metric_dropped_total{filter="t",metric="n_total"} 3"#,
+            r#"weft_engine_filter_metric_dropped_total{filter="t",metric="s"} 2"#,
+        ] {
+            assert!(out.contains(line), "{line} not in {out}");
+        }
+        assert_eq!(out.matches("weft_filter_n_total{").count(), 3, "{out}");
+        let mut total = 0;
+        hub.read_defined(|s| {
+            if let SeriesValue::Counter(n) = s.value {
+                total += n;
+            }
+        });
+        assert_eq!(total, 7, "every update counted");
     }
 
     #[test]

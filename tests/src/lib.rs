@@ -84,7 +84,8 @@ pub struct BackendBuilder {
 /// requests, else 200) with:
 /// - `x-backend`: its name; `x-path`: path and query; `x-host`: the host header (or
 ///   the URI authority); `x-version`: the HTTP version;
-/// - `x-echo-NAME` for every request header `x-NAME`, values joined by `,`;
+/// - `x-echo-NAME` for every request header `x-NAME`, values joined by `,`, and
+///   likewise for `traceparent`, `tracestate` and `b3`;
 /// - the request body as its body, or its name and a newline when that is empty.
 pub struct Backend {
     /// Where it listens.
@@ -232,10 +233,13 @@ async fn answer(
         .filter(|k| k.as_str().starts_with("x-"))
         .collect();
     names.dedup();
-    // Trace context, as the backend got it.
-    for n in ["traceparent", "tracestate"] {
-        if let Some(v) = parts.headers.get(n).and_then(|v| v.to_str().ok()) {
-            resp = resp.header(format!("x-echo-{n}"), v);
+    // Trace context, as the backend got it: every value, joined by `,`.
+    for n in ["traceparent", "tracestate", "b3"] {
+        let values: Vec<_> = (parts.headers.get_all(n).iter())
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if !values.is_empty() {
+            resp = resp.header(format!("x-echo-{n}"), values.join(","));
         }
     }
     for n in names {

@@ -15,6 +15,7 @@
 //!       reporter: destination            # this proxy fronts the service (or: source)
 //!       workload: banking                # this proxy's workload; names its spans' service
 //!       service: banking.bank            # destination_service here (default: the request's host)
+//!       max_label_values: 100            # distinct values of a label a client names
 //!       trace:
 //!         sample_ratio: 1.0              # share of new traces sampled
 //!         b3: true                       # accept B3 headers when traceparent is absent
@@ -31,6 +32,19 @@
 //!   `request_duration_milliseconds`): from arrival to the last response byte, in
 //!   Istio's buckets.
 //!
+//! Two labels take values a client names: `destination_service` when it is the
+//! request's host (no `service` configured) and `source_workload` from
+//! `x-weft-source-workload`. Each admits its first `max_label_values` distinct values,
+//! shared by the filter's instances; later ones count as `unknown`, as Istio's and
+//! Linkerd's proxies fold names a client made up. A metric full anyway (the entry's
+//! `metrics.max_series`) counts new label sets in its `overflow` series.
+//!
+//! Trace context: the upstream gets this hop's `traceparent` and nothing that names
+//! another trace. A request's B3 headers are removed, two `traceparent` headers start
+//! a new trace (W3C), and `tracestate` goes on only with the `traceparent` it came with
+//! and only when well-formed and within W3C's bounds (32 members, 512 bytes); else it
+//! is dropped whole.
+//!
 //! ```no_run
 //! let t: weft_filter_telemetry::Telemetry = weft_sdk::from_config("{}")?;
 //! # Ok::<(), String>(())
@@ -40,13 +54,14 @@
 
 pub mod context;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use weft_sdk::metrics::{Counter, Histogram, MetricError, Series};
 use weft_sdk::prelude::*;
 use weft_sdk::trace::{Span, SpanKind};
-use weft_sdk::{Responder, random, trace};
+use weft_sdk::{RequestHead, Responder, random, state, trace};
 
 use context::Parent;
 
@@ -77,8 +92,24 @@ const PROPERTY: &str = "weft.telemetry";
 
 /// Longest label value taken from a request (host, caller's workload).
 const MAX_LABEL: usize = 128;
-/// Longest `tracestate` carried into a span (W3C's limit).
-const MAX_TRACESTATE: usize = 512;
+/// Most `max_label_values`: each admitted value is a key of the filter's state.
+const MAX_LABEL_VALUES: usize = 1000;
+
+/// What a label a client names reads when its value was not admitted.
+const UNKNOWN: &str = "unknown";
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+/// B3's headers: read when `trace.b3` allows, and removed whenever this filter sends
+/// its own `traceparent`, so that the upstream sees one trace context.
+const B3_HEADERS: [&str; 6] = [
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-b3-parentspanid",
+];
 
 /// The unit of the latency histogram.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -110,7 +141,7 @@ pub struct TraceConfig {
     /// arrives keeps its caller's decision.
     #[serde(default = "one")]
     pub sample_ratio: f64,
-    /// Accept B3 (`b3`, `x-b3-*`) when a request has no valid `traceparent`.
+    /// Accept B3 (`b3`, `x-b3-*`) when a request has no `traceparent`.
     #[serde(default = "yes")]
     pub b3: bool,
     /// Propagate trace context at all.
@@ -155,10 +186,49 @@ pub struct Telemetry {
     /// The latency histogram's unit (and name).
     #[serde(default)]
     pub duration: DurationUnit,
+    /// Distinct values each label a client names may take (host, caller's workload);
+    /// later ones count as `unknown`.
+    #[serde(default = "default_label_values")]
+    pub max_label_values: usize,
     #[serde(skip)]
     metrics: Option<Metrics>,
     #[serde(skip)]
     cache: RefCell<Cache>,
+    #[serde(skip)]
+    admitted: RefCell<Admitted>,
+}
+
+fn default_label_values() -> usize {
+    100
+}
+
+/// A label whose values a client names.
+#[derive(Clone, Copy, Debug)]
+enum ClientLabel {
+    DestinationService,
+    SourceWorkload,
+}
+
+impl ClientLabel {
+    /// Where the filter's state counts the values admitted, and the prefix of the key
+    /// that marks one admitted.
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            Self::DestinationService => ("labels.destination_service", "label.ds."),
+            Self::SourceWorkload => ("labels.source_workload", "label.sw."),
+        }
+    }
+}
+
+/// The client-named values this instance knows were admitted, per label, so that one
+/// seen before costs a hash lookup and no host call. At most `max_label_values` each.
+#[derive(Debug, Default)]
+struct Admitted {
+    known: [HashSet<Box<str>>; 2],
+    /// Whether the filter's count for the label reached the limit: then a value this
+    /// instance does not know is only looked up, as another instance may have admitted
+    /// it.
+    full: [bool; 2],
 }
 
 #[derive(Debug)]
@@ -180,15 +250,40 @@ struct Cache {
 /// Most label sets one instance remembers; past it, it starts over.
 const MAX_CACHED: usize = 4096;
 
-#[derive(Clone, Copy, Debug)]
+/// The series of one label set, each resolved when first needed.
+#[derive(Clone, Copy, Debug, Default)]
 struct Recorded {
-    requests: Series,
+    requests: Option<Series>,
     errors: Option<Series>,
-    duration: Series,
+    duration: Option<Series>,
+}
+
+/// Update a cached series, resolving it first when it is not yet known or the proxy
+/// expired it (twice at most). A failure is the proxy's to count; the caller goes on.
+fn update(
+    series: &mut Option<Series>,
+    resolve: impl Fn() -> Result<Series, MetricError>,
+    apply: impl Fn(Series) -> Result<(), MetricError>,
+) {
+    for _ in 0..2 {
+        let s = match *series {
+            Some(s) => s,
+            None => match resolve() {
+                Ok(s) => *series.insert(s),
+                Err(_) => return,
+            },
+        };
+        match apply(s) {
+            Err(MetricError::UnknownMetric) => *series = None,
+            _ => return,
+        }
+    }
 }
 
 impl Metrics {
-    /// Count one request with these labels.
+    /// Count one request with these labels. Each metric is updated on its own, so
+    /// that one the proxy refused does not keep the others, an error above all, from
+    /// being counted.
     fn record(&self, cache: &mut Cache, labels: &[&str; 8], failed: bool, took: f64) {
         let Cache { key, series } = cache;
         key.clear();
@@ -196,40 +291,27 @@ impl Metrics {
             key.push_str(l);
             key.push('\u{1f}');
         }
-        // Twice at most: a series the proxy expired is resolved again.
-        for _ in 0..2 {
-            let rec = match series.get_mut(key.as_str()) {
-                Some(r) => r,
-                None => {
-                    let (Ok(requests), Ok(duration)) =
-                        (self.requests.series(labels), self.duration.series(labels))
-                    else {
-                        // Past the series limit: the proxy dropped and counted it.
-                        return;
-                    };
-                    if series.len() >= MAX_CACHED {
-                        series.clear();
-                    }
-                    let rec = Recorded {
-                        requests,
-                        errors: None,
-                        duration,
-                    };
-                    series.entry(key.clone()).or_insert(rec)
+        let rec = match series.get_mut(key.as_str()) {
+            Some(r) => r,
+            None => {
+                if series.len() >= MAX_CACHED {
+                    series.clear();
                 }
-            };
-            if failed && rec.errors.is_none() {
-                rec.errors = self.errors.series(labels).ok();
+                series.entry(key.clone()).or_default()
             }
-            let result = rec.requests.inc().and_then(|()| rec.duration.observe(took));
-            let result = match (failed, rec.errors) {
-                (true, Some(e)) => result.and_then(|()| e.inc()),
-                _ => result,
-            };
-            if !matches!(result, Err(MetricError::UnknownMetric)) {
-                return;
-            }
-            series.remove(key.as_str());
+        };
+        update(
+            &mut rec.requests,
+            || self.requests.series(labels),
+            |s| s.inc(),
+        );
+        update(
+            &mut rec.duration,
+            || self.duration.series(labels),
+            |s| s.observe(took),
+        );
+        if failed {
+            update(&mut rec.errors, || self.errors.series(labels), |s| s.inc());
         }
     }
 }
@@ -244,7 +326,9 @@ struct Noted<'a> {
     method: &'a str,
     destination_service: &'a str,
     source_workload: &'a str,
-    trace_state: &'a str,
+    /// The `tracestate` that goes on: the request's, checked (several headers joined
+    /// into one list), or empty.
+    trace_state: Cow<'a, str>,
 }
 
 impl Noted<'_> {
@@ -253,7 +337,7 @@ impl Noted<'_> {
             self.method,
             self.destination_service,
             self.source_workload,
-            self.trace_state,
+            &self.trace_state,
         ];
         let mut out = Vec::with_capacity(33 + strings.iter().map(|s| s.len() + 2).sum::<usize>());
         for n in [self.trace_id.0, self.trace_id.1, self.span_id, self.parent] {
@@ -261,7 +345,7 @@ impl Noted<'_> {
         }
         out.push(u8::from(self.sampled));
         for s in strings {
-            // Each is at most MAX_TRACESTATE bytes, cut at a char boundary before.
+            // Each is at most context::MAX_TRACESTATE bytes: labels are cut shorter.
             out.extend_from_slice(&(s.len() as u16).to_le_bytes());
             out.extend_from_slice(s.as_bytes());
         }
@@ -289,7 +373,7 @@ impl Noted<'_> {
             method: text()?,
             destination_service: text()?,
             source_workload: text()?,
-            trace_state: text()?,
+            trace_state: Cow::Borrowed(text()?),
         })
     }
 }
@@ -335,49 +419,162 @@ fn nonzero_random() -> u64 {
     }
 }
 
+/// The values of one header, in the request's order.
+fn values<'h>(head: &'h RequestHead, name: &'h str) -> impl Iterator<Item = &'h [u8]> {
+    head.headers()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// The value of a header the request has once; none when absent or repeated (a
+/// header that holds one value means nothing twice).
+fn single<'h>(head: &'h RequestHead, name: &'h str) -> Option<&'h [u8]> {
+    let mut all = values(head, name);
+    let first = all.next()?;
+    all.next().is_none().then_some(first)
+}
+
+/// The request's `tracestate`, to go on with its `traceparent`: several headers are
+/// one list (W3C), joined; empty when it is malformed or past W3C's bounds.
+fn trace_state(head: &RequestHead) -> Cow<'_, str> {
+    let mut all = values(head, TRACESTATE);
+    let Some(first) = all.next() else {
+        return Cow::Borrowed("");
+    };
+    let Some(second) = all.next() else {
+        return match std::str::from_utf8(first) {
+            Ok(s) if context::tracestate(first) => Cow::Borrowed(s),
+            _ => Cow::Borrowed(""),
+        };
+    };
+    let mut joined = first.to_vec();
+    for v in std::iter::once(second).chain(all) {
+        // Past the bound it is refused anyway; joining on would only cost memory.
+        if joined.len() > context::MAX_TRACESTATE {
+            break;
+        }
+        joined.push(b',');
+        joined.extend_from_slice(v);
+    }
+    match String::from_utf8(joined) {
+        Ok(s) if context::tracestate(s.as_bytes()) => Cow::Owned(s),
+        _ => Cow::Borrowed(""),
+    }
+}
+
+/// What becomes of the request's `tracestate` when this hop sends its `traceparent`.
+#[derive(Debug, PartialEq)]
+enum StateChange<'a> {
+    /// Absent, or the one header, as checked.
+    Keep,
+    /// Several headers, replaced by their checked join.
+    Set(&'a str),
+    /// Refused, or with a trace this hop did not continue from `traceparent`.
+    Remove,
+}
+
+fn state_change<'a>(head: &RequestHead, kept: &'a str) -> StateChange<'a> {
+    match (values(head, TRACESTATE).take(2).count(), kept.is_empty()) {
+        (0, _) => StateChange::Keep,
+        (_, true) => StateChange::Remove,
+        (1, false) => StateChange::Keep,
+        (_, false) => StateChange::Set(kept),
+    }
+}
+
 impl Telemetry {
-    /// The caller's trace, from `traceparent`, else B3 when allowed.
-    fn parent(&self, head: &weft_sdk::RequestHead) -> Option<Parent> {
-        if let Some(p) = head.header("traceparent").and_then(context::traceparent) {
-            return Some(p);
+    /// The caller's trace, and whether it came as W3C's `traceparent` (whose
+    /// `tracestate` then goes on with it). Any `traceparent` decides: one valid
+    /// continues its trace; an invalid one, or several, start a new trace (W3C), and
+    /// B3 is then not read. Without one, B3 when allowed.
+    fn parent(&self, head: &RequestHead) -> Option<(Parent, bool)> {
+        if head.header_bytes(TRACEPARENT).is_some() {
+            let p = single(head, TRACEPARENT).and_then(context::traceparent)?;
+            return Some((p, true));
         }
         if !self.trace.b3 {
             return None;
         }
-        if let Some(p) = head.header("b3").and_then(context::b3_single) {
-            return Some(p);
-        }
-        context::b3_multi(
-            head.header("x-b3-traceid")?,
-            head.header("x-b3-spanid")?,
-            head.header("x-b3-sampled"),
-            head.header("x-b3-flags"),
-        )
+        let p = if head.header_bytes("b3").is_some() {
+            single(head, "b3").and_then(context::b3_single)?
+        } else {
+            context::b3_multi(
+                single(head, "x-b3-traceid")?,
+                single(head, "x-b3-spanid")?,
+                head.header_bytes("x-b3-sampled"),
+                head.header_bytes("x-b3-flags"),
+            )?
+        };
+        Some((p, false))
     }
 
     fn workload(&self) -> &str {
-        self.workload.as_deref().unwrap_or("unknown")
+        self.workload.as_deref().unwrap_or(UNKNOWN)
+    }
+
+    /// `value` when the label may take it, else `unknown`. The first
+    /// `max_label_values` distinct values win, counted in the filter's state so the
+    /// bound holds across its instances; a value this instance already knows costs
+    /// one hash lookup.
+    fn admit<'v>(&self, label: ClientLabel, value: &'v str) -> &'v str {
+        let mut admitted = self.admitted.borrow_mut();
+        let Admitted { known, full } = &mut *admitted;
+        let (known, full) = (&mut known[label as usize], &mut full[label as usize]);
+        if known.contains(value) {
+            return value;
+        }
+        let (count, prefix) = label.keys();
+        let key = format!("{prefix}{value}");
+        let ok = state::get(&key).is_some()
+            || (!*full
+                && match state::increment(count, 1) {
+                    Ok(n) if usize::try_from(n).is_ok_and(|n| n <= self.max_label_values) => {
+                        state::set(&key, b"").is_ok()
+                    }
+                    _ => {
+                        *full = true;
+                        false
+                    }
+                });
+        if !ok {
+            return UNKNOWN;
+        }
+        if known.len() < self.max_label_values {
+            known.insert(value.into());
+        }
+        value
     }
 
     /// What on-request notes, from the request's head.
-    fn note<'a>(&'a self, head: &'a weft_sdk::RequestHead) -> Noted<'a> {
+    fn note<'a>(&'a self, head: &'a RequestHead) -> Noted<'a> {
         let destination_service = match &self.service {
             Some(s) => s.as_str(),
-            None => head.authority().map_or("unknown", host_of),
+            None => match head.authority() {
+                Some(a) => self.admit(ClientLabel::DestinationService, cut(host_of(a), MAX_LABEL)),
+                None => UNKNOWN,
+            },
         };
         let source_workload = match self.reporter {
             Reporter::Source => self.workload(),
-            Reporter::Destination => head.header(SOURCE_HEADER).unwrap_or("unknown"),
+            Reporter::Destination => match head.header(SOURCE_HEADER) {
+                Some(w) => self.admit(ClientLabel::SourceWorkload, cut(w, MAX_LABEL)),
+                None => UNKNOWN,
+            },
         };
         let mut noted = Noted {
             method: method_class(head.method()),
             destination_service: cut(destination_service, MAX_LABEL),
-            source_workload: cut(source_workload, MAX_LABEL),
+            source_workload,
             ..Noted::default()
         };
         if self.trace.propagate {
             let (trace_id, parent, sampled) = match self.parent(head) {
-                Some(p) => (p.trace_id, p.span_id, p.sampled),
+                Some((p, w3c)) => {
+                    if w3c {
+                        noted.trace_state = trace_state(head);
+                    }
+                    (p.trace_id, p.span_id, p.sampled)
+                }
                 None => {
                     let id = (random::u64(), nonzero_random());
                     (id, 0, random::chance(self.trace.sample_ratio * 100.0))
@@ -387,7 +584,6 @@ impl Telemetry {
             noted.parent = parent;
             noted.sampled = sampled;
             noted.span_id = nonzero_random();
-            noted.trace_state = cut(head.header("tracestate").unwrap_or(""), MAX_TRACESTATE);
         }
         noted
     }
@@ -399,6 +595,12 @@ impl Filter for Telemetry {
             return Err(format!(
                 "trace.sample_ratio: {} is not within 0 to 1",
                 self.trace.sample_ratio
+            ));
+        }
+        if self.max_label_values > MAX_LABEL_VALUES {
+            return Err(format!(
+                "max_label_values: {} is more than {MAX_LABEL_VALUES}",
+                self.max_label_values
             ));
         }
         if self.reporter == Reporter::Source && self.workload.is_none() {
@@ -438,15 +640,12 @@ impl Filter for Telemetry {
     }
 
     fn interest(&self) -> Interest {
-        let mut headers = vec!["tracestate", "traceparent", SOURCE_HEADER];
-        if self.trace.b3 {
-            headers.extend([
-                "b3",
-                "x-b3-traceid",
-                "x-b3-spanid",
-                "x-b3-sampled",
-                "x-b3-flags",
-            ]);
+        let mut headers = vec![SOURCE_HEADER];
+        // Propagating reads W3C's headers, and B3's also to remove them (with
+        // `trace.b3` off too): a header the head names costs no host call to find.
+        if self.trace.propagate {
+            headers.extend([TRACEPARENT, TRACESTATE]);
+            headers.extend(B3_HEADERS);
         }
         Interest::REQUEST.with_done().with_request_headers(headers)
     }
@@ -456,7 +655,23 @@ impl Filter for Telemetry {
         let noted = self.note(&head);
         if self.trace.propagate {
             let parent = context::format_traceparent(noted.trace_id, noted.span_id, noted.sampled);
-            let _ = req.set_header("traceparent", parent.as_str());
+            // Replaces every value: of two traceparent headers, ours alone goes on.
+            let _ = req.set_header(TRACEPARENT, parent.as_str());
+            match state_change(&head, &noted.trace_state) {
+                StateChange::Keep => {}
+                StateChange::Set(joined) => {
+                    let _ = req.set_header(TRACESTATE, joined);
+                }
+                StateChange::Remove => {
+                    req.remove_header(TRACESTATE);
+                }
+            }
+            // Beside ours, a client's B3 would name another trace to whoever reads B3.
+            for name in B3_HEADERS {
+                if head.header_bytes(name).is_some() {
+                    req.remove_header(name);
+                }
+            }
         }
         match self.reporter {
             Reporter::Source => {
@@ -560,7 +775,8 @@ impl Filter for Telemetry {
                 end: facts.received_at.saturating_add(summary.duration),
                 error: failed,
                 attributes,
-                trace_state: (!noted.trace_state.is_empty()).then(|| noted.trace_state.to_owned()),
+                trace_state: (!noted.trace_state.is_empty())
+                    .then(|| noted.trace_state.into_owned()),
             };
             trace::export(&span);
         }
@@ -605,7 +821,7 @@ mod tests {
             method: "GET",
             destination_service: "bank",
             source_workload: "trading",
-            trace_state: "a=b",
+            trace_state: "a=b".into(),
         };
         assert_eq!(Noted::decode(&n.encode()), Some(n));
         assert_eq!(Noted::decode(b"short"), None);
@@ -643,6 +859,188 @@ mod tests {
         assert_eq!(t.note(&b3).trace_id, (0, 0x64fe8b2a57d3eff7));
         let off: Telemetry = weft_sdk::from_config(r#"{"trace":{"b3":false}}"#).unwrap();
         assert_ne!(off.note(&b3).trace_id, (0, 0x64fe8b2a57d3eff7));
+    }
+
+    #[test]
+    fn a_multibyte_char_across_a_trace_id_starts_a_fresh_trace() {
+        let t: Telemetry = weft_sdk::from_config("{}").unwrap();
+        let id = format!("{}é{}", "0".repeat(15), "a".repeat(15));
+        assert_eq!(id.len(), 32);
+        for head in [
+            RequestHead::new("GET", "/")
+                .with_header("traceparent", format!("00-{id}-00f067aa0ba902b7-01")),
+            RequestHead::new("GET", "/").with_header("b3", format!("{id}-e457b5a2e4d86bd1-1")),
+            RequestHead::new("GET", "/")
+                .with_header("x-b3-traceid", &id)
+                .with_header("x-b3-spanid", "a2fb4a1d1a96d312"),
+        ] {
+            let n = t.note(&head);
+            assert_eq!(n.parent, 0, "a new trace");
+            assert_ne!(n.trace_id, (0, 0));
+        }
+    }
+
+    #[test]
+    fn trace_headers_of_any_bytes_never_panic_and_what_is_kept_round_trips() {
+        let t: Telemetry = weft_sdk::from_config("{}").unwrap();
+        let span = "a2fb4a1d1a96d312";
+        let mut continued = 0;
+        for x in context::tests::inputs(5_000) {
+            let w3c = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            for head in [
+                RequestHead::new("GET", "/").with_header(TRACEPARENT, &x),
+                RequestHead::new("GET", "/").with_header("b3", &x),
+                RequestHead::new("GET", "/")
+                    .with_header("x-b3-traceid", &x)
+                    .with_header("x-b3-spanid", span)
+                    .with_header("x-b3-sampled", &x),
+                RequestHead::new("GET", "/")
+                    .with_header(TRACEPARENT, w3c)
+                    .with_header(TRACESTATE, &x),
+            ] {
+                let n = t.note(&head);
+                assert!(n.trace_id != (0, 0) && n.span_id != 0, "{x:?}");
+                if !n.trace_state.is_empty() {
+                    assert_eq!(n.trace_state.as_bytes(), x, "kept as it came");
+                    assert_eq!(state_change(&head, &n.trace_state), StateChange::Keep);
+                }
+                if n.parent == 0 {
+                    continue;
+                }
+                continued += 1;
+                // What goes on names the same trace, read by the next hop.
+                let sent = context::format_traceparent(n.trace_id, n.parent, n.sampled);
+                let head = RequestHead::new("GET", "/").with_header(TRACEPARENT, sent.as_str());
+                let next = t.note(&head);
+                assert_eq!(
+                    (next.trace_id, next.parent, next.sampled),
+                    (n.trace_id, n.parent, n.sampled)
+                );
+            }
+        }
+        assert!(continued > 100, "{continued}");
+    }
+
+    #[test]
+    fn client_named_labels_fold_into_unknown_past_max_label_values() {
+        // Natively the filter's state lives in the thread, which a single-threaded
+        // test run shares between tests: start the counts afresh.
+        for label in [ClientLabel::DestinationService, ClientLabel::SourceWorkload] {
+            state::delete(label.keys().0);
+        }
+        let t: Telemetry = weft_sdk::from_config(r#"{"max_label_values": 3}"#).unwrap();
+        let head = |host: &str, caller: &str| {
+            RequestHead::new("GET", "/")
+                .with_authority(&format!("{host}:80"))
+                .with_header(SOURCE_HEADER, caller)
+        };
+        let seen = |t: &Telemetry, host: &str, caller: &str| {
+            let h = head(host, caller);
+            let n = t.note(&h);
+            (
+                n.destination_service.to_owned(),
+                n.source_workload.to_owned(),
+            )
+        };
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        for i in 0..3 {
+            let (host, caller) = (format!("h{i}"), format!("w{i}"));
+            assert_eq!(seen(&t, &host, &caller), pair(&host, &caller));
+        }
+        for i in 3..50 {
+            let (host, caller) = (format!("h{i}"), format!("w{i}"));
+            assert_eq!(seen(&t, &host, &caller), pair("unknown", "unknown"));
+        }
+        // Admitted values keep their names; the instance remembers only those.
+        assert_eq!(seen(&t, "h1", "w2"), pair("h1", "w2"));
+        assert!(t.admitted.borrow().known.iter().all(|k| k.len() == 3));
+        // Another instance of the filter shares the admission.
+        let other: Telemetry = weft_sdk::from_config(r#"{"max_label_values": 3}"#).unwrap();
+        assert_eq!(seen(&other, "h0", "w1"), pair("h0", "w1"));
+        assert_eq!(seen(&other, "h99", "w99"), pair("unknown", "unknown"));
+        // A configured service is no client's to name.
+        let named: Telemetry =
+            weft_sdk::from_config(r#"{"max_label_values": 3, "service": "bank"}"#).unwrap();
+        assert_eq!(seen(&named, "h77", "w0").0, "bank");
+        let err = weft_sdk::from_config::<Telemetry>(r#"{"max_label_values": 5000}"#).unwrap_err();
+        assert!(err.starts_with("max_label_values:"), "{err}");
+    }
+
+    #[test]
+    fn one_trace_context_goes_upstream() {
+        let t: Telemetry = weft_sdk::from_config("{}").unwrap();
+        let a = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let b = "00-11111111111111111111111111111111-2222222222222222-01";
+        let b3 = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+        let get = || RequestHead::new("GET", "/");
+        // One traceparent: its tracestate goes on as it came.
+        let head = get()
+            .with_header(TRACEPARENT, a)
+            .with_header(TRACESTATE, "vendor=x");
+        let n = t.note(&head);
+        assert_eq!(
+            (n.trace_id.0, n.trace_state.as_ref()),
+            (0x4bf92f3577b34da6, "vendor=x")
+        );
+        assert_eq!(state_change(&head, &n.trace_state), StateChange::Keep);
+        // Two tracestate headers are one list.
+        let head = get()
+            .with_header(TRACEPARENT, a)
+            .with_header(TRACESTATE, "a=1")
+            .with_header(TRACESTATE, "b=2");
+        let n = t.note(&head);
+        assert_eq!(
+            state_change(&head, &n.trace_state),
+            StateChange::Set("a=1,b=2")
+        );
+        // Past W3C's bounds, or malformed, it is dropped whole.
+        let many = (0..33)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let long = format!("a={}", "x".repeat(300));
+        for (first, second) in [(many.as_str(), None), ("a=b=c", None), (&long, Some(&long))] {
+            let mut head = get()
+                .with_header(TRACEPARENT, a)
+                .with_header(TRACESTATE, first);
+            if let Some(second) = second {
+                head = head.with_header(TRACESTATE, second);
+            }
+            let n = t.note(&head);
+            assert_eq!(n.trace_state, "");
+            assert_eq!(state_change(&head, &n.trace_state), StateChange::Remove);
+        }
+        // Two traceparent headers: a new trace, without the tracestate or B3.
+        let head = get()
+            .with_header(TRACEPARENT, a)
+            .with_header(TRACEPARENT, b)
+            .with_header(TRACESTATE, "vendor=x")
+            .with_header("b3", b3);
+        let n = t.note(&head);
+        assert_eq!(n.parent, 0);
+        assert!(n.trace_id.0 != 0x4bf92f3577b34da6 && n.trace_id.0 != 0x1111111111111111);
+        assert_eq!(state_change(&head, &n.trace_state), StateChange::Remove);
+        // B3 continues a trace, but a tracestate has no traceparent to go with.
+        let head = get()
+            .with_header("b3", b3)
+            .with_header(TRACESTATE, "vendor=x");
+        let n = t.note(&head);
+        assert_eq!(n.trace_id.0, 0x80f198ee56343ba8);
+        assert_eq!(state_change(&head, &n.trace_state), StateChange::Remove);
+        // Two b3 headers are no context either.
+        let head = get().with_header("b3", b3).with_header("b3", b3);
+        let n = t.note(&head);
+        assert_eq!(n.parent, 0);
+        // The filter reads what it removes, and nothing when it does not propagate.
+        let names = t.interest().request_headers;
+        for name in B3_HEADERS
+            .iter()
+            .chain(&[TRACEPARENT, TRACESTATE, SOURCE_HEADER])
+        {
+            assert!(names.iter().any(|n| n == name), "{name}");
+        }
+        let off: Telemetry = weft_sdk::from_config(r#"{"trace":{"propagate":false}}"#).unwrap();
+        assert_eq!(off.interest().request_headers, [SOURCE_HEADER]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `builtin:telemetry` across two chained proxies, a caller's sidecar and a callee's:
 //! exact RED counts under Istio's names on both, one trace across both hops (at the
-//! backend and at an OTLP receiver), bounded label sets, and a collector that is down.
+//! backend and at an OTLP receiver), bounded label sets, and a collector that is down;
+//! trace headers a client sets, and floods of the labels a client names.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,7 +9,8 @@ use std::time::Duration;
 use weft_tests::*;
 
 /// A proxy with an admin listener, the telemetry filter first, and spans going to
-/// `collector`.
+/// `collector`. Its listener takes mesh traffic: a caller's sidecar names its workload
+/// in `x-weft-source-workload`.
 fn sidecar(upstream: SocketAddr, telemetry: &str, collector: SocketAddr, metrics: &str) -> String {
     format!(
         r#"
@@ -21,6 +23,7 @@ listeners:
   - name: main
     address: 127.0.0.1:0
     default_cluster: next
+    mesh_internal: true
     filters:
       - name: telemetry
         module: builtin:telemetry
@@ -357,7 +360,15 @@ async fn unique_hosts_and_paths_stay_under_the_series_limit_and_idle_series_expi
     let text = scrape(&c, &p).await;
     let all = samples(&text);
     let series = select(&all, "weft_filter_requests_total", &[]);
-    assert_eq!(series.len(), 5, "{text}");
+    assert_eq!(series.len(), 6, "five and the overflow series: {text}");
+    assert_eq!(
+        total(
+            &all,
+            "weft_filter_requests_total",
+            &[("destination_service", "overflow")]
+        ),
+        25.0
+    );
     assert_eq!(
         total(
             &all,
@@ -388,5 +399,290 @@ async fn unique_hosts_and_paths_stay_under_the_series_limit_and_idle_series_expi
             &[("destination_service", "again.example")]
         ),
         1.0
+    );
+}
+
+/// The `traceparent` a backend got, checked to be one well-formed W3C value; its trace id.
+fn sent_trace_id(seen: Option<&str>) -> String {
+    let seen = seen.expect("traceparent at the backend");
+    let parts: Vec<&str> = seen.split('-').collect();
+    let hex = |s: &str, len| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    assert!(
+        parts.len() == 4
+            && parts[0] == "00"
+            && hex(parts[1], 32)
+            && hex(parts[2], 16)
+            && hex(parts[3], 2),
+        "{seen}"
+    );
+    parts[1].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_id_with_a_multibyte_char_gets_the_backend_and_a_fresh_trace() {
+    let web = backend("web").start().await;
+    let down = refused();
+    let p = proxy(&sidecar(web.addr, "{}", down.addr, "{}"))
+        .start()
+        .await;
+    // 32 bytes each, a two-byte `é` across byte 16, as raw bytes on the wire.
+    let id = format!("{}é{}", "0".repeat(15), "a".repeat(15));
+    for headers in [
+        format!("traceparent: 00-{id}-00f067aa0ba902b7-01\r\n"),
+        format!("b3: {id}-e457b5a2e4d86bd1-1\r\n"),
+        format!("x-b3-traceid: {id}\r\nx-b3-spanid: a2fb4a1d1a96d312\r\n"),
+    ] {
+        let request = format!("GET / HTTP/1.1\r\nhost: web\r\n{headers}connection: close\r\n\r\n");
+        let r = raw_exchange(p.addr, request.as_bytes()).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{headers}: {r}");
+        let echoed = r
+            .lines()
+            .find_map(|l| l.strip_prefix("x-echo-traceparent: "));
+        let trace = sent_trace_id(echoed);
+        assert_ne!(trace, "0".repeat(32), "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_sees_one_trace_context_and_a_bounded_tracestate() {
+    let web = backend("web").start().await;
+    let down = refused();
+    let p = proxy(&sidecar(web.addr, "{}", down.addr, "{}"))
+        .start()
+        .await;
+    let c = client();
+    let a = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let b = "00-11111111111111111111111111111111-2222222222222222-01";
+    // A client's B3 does not go on beside this hop's traceparent.
+    let r = c
+        .get_with(
+            p.addr,
+            "/",
+            &[
+                ("traceparent", a),
+                ("tracestate", "vendor=x"),
+                ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+                ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+                ("x-b3-spanid", "a2fb4a1d1a96d312"),
+                ("x-b3-parentspanid", "05e3ac9a4f6e3b90"),
+                ("x-b3-sampled", "1"),
+                ("x-b3-flags", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        sent_trace_id(r.header("x-echo-traceparent")),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(r.header("x-echo-tracestate"), Some("vendor=x"));
+    let b3: Vec<_> = (r.headers.keys())
+        .filter(|k| k.as_str().starts_with("x-echo-b3"))
+        .collect();
+    assert!(b3.is_empty(), "B3 went on: {b3:?}");
+    // Two traceparent headers are no context: a new trace, and no tracestate.
+    let r = c
+        .send(
+            p.addr,
+            "GET",
+            "/",
+            &[
+                ("traceparent", a),
+                ("traceparent", b),
+                ("tracestate", "vendor=x"),
+            ],
+            Default::default(),
+        )
+        .await;
+    let trace = sent_trace_id(r.header("x-echo-traceparent"));
+    assert!(!a.contains(&trace) && !b.contains(&trace), "{trace}");
+    assert_eq!(r.header("x-echo-tracestate"), None);
+    // Past 32 members or 512 bytes, or malformed, tracestate is dropped whole.
+    let members = (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>();
+    let long = format!("a={},b={}", "x".repeat(255), "y".repeat(253));
+    for tracestate in [members.join(","), long, "a=b=c".to_owned()] {
+        let r = c
+            .get_with(
+                p.addr,
+                "/",
+                &[("traceparent", a), ("tracestate", &tracestate)],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-echo-tracestate"), None, "{tracestate}");
+        sent_trace_id(r.header("x-echo-traceparent"));
+    }
+    // Within both, it goes on as it came; two headers go on as the one list they are.
+    let members = members[..32].join(",");
+    let r = c
+        .get_with(p.addr, "/", &[("traceparent", a), ("tracestate", &members)])
+        .await;
+    assert_eq!(r.header("x-echo-tracestate"), Some(members.as_str()));
+    let r = c
+        .send(
+            p.addr,
+            "GET",
+            "/",
+            &[
+                ("traceparent", a),
+                ("tracestate", "a=1"),
+                ("tracestate", "b=2"),
+            ],
+            Default::default(),
+        )
+        .await;
+    assert_eq!(r.header("x-echo-tracestate"), Some("a=1,b=2"));
+}
+
+/// A proxy whose telemetry counts every request, then routes `/down` to a backend
+/// that answers 503 and the rest to `web`. Its listener takes mesh traffic, so a
+/// client can name its workload as well as its host.
+fn with_a_failing_route(web: &Backend, down: &Backend, metrics: &str) -> String {
+    format!(
+        r#"
+admin:
+  address: 127.0.0.1:0
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    default_cluster: web
+    mesh_internal: true
+    filters:
+      - name: telemetry
+        module: builtin:telemetry
+        metrics: {metrics}
+        config: {{}}
+      - name: router
+        module: builtin:router
+        config:
+          routes:
+            - match: {{ path: {{ prefix: /down }} }}
+              cluster: down
+            - match: {{ path: {{ prefix: / }} }}
+              cluster: web
+clusters:
+  - name: web
+    endpoints: ["{}"]
+  - name: down
+    endpoints: ["{}"]
+"#,
+        web.addr, down.addr
+    )
+}
+
+/// What `/metrics` may weigh after a flood of client-named labels, the proxy's own
+/// series included: about 100 admitted label sets of ~6 KB each.
+const FLOODED_METRICS_BOUND: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_client_named_labels_keeps_metrics_small_and_every_error_counted() {
+    let web = backend("web").start().await;
+    let down = backend("down").fail_first(usize::MAX, 503).start().await;
+    let p = proxy(&with_a_failing_route(&web, &down, "{}"))
+        .start()
+        .await;
+    let c = client();
+    const FLOOD: usize = 600;
+    for i in 0..FLOOD {
+        let (host, caller) = (format!("h{i}.example"), format!("w{i}"));
+        let r = c
+            .get_with(
+                p.addr,
+                "/",
+                &[("host", &host), ("x-weft-source-workload", &caller)],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{i}");
+    }
+    const FAILED: usize = 7;
+    for i in 0..FAILED {
+        let host = format!("late{i}.example");
+        let r = c.get_with(p.addr, "/down", &[("host", &host)]).await;
+        assert_eq!(r.status, 503, "{i}");
+    }
+    let text = scrape(&c, &p).await;
+    assert!(
+        text.len() < FLOODED_METRICS_BOUND,
+        "/metrics is {} bytes",
+        text.len()
+    );
+    let all = samples(&text);
+    let requests = select(&all, "weft_filter_requests_total", &[]);
+    let distinct = |label: &str| {
+        let values: std::collections::HashSet<_> =
+            requests.iter().map(|s| s.labels[label].clone()).collect();
+        values
+    };
+    let hosts = distinct("destination_service");
+    assert!(hosts.len() <= 101 && hosts.contains("unknown"), "{hosts:?}");
+    let callers = distinct("source_workload");
+    assert!(
+        callers.len() <= 101 && callers.contains("w0") && callers.contains("unknown"),
+        "{callers:?}"
+    );
+    let counted = total(&all, "weft_filter_requests_total", &[]);
+    assert_eq!(counted, (FLOOD + FAILED) as f64);
+    assert_eq!(
+        total(&all, "weft_filter_request_errors_total", &[]),
+        FAILED as f64,
+        "{text}"
+    );
+    assert_eq!(
+        total(
+            &all,
+            "weft_filter_requests_total",
+            &[("response_code", "503")]
+        ),
+        FAILED as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_metric_counts_new_label_sets_and_errors_in_its_overflow_series() {
+    let web = backend("web").start().await;
+    let down = backend("down").fail_first(usize::MAX, 503).start().await;
+    let p = proxy(&with_a_failing_route(&web, &down, "{ max_series: 10 }"))
+        .start()
+        .await;
+    let c = client();
+    for i in 0..30 {
+        let host = format!("h{i}.example");
+        assert_eq!(
+            c.get_with(p.addr, "/", &[("host", &host)]).await.status,
+            200
+        );
+    }
+    for i in 0..4 {
+        let host = format!("h{i}.example");
+        assert_eq!(
+            c.get_with(p.addr, "/down", &[("host", &host)]).await.status,
+            503
+        );
+    }
+    let text = scrape(&c, &p).await;
+    let all = samples(&text);
+    assert_eq!(
+        select(&all, "weft_filter_requests_total", &[]).len(),
+        11,
+        "ten label sets and the overflow series: {text}"
+    );
+    assert_eq!(total(&all, "weft_filter_requests_total", &[]), 34.0);
+    let overflow = [
+        ("destination_service", "overflow"),
+        ("response_code", "overflow"),
+    ];
+    assert_eq!(
+        total(&all, "weft_filter_requests_total", &overflow),
+        24.0,
+        "{text}"
+    );
+    assert_eq!(total(&all, "weft_filter_request_errors_total", &[]), 4.0);
+    assert_eq!(
+        total(
+            &all,
+            "weft_engine_filter_metric_dropped_total",
+            &[("filter", "telemetry"), ("metric", "requests_total")]
+        ),
+        24.0
     );
 }
