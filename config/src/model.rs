@@ -141,7 +141,14 @@ pub struct AdminConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+    /// After SIGTERM, how long the proxy keeps accepting and serving while it says it
+    /// is going (`/ready` answers 503, HTTP/1 responses carry `connection: close`), so
+    /// that load balancers and Kubernetes Services stop sending before it stops
+    /// listening. SIGINT skips it.
+    #[serde(default = "no_delay")]
+    pub drain_delay: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM or SIGINT (after
+    /// the drain delay).
     #[serde(default = "default_drain")]
     pub drain_timeout: Duration,
 }
@@ -149,9 +156,14 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
+            drain_delay: Duration(std::time::Duration::ZERO),
             drain_timeout: default_drain(),
         }
     }
+}
+
+fn no_delay() -> Duration {
+    Duration(std::time::Duration::ZERO)
 }
 
 fn default_drain() -> Duration {

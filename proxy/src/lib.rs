@@ -37,7 +37,7 @@ mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -136,6 +136,7 @@ fn build_states(
     config: &Config,
     modules: &dyn ModuleStore,
     previous: Option<&HashMap<String, Arc<Cluster>>>,
+    draining: &Arc<AtomicBool>,
 ) -> Result<Vec<ListenerState>, StartError> {
     let mut clusters = HashMap::new();
     let mut fresh = Vec::new();
@@ -215,6 +216,7 @@ fn build_states(
             allow_connect: l.allow_connect,
             upgrades: l.upgrade_protocols().into_iter().map(Box::from).collect(),
             mesh_internal: l.mesh_internal,
+            draining: draining.clone(),
             conn: Arc::new(listener::ConnParts::new(tls, &settings)),
             access: config
                 .access_log
@@ -262,6 +264,11 @@ struct Inner {
     admin_stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     drain: Duration,
+    /// The configuration's `shutdown.drain_delay`, as last loaded.
+    drain_delay: Mutex<Duration>,
+    /// Set when the drain delay begins: listeners answer HTTP/1 with
+    /// `connection: close` from then on.
+    draining: Arc<AtomicBool>,
     /// Where spans go; none while no collector is configured.
     span_settings: watch::Sender<Option<spans::ExportSettings>>,
     /// Tells the span exporter to send what is left and stop.
@@ -347,6 +354,8 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
             admin_stop,
             tasks: Mutex::new(tasks),
             drain: config.shutdown.drain_timeout.0,
+            drain_delay: Mutex::new(config.shutdown.drain_delay.0),
+            draining: Arc::default(),
             span_settings,
             span_stop,
             exporter: Mutex::new(Some(exporter)),
@@ -442,7 +451,14 @@ impl RunningProxy {
         let previous = lock(&self.inner.listeners)
             .first()
             .map(|b| b.state.load().clusters.clone());
-        let states = build_states(&self.inner.engine, config, modules, previous.as_deref())?;
+        let states = build_states(
+            &self.inner.engine,
+            config,
+            modules,
+            previous.as_deref(),
+            &self.inner.draining,
+        )?;
+        *lock(&self.inner.drain_delay) = config.shutdown.drain_delay.0;
         // Bind what is new first, so a taken port changes nothing.
         let mut fresh = Vec::new();
         {
@@ -517,6 +533,24 @@ impl RunningProxy {
         Ok(())
     }
 
+    /// Stop as a load balancer in front needs it: for `delay` (the configuration's
+    /// `shutdown.drain_delay` when `None`) keep accepting and serving while saying
+    /// the proxy is going (`/ready` answers 503, HTTP/1 responses carry
+    /// `connection: close`, so clients reconnect elsewhere once balancers have
+    /// noticed); then [`RunningProxy::shutdown`], given up on after `limit`.
+    pub async fn drain_within(&self, delay: Option<Duration>, limit: Duration) {
+        let delay = delay.unwrap_or_else(|| *lock(&self.inner.drain_delay));
+        if !delay.is_zero() {
+            self.inner.draining.store(true, Ordering::Relaxed);
+            if let Some((_, admin)) = &self.inner.admin {
+                admin.ready.store(false, Ordering::Release);
+            }
+            tracing::info!("draining: serving with connection: close for {delay:?}");
+            tokio::time::sleep(delay).await;
+        }
+        self.shutdown_within(limit).await;
+    }
+
     /// Stop accepting, wait for in-flight requests (up to the drain timeout), stop.
     pub async fn shutdown(&self) {
         for l in lock(&self.inner.listeners).iter() {
@@ -561,5 +595,5 @@ fn bind(address: &str) -> std::io::Result<TcpListener> {
 /// config, TLS files read), without binding anything. Returns the listener count.
 pub fn check(config: &Config) -> Result<usize, StartError> {
     let engine = Engine::new()?;
-    Ok(build_states(&engine, config, &NoModules, None)?.len())
+    Ok(build_states(&engine, config, &NoModules, None, &Arc::default())?.len())
 }

@@ -62,6 +62,8 @@ pub struct ListenerState {
     pub upgrades: Box<[Box<str>]>,
     /// Peers are mesh proxies: their `x-weft-source-workload` reaches filters.
     pub mesh_internal: bool,
+    /// The proxy is about to stop: HTTP/1 clients are told to reconnect.
+    pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
     /// TLS and HTTP settings for new connections.
     pub(crate) conn: Arc<crate::listener::ConnParts>,
     /// The access log, when the configuration has one.
@@ -80,8 +82,6 @@ pub(crate) async fn serve(
     let grpc = is_grpc(req.headers());
     let mut req = req;
     let mut upgrade = Upgrade::of(&mut req, &state);
-    // An intermediary answers in its own HTTP version (RFC 9110 §6.2), whatever the
-    // upstream spoke: an HTTP/1.0 backend must not make a client drop its connection.
     let version = req.version();
     let logged = state.access.as_ref().filter(|a| a.sampled());
     // A chain without hooks (or no chain) costs nothing: no context, no exchange,
@@ -94,7 +94,7 @@ pub(crate) async fn serve(
         if let Some(u) = upgrade {
             u.finish(&mut resp, state.conn.limits.idle_timeout);
         }
-        *resp.version_mut() = version;
+        answer_as(&state, &mut resp, version);
         return Ok(resp);
     }
     let (parts, body) = req.into_parts();
@@ -117,7 +117,7 @@ pub(crate) async fn serve(
     if let Some(u) = upgrade {
         u.finish(&mut resp, state.conn.limits.idle_timeout);
     }
-    *resp.version_mut() = version;
+    answer_as(&state, &mut resp, version);
     // The end phase: `on-done` runs once the response body has gone, whatever happened.
     Ok(match lent.0 {
         Some(ex) if state.chain.done || logged.is_some() => {
@@ -125,6 +125,21 @@ pub(crate) async fn serve(
         }
         _ => resp,
     })
+}
+
+/// The response as this connection speaks: in its own HTTP version, whatever the
+/// upstream spoke (RFC 9110 §6.2: an HTTP/1.0 backend must not make a client drop
+/// its connection), and, while the proxy drains, telling an HTTP/1 client to
+/// reconnect (elsewhere, once balancers noticed `/ready`).
+fn answer_as(state: &ListenerState, resp: &mut Response<ProxyBody>, version: http::Version) {
+    *resp.version_mut() = version;
+    if version <= http::Version::HTTP_11
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        && state.draining.load(Ordering::Relaxed)
+    {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 /// Whether a request is gRPC: `content-type: application/grpc` or `application/grpc+...`.

@@ -501,9 +501,10 @@ async fn the_admin_listener_answers_only_hosts_that_cannot_be_rebound_and_only_v
         assert!(answer.starts_with("HTTP/1.1 421"), "{host}: {answer}");
         assert!(!answer.contains("listeners"), "{answer}");
     }
-    let answer = ask(format!(
+    let answer = ask(
         "POST /config HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    ))
+            .to_owned(),
+    )
     .await;
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     assert!(
