@@ -447,7 +447,7 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<
             file: file.to_owned(),
             line,
             column,
-            message: strip_location(&e.to_string()),
+            message: tidy_yaml_error(&e.to_string(), file),
         }
     })
 }
@@ -630,6 +630,23 @@ impl ModuleRef {
 
 /// serde-saphyr's message may end with its own " at line X column Y"; ours already
 /// says where.
+/// The parser's message, said once: the location leads the error already, so the
+/// parser's own `error: line 3 column 14:` goes, and its snippet names the file
+/// rather than `<input>`.
+fn tidy_yaml_error(msg: &str, file: &str) -> String {
+    let msg = msg.trim();
+    let msg = msg.strip_prefix("error: ").unwrap_or(msg);
+    let msg = match msg.strip_prefix("line ").and_then(|rest| {
+        let (_, after) = rest.split_once(" column ")?;
+        let (col, after) = after.split_once(": ")?;
+        col.bytes().all(|b| b.is_ascii_digit()).then_some(after)
+    }) {
+        Some(rest) => rest,
+        None => msg,
+    };
+    strip_location(&msg.replace("--> <input>:", &format!("--> {file}:")))
+}
+
 fn strip_location(msg: &str) -> String {
     let msg = msg.trim();
     match msg.rfind(" at line ") {

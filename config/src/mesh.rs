@@ -43,9 +43,12 @@ pub struct MeshConfig {
     /// Where every proxy exports spans; none: spans are not exported.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
-    /// Every proxy's access log; none: no access log.
+    /// Every proxy's access log (a group may set its own); none: no access log.
     #[serde(default)]
     pub access_log: Option<AccessLogConfig>,
+    /// Every proxy's shutdown (a group may set its own): drain delay and timeout.
+    #[serde(default)]
+    pub shutdown: Option<ShutdownConfig>,
     /// Groups of proxies and what they serve; a proxy takes the first group that
     /// selects it.
     pub proxies: Vec<ProxyGroup>,
@@ -63,6 +66,12 @@ pub struct ProxyGroup {
     /// Their listeners and filter chains.
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
+    /// Their access log, in place of the mesh's.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
+    /// Their shutdown, in place of the mesh's.
+    #[serde(default)]
+    pub shutdown: Option<ShutdownConfig>,
 }
 
 /// Selects proxies by the service they sit beside and their labels.
@@ -128,10 +137,16 @@ impl MeshConfig {
             admin: None,
             listeners,
             clusters: self.clusters.clone(),
-            shutdown: ShutdownConfig::default(),
+            shutdown: (group.shutdown.as_ref().or(self.shutdown.as_ref()))
+                .cloned()
+                .unwrap_or_default(),
             dns: self.dns.clone(),
             tracing: self.tracing.clone(),
-            access_log: self.access_log.clone(),
+            access_log: group
+                .access_log
+                .as_ref()
+                .or(self.access_log.as_ref())
+                .cloned(),
             file: self.file.clone(),
             base_dir: None,
             mesh_group: Some(index),

@@ -255,3 +255,40 @@ fn dns_endpoints_and_resolvers_are_checked() {
     assert!(e.is_dns() && e.weight() == 3 && e.address() == "api.internal:80");
     assert!(!c.clusters[0].endpoints[1].value.is_dns());
 }
+
+#[test]
+fn a_yaml_error_says_its_place_once_and_names_the_file() {
+    let e = err("listeners:\n  - name: main\n    address: [1, 2\n");
+    assert!(e.starts_with("weft.yaml:3:14: "), "{e}");
+    assert!(
+        !e.contains("line 3 column 14"),
+        "the place is said once: {e}"
+    );
+    assert!(!e.contains("<input>"), "{e}");
+    assert!(e.contains("--> weft.yaml:3:14"), "{e}");
+}
+
+#[test]
+fn a_mesh_group_may_set_its_own_access_log_and_shutdown() {
+    let mesh = MeshConfig::parse(
+        "access_log: { sample: 0.5 }\nshutdown: { drain_delay: 1s }\nproxies:\n\
+         \x20 - select: { service: web }\n    access_log: { sample: 1.0 }\n    \
+         shutdown: { drain_delay: 5s }\n\
+         \x20 - select: {}\n",
+        "mesh.yaml",
+    )
+    .unwrap();
+    let none = std::collections::BTreeMap::new();
+    let web = mesh.proxy_config(0, &none).unwrap();
+    assert_eq!(web.access_log.as_ref().unwrap().sample, 1.0);
+    assert_eq!(
+        web.shutdown.drain_delay.0,
+        std::time::Duration::from_secs(5)
+    );
+    let other = mesh.proxy_config(1, &none).unwrap();
+    assert_eq!(other.access_log.as_ref().unwrap().sample, 0.5);
+    assert_eq!(
+        other.shutdown.drain_delay.0,
+        std::time::Duration::from_secs(1)
+    );
+}
