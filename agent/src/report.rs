@@ -94,6 +94,7 @@ impl Reporter {
             }
             let (bounds_ms, mut buckets): (Vec<f64>, Vec<u64>) = row.buckets.into_iter().unzip();
             buckets.push(row.rest);
+            trim(&mut buckets, row.requests);
             let traffic = Traffic {
                 reporter,
                 service,
@@ -205,6 +206,24 @@ impl Reporter {
     }
 }
 
+/// Keep a histogram to at most `requests` observations, as the server requires. A
+/// request that ends between the read of its counter and of its histogram is in the
+/// histogram one report early; the surplus comes off the fullest buckets, where it
+/// moves a quantile least.
+fn trim(buckets: &mut [u64], requests: u64) {
+    let total = buckets.iter().fold(0u64, |t, n| t.saturating_add(*n));
+    let mut surplus = total.saturating_sub(requests);
+    // Each pass empties a bucket or ends the surplus.
+    while surplus > 0 {
+        let Some(fullest) = buckets.iter_mut().max() else {
+            return;
+        };
+        let take = surplus.min(*fullest);
+        *fullest -= take;
+        surplus -= take;
+    }
+}
+
 fn cut(s: &str) -> String {
     if s.len() <= MAX_NAME {
         return s.to_owned();
@@ -236,5 +255,20 @@ mod tests {
         ));
         assert!(measure("weft_filter_request_bytes").is_none());
         assert_eq!(cut(&"é".repeat(200)).len(), 252);
+    }
+
+    #[test]
+    fn histograms_count_no_more_than_their_requests() {
+        let mut buckets = vec![1, 5, 2, 0];
+        trim(&mut buckets, 6);
+        assert_eq!(buckets, [1, 3, 2, 0]);
+        trim(&mut buckets, 6);
+        assert_eq!(
+            buckets,
+            [1, 3, 2, 0],
+            "a histogram within its requests stays"
+        );
+        trim(&mut buckets, 0);
+        assert_eq!(buckets, [0, 0, 0, 0]);
     }
 }

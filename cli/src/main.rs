@@ -67,6 +67,11 @@ enum Command {
         /// How often proxies report their traffic, for `weft stat`; 0s: never.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         report_interval: Duration,
+        /// A name requests may give the server as their Host, besides localhost and IP
+        /// addresses (repeat for more). Without it, a server on loopback answers only
+        /// to those, so that no web page can reach it by a name made to resolve here.
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
     },
     /// Push a filter module (.wasm component) to the config server under a name.
     Push {
@@ -234,6 +239,7 @@ fn main() -> ExitCode {
                 max_connections,
                 max_proxies,
                 report_interval,
+                allow_hosts,
             } => {
                 let limits = weft_config_server::Limits {
                     max_connections,
@@ -247,6 +253,7 @@ fn main() -> ExitCode {
                 options.max_filter_size = max_filter_size;
                 options.limits = limits;
                 options.report_interval = report_interval;
+                options.allowed_hosts = allow_hosts;
                 run_config_server(options).await
             }
             Command::Push { file, name, server } => client::push(&server, &file, &name).await,

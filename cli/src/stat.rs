@@ -82,6 +82,7 @@ fn render(v: &Value) -> String {
         .unwrap_or_default();
     if services.is_empty() {
         out.push_str("no traffic reported in the window\n");
+        out.push_str(&dropped_note(v));
         return out;
     }
     let mut rows = vec![[
@@ -128,12 +129,33 @@ fn render(v: &Value) -> String {
         }
     }
     out.push_str(&table(&rows));
+    out.push_str(&dropped_note(v));
+    out
+}
+
+/// What the server dropped of the reports, and why; nothing when it dropped none.
+fn dropped_note(v: &Value) -> String {
+    let mut out = String::new();
     if let Some(n) = v.get("dropped_rows").and_then(Value::as_u64)
         && n > 0
     {
+        let dropped = v.get("dropped");
+        let count = |why: &str| dropped.and_then(|d| d.get(why)).and_then(Value::as_u64);
+        let why: Vec<String> = [
+            ("full", "past the services and routes the server keeps"),
+            ("invalid", "that made no sense"),
+            ("report_too_long", "of reports with too many rows"),
+        ]
+        .into_iter()
+        .filter_map(|(key, what)| count(key).filter(|n| *n > 0).map(|n| format!("{n} {what}")))
+        .collect();
         out.push_str(&format!(
-            "the server keeps a bounded number of services and routes; {n} report rows were dropped\n"
+            "{n} report rows were dropped since the server started"
         ));
+        if !why.is_empty() {
+            out.push_str(&format!(": {}", why.join(", ")));
+        }
+        out.push('\n');
     }
     out
 }
@@ -145,10 +167,12 @@ fn number(v: Option<&Value>, decimals: usize) -> String {
     }
 }
 
+/// A share from 0 to 1 as a percentage; anything else is no share, whatever the
+/// server says.
 fn percent(v: Option<&Value>) -> String {
     match v.and_then(Value::as_f64) {
-        Some(n) => format!("{:.2}%", n * 100.0),
-        None => "-".into(),
+        Some(n) if (0.0..=1.0).contains(&n) => format!("{:.2}%", n * 100.0),
+        _ => "-".into(),
     }
 }
 
@@ -205,5 +229,31 @@ mod tests {
         let row: Vec<&str> = lines[3].split_whitespace().collect();
         assert_eq!(row[1], "(none)");
         assert_eq!(row[6..9], ["-", "-", "-"]);
+    }
+
+    #[test]
+    fn never_shows_a_success_rate_above_100_percent() {
+        assert_eq!(percent(Some(&serde_json::json!(1.0))), "100.00%");
+        assert_eq!(percent(Some(&serde_json::json!(0.0))), "0.00%");
+        for wrong in [
+            serde_json::json!(18446744073709551616.0),
+            serde_json::json!(1.0001),
+            serde_json::json!(-0.5),
+            serde_json::json!("1"),
+        ] {
+            assert_eq!(percent(Some(&wrong)), "-", "{wrong}");
+        }
+        let v = serde_json::json!({
+            "window_seconds": 30, "dropped_rows": 3,
+            "dropped": {"full": 0, "invalid": 2, "report_too_long": 1}, "services": []
+        });
+        assert!(
+            render(&v).ends_with(
+                "3 report rows were dropped since the server started: 2 that made no sense, \
+                 1 of reports with too many rows\n"
+            ),
+            "{}",
+            render(&v)
+        );
     }
 }

@@ -255,8 +255,14 @@ async fn stats(
             ))
         })?,
     };
-    let view = shared.stats.view(window, choice, shared.report_interval);
-    Ok(Json(view).into_response())
+    // Summing up to two minutes of every row is work for a blocking thread, not for
+    // the workers that serve the proxies' streams and the other requests.
+    let view = crate::error::blocking(move || {
+        let view = shared.stats.view(window, choice, shared.report_interval);
+        Json(view).into_response()
+    })
+    .await?;
+    Ok(view)
 }
 
 async fn openapi() -> Response {

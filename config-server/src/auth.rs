@@ -5,17 +5,21 @@
 //!   token from anywhere, this machine included;
 //! - other reads (status, filter versions) are open to this machine and need the
 //!   token from anywhere else;
-//! - the proxies' stream needs the proxy token, and only it (see `stream`).
+//! - the proxies' stream needs the proxy token, and only it (see `stream`);
+//! - a request must name the server by a name of this machine (see [`Hosts`]) when
+//!   the server listens on loopback, or when it comes from this machine without a
+//!   token: else a page in a browser here, of a site whose name was made to resolve
+//!   to 127.0.0.1, could read what this machine may read.
 
 use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::{Method, header};
+use http::{Method, StatusCode, header};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -130,6 +134,87 @@ async fn check(shared: &Shared, peer: SocketAddr, req: Request, next: Next) -> R
     next.run(req).await
 }
 
+/// The names a request may give the server (its `Host`, or HTTP/2's `:authority`)
+/// where a browser on this machine could have sent it: `localhost`, any IP address,
+/// and the names allowed at start.
+#[derive(Debug)]
+pub(crate) struct Hosts {
+    /// Every request is checked: the server listens on loopback, so every request
+    /// comes from this machine. Otherwise only those from this machine without a
+    /// token are; the others need the token for everything.
+    all: bool,
+    /// Lower case, without a trailing dot.
+    names: Vec<String>,
+}
+
+impl Hosts {
+    pub(crate) fn new(listen: SocketAddr, names: &[String]) -> Result<Self, ServerError> {
+        let names = names
+            .iter()
+            .map(|name| {
+                let plain = name.strip_suffix('.').unwrap_or(name);
+                let ok = !plain.is_empty()
+                    && plain.len() <= 253
+                    && !plain.starts_with(['.', '-'])
+                    && (plain.bytes()).all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                if ok {
+                    Ok(plain.to_ascii_lowercase())
+                } else {
+                    Err(ServerError::HostName { name: name.clone() })
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            all: listen.ip().to_canonical().is_loopback(),
+            names,
+        })
+    }
+
+    /// Whether `authority` (a host, with or without a port) names this server.
+    fn allows(&self, authority: &str) -> bool {
+        // The proxies' admin listeners answer by the same rule as one on loopback.
+        weft_config::host_allowed(Ipv4Addr::LOCALHOST.into(), Some(authority), &self.names)
+    }
+}
+
+/// Middleware on every route: a request that must name the server by one of its
+/// [`Hosts`] and does not is answered 421.
+pub(crate) async fn check_host(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let hosts = &shared.hosts;
+    let checked =
+        hosts.all || (peer.ip().to_canonical().is_loopback() && !has_token(&shared, &req));
+    if checked {
+        let authority = match req.uri().authority() {
+            Some(a) => Some(Ok(a.as_str())),
+            None => (req.headers().get(header::HOST)).map(|h| h.to_str()),
+        };
+        // A request that names no host at all is no browser's.
+        let named = authority.is_none_or(|a| a.is_ok_and(|a| hosts.allows(a)));
+        if !named {
+            let (method, path) = (req.method(), req.uri().path());
+            tracing::warn!(%peer, %method, path, "refused: the Host is not a name of this server");
+            return ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the request's Host is not a name of this server: from this machine, name it \
+                 localhost or by an IP address, or start the server with --allow-host NAME",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether the request carries the API token or the proxy token.
+fn has_token(shared: &Shared, req: &Request) -> bool {
+    let given = (req.headers().get(header::AUTHORIZATION)).and_then(|v| v.to_str().ok());
+    bearer_matches(given, &shared.token) || bearer_matches(given, &shared.proxy_token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +238,43 @@ mod tests {
         assert!(needs_token(&Method::GET, remote));
         assert!(needs_token(&Method::PUT, local));
         assert!(needs_token(&Method::POST, local));
+    }
+
+    #[test]
+    fn a_server_on_loopback_answers_to_names_of_this_machine() {
+        let local = Hosts::new(
+            "127.0.0.1:7070".parse().unwrap(),
+            &["Weft.Internal.".into()],
+        )
+        .unwrap();
+        assert!(local.all);
+        for ok in [
+            "127.0.0.1:7070",
+            "127.0.0.1",
+            "[::1]:7070",
+            "10.1.2.3",
+            "localhost",
+            "LocalHost.:7070",
+            "weft.internal:7070",
+        ] {
+            assert!(local.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:7070",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "weft.internal.evil",
+        ] {
+            assert!(!local.allows(bad), "{bad}");
+        }
+        assert!(
+            !Hosts::new("0.0.0.0:7070".parse().unwrap(), &[])
+                .unwrap()
+                .all
+        );
+        assert!(Hosts::new("[::1]:7070".parse().unwrap(), &[]).unwrap().all);
+        assert!(Hosts::new("127.0.0.1:0".parse().unwrap(), &["a b".into()]).is_err());
+        assert!(Hosts::new("127.0.0.1:0".parse().unwrap(), &["".into()]).is_err());
     }
 }

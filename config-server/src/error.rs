@@ -52,6 +52,12 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// A name to answer to besides this machine's is not a host name.
+    #[error("{name:?} is not a host name to answer to (letters, digits, '-', '_' and '.')")]
+    HostName {
+        /// The name given.
+        name: String,
+    },
     /// A startup task died (a bug).
     #[error("internal error while starting: {0}")]
     Internal(String),
@@ -123,4 +129,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(format!("a background task failed: {e}")))
+}
+
+/// The start of a long value a peer sent, to name it in an error or the log.
+pub(crate) fn short(s: &str) -> String {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
 }

@@ -5,7 +5,8 @@
 //!    token for operators and a proxy token for proxies are created on first start,
 //!    and one port serves both the HTTP JSON API (described by
 //!    `GET /v1/openapi.yaml`) and the gRPC `Control` service. Every connection is
-//!    bounded in time and in number ([`Limits`]).
+//!    bounded in time and in number ([`Limits`]); a server on loopback answers only
+//!    to names of this machine ([`Options::allowed_hosts`]).
 //! 2. Push filters (`PUT /v1/filters/{name}`) and apply a mesh config
 //!    (`PUT /v1/mesh`). Each change is checked the way a proxy would load it (every
 //!    module compiled, every filter's `init` given its config) and stored only if it
@@ -16,6 +17,8 @@
 //! 4. Proxies report their traffic on the same stream every
 //!    [`Options::report_interval`]; `GET /v1/stats` sums it per service and route
 //!    over a window (what `weft stat` shows).
+//!    Each proxy speaks only for the service it registered as, and what the server
+//!    keeps of the reports is bounded in memory (see `stats`).
 //! 5. [`RunningServer::shutdown`] ends the proxies' streams (they reconnect to the
 //!    next server) and stops.
 //!
@@ -85,6 +88,11 @@ pub struct Options {
     pub limits: Limits,
     /// How often proxies report their traffic (for `GET /v1/stats`); zero: never.
     pub report_interval: Duration,
+    /// Names a request may give the server as its `Host` besides `localhost` and IP
+    /// addresses. Checked for every request when the server listens on loopback,
+    /// and for requests from this machine without a token otherwise, so that a page
+    /// whose site name was made to resolve to this machine gets nothing.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Options {
@@ -103,6 +111,7 @@ impl Options {
             max_filter_size: Self::DEFAULT_MAX_FILTER_SIZE,
             limits: Limits::default(),
             report_interval: Self::DEFAULT_REPORT_INTERVAL,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -257,6 +266,7 @@ pub(crate) struct Shared {
     pub proxies: stream::Registry,
     pub stats: stats::Stats,
     pub report_interval: Duration,
+    pub hosts: auth::Hosts,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -268,6 +278,7 @@ impl Shared {
 
 /// Load the data folder, bind, and serve until [`RunningServer::shutdown`].
 pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
+    let hosts = auth::Hosts::new(opts.listen, &opts.allowed_hosts)?;
     let data_dir = opts.data_dir.clone();
     let token_file = data_dir.join("token");
     let proxy_token_file = data_dir.join("proxy-token");
@@ -324,12 +335,19 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
         proxies: stream::Registry::new(&opts.limits),
         stats: stats::Stats::new(),
         report_interval: opts.report_interval,
+        hosts,
         stop: stop_rx.clone(),
     });
     let app = api::router(shared.clone())
-        .merge(stream::router(shared))
+        .merge(stream::router(shared.clone()))
         .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed);
+        .method_not_allowed_fallback(api::method_not_allowed)
+        // Before anything else, even a 404: a request by a name that is not this
+        // server's may come from a page of another site.
+        .layer(axum::middleware::from_fn_with_state(
+            shared,
+            auth::check_host,
+        ));
     let task = tokio::spawn(serve::serve(listener, app, opts.limits, stop_rx));
     tracing::info!(%addr, data_dir = %opts.data_dir.display(), versions, "config server started");
     Ok(RunningServer {

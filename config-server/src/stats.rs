@@ -1,24 +1,92 @@
-//! The traffic proxies report on their stream ([`weft_api::Report`]), kept per
-//! reporter, service and route in one-second slots for the last [`MAX_WINDOW`], and
-//! summed over a window for `GET /v1/stats` (what `weft stat` shows).
+//! The traffic proxies report on their stream ([`weft_api::Report`]): checked row by
+//! row, kept per reporter, service and route in one-second slots for the last
+//! [`MAX_WINDOW`], and summed over a window for `GET /v1/stats` (what `weft stat`
+//! shows).
 //!
-//! Memory is bounded: at most [`MAX_ROWS`] rows (reporter, service, route), each with
-//! at most one slot per second of the window; a report row past the limit is
-//! counted and dropped, and rows with nothing in the window leave.
+//! A proxy speaks only for itself, and what it says is bounded:
+//!
+//! - A row the server cannot use (an unknown reporter, more errors than requests,
+//!   histogram counts that do not add up, bounds out of order, control characters) is
+//!   dropped and counted; the rest of its report is kept. The stream is never ended
+//!   for what a report holds: a report of more than [`MAX_REPORT_ROWS`] rows is
+//!   dropped whole, and counted too.
+//! - A `destination` row is what the proxy itself served, so it counts under the
+//!   service the proxy registered as (`Hello.service`), whatever service it names.
+//!   The name it gives comes from the request's `Host` unless the telemetry filter
+//!   names the service, and any client chooses its `Host`. A `source` row names the
+//!   callee as the caller saw it, which the server cannot check: `auto` shows it only
+//!   for services that no destination proxy reports.
+//! - Every reported histogram is folded into one layout, [`BOUNDS_US`] (Istio's
+//!   buckets, which `builtin:telemetry` records, so its quantiles come out as its own
+//!   `/metrics` gives them): a bucket's count goes to the server bucket that holds the
+//!   bucket's upper bound, and the count past every reported bound to the server
+//!   bucket just above the highest one. A slot has the same size however many bounds
+//!   a proxy sends.
+//! - Sums saturate instead of wrapping.
+//!
+//! Memory stays under 32 MiB (the `kept_traffic_fits_its_memory_bound` test holds
+//! it): at most [`MAX_ROWS`] rows (reporter,
+//! service, route), each with at most one fixed-size slot per second of the window,
+//! and at most [`MAX_SIGHTINGS`] (row, proxy) pairs to count the proxies of a row
+//! by. A row past the limit is counted and dropped; rows with nothing in the window
+//! make room; proxies past the limit are not counted.
+//!
+//! Reports and views do not wait on each other for long: each row has its own lock,
+//! the table of rows is locked only to find or add rows, and a view copies the list
+//! of rows before it sums them one at a time.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use weft_api::{MAX_REPORT_BUCKETS, MAX_REPORT_ROWS, Report, Traffic};
 
+use crate::error::short;
+
 /// The longest window a query may ask for, and how long traffic is kept.
 pub(crate) const MAX_WINDOW: Duration = Duration::from_secs(120);
+/// Slots a row keeps: one per second of the window, and the current one.
+const MAX_SLOTS: usize = MAX_WINDOW.as_secs() as usize + 1;
 /// Most rows (reporter, service, route) kept.
 pub(crate) const MAX_ROWS: usize = 1000;
-/// Longest service or route name.
+/// Most (row, proxy) pairs kept to count the proxies of each row: 1000 proxies with
+/// 100 rows each.
+pub(crate) const MAX_SIGHTINGS: usize = 100_000;
+/// Longest route or source row's service name.
 const MAX_NAME: usize = 253;
+/// A proxy whose rows are dropped is named in the log at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The upper bounds of the server's latency buckets, in microseconds: Istio's
+/// `request_duration_milliseconds` buckets, those `builtin:telemetry` records
+/// (`DURATION_BUCKETS_MS`). A last bucket counts what passed them all.
+pub(crate) const BOUNDS_US: [u64; 19] = [
+    500,
+    1_000,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    300_000_000,
+    600_000_000,
+    1_800_000_000,
+    3_600_000_000,
+];
+const BUCKETS: usize = BOUNDS_US.len() + 1;
 
 /// Where a row was counted: beside the callee or beside the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -57,135 +125,184 @@ impl Choice {
     }
 }
 
-/// Why a report is refused: it ends the proxy's stream, as a bad ACK does.
-pub(crate) fn check_report(report: &Report) -> Result<(), String> {
-    if report.rows.len() > MAX_REPORT_ROWS {
-        return Err(format!(
-            "Report.rows: {} rows; at most {MAX_REPORT_ROWS}",
-            report.rows.len()
-        ));
-    }
-    for row in &report.rows {
-        check_row(row).map_err(|e| format!("Report.rows: {e}"))?;
-    }
-    Ok(())
+/// The proxy a report came from, as it registered.
+pub(crate) struct Sender<'a> {
+    pub node: &'a str,
+    pub service: &'a str,
 }
 
-fn check_row(row: &Traffic) -> Result<(), String> {
-    if Reporter::parse(&row.reporter).is_none() {
-        return Err(format!(
+type Key = (String, String, Reporter);
+
+/// A report row the server can use: where it counts, and its counts.
+struct Sample {
+    key: Key,
+    counts: Counts,
+    /// A destination row that named another service than its proxy's.
+    relabelled: bool,
+}
+
+/// The row as the server keeps it, or why it cannot.
+fn sample(from: &Sender<'_>, row: &Traffic) -> Result<Sample, String> {
+    let reporter = Reporter::parse(&row.reporter).ok_or_else(|| {
+        format!(
             "reporter {:?} is neither destination nor source",
-            crate::stream::short(&row.reporter)
-        ));
-    }
-    for (what, value) in [("service", &row.service), ("route", &row.route)] {
-        if value.len() > MAX_NAME || value.chars().any(char::is_control) {
-            return Err(format!(
-                "{what} {:?} is longer than {MAX_NAME} bytes or holds control characters",
-                crate::stream::short(value)
-            ));
+            short(&row.reporter)
+        )
+    })?;
+    check_name("route", &row.route)?;
+    let service = match reporter {
+        Reporter::Destination => from.service,
+        Reporter::Source if row.service.is_empty() => {
+            return Err("a source row names no service".into());
         }
-    }
-    if row.service.is_empty() {
-        return Err("a row has no service".into());
-    }
+        Reporter::Source => {
+            check_name("service", &row.service)?;
+            &row.service
+        }
+    };
     if row.errors > row.requests {
         return Err(format!(
             "{}: {} errors out of {} requests",
-            row.service, row.errors, row.requests
+            short(service),
+            row.errors,
+            row.requests
         ));
     }
-    let histogram = !row.buckets.is_empty();
-    if histogram
-        && (row.buckets.len() > MAX_REPORT_BUCKETS || row.buckets.len() != row.bounds_ms.len() + 1)
-    {
+    let counts = Counts::fold(row).map_err(|why| format!("{}: {why}", short(service)))?;
+    Ok(Sample {
+        key: (service.to_owned(), row.route.clone(), reporter),
+        counts,
+        relabelled: reporter == Reporter::Destination && row.service != from.service,
+    })
+}
+
+/// Names are shown on operators' terminals and kept as keys.
+fn check_name(what: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_NAME || value.chars().any(char::is_control) {
         return Err(format!(
-            "{}: a histogram needs one bucket more than its bounds, and at most {MAX_REPORT_BUCKETS}",
-            row.service
-        ));
-    }
-    let increasing = row
-        .bounds_ms
-        .windows(2)
-        .all(|w| w[0] < w[1] && w[1].is_finite());
-    let first_ok = row.bounds_ms.first().is_none_or(|b| *b >= 0.0);
-    let sum_ok = row.sum_ms.is_finite() && row.sum_ms >= 0.0;
-    if !(increasing && first_ok && sum_ok) {
-        return Err(format!(
-            "{}: histogram bounds must be finite, not negative and increasing, and the sum finite",
-            row.service
+            "{what} {:?} is longer than {MAX_NAME} bytes or holds control characters",
+            short(value)
         ));
     }
     Ok(())
 }
 
-/// A bucket's upper bound in nanoseconds; `u64::MAX` is `+Inf`.
-fn bound_ns(ms: f64) -> u64 {
-    // Saturates for bounds past ~584 years, which is as good as +Inf.
+/// A reported bound (in milliseconds) in nanoseconds, rounded: bounds reported in
+/// seconds and scaled to milliseconds (0.0005 s * 1000) land on the server's bound,
+/// not a float's width past it. The cast saturates, which past every bound is where
+/// such a bound belongs.
+fn ns(ms: f64) -> u64 {
     (ms * 1e6).round() as u64
 }
 
-#[derive(Default)]
+/// The server bucket that holds a reported upper bound.
+fn bucket_of(ms: f64) -> usize {
+    let ns = ns(ms);
+    BOUNDS_US.partition_point(|us| us * 1000 < ns)
+}
+
+/// The server bucket that holds what is just above a reported bound.
+fn bucket_above(ms: f64) -> usize {
+    let ns = ns(ms);
+    BOUNDS_US.partition_point(|us| us * 1000 <= ns)
+}
+
+/// Requests, errors and a latency histogram in [`BOUNDS_US`].
+#[derive(Clone, Copy, Debug, Default)]
 struct Counts {
     requests: u64,
     errors: u64,
-    sum_ms: f64,
-    /// (upper bound in ns, count), sorted by bound.
-    buckets: Vec<(u64, u64)>,
+    buckets: [u64; BUCKETS],
 }
 
 impl Counts {
-    fn add_row(&mut self, row: &Traffic) {
-        self.requests += row.requests;
-        self.errors += row.errors;
-        self.sum_ms += row.sum_ms;
-        let bounds = (row.bounds_ms.iter().map(|b| bound_ns(*b))).chain([u64::MAX]);
-        for (bound, n) in bounds.zip(row.buckets.iter().copied()) {
-            self.add_bucket(bound, n);
+    /// A row's counts, its histogram folded into the server's buckets, if it is one
+    /// the server can use.
+    fn fold(row: &Traffic) -> Result<Self, String> {
+        let mut counts = Counts {
+            requests: row.requests,
+            errors: row.errors,
+            buckets: [0; BUCKETS],
+        };
+        let increasing = row
+            .bounds_ms
+            .windows(2)
+            .all(|w| w[0] < w[1] && w[1].is_finite());
+        let first_ok = row.bounds_ms.first().is_none_or(|b| *b >= 0.0);
+        let sum_ok = row.sum_ms.is_finite() && row.sum_ms >= 0.0;
+        if !(increasing && first_ok && sum_ok) {
+            return Err(
+                "histogram bounds must be finite, not negative and increasing, and the sum \
+                 finite"
+                    .into(),
+            );
         }
+        if row.buckets.is_empty() {
+            return Ok(counts);
+        }
+        if row.buckets.len() > MAX_REPORT_BUCKETS || row.buckets.len() != row.bounds_ms.len() + 1 {
+            return Err(format!(
+                "a histogram needs one bucket more than its bounds, and at most \
+                 {MAX_REPORT_BUCKETS}"
+            ));
+        }
+        let total: u128 = row.buckets.iter().map(|n| u128::from(*n)).sum();
+        // Each observation is a request that ended: a histogram of more is made up.
+        if total > u128::from(row.requests) {
+            return Err(format!(
+                "the histogram counts {total} requests of {}",
+                row.requests
+            ));
+        }
+        // Without a bound, a histogram says nothing about latency.
+        let Some(top) = row.bounds_ms.last() else {
+            return Ok(counts);
+        };
+        for (i, &n) in row.buckets.iter().enumerate() {
+            let to = (row.bounds_ms.get(i)).map_or(bucket_above(*top), |ms| bucket_of(*ms));
+            counts.buckets[to] = counts.buckets[to].saturating_add(n);
+        }
+        Ok(counts)
     }
 
     fn add(&mut self, other: &Counts) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        self.sum_ms += other.sum_ms;
-        for (bound, n) in &other.buckets {
-            self.add_bucket(*bound, *n);
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        for (b, n) in self.buckets.iter_mut().zip(other.buckets) {
+            *b = b.saturating_add(n);
         }
     }
 
-    fn add_bucket(&mut self, bound: u64, n: u64) {
-        match self.buckets.binary_search_by_key(&bound, |b| b.0) {
-            Ok(i) => self.buckets[i].1 += n,
-            Err(i) => self.buckets.insert(i, (bound, n)),
-        }
+    /// Share of requests that did not fail, from 0 to 1; none without requests.
+    fn success_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| {
+            let ok = self.requests.saturating_sub(self.errors);
+            (ok as f64 / self.requests as f64).clamp(0.0, 1.0)
+        })
     }
 
     /// The `q` quantile in milliseconds, interpolated within its bucket the way
     /// Prometheus' `histogram_quantile` does; none without latency counts.
     fn quantile(&self, q: f64) -> Option<f64> {
-        let total: u64 = self.buckets.iter().map(|b| b.1).sum();
+        let total = self.buckets.iter().fold(0u64, |t, n| t.saturating_add(*n));
         if total == 0 {
             return None;
         }
         let rank = q * total as f64;
         let mut below = 0u64;
-        let mut lower = 0u64;
-        for &(upper, n) in &self.buckets {
-            if n > 0 && (below + n) as f64 >= rank {
-                if upper == u64::MAX {
+        for (i, &n) in self.buckets.iter().enumerate() {
+            let lower = i.checked_sub(1).map_or(0, |i| BOUNDS_US[i]);
+            if n > 0 && below.saturating_add(n) as f64 >= rank {
+                let Some(&upper) = BOUNDS_US.get(i) else {
                     // Past every bound: the highest bound is all that is known.
-                    return Some(lower as f64 / 1e6);
-                }
-                let within = (rank - below as f64) / n as f64;
-                return Some((lower as f64 + (upper - lower) as f64 * within) / 1e6);
+                    return Some(lower as f64 / 1e3);
+                };
+                let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+                return Some((lower as f64 + (upper - lower) as f64 * within) / 1e3);
             }
-            below += n;
-            if upper != u64::MAX {
-                lower = upper;
-            }
+            below = below.saturating_add(n);
         }
-        Some(lower as f64 / 1e6)
+        Some(BOUNDS_US[BOUNDS_US.len() - 1] as f64 / 1e3)
     }
 }
 
@@ -198,32 +315,67 @@ struct Slot {
 #[derive(Default)]
 struct Row {
     slots: VecDeque<Slot>,
-    /// Node id to the last second it reported this row.
-    nodes: HashMap<String, u64>,
+    /// Proxy (a hash of its node id) to the last second it reported this row.
+    nodes: HashMap<u64, u64>,
+    /// Taken out of the table to make room: whatever still holds it must not add.
+    gone: bool,
 }
 
 impl Row {
-    fn prune(&mut self, oldest: u64) {
+    /// Forget what is older than `oldest`; returns how many sightings went.
+    fn prune(&mut self, oldest: u64) -> usize {
         while self.slots.front().is_some_and(|s| s.second < oldest) {
             self.slots.pop_front();
         }
+        let before = self.nodes.len();
         self.nodes.retain(|_, s| *s >= oldest);
+        before - self.nodes.len()
     }
 }
 
-type Key = (String, String, Reporter);
+struct Entry {
+    key: Key,
+    row: Mutex<Row>,
+}
 
+/// Report rows dropped since start, by why.
 #[derive(Default)]
-struct Inner {
-    rows: HashMap<Key, Row>,
-    /// Report rows dropped because [`MAX_ROWS`] rows were kept.
-    dropped: u64,
+struct Dropped {
+    full: AtomicU64,
+    invalid: AtomicU64,
+    report_too_long: AtomicU64,
 }
 
 /// Every proxy's reported traffic.
 pub(crate) struct Stats {
-    inner: Mutex<Inner>,
+    rows: RwLock<HashMap<Key, Arc<Entry>>>,
+    /// (row, proxy) pairs kept, across rows.
+    sightings: AtomicUsize,
+    /// One more than the second rows were last swept out to make room.
+    swept: AtomicU64,
+    dropped: Dropped,
+    relabelled: AtomicU64,
+    /// Proxies are counted by a hash of their node id, keyed per server.
+    ids: RandomState,
     epoch: Instant,
+}
+
+/// What became of a report's rows.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Rows dropped.
+    pub dropped: u64,
+    /// Why the first was.
+    pub why: Option<String>,
+}
+
+impl Outcome {
+    fn drop(&mut self, rows: u64, why: impl FnOnce() -> String) {
+        self.dropped += rows;
+        if self.why.is_none() {
+            self.why = Some(why());
+        }
+    }
 }
 
 /// One service, or one of its routes, over a window.
@@ -231,7 +383,7 @@ pub(crate) struct Stats {
 pub(crate) struct Line {
     requests: u64,
     errors: u64,
-    /// Share of requests that did not fail; none without requests.
+    /// Share of requests that did not fail, from 0 to 1; none without requests.
     success_rate: Option<f64>,
     /// Requests per second over the window.
     rps: f64,
@@ -264,6 +416,17 @@ pub(crate) struct RouteLine {
     line: Line,
 }
 
+/// Report rows dropped since start, by why.
+#[derive(Debug, Serialize)]
+pub(crate) struct DroppedView {
+    /// The server kept [`MAX_ROWS`] rows already.
+    full: u64,
+    /// Rows the server cannot use.
+    invalid: u64,
+    /// Rows of reports longer than [`MAX_REPORT_ROWS`].
+    report_too_long: u64,
+}
+
 /// What `GET /v1/stats` answers.
 #[derive(Debug, Serialize)]
 pub(crate) struct View {
@@ -273,74 +436,161 @@ pub(crate) struct View {
     covered_seconds: f64,
     /// How often proxies report: the newest requests show this much later.
     report_interval_seconds: f64,
-    /// Report rows dropped since start because the server kept as many rows as it
-    /// may.
+    /// Report rows dropped since start, for any reason.
     dropped_rows: u64,
+    dropped: DroppedView,
+    /// Destination rows since start that named another service than their proxy's,
+    /// counted under the proxy's.
+    relabelled_rows: u64,
     services: Vec<ServiceLine>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Stats {
     pub(crate) fn new() -> Self {
         Self {
-            inner: Mutex::default(),
+            rows: RwLock::default(),
+            sightings: AtomicUsize::new(0),
+            swept: AtomicU64::new(0),
+            dropped: Dropped::default(),
+            relabelled: AtomicU64::new(0),
+            ids: RandomState::new(),
             epoch: Instant::now(),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_secs()
     }
 
-    /// Add a checked report from `node`, at the current second.
-    pub(crate) fn record(&self, node: &str, report: &Report) {
-        let now = self.now();
-        let oldest = now.saturating_sub(MAX_WINDOW.as_secs());
-        let mut inner = self.lock();
-        for traffic in &report.rows {
-            let Some(reporter) = Reporter::parse(&traffic.reporter) else {
-                continue;
-            };
-            let key = (traffic.service.clone(), traffic.route.clone(), reporter);
-            if !inner.rows.contains_key(&key) && inner.rows.len() >= MAX_ROWS {
-                inner.rows.retain(|_, r| {
-                    r.prune(oldest);
-                    !r.slots.is_empty()
-                });
-                if inner.rows.len() >= MAX_ROWS {
-                    if inner.dropped == 0 {
-                        tracing::warn!(
-                            "keeping traffic of {MAX_ROWS} services and routes already; \
-                             dropping reports of others"
-                        );
-                    }
-                    inner.dropped += 1;
-                    continue;
-                }
-            }
-            let row = inner.rows.entry(key).or_default();
-            row.prune(oldest);
-            match row.slots.back_mut() {
-                Some(slot) if slot.second == now => slot.counts.add_row(traffic),
-                _ => {
-                    let mut counts = Counts::default();
-                    counts.add_row(traffic);
-                    row.slots.push_back(Slot {
-                        second: now,
-                        counts,
-                    });
-                }
-            }
-            match row.nodes.get_mut(node) {
-                Some(second) => *second = now,
-                None => {
-                    row.nodes.insert(node.to_owned(), now);
+    fn forget(&self, sightings: usize) {
+        if sightings > 0 {
+            self.sightings.fetch_sub(sightings, Relaxed);
+        }
+    }
+
+    /// Add a report from `from` at the current second: the rows the server can use,
+    /// as many as it has room for. Returns what was dropped, and why.
+    pub(crate) fn record(&self, from: &Sender<'_>, report: &Report) -> Outcome {
+        let mut outcome = Outcome::default();
+        let len = report.rows.len();
+        if len > MAX_REPORT_ROWS {
+            self.dropped.report_too_long.fetch_add(len as u64, Relaxed);
+            outcome.drop(len as u64, || {
+                format!("a report of {len} rows; at most {MAX_REPORT_ROWS}")
+            });
+            return outcome;
+        }
+        let mut samples = Vec::with_capacity(len);
+        for row in &report.rows {
+            match sample(from, row) {
+                Ok(s) => samples.push(s),
+                Err(why) => {
+                    self.dropped.invalid.fetch_add(1, Relaxed);
+                    outcome.drop(1, || why);
                 }
             }
         }
+        let relabelled = samples.iter().filter(|s| s.relabelled).count();
+        if relabelled > 0 {
+            self.relabelled.fetch_add(relabelled as u64, Relaxed);
+        }
+        let now = self.now();
+        let oldest = now.saturating_sub(MAX_WINDOW.as_secs());
+        let node = self.ids.hash_one(from.node);
+
+        // Find the rows under one read lock; add the missing ones under one write lock.
+        let mut entries: Vec<Option<Arc<Entry>>> = {
+            let rows = self.rows.read().unwrap_or_else(PoisonError::into_inner);
+            samples.iter().map(|s| rows.get(&s.key).cloned()).collect()
+        };
+        if entries.iter().any(Option::is_none) {
+            let mut rows = self.rows.write().unwrap_or_else(PoisonError::into_inner);
+            for (s, entry) in samples.iter().zip(&mut entries) {
+                if entry.is_some() {
+                    continue;
+                }
+                if let Some(found) = rows.get(&s.key) {
+                    *entry = Some(found.clone());
+                    continue;
+                }
+                if rows.len() >= MAX_ROWS {
+                    self.sweep(&mut rows, now, oldest);
+                }
+                if rows.len() >= MAX_ROWS {
+                    self.dropped.full.fetch_add(1, Relaxed);
+                    outcome.drop(1, || {
+                        format!(
+                            "the server keeps the traffic of {MAX_ROWS} services and routes \
+                             already"
+                        )
+                    });
+                    continue;
+                }
+                let new = Arc::new(Entry {
+                    key: s.key.clone(),
+                    row: Mutex::default(),
+                });
+                rows.insert(s.key.clone(), new.clone());
+                *entry = Some(new);
+            }
+        }
+
+        for (s, entry) in samples.iter().zip(entries) {
+            let Some(entry) = entry else { continue };
+            let mut row = lock(&entry.row);
+            if row.gone {
+                // Swept out between the lookup and now, for lack of room.
+                self.dropped.full.fetch_add(1, Relaxed);
+                continue;
+            }
+            self.forget(row.prune(oldest));
+            match row.slots.back_mut() {
+                Some(slot) if slot.second == now => slot.counts.add(&s.counts),
+                _ => {
+                    row.slots.push_back(Slot {
+                        second: now,
+                        counts: s.counts,
+                    });
+                    // Pruning already keeps a row to the window; the memory bound rests
+                    // on this bound, so it holds here too.
+                    if row.slots.len() > MAX_SLOTS {
+                        row.slots.pop_front();
+                    }
+                }
+            }
+            if let Some(seen) = row.nodes.get_mut(&node) {
+                *seen = now;
+            } else if (self.sightings)
+                .fetch_update(Relaxed, Relaxed, |n| (n < MAX_SIGHTINGS).then_some(n + 1))
+                .is_ok()
+            {
+                row.nodes.insert(node, now);
+            }
+        }
+        outcome
+    }
+
+    /// Take out the rows with nothing in the window, at most once a second: a table
+    /// full of live rows is not walked for every report.
+    fn sweep(&self, rows: &mut HashMap<Key, Arc<Entry>>, now: u64, oldest: u64) {
+        if self.swept.swap(now + 1, Relaxed) == now + 1 {
+            return;
+        }
+        rows.retain(|_, entry| {
+            let mut row = lock(&entry.row);
+            self.forget(row.prune(oldest));
+            if !row.slots.is_empty() {
+                return true;
+            }
+            self.forget(row.nodes.len());
+            row.nodes.clear();
+            row.gone = true;
+            false
+        });
     }
 
     /// The traffic of the last `window` (at most [`MAX_WINDOW`]), per service and
@@ -356,26 +606,31 @@ impl Stats {
             .max(Duration::from_secs(1))
             .as_secs_f64();
         let oldest = now.saturating_sub(MAX_WINDOW.as_secs());
-        let mut inner = self.lock();
-        inner.rows.retain(|_, r| {
-            r.prune(oldest);
-            !r.slots.is_empty()
-        });
+        let entries: Vec<Arc<Entry>> = (self.rows.read())
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
         // Per service: its routes' counts and proxies, by reporter.
-        type Routes<'a> = BTreeMap<&'a str, (Counts, Vec<&'a str>)>;
+        type Routes<'a> = BTreeMap<&'a str, (Counts, Vec<u64>)>;
         let mut services: BTreeMap<&str, BTreeMap<Reporter, Routes<'_>>> = BTreeMap::new();
-        for ((service, route, reporter), row) in &inner.rows {
+        for entry in &entries {
+            let (service, route, reporter) = &entry.key;
             let mut counts = Counts::default();
-            for slot in row.slots.iter().filter(|s| s.second >= from) {
-                counts.add(&slot.counts);
-            }
+            let nodes = {
+                let mut row = lock(&entry.row);
+                self.forget(row.prune(oldest));
+                for slot in row.slots.iter().filter(|s| s.second >= from) {
+                    counts.add(&slot.counts);
+                }
+                (row.nodes.iter())
+                    .filter(|(_, s)| **s >= from)
+                    .map(|(n, _)| *n)
+                    .collect()
+            };
             if counts.requests == 0 {
                 continue;
             }
-            let nodes = (row.nodes.iter())
-                .filter(|(_, s)| **s >= from)
-                .map(|(n, _)| n.as_str())
-                .collect();
             (services
                 .entry(service)
                 .or_default()
@@ -386,8 +641,7 @@ impl Stats {
         let line = |counts: &Counts, proxies: usize| Line {
             requests: counts.requests,
             errors: counts.errors,
-            success_rate: (counts.requests > 0)
-                .then(|| (counts.requests - counts.errors) as f64 / counts.requests as f64),
+            success_rate: counts.success_rate(),
             rps: counts.requests as f64 / covered,
             latency_ms: Latency {
                 p50: counts.quantile(0.5),
@@ -409,7 +663,7 @@ impl Stats {
                 continue;
             };
             let mut total = Counts::default();
-            let mut proxies: Vec<&str> = Vec::new();
+            let mut proxies: Vec<u64> = Vec::new();
             let routes = routes
                 .into_iter()
                 .map(|(route, (counts, nodes))| {
@@ -430,124 +684,61 @@ impl Stats {
                 routes,
             });
         }
+        let dropped = DroppedView {
+            full: self.dropped.full.load(Relaxed),
+            invalid: self.dropped.invalid.load(Relaxed),
+            report_too_long: self.dropped.report_too_long.load(Relaxed),
+        };
         View {
             window_seconds: window.as_secs(),
             covered_seconds: covered,
             report_interval_seconds: interval.as_secs_f64(),
-            dropped_rows: inner.dropped,
+            dropped_rows: (dropped.full)
+                .saturating_add(dropped.invalid)
+                .saturating_add(dropped.report_too_long),
+            dropped,
+            relabelled_rows: self.relabelled.load(Relaxed),
             services: lines,
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Names a proxy whose report rows are dropped in the log, at most once per
+/// [`WARN_EVERY`], with how many were dropped since and why the first was: a proxy
+/// that keeps sending them does not flood the log.
+#[derive(Default)]
+pub(crate) struct DropLog {
+    last: Option<Instant>,
+    rows: u64,
+    why: Option<String>,
+}
 
-    fn row(reporter: &str, service: &str, route: &str, ms: &[f64]) -> Traffic {
-        let bounds_ms = vec![1.0, 5.0, 10.0, 50.0];
-        let mut buckets = vec![0; bounds_ms.len() + 1];
-        for v in ms {
-            buckets[bounds_ms.partition_point(|b| b < v)] += 1;
+impl DropLog {
+    pub(crate) fn note(&mut self, node: &str, outcome: Outcome) {
+        if outcome.dropped == 0 {
+            return;
         }
-        Traffic {
-            reporter: reporter.into(),
-            service: service.into(),
-            route: route.into(),
-            requests: ms.len() as u64,
-            errors: 1,
-            bounds_ms,
-            buckets,
-            sum_ms: ms.iter().sum(),
+        self.rows = self.rows.saturating_add(outcome.dropped);
+        if self.why.is_none() {
+            self.why = outcome.why;
         }
-    }
-
-    #[test]
-    fn quantiles_interpolate_like_prometheus() {
-        let mut c = Counts::default();
-        c.add_row(&row("source", "s", "", &[0.5, 2.0, 3.0, 4.0]));
-        // Ranks: p50 = 2 of 4 lands in (1, 5] holding 3: 1 + 4 * (1/3).
-        let p50 = c.quantile(0.5).unwrap();
-        assert!((p50 - (1.0 + 4.0 / 3.0)).abs() < 1e-9, "{p50}");
-        assert_eq!(c.quantile(0.0), Some(0.0));
-        // Past every bound: the highest bound.
-        let mut c = Counts::default();
-        c.add_row(&row("source", "s", "", &[70.0, 80.0]));
-        assert_eq!(c.quantile(0.99), Some(50.0));
-        assert_eq!(Counts::default().quantile(0.5), None);
-    }
-
-    #[test]
-    fn reports_sum_per_service_and_prefer_the_destination_side() {
-        let stats = Stats::new();
-        let report = |rows| Report { rows };
-        stats.record(
-            "caller-1",
-            &report(vec![row("source", "bank", "api", &[2.0, 3.0])]),
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < WARN_EVERY)
+        {
+            return;
+        }
+        self.last = Some(now);
+        let why = self.why.take().unwrap_or_default();
+        tracing::warn!(
+            node,
+            rows = self.rows,
+            "dropped report rows the server cannot keep (counted in GET /v1/stats): {why}"
         );
-        stats.record(
-            "callee-1",
-            &report(vec![
-                row("destination", "bank", "api", &[1.5, 2.5]),
-                row("destination", "bank", "", &[20.0]),
-            ]),
-        );
-        stats.record(
-            "callee-2",
-            &report(vec![row("destination", "bank", "api", &[4.0, 7.0])]),
-        );
-        stats.record(
-            "caller-1",
-            &report(vec![row("source", "other", "x", &[1.0])]),
-        );
-        let view = stats.view(
-            Duration::from_secs(10),
-            Choice::Auto,
-            Duration::from_secs(1),
-        );
-        let json = serde_json::to_value(&view).unwrap();
-        let services = json["services"].as_array().unwrap();
-        assert_eq!(services.len(), 2);
-        let bank = &services[0];
-        assert_eq!(bank["service"], "bank");
-        assert_eq!(bank["reporter"], "destination");
-        assert_eq!(bank["requests"], 5);
-        assert_eq!(bank["errors"], 3);
-        assert_eq!(bank["proxies"], 2);
-        let routes = bank["routes"].as_array().unwrap();
-        assert_eq!(routes[0]["route"], "");
-        assert_eq!(routes[1]["route"], "api");
-        assert_eq!(routes[1]["requests"], 4);
-        assert_eq!(routes[1]["proxies"], 2);
-        assert_eq!(services[1]["reporter"], "source");
-        let source = stats.view(
-            Duration::from_secs(10),
-            Choice::Only(Reporter::Source),
-            Duration::from_secs(1),
-        );
-        let source = serde_json::to_value(&source).unwrap();
-        assert_eq!(source["services"][0]["requests"], 2);
-        assert_eq!(source["services"][0]["proxies"], 1);
-    }
-
-    #[test]
-    fn bad_reports_are_named() {
-        let mut r = row("inbound", "bank", "", &[1.0]);
-        assert!(
-            check_row(&r)
-                .unwrap_err()
-                .contains("neither destination nor source")
-        );
-        r.reporter = "source".into();
-        assert_eq!(check_row(&r), Ok(()));
-        r.errors = 5;
-        assert!(check_row(&r).unwrap_err().contains("5 errors out of 1"));
-        r.errors = 0;
-        r.bounds_ms = vec![5.0, 1.0, 2.0, 3.0];
-        assert!(check_row(&r).unwrap_err().contains("increasing"));
-        r.bounds_ms.pop();
-        assert!(check_row(&r).unwrap_err().contains("one bucket more"));
-        r.service = "a\x1b[2J".into();
-        assert!(check_row(&r).unwrap_err().contains("control characters"));
+        self.rows = 0;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,6 @@
-//! The gRPC `Control` service: one stream per proxy, snapshots out, ACKs and NACKs
-//! in, and the registry of proxies that `GET /v1/proxies` shows.
+//! The gRPC `Control` service: one stream per proxy, snapshots out, ACKs, NACKs and
+//! traffic reports (kept by `stats`) in, and the registry of proxies that
+//! `GET /v1/proxies` shows.
 //!
 //! A stream must carry the proxy token (`authorization: Bearer TOKEN` metadata); the
 //! API token is refused here as the proxy token is refused by the API. What a proxy
@@ -32,6 +33,8 @@ use weft_api::{
     ProxyMessage, Snapshot,
 };
 
+use crate::error::short;
+use crate::stats::{DropLog, Sender};
 use crate::{Current, Limits, Shared, auth};
 
 /// A stream that says nothing is not a proxy; do not keep it.
@@ -358,14 +361,6 @@ fn check_text(what: &str, value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// The start of a long value, to name it in an error.
-pub(crate) fn short(s: &str) -> String {
-    match s.char_indices().nth(40) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_owned(),
-    }
-}
-
 /// The start of a NACK's reason, at most [`MAX_ERROR_LEN`] bytes.
 fn truncate_error(mut error: String) -> String {
     if error.len() > MAX_ERROR_LEN {
@@ -487,6 +482,11 @@ async fn serve_proxy(
         mut replaced,
     } = registered;
     let node = hello.node.as_str();
+    let sender = Sender {
+        node,
+        service: &hello.service,
+    };
+    let mut drops = DropLog::default();
     let mut has = module_set(&hello.modules);
     // The version the proxy serves or was last sent: never send it again.
     let mut serving = hello.version;
@@ -557,10 +557,10 @@ async fn serve_proxy(
                     });
                 }
                 Ok(Some(ProxyMessage { kind: Some(Kind::Report(report)) })) => {
-                    if let Err(why) = crate::stats::check_report(&report) {
-                        break Some(Status::invalid_argument(why));
-                    }
-                    shared.stats.record(node, &report);
+                    // What a report holds never ends the stream: rows the server
+                    // cannot use are dropped and counted, the rest kept.
+                    let outcome = shared.stats.record(&sender, &report);
+                    drops.note(node, outcome);
                 }
                 Ok(Some(_)) => break Some(Status::invalid_argument(
                     "after its Hello, a proxy sends only Ack, Nack and Report",
