@@ -42,6 +42,11 @@ enum Command {
         /// clusters and filters.
         #[arg(long, value_name = "URL")]
         config_server: Option<String>,
+        /// After SIGTERM, keep serving this long with `connection: close` and `/ready`
+        /// answering 503 before stopping, so balancers move away first (default: the
+        /// configuration's `shutdown.drain_delay`, else 0s). SIGINT stops at once.
+        #[arg(long, env = "WEFT_DRAIN_DELAY", value_parser = humantime::parse_duration)]
+        drain_delay: Option<Duration>,
         #[command(flatten)]
         identity: Identity,
     },
@@ -224,13 +229,20 @@ fn main() -> ExitCode {
                 config,
                 check,
                 config_server: Some(url),
+                drain_delay,
                 identity,
             } => {
                 debug_assert!(config.is_none() && !check);
-                run_subscribed_proxy(url, identity).await
+                run_subscribed_proxy(url, identity, drain_delay).await
             }
-            Command::Proxy { config, check, .. } => {
-                run_proxy(config.unwrap_or_else(|| "weft.yaml".into()), check).await
+            Command::Proxy {
+                config,
+                check,
+                drain_delay,
+                ..
+            } => {
+                let path = config.unwrap_or_else(|| "weft.yaml".into());
+                run_proxy(path, check, drain_delay).await
             }
             Command::ConfigServer {
                 listen,
@@ -278,7 +290,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_proxy(path: PathBuf, check: bool) -> anyhow::Result<()> {
+async fn run_proxy(
+    path: PathBuf,
+    check: bool,
+    drain_delay: Option<Duration>,
+) -> anyhow::Result<()> {
     let config = Config::from_file(&path)?;
     if check {
         // Loading every filter is the real check: it compiles them and runs `init`.
@@ -287,12 +303,16 @@ async fn run_proxy(path: PathBuf, check: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let proxy = weft_proxy::start(config).await?;
-    serve_until_signal(proxy, Some(path)).await
+    serve_until_signal(proxy, Some(path), drain_delay).await
 }
 
 /// A proxy with no file of its own: its admin listener at once, then what the config
 /// server (or, until it answers, the disk cache) says.
-async fn run_subscribed_proxy(url: String, identity: Identity) -> anyhow::Result<()> {
+async fn run_subscribed_proxy(
+    url: String,
+    identity: Identity,
+    drain_delay: Option<Duration>,
+) -> anyhow::Result<()> {
     let node = identity.node.unwrap_or_else(paths::host_name);
     let token = match (identity.proxy_token, identity.proxy_token_file) {
         (Some(token), _) => token,
@@ -326,7 +346,7 @@ async fn run_subscribed_proxy(url: String, identity: Identity) -> anyhow::Result
         Some(state_dir),
     )
     .await?;
-    let result = serve_until_signal(proxy, None).await;
+    let result = serve_until_signal(proxy, None, drain_delay).await;
     agent.stop();
     result
 }
@@ -410,15 +430,18 @@ async fn run_config_server(mut options: weft_config_server::Options) -> anyhow::
 pub(crate) async fn serve_until_signal(
     proxy: weft_proxy::RunningProxy,
     config_path: Option<PathBuf>,
+    drain_delay: Option<Duration>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    loop {
+    // SIGTERM (Kubernetes, systemd) waits `shutdown.drain_delay` for balancers to
+    // notice; SIGINT (Ctrl-C) does not.
+    let delay = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break drain_delay,
+            _ = int.recv() => break Some(Duration::ZERO),
             _ = hup.recv() => {
                 let Some(path) = &config_path else { continue };
                 match Config::from_file(path).map_err(anyhow::Error::from)
@@ -429,9 +452,9 @@ pub(crate) async fn serve_until_signal(
                 }
             }
         }
-    }
+    };
     tracing::info!("shutting down: draining in-flight requests");
-    proxy.shutdown_within(Duration::from_secs(60)).await;
+    proxy.drain_within(delay, Duration::from_secs(60)).await;
     tracing::info!("stopped");
     Ok(())
 }

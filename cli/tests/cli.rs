@@ -418,3 +418,123 @@ listeners:
     assert_eq!(second["path"], "/nowhere");
     assert_eq!(second["responder"], "proxy");
 }
+
+#[test]
+fn sigterm_keeps_serving_through_the_drain_delay_and_says_it_is_going() {
+    let dir = temp_dir();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    // A backend of one line per connection, enough for requests with connection: close.
+    std::thread::spawn(move || {
+        for stream in backend.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut s = stream;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+                );
+            });
+        }
+    });
+    let path = dir.join("drain.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "admin: {{ address: 127.0.0.1:0 }}\nshutdown: {{ drain_delay: 2s }}\n\
+             listeners:\n  - name: main\n    address: 127.0.0.1:0\n    default_cluster: web\n\
+             clusters:\n  - name: web\n    endpoints: [\"{backend_addr}\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut child = weft()
+        .args(["proxy", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut guard = Guard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let kind = if line.contains("admin listening") {
+                "admin"
+            } else {
+                "listener"
+            };
+            if let Some(addr) = line.split("addr=").nth(1) {
+                let addr = addr
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send((kind, addr));
+            }
+        }
+    });
+    let (mut admin, mut listener) = (None, None);
+    while admin.is_none() || listener.is_none() {
+        let (kind, addr) = rx.recv_timeout(LIMIT).expect("the proxy starts");
+        let addr: SocketAddr = addr.parse().unwrap();
+        match kind {
+            "admin" => admin = Some(addr),
+            _ => listener = Some(addr),
+        }
+    }
+    let (admin, listener) = (admin.unwrap(), listener.unwrap());
+    // The admin listener answers loopback hosts only.
+    let ready = || {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        write!(
+            s,
+            "GET /ready HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(ready().starts_with("HTTP/1.1 200"), "{}", ready());
+    // A client that keeps its connection open, as a pooled one would.
+    let mut kept = TcpStream::connect(listener).unwrap();
+    kept.set_read_timeout(Some(LIMIT)).unwrap();
+
+    signal(&guard.0, "-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    // During the delay: new connections are still served, each told to go.
+    let resp = get(listener, "/during");
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "served while draining: {resp}"
+    );
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+    write!(kept, "GET /kept HTTP/1.1\r\nhost: test\r\n\r\n").unwrap();
+    let mut out = String::new();
+    kept.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+    assert!(
+        ready().starts_with("HTTP/1.1 503"),
+        "not ready while draining"
+    );
+
+    let status = wait_exit(&mut guard.0);
+    assert!(status.success(), "{status:?}");
+    assert!(TcpStream::connect(listener).is_err(), "no longer accepting");
+}

@@ -257,7 +257,7 @@ fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
     s.set_read_timeout(Some(LIMIT)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();

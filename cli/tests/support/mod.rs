@@ -21,6 +21,7 @@ pub fn weft() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
     cmd.env_remove("WEFT_TOKEN")
         .env_remove("WEFT_SERVER")
-        .env_remove("WEFT_PROXY_TOKEN");
+        .env_remove("WEFT_PROXY_TOKEN")
+        .env_remove("WEFT_DRAIN_DELAY");
     cmd
 }
