@@ -1541,3 +1541,44 @@ async fn a_server_on_loopback_answers_only_to_its_own_names() {
     let err = within(weft_config_server::start(opts)).await.unwrap_err();
     assert!(err.to_string().contains("not a host name"), "{err}");
 }
+
+#[tokio::test]
+async fn a_route_to_a_cluster_the_mesh_lacks_is_refused_at_apply_where_it_is_written() {
+    let dir = DataDir::new();
+    let server = start(&dir, Some(TOKEN)).await;
+    let a = api(&server, Some(TOKEN));
+    a.push_file("stamp", STAMP).await;
+    a.push_file("hello", HELLO).await;
+    // `webb` for `web` in a route, and a split entry at weight 0: each would answer 502
+    // at request time on every proxy that ACKed it.
+    for (target, key) in [
+        ("cluster: webb", "config.routes[0].cluster"),
+        (
+            "split: [{ cluster: web, weight: 1 }, { cluster: web-v2, weight: 0 }]",
+            "config.routes[0].split[1].cluster",
+        ),
+    ] {
+        let mesh = MESH.replace(
+            "          - name: fault\n",
+            &format!(
+                "          - name: router\n            module: builtin:router\n            \
+                 config:\n              routes:\n                - match: {{ path: {{ prefix: / }} }}\n                  \
+                 {target}\n          - name: fault\n"
+            ),
+        );
+        let r = a.apply(&mesh).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.json);
+        let e = r.error();
+        assert!(
+            e.starts_with("mesh.yaml:16:")
+                && e.contains(&format!("proxies[0].listeners[0].filters[0].{key}"))
+                && e.contains("(clusters: web)"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        a.get("/v1/versions").await.json["versions"],
+        Value::Array(vec![])
+    );
+    within(server.shutdown()).await;
+}
