@@ -14,16 +14,19 @@
 //!       duration: milliseconds           # Istio's latency unit (default: seconds)
 //!       reporter: destination            # this proxy fronts the service (or: source)
 //!       workload: banking                # this proxy's workload; names its spans' service
-//!       service: banking.bank            # destination_service here (default: the request's host)
+//!       namespace: bank                  # the workload's namespace
+//!       canonical_service: banking       # default: workload
+//!       canonical_revision: v1           # default: latest
+//!       service: banking                 # destination_service here (default: the request's host)
+//!       qualify_service: true            # ... as banking.bank.svc.cluster.local
+//!       cluster_domain: cluster.local    # the default
 //!       max_label_values: 100            # distinct values of a label a client names
 //!       trace:
 //!         sample_ratio: 1.0              # share of new traces sampled
 //!         b3: true                       # accept B3 headers when traceparent is absent
 //! ```
 //!
-//! Metrics, labelled `reporter`, `source_workload`, `destination_service`,
-//! `destination_workload`, `route`, `request_method`, `response_code` and
-//! `grpc_response_status`:
+//! Metrics, labelled with Istio's standard labels ([`LABELS`]):
 //! - `requests_total`: requests, by how they ended;
 //! - `request_errors_total`: those that failed: a 5xx, a gRPC server-side error
 //!   (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS), or a
@@ -32,9 +35,14 @@
 //!   `request_duration_milliseconds`): from arrival to the last response byte, in
 //!   Istio's buckets.
 //!
-//! Two labels take values a client names: `destination_service` when it is the
-//! request's host (no `service` configured) and `source_workload` from
-//! `x-weft-source-workload`. Each admits its first `max_label_values` distinct values,
+//! A `source` reporter names its workload to the callee in `x-weft-source-workload`
+//! (with its namespace and canonical name: [`labels::Caller`]); the callee's filter
+//! labels the `source_*` labels with it and removes it.
+//!
+//! Labels that take values a client names: `destination_service` when it is the
+//! request's host (no `service` configured), the caller's workload, namespace and
+//! canonical name and revision from `x-weft-source-workload`, and the identity of the
+//! client's certificate. Each admits its first `max_label_values` distinct values,
 //! shared by the filter's instances; later ones count as `unknown`, as Istio's and
 //! Linkerd's proxies fold names a client made up. A metric full anyway (the entry's
 //! `metrics.max_series`) counts new label sets in its `overflow` series.
@@ -53,6 +61,7 @@
 #![forbid(unsafe_code)]
 
 pub mod context;
+pub mod labels;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -61,9 +70,11 @@ use std::collections::{HashMap, HashSet};
 use weft_sdk::metrics::{Counter, Histogram, MetricError, Series};
 use weft_sdk::prelude::*;
 use weft_sdk::trace::{Span, SpanKind};
-use weft_sdk::{RequestHead, Responder, random, state, trace};
+use weft_sdk::{Facts, RequestHead, Responder, random, state, trace};
 
 use context::Parent;
+pub use labels::LABELS;
+use labels::{Caller, Decimal, FIXED, LATEST, UNKNOWN};
 
 /// Istio's buckets for `request_duration_milliseconds`.
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -71,32 +82,26 @@ pub const DURATION_BUCKETS_MS: [f64; 19] = [
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
-/// The label names of every metric, in order.
-pub const LABELS: [&str; 8] = [
-    "reporter",
-    "source_workload",
-    "destination_service",
-    "destination_workload",
-    "route",
-    "request_method",
-    "response_code",
-    "grpc_response_status",
-];
-
-/// The header a `source` reporter names its workload in, for the callee's
-/// `source_workload`.
+/// The header a `source` reporter names its workload in (with its namespace and
+/// canonical name, as [`labels::Caller`] writes them), for the callee's `source_*`
+/// labels. The proxy lets a client's through only on a `mesh_internal` listener.
 pub const SOURCE_HEADER: &str = "x-weft-source-workload";
+
+/// Read for `request_protocol`.
+const CONTENT_TYPE: &str = "content-type";
 
 /// Where this filter leaves what its request hook learned, for its `on-done`.
 const PROPERTY: &str = "weft.telemetry";
 
-/// Longest label value taken from a request (host, caller's workload).
+/// Longest label value taken from a request (host, caller's workload, client's
+/// identity), and longest configured workload.
 const MAX_LABEL: usize = 128;
+/// Longest namespace, canonical service and canonical revision, taken from a request
+/// or configured: Kubernetes' bound on a namespace and on a label value. Shorter than
+/// [`MAX_LABEL`] so that the note a request hook leaves fits a property.
+const MAX_NAME: usize = 63;
 /// Most `max_label_values`: each admitted value is a key of the filter's state.
 const MAX_LABEL_VALUES: usize = 1000;
-
-/// What a label a client names reads when its value was not admitted.
-const UNKNOWN: &str = "unknown";
 
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
@@ -177,9 +182,25 @@ pub struct Telemetry {
     /// This proxy's workload.
     #[serde(default)]
     pub workload: Option<String>,
+    /// The workload's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The workload's canonical service (default: `workload`).
+    #[serde(default)]
+    pub canonical_service: Option<String>,
+    /// The workload's canonical revision (default: `latest`).
+    #[serde(default)]
+    pub canonical_revision: Option<String>,
     /// The `destination_service` of every request (default: the request's host).
     #[serde(default)]
     pub service: Option<String>,
+    /// Report `service` fully qualified, as Istio does:
+    /// `service.namespace.svc.cluster_domain`.
+    #[serde(default)]
+    pub qualify_service: bool,
+    /// The cluster's DNS domain, for `qualify_service`.
+    #[serde(default = "default_cluster_domain")]
+    pub cluster_domain: String,
     /// Trace settings.
     #[serde(default)]
     pub trace: TraceConfig,
@@ -190,6 +211,8 @@ pub struct Telemetry {
     /// later ones count as `unknown`.
     #[serde(default = "default_label_values")]
     pub max_label_values: usize,
+    #[serde(skip)]
+    me: Me,
     #[serde(skip)]
     metrics: Option<Metrics>,
     #[serde(skip)]
@@ -202,12 +225,40 @@ fn default_label_values() -> usize {
     100
 }
 
+fn default_cluster_domain() -> String {
+    "cluster.local".to_owned()
+}
+
+/// What the configuration says of this proxy, as label values, resolved by `init`.
+#[derive(Debug, Default)]
+struct Me {
+    /// The labels every request of this filter entry has, [`labels::FIXED`] of them.
+    fixed: [String; FIXED],
+    /// The workload, its namespace, canonical service and revision: a source
+    /// reporter's `source_*`, a destination's `destination_*`.
+    workload: String,
+    namespace: String,
+    canonical_service: String,
+    canonical_revision: String,
+    /// `service`, qualified when asked.
+    service: Option<String>,
+    /// What a source reporter sends in [`SOURCE_HEADER`].
+    caller: String,
+}
+
 /// A label whose values a client names.
 #[derive(Clone, Copy, Debug)]
 enum ClientLabel {
     DestinationService,
     SourceWorkload,
+    SourceNamespace,
+    SourceCanonicalService,
+    SourceCanonicalRevision,
+    SourcePrincipal,
 }
+
+/// How many [`ClientLabel`]s there are.
+const CLIENT_LABELS: usize = 6;
 
 impl ClientLabel {
     /// Where the filter's state counts the values admitted, and the prefix of the key
@@ -216,6 +267,10 @@ impl ClientLabel {
         match self {
             Self::DestinationService => ("labels.destination_service", "label.ds."),
             Self::SourceWorkload => ("labels.source_workload", "label.sw."),
+            Self::SourceNamespace => ("labels.source_workload_namespace", "label.sn."),
+            Self::SourceCanonicalService => ("labels.source_canonical_service", "label.sc."),
+            Self::SourceCanonicalRevision => ("labels.source_canonical_revision", "label.sr."),
+            Self::SourcePrincipal => ("labels.source_principal", "label.sp."),
         }
     }
 }
@@ -224,11 +279,11 @@ impl ClientLabel {
 /// seen before costs a hash lookup and no host call. At most `max_label_values` each.
 #[derive(Debug, Default)]
 struct Admitted {
-    known: [HashSet<Box<str>>; 2],
+    known: [HashSet<Box<str>>; CLIENT_LABELS],
     /// Whether the filter's count for the label reached the limit: then a value this
     /// instance does not know is only looked up, as another instance may have admitted
     /// it.
-    full: [bool; 2],
+    full: [bool; CLIENT_LABELS],
 }
 
 #[derive(Debug)]
@@ -239,10 +294,14 @@ struct Metrics {
 }
 
 /// Label sets seen, to their series: a request whose labels were seen before records
-/// with two calls that pass no strings.
+/// with two calls that pass no strings. One cache serves one filter entry, whose
+/// configuration fixes the first [`labels::FIXED`] labels: only the others make the
+/// key.
 #[derive(Debug, Default)]
 struct Cache {
-    /// The label values joined by U+001F, a byte no label value needs.
+    /// The label values a request sets, joined by U+001F: a byte no label value holds
+    /// (header values and authorities cannot, and [`Telemetry::admit`] refuses a
+    /// client's value with a control character). Reused, so a key costs no allocation.
     key: String,
     series: HashMap<String, Recorded>,
 }
@@ -284,10 +343,10 @@ impl Metrics {
     /// Count one request with these labels. Each metric is updated on its own, so
     /// that one the proxy refused does not keep the others, an error above all, from
     /// being counted.
-    fn record(&self, cache: &mut Cache, labels: &[&str; 8], failed: bool, took: f64) {
+    fn record(&self, cache: &mut Cache, labels: &[&str; LABELS.len()], failed: bool, took: f64) {
         let Cache { key, series } = cache;
         key.clear();
-        for l in labels {
+        for l in &labels[FIXED..] {
             key.push_str(l);
             key.push('\u{1f}');
         }
@@ -323,9 +382,14 @@ struct Noted<'a> {
     span_id: u64,
     parent: u64,
     sampled: bool,
+    /// Whether the request is gRPC (`request_protocol`).
+    grpc: bool,
     method: &'a str,
     destination_service: &'a str,
     source_workload: &'a str,
+    source_namespace: &'a str,
+    source_canonical_service: &'a str,
+    source_canonical_revision: &'a str,
     /// The `tracestate` that goes on: the request's, checked (several headers joined
     /// into one list), or empty.
     trace_state: Cow<'a, str>,
@@ -337,13 +401,17 @@ impl Noted<'_> {
             self.method,
             self.destination_service,
             self.source_workload,
+            self.source_namespace,
+            self.source_canonical_service,
+            self.source_canonical_revision,
             &self.trace_state,
         ];
-        let mut out = Vec::with_capacity(33 + strings.iter().map(|s| s.len() + 2).sum::<usize>());
+        let mut out = Vec::with_capacity(34 + strings.iter().map(|s| s.len() + 2).sum::<usize>());
         for n in [self.trace_id.0, self.trace_id.1, self.span_id, self.parent] {
             out.extend_from_slice(&n.to_le_bytes());
         }
         out.push(u8::from(self.sampled));
+        out.push(u8::from(self.grpc));
         for s in strings {
             // Each is at most context::MAX_TRACESTATE bytes: labels are cut shorter.
             out.extend_from_slice(&(s.len() as u16).to_le_bytes());
@@ -358,7 +426,7 @@ impl Noted<'_> {
                 bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?,
             ))
         };
-        let mut at = 33;
+        let mut at = 34;
         let mut text = || {
             let len = usize::from(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
             let s = std::str::from_utf8(bytes.get(at + 2..at + 2 + len)?).ok()?;
@@ -370,9 +438,13 @@ impl Noted<'_> {
             span_id: n(2)?,
             parent: n(3)?,
             sampled: *bytes.get(32)? == 1,
+            grpc: *bytes.get(33)? == 1,
             method: text()?,
             destination_service: text()?,
             source_workload: text()?,
+            source_namespace: text()?,
+            source_canonical_service: text()?,
+            source_canonical_revision: text()?,
             trace_state: Cow::Borrowed(text()?),
         })
     }
@@ -508,10 +580,6 @@ impl Telemetry {
         Some((p, false))
     }
 
-    fn workload(&self) -> &str {
-        self.workload.as_deref().unwrap_or(UNKNOWN)
-    }
-
     /// `value` when the label may take it, else `unknown`. The first
     /// `max_label_values` distinct values win, counted in the filter's state so the
     /// bound holds across its instances; a value this instance already knows costs
@@ -522,6 +590,10 @@ impl Telemetry {
         let (known, full) = (&mut known[label as usize], &mut full[label as usize]);
         if known.contains(value) {
             return value;
+        }
+        // A control character could make two label sets one cache key.
+        if value.chars().any(char::is_control) {
+            return UNKNOWN;
         }
         let (count, prefix) = label.keys();
         let key = format!("{prefix}{value}");
@@ -545,26 +617,63 @@ impl Telemetry {
         value
     }
 
+    /// A client-named field of the caller header: admitted, or none when absent.
+    fn field<'v>(&self, label: ClientLabel, value: Option<&'v str>) -> Option<&'v str> {
+        value.map(|v| self.admit(label, cut(v, MAX_NAME)))
+    }
+
+    /// The caller's workload, namespace, canonical service and revision, as its
+    /// sidecar named them; `unknown` without a caller header. A caller that named its
+    /// workload and nothing else has that workload as its canonical service, at
+    /// revision `latest`, as Istio defaults them.
+    fn caller<'a>(&self, head: &'a RequestHead) -> [&'a str; 4] {
+        let Some(value) = head.header(SOURCE_HEADER) else {
+            return [UNKNOWN; 4];
+        };
+        let c = Caller::parse(value);
+        let workload = match c.workload {
+            Some(w) => self.admit(ClientLabel::SourceWorkload, cut(w, MAX_LABEL)),
+            None => UNKNOWN,
+        };
+        let namespace = self.field(ClientLabel::SourceNamespace, c.namespace);
+        let canonical = self.field(ClientLabel::SourceCanonicalService, c.canonical_service);
+        let canonical = canonical.unwrap_or(workload);
+        let revision = self.field(ClientLabel::SourceCanonicalRevision, c.canonical_revision);
+        let revision = revision.unwrap_or(if canonical == UNKNOWN {
+            UNKNOWN
+        } else {
+            LATEST
+        });
+        [workload, namespace.unwrap_or(UNKNOWN), canonical, revision]
+    }
+
     /// What on-request notes, from the request's head.
     fn note<'a>(&'a self, head: &'a RequestHead) -> Noted<'a> {
-        let destination_service = match &self.service {
+        let destination_service = match &self.me.service {
             Some(s) => s.as_str(),
             None => match head.authority() {
                 Some(a) => self.admit(ClientLabel::DestinationService, cut(host_of(a), MAX_LABEL)),
                 None => UNKNOWN,
             },
         };
-        let source_workload = match self.reporter {
-            Reporter::Source => self.workload(),
-            Reporter::Destination => match head.header(SOURCE_HEADER) {
-                Some(w) => self.admit(ClientLabel::SourceWorkload, cut(w, MAX_LABEL)),
-                None => UNKNOWN,
-            },
+        let me = &self.me;
+        let [workload, namespace, canonical, revision] = match self.reporter {
+            Reporter::Source => [
+                me.workload.as_str(),
+                me.namespace.as_str(),
+                me.canonical_service.as_str(),
+                me.canonical_revision.as_str(),
+            ],
+            Reporter::Destination => self.caller(head),
         };
         let mut noted = Noted {
+            grpc: labels::protocol(head.header_bytes(CONTENT_TYPE)) == "grpc",
             method: method_class(head.method()),
             destination_service: cut(destination_service, MAX_LABEL),
-            source_workload,
+            source_workload: workload,
+            source_namespace: namespace,
+            source_canonical_service: canonical,
+            source_canonical_revision: revision,
             ..Noted::default()
         };
         if self.trace.propagate {
@@ -586,6 +695,76 @@ impl Telemetry {
             noted.span_id = nonzero_random();
         }
         noted
+    }
+
+    /// Check the names this proxy gives itself and resolve them to label values.
+    fn resolve(&mut self) -> Result<(), String> {
+        for (key, value, max) in [
+            ("workload", &self.workload, MAX_LABEL),
+            ("namespace", &self.namespace, MAX_NAME),
+            ("canonical_service", &self.canonical_service, MAX_NAME),
+            ("canonical_revision", &self.canonical_revision, MAX_NAME),
+        ] {
+            if let Some(v) = value
+                && !labels::valid_field(v, max)
+            {
+                return Err(format!(
+                    "{key}: {v:?} is not a name of at most {max} visible characters without `;`"
+                ));
+            }
+        }
+        let service = match (&self.service, self.qualify_service, &self.namespace) {
+            (Some(s), true, Some(ns)) if !s.contains('.') => {
+                Some(format!("{s}.{ns}.svc.{}", self.cluster_domain))
+            }
+            (_, true, _) => {
+                return Err(
+                    "qualify_service: needs `service`, a bare name, and `namespace`".to_owned(),
+                );
+            }
+            (s, false, _) => s.clone(),
+        };
+        let known = |v: &Option<String>| v.as_deref().unwrap_or(UNKNOWN).to_owned();
+        let workload = known(&self.workload);
+        let canonical_service = self
+            .canonical_service
+            .clone()
+            .unwrap_or_else(|| workload.clone());
+        let canonical_revision = match &self.canonical_revision {
+            Some(r) => r.clone(),
+            None if canonical_service == UNKNOWN => UNKNOWN.to_owned(),
+            None => LATEST.to_owned(),
+        };
+        let caller = Caller {
+            workload: self.workload.as_deref(),
+            namespace: self.namespace.as_deref(),
+            canonical_service: Some(&canonical_service),
+            canonical_revision: Some(&canonical_revision),
+        }
+        .encode();
+        let u = || UNKNOWN.to_owned();
+        // A destination reporter is the destination; a source does not know the
+        // callee's workload beyond the cluster it picked.
+        let fixed = match self.reporter {
+            Reporter::Destination => [
+                "destination".to_owned(),
+                known(&self.namespace),
+                u(),
+                canonical_service.clone(),
+                canonical_revision.clone(),
+            ],
+            Reporter::Source => ["source".to_owned(), u(), u(), u(), u()],
+        };
+        self.me = Me {
+            fixed,
+            workload,
+            namespace: known(&self.namespace),
+            canonical_service,
+            canonical_revision,
+            service,
+            caller,
+        };
+        Ok(())
     }
 }
 
@@ -610,6 +789,7 @@ impl Filter for Telemetry {
                     .to_owned(),
             );
         }
+        self.resolve()?;
         let e = |e| format!("cannot define metrics: {e:?}");
         self.metrics = Some(Metrics {
             requests: Counter::define("requests_total", "Requests, by how they ended.", &LABELS)
@@ -640,7 +820,7 @@ impl Filter for Telemetry {
     }
 
     fn interest(&self) -> Interest {
-        let mut headers = vec![SOURCE_HEADER];
+        let mut headers = vec![SOURCE_HEADER, CONTENT_TYPE];
         // Propagating reads W3C's headers, and B3's also to remove them (with
         // `trace.b3` off too): a header the head names costs no host call to find.
         if self.trace.propagate {
@@ -675,7 +855,7 @@ impl Filter for Telemetry {
         }
         match self.reporter {
             Reporter::Source => {
-                let _ = req.set_header(SOURCE_HEADER, self.workload());
+                let _ = req.set_header(SOURCE_HEADER, &self.me.caller);
             }
             // The caller's claim stops here; it names this hop's caller only.
             Reporter::Destination if head.header_bytes(SOURCE_HEADER).is_some() => {
@@ -707,27 +887,56 @@ impl Filter for Telemetry {
         };
         let facts = ctx.facts();
         let grpc = ctx.grpc_status();
-        let code = summary.status.to_string();
-        let grpc_label = grpc.map(|g| g.to_string()).unwrap_or_default();
+        let code = Decimal::new(summary.status.into());
+        let grpc_code = grpc.map(Decimal::new);
+        let grpc_failed = grpc.is_some_and(grpc_error);
+        let flags = labels::response_flags(summary, facts.attempt, grpc_failed);
+        // Only a destination reporter's downstream is the caller; a source reporter's
+        // is its own workload, and what secures the call is on the upstream side.
+        let (policy, source_principal) = match self.reporter {
+            Reporter::Destination => {
+                let (policy, identity) = labels::security(&facts.connection);
+                let principal = identity.map_or(UNKNOWN, |id| {
+                    self.admit(ClientLabel::SourcePrincipal, cut(id, MAX_LABEL))
+                });
+                (policy, principal)
+            }
+            Reporter::Source => (UNKNOWN, UNKNOWN),
+        };
         let destination_workload = match self.reporter {
-            Reporter::Destination => self.workload(),
-            Reporter::Source => facts.cluster.as_deref().unwrap_or("unknown"),
+            Reporter::Destination => self.me.workload.as_str(),
+            Reporter::Source => facts.cluster.as_deref().unwrap_or(UNKNOWN),
         };
-        let reporter = match self.reporter {
-            Reporter::Destination => "destination",
-            Reporter::Source => "source",
-        };
+        let [
+            reporter,
+            dst_namespace,
+            dst_principal,
+            dst_canonical,
+            dst_revision,
+        ] = self.me.fixed.each_ref().map(String::as_str);
+        // In the order of LABELS.
         let labels = [
             reporter,
+            dst_namespace,
+            dst_principal,
+            dst_canonical,
+            dst_revision,
             noted.source_workload,
+            noted.source_namespace,
+            source_principal,
+            noted.source_canonical_service,
+            noted.source_canonical_revision,
             noted.destination_service,
             destination_workload,
-            facts.route.as_deref().unwrap_or("unknown"),
+            facts.route.as_deref().unwrap_or(UNKNOWN),
+            if noted.grpc { "grpc" } else { "http" },
             noted.method,
-            &code,
-            &grpc_label,
+            code.as_str(),
+            grpc_code.as_ref().map_or("", Decimal::as_str),
+            &flags,
+            policy,
         ];
-        let failed = summary.status >= 500 || grpc.is_some_and(grpc_error) || !summary.complete;
+        let failed = summary.status >= 500 || grpc_failed || !summary.complete;
         let took = match self.duration {
             DurationUnit::Milliseconds => summary.duration as f64 / 1e6,
             DurationUnit::Seconds => summary.duration as f64 / 1e9,
@@ -735,51 +944,68 @@ impl Filter for Telemetry {
         metrics.record(&mut self.cache.borrow_mut(), &labels, failed, took);
 
         if noted.sampled && noted.trace_id != (0, 0) && trace::exported() {
-            let mut attributes: Vec<(String, String)> = vec![
-                ("http.request.method".into(), noted.method.into()),
-                ("http.response.status_code".into(), code.clone()),
-                ("server.address".into(), noted.destination_service.into()),
-                ("weft.attempts".into(), facts.attempt.to_string()),
-                ("weft.responder".into(), responder(&summary.responder)),
-                ("weft.reporter".into(), reporter.into()),
-            ];
-            if let Some(w) = &self.workload {
-                attributes.push(("service.name".into(), w.clone()));
-            }
-            if let Some(route) = &facts.route {
-                attributes.push(("http.route".into(), route.clone()));
-            }
-            if let Some(cluster) = facts.cluster {
-                attributes.push(("weft.cluster".into(), cluster));
-            }
-            if let Some(endpoint) = facts.endpoint {
-                attributes.push(("server.endpoint".into(), endpoint));
-            }
-            if let Some(g) = grpc {
-                attributes.push(("rpc.grpc.status_code".into(), g.to_string()));
-            }
-            let name = match &facts.route {
-                Some(r) => format!("{} {r}", noted.method),
-                None => noted.method.to_owned(),
-            };
-            let span = Span {
-                trace_id: noted.trace_id,
-                span_id: noted.span_id,
-                parent_span_id: (noted.parent != 0).then_some(noted.parent),
-                name,
-                kind: match self.reporter {
-                    Reporter::Destination => SpanKind::Server,
-                    Reporter::Source => SpanKind::Client,
-                },
-                start: facts.received_at,
-                end: facts.received_at.saturating_add(summary.duration),
-                error: failed,
-                attributes,
-                trace_state: (!noted.trace_state.is_empty())
-                    .then(|| noted.trace_state.into_owned()),
-            };
-            trace::export(&span);
+            self.export_span(&noted, &facts, summary, grpc, failed);
         }
+    }
+}
+
+impl Telemetry {
+    /// Export this hop's span, with OpenTelemetry's attributes and Weft's.
+    fn export_span(
+        &self,
+        noted: &Noted<'_>,
+        facts: &Facts,
+        summary: &Summary,
+        grpc: Option<u32>,
+        failed: bool,
+    ) {
+        let mut attributes: Vec<(String, String)> = vec![
+            ("http.request.method".into(), noted.method.into()),
+            (
+                "http.response.status_code".into(),
+                summary.status.to_string(),
+            ),
+            ("server.address".into(), noted.destination_service.into()),
+            ("weft.attempts".into(), facts.attempt.to_string()),
+            ("weft.responder".into(), responder(&summary.responder)),
+            ("weft.reporter".into(), self.me.fixed[0].clone()),
+        ];
+        if let Some(w) = &self.workload {
+            attributes.push(("service.name".into(), w.clone()));
+        }
+        if let Some(route) = &facts.route {
+            attributes.push(("http.route".into(), route.clone()));
+        }
+        if let Some(cluster) = &facts.cluster {
+            attributes.push(("weft.cluster".into(), cluster.clone()));
+        }
+        if let Some(endpoint) = &facts.endpoint {
+            attributes.push(("server.endpoint".into(), endpoint.clone()));
+        }
+        if let Some(g) = grpc {
+            attributes.push(("rpc.grpc.status_code".into(), g.to_string()));
+        }
+        let name = match &facts.route {
+            Some(r) => format!("{} {r}", noted.method),
+            None => noted.method.to_owned(),
+        };
+        let span = Span {
+            trace_id: noted.trace_id,
+            span_id: noted.span_id,
+            parent_span_id: (noted.parent != 0).then_some(noted.parent),
+            name,
+            kind: match self.reporter {
+                Reporter::Destination => SpanKind::Server,
+                Reporter::Source => SpanKind::Client,
+            },
+            start: facts.received_at,
+            end: facts.received_at.saturating_add(summary.duration),
+            error: failed,
+            attributes,
+            trace_state: (!noted.trace_state.is_empty())
+                .then(|| noted.trace_state.clone().into_owned()),
+        };
+        trace::export(&span);
     }
 }
 
@@ -818,13 +1044,53 @@ mod tests {
             span_id: 3,
             parent: 4,
             sampled: true,
+            grpc: true,
             method: "GET",
             destination_service: "bank",
             source_workload: "trading",
+            source_namespace: "markets",
+            source_canonical_service: "trading-app",
+            source_canonical_revision: "v2",
             trace_state: "a=b".into(),
         };
         assert_eq!(Noted::decode(&n.encode()), Some(n));
         assert_eq!(Noted::decode(b"short"), None);
+    }
+
+    /// Largest property value the proxy keeps.
+    const MAX_PROPERTY: usize = 1024;
+
+    #[test]
+    fn the_longest_note_fits_a_property() {
+        let t: Telemetry = weft_sdk::from_config("{}").unwrap();
+        let long = |c: char, n| c.to_string().repeat(n);
+        // W3C's most: 32 members in 512 bytes.
+        let members = (0..32)
+            .map(|i| format!("k{i:02}={}", long('v', 11)))
+            .collect::<Vec<_>>();
+        let mut state = members.join(",");
+        state.push_str(&long('v', context::MAX_TRACESTATE - state.len()));
+        let caller = [
+            long('w', 300),
+            long('n', 300),
+            long('c', 300),
+            long('r', 300),
+        ]
+        .join(";");
+        let head = RequestHead::new("OPTIONS", "/")
+            .with_authority(&format!("{}:80", long('h', 300)))
+            .with_header(SOURCE_HEADER, &caller)
+            .with_header(
+                TRACEPARENT,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .with_header(TRACESTATE, &state);
+        let n = t.note(&head);
+        assert_eq!(n.trace_state.len(), context::MAX_TRACESTATE, "kept whole");
+        assert_eq!(n.source_canonical_revision.len(), MAX_NAME);
+        let bytes = n.encode();
+        assert!(bytes.len() <= MAX_PROPERTY, "{}", bytes.len());
+        assert_eq!(Noted::decode(&bytes), Some(n));
     }
 
     #[test]
@@ -925,9 +1191,7 @@ mod tests {
     fn client_named_labels_fold_into_unknown_past_max_label_values() {
         // Natively the filter's state lives in the thread, which a single-threaded
         // test run shares between tests: start the counts afresh.
-        for label in [ClientLabel::DestinationService, ClientLabel::SourceWorkload] {
-            state::delete(label.keys().0);
-        }
+        forget_admissions();
         let t: Telemetry = weft_sdk::from_config(r#"{"max_label_values": 3}"#).unwrap();
         let head = |host: &str, caller: &str| {
             RequestHead::new("GET", "/")
@@ -953,7 +1217,11 @@ mod tests {
         }
         // Admitted values keep their names; the instance remembers only those.
         assert_eq!(seen(&t, "h1", "w2"), pair("h1", "w2"));
-        assert!(t.admitted.borrow().known.iter().all(|k| k.len() == 3));
+        let admitted = t.admitted.borrow();
+        let known = |l: ClientLabel| admitted.known[l as usize].len();
+        assert_eq!(known(ClientLabel::DestinationService), 3);
+        assert_eq!(known(ClientLabel::SourceWorkload), 3);
+        drop(admitted);
         // Another instance of the filter shares the admission.
         let other: Telemetry = weft_sdk::from_config(r#"{"max_label_values": 3}"#).unwrap();
         assert_eq!(seen(&other, "h0", "w1"), pair("h0", "w1"));
@@ -964,6 +1232,198 @@ mod tests {
         assert_eq!(seen(&named, "h77", "w0").0, "bank");
         let err = weft_sdk::from_config::<Telemetry>(r#"{"max_label_values": 5000}"#).unwrap_err();
         assert!(err.starts_with("max_label_values:"), "{err}");
+    }
+
+    /// Natively the filter's state lives in the thread, which a single-threaded test
+    /// run shares between tests: start the counts of admitted values afresh.
+    fn forget_admissions() {
+        for label in [
+            ClientLabel::DestinationService,
+            ClientLabel::SourceWorkload,
+            ClientLabel::SourceNamespace,
+            ClientLabel::SourceCanonicalService,
+            ClientLabel::SourceCanonicalRevision,
+            ClientLabel::SourcePrincipal,
+        ] {
+            state::delete(label.keys().0);
+        }
+    }
+
+    #[test]
+    fn the_callers_names_come_from_its_header_bounded_like_its_workload() {
+        forget_admissions();
+        let t: Telemetry = weft_sdk::from_config(r#"{"max_label_values": 2}"#).unwrap();
+        let seen = |caller: Option<&str>| {
+            let mut head = RequestHead::new("GET", "/");
+            if let Some(c) = caller {
+                head = head.with_header(SOURCE_HEADER, c);
+            }
+            let n = t.note(&head);
+            [
+                n.source_workload,
+                n.source_namespace,
+                n.source_canonical_service,
+                n.source_canonical_revision,
+            ]
+            .map(str::to_owned)
+        };
+        assert_eq!(
+            seen(Some("trading;markets;trading-app;v2")),
+            ["trading", "markets", "trading-app", "v2"]
+        );
+        // A caller that names only its workload, as before the other fields.
+        assert_eq!(
+            seen(Some("trading")),
+            ["trading", "unknown", "trading", "latest"]
+        );
+        assert_eq!(seen(None), ["unknown"; 4]);
+        assert_eq!(
+            seen(Some(";markets")),
+            ["unknown", "markets", "unknown", "unknown"]
+        );
+        // Each field admits its own first values; later ones are unknown.
+        assert_eq!(
+            seen(Some("w2;n2;c2;r2")),
+            ["w2", "n2", "c2", "r2"],
+            "the second of each"
+        );
+        assert_eq!(
+            seen(Some("w3;n3;c3;r3")),
+            ["unknown", "unknown", "unknown", "unknown"]
+        );
+        assert_eq!(
+            seen(Some("trading;n3;c3;v2")),
+            ["trading", "unknown", "unknown", "v2"]
+        );
+        // Cut at Kubernetes' bound, past which no namespace or label value goes.
+        forget_admissions();
+        let wide: Telemetry = weft_sdk::from_config("{}").unwrap();
+        let head = RequestHead::new("GET", "/")
+            .with_header(SOURCE_HEADER, format!("w;{}", "n".repeat(100)));
+        assert_eq!(wide.note(&head).source_namespace, "n".repeat(MAX_NAME));
+        // A control character could join two label sets in the cache: unknown.
+        let head = RequestHead::new("GET", "/").with_header(SOURCE_HEADER, "w\u{1f}x;n");
+        assert_eq!(wide.note(&head).source_workload, "unknown");
+    }
+
+    #[test]
+    fn the_proxys_own_names_and_a_qualified_service() {
+        let t: Telemetry = weft_sdk::from_config(
+            r#"{"workload": "reviews-v1", "namespace": "bookinfo", "canonical_service": "reviews",
+                "service": "reviews", "qualify_service": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            t.me.fixed,
+            ["destination", "bookinfo", "unknown", "reviews", "latest"]
+        );
+        let head = RequestHead::new("GET", "/").with_authority("x:80");
+        let n = t.note(&head);
+        assert_eq!(n.destination_service, "reviews.bookinfo.svc.cluster.local");
+        let t: Telemetry = weft_sdk::from_config(
+            r#"{"service": "reviews", "namespace": "bookinfo", "qualify_service": true,
+                "cluster_domain": "corp.example"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            t.me.service.as_deref(),
+            Some("reviews.bookinfo.svc.corp.example")
+        );
+        assert_eq!(
+            t.me.fixed,
+            ["destination", "bookinfo", "unknown", "unknown", "unknown"]
+        );
+        // A bare name stays bare unless asked.
+        let t: Telemetry =
+            weft_sdk::from_config(r#"{"service": "reviews", "namespace": "bookinfo"}"#).unwrap();
+        assert_eq!(t.me.service.as_deref(), Some("reviews"));
+        for bad in [
+            r#"{"service": "reviews", "qualify_service": true}"#,
+            r#"{"namespace": "bookinfo", "qualify_service": true}"#,
+            r#"{"service": "reviews.bookinfo", "namespace": "bookinfo", "qualify_service": true}"#,
+        ] {
+            let err = weft_sdk::from_config::<Telemetry>(bad).unwrap_err();
+            assert!(err.starts_with("qualify_service:"), "{bad}: {err}");
+        }
+        let long = format!(r#"{{"namespace": "{}"}}"#, "n".repeat(MAX_NAME + 1));
+        for (bad, key) in [
+            (r#"{"workload": "a;b"}"#, "workload:"),
+            (r#"{"canonical_revision": "v 2"}"#, "canonical_revision:"),
+            (&long, "namespace:"),
+        ] {
+            let err = weft_sdk::from_config::<Telemetry>(bad).unwrap_err();
+            assert!(err.starts_with(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_source_names_itself_to_the_callee_and_in_its_labels() {
+        let t: Telemetry = weft_sdk::from_config(
+            r#"{"reporter": "source", "workload": "trading", "namespace": "markets",
+                "canonical_revision": "v2", "service": "bank"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.me.caller, "trading;markets;;v2");
+        assert_eq!(
+            t.me.fixed,
+            ["source", "unknown", "unknown", "unknown", "unknown"]
+        );
+        // A client's claim is no source reporter's business: its own names go.
+        let head = RequestHead::new("GET", "/").with_header(SOURCE_HEADER, "mallory;x;y;z");
+        let n = t.note(&head);
+        assert_eq!(
+            [
+                n.source_workload,
+                n.source_namespace,
+                n.source_canonical_service,
+                n.source_canonical_revision
+            ],
+            ["trading", "markets", "trading", "v2"]
+        );
+        // What the callee reads back.
+        let callee: Telemetry = weft_sdk::from_config("{}").unwrap();
+        let head = RequestHead::new("GET", "/").with_header(SOURCE_HEADER, &t.me.caller);
+        let back = callee.note(&head);
+        assert_eq!(
+            [
+                back.source_workload,
+                back.source_namespace,
+                back.source_canonical_service,
+                back.source_canonical_revision
+            ],
+            ["trading", "markets", "trading", "v2"]
+        );
+        let plain: Telemetry =
+            weft_sdk::from_config(r#"{"reporter": "source", "workload": "trading"}"#).unwrap();
+        assert_eq!(plain.me.caller, "trading", "as before the other fields");
+    }
+
+    #[test]
+    fn the_cache_keys_a_label_set_by_what_requests_set() {
+        let t: Telemetry = weft_sdk::from_config(r#"{"workload": "bank"}"#).unwrap();
+        let metrics = t.metrics.as_ref().unwrap();
+        let mut labels = ["x"; LABELS.len()];
+        for (l, fixed) in labels.iter_mut().zip(&t.me.fixed) {
+            *l = fixed;
+        }
+        let mut cache = t.cache.borrow_mut();
+        metrics.record(&mut cache, &labels, false, 0.1);
+        metrics.record(&mut cache, &labels, true, 0.1);
+        assert_eq!(cache.series.len(), 1);
+        let r = cache.series.values().next().unwrap();
+        assert!(r.requests.is_some() && r.errors.is_some() && r.duration.is_some());
+        // Only the labels a request sets make the key.
+        assert_eq!(cache.key, "x\u{1f}".repeat(LABELS.len() - FIXED));
+        for i in FIXED..LABELS.len() {
+            let mut other = labels;
+            other[i] = "y";
+            metrics.record(&mut cache, &other, false, 0.1);
+        }
+        assert_eq!(cache.series.len(), 1 + LABELS.len() - FIXED);
+        // The key's buffer is reused: a request records without growing it.
+        let capacity = cache.key.capacity();
+        metrics.record(&mut cache, &labels, false, 0.1);
+        assert_eq!(cache.key.capacity(), capacity);
     }
 
     #[test]
@@ -1040,7 +1500,10 @@ mod tests {
             assert!(names.iter().any(|n| n == name), "{name}");
         }
         let off: Telemetry = weft_sdk::from_config(r#"{"trace":{"propagate":false}}"#).unwrap();
-        assert_eq!(off.interest().request_headers, [SOURCE_HEADER]);
+        assert_eq!(
+            off.interest().request_headers,
+            [SOURCE_HEADER, CONTENT_TYPE]
+        );
     }
 
     #[test]
