@@ -20,7 +20,8 @@ fn temp_dir() -> std::path::PathBuf {
     dir
 }
 
-/// A blocking HTTP/1.1 GET with `connection: close`; returns the whole response.
+/// A blocking HTTP/1.1 GET with `connection: close`, as `localhost` (a host the admin
+/// listener answers too); returns the whole response.
 fn get(addr: SocketAddr, path: &str) -> String {
     get_with(addr, path, "")
 }
@@ -31,7 +32,7 @@ fn get_with(addr: SocketAddr, path: &str, headers: &str) -> String {
     s.set_read_timeout(Some(LIMIT)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nhost: test\r\n{headers}connection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\n{headers}connection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -491,19 +492,7 @@ fn sigterm_keeps_serving_through_the_drain_delay_and_says_it_is_going() {
         }
     }
     let (admin, listener) = (admin.unwrap(), listener.unwrap());
-    // The admin listener answers loopback hosts only.
-    let ready = || {
-        let mut s = TcpStream::connect(admin).unwrap();
-        s.set_read_timeout(Some(LIMIT)).unwrap();
-        write!(
-            s,
-            "GET /ready HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let ready = || get(admin, "/ready");
     assert!(ready().starts_with("HTTP/1.1 200"), "{}", ready());
     // A client that keeps its connection open, as a pooled one would.
     let mut kept = TcpStream::connect(listener).unwrap();
