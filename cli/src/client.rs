@@ -1,12 +1,14 @@
 //! `weft push`, `apply`, `status`, `rollback`: the config server's HTTP API from the
-//! command line. Refusals print the server's reason and exit non-zero.
+//! command line. Refusals print the server's reason and exit non-zero; so do
+//! `apply --wait` when a proxy refuses or is late, and `status` while one does.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
+use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -17,9 +19,17 @@ use serde_json::Value;
 pub(crate) struct ServerArgs {
     /// The config server.
     #[arg(long, env = "WEFT_SERVER", default_value = "http://127.0.0.1:7070")]
-    server: String,
-    /// API token for writes [default: the token file of a config server on this
-    /// machine, if there is one].
+    pub(crate) server: String,
+    #[command(flatten)]
+    pub(crate) token: TokenArgs,
+}
+
+/// The API token, for writes and for reads that show configs.
+#[derive(Clone, clap::Args)]
+pub(crate) struct TokenArgs {
+    /// API token for writes [default: the token file of the config server's data
+    /// folder, WEFT_DATA_DIR, else of a config server on this machine with the
+    /// default data folder].
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Read the API token from this file.
@@ -27,16 +37,14 @@ pub(crate) struct ServerArgs {
     token_file: Option<PathBuf>,
 }
 
-impl ServerArgs {
-    /// A server at `url` with this token.
-    pub(crate) fn new(url: &str, token: &str) -> Self {
-        Self {
-            server: url.to_owned(),
-            token: Some(token.to_owned()),
-            token_file: None,
-        }
-    }
+/// What the server answered.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub value: Value,
+}
 
+impl TokenArgs {
     fn token(&self) -> anyhow::Result<Option<String>> {
         if let Some(t) = &self.token {
             return Ok(Some(t.clone()));
@@ -46,23 +54,42 @@ impl ServerArgs {
                 .with_context(|| format!("reading the token from {}", file.display()))?;
             return Ok(Some(t.trim().to_owned()));
         }
-        // A server started on this machine with its defaults keeps its token here.
-        let local = crate::paths::server_data_dir().join("token");
-        Ok(std::fs::read_to_string(local)
-            .ok()
-            .map(|t| t.trim().to_owned()))
+        // A server on this machine keeps its token in its data folder.
+        Ok(crate::paths::token_files("token")
+            .into_iter()
+            .filter_map(|file| std::fs::read_to_string(file).ok())
+            .map(|t| t.trim().to_owned())
+            .find(|t| !t.is_empty()))
+    }
+}
+
+impl ServerArgs {
+    /// A server at `url` with this token.
+    pub(crate) fn new(url: &str, token: &str) -> Self {
+        Self {
+            server: url.to_owned(),
+            token: TokenArgs {
+                token: Some(token.to_owned()),
+                token_file: None,
+            },
+        }
     }
 
-    pub(crate) async fn call(
+    /// Send a request; any answer is returned, whatever its status.
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<(Bytes, &'static str)>,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<Answer> {
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
         let mut req = Request::builder().method(method.clone()).uri(&url);
-        if let Some(token) = self.token()? {
+        if let Some(token) = self.token.token()? {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        // Recorded with each change the server makes (`weft history`).
+        if let Some(user) = user() {
+            req = req.header("x-weft-user", user);
         }
         let (body, content_type) = body.unwrap_or((Bytes::new(), "application/json"));
         let req = req
@@ -74,31 +101,62 @@ impl ServerArgs {
             .await
             .with_context(|| format!("{method} {url}: no answer in 120 s"))?
             .with_context(|| format!("{method} {url}: cannot reach the config server"))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
+        let (parts, body) = resp.into_parts();
+        let bytes = body
             .collect()
             .await
             .with_context(|| format!("{method} {url}: reading the answer"))?
             .to_bytes();
         let value: Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).trim().to_owned()));
-        if !status.is_success() {
-            let path = path.split('?').next().unwrap_or(path);
-            let reason = value
-                .get("error")
-                .and_then(Value::as_str)
-                .map_or_else(|| value.to_string(), str::to_owned);
-            if status == StatusCode::UNAUTHORIZED {
-                bail!(
-                    "{method} {path}: refused ({status}): {reason}\n\
-                     give the token with --token, --token-file or WEFT_TOKEN"
-                );
-            }
-            bail!("{method} {path}: refused ({status}): {reason}");
-        }
-        Ok(value)
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            value,
+        })
     }
+
+    /// Send a request; a refusal is an error with the server's reason.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &'static str)>,
+    ) -> anyhow::Result<Value> {
+        let answer = self.send(method.clone(), path, body).await?;
+        if !answer.status.is_success() {
+            bail!("{}", refusal(&method, path, &answer));
+        }
+        Ok(answer.value)
+    }
+}
+
+/// A refused request, with the server's reason and, for a missing token, where to
+/// give it.
+pub(crate) fn refusal(method: &Method, path: &str, answer: &Answer) -> String {
+    let path = path.split('?').next().unwrap_or(path);
+    let (status, value) = (answer.status, &answer.value);
+    let reason = value
+        .get("error")
+        .and_then(Value::as_str)
+        .map_or_else(|| value.to_string(), str::to_owned);
+    if status == StatusCode::UNAUTHORIZED {
+        return format!(
+            "{method} {path}: refused ({status}): {reason}\n\
+             give the token with --token, --token-file or WEFT_TOKEN, or point \
+             WEFT_DATA_DIR at the server's data folder"
+        );
+    }
+    format!("{method} {path}: refused ({status}): {reason}")
+}
+
+/// Who runs this command, as the server records it with a change: the login name,
+/// when it is one the server accepts.
+fn user() -> Option<String> {
+    ["USER", "LOGNAME"]
+        .into_iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .find(|u| !u.is_empty() && u.len() <= 64 && u.bytes().all(|b| b.is_ascii_graphic()))
 }
 
 pub(crate) fn text(v: &Value, key: &str) -> String {
@@ -135,19 +193,166 @@ pub(crate) async fn push(server: &ServerArgs, file: &Path, name: &str) -> anyhow
     Ok(())
 }
 
-pub(crate) async fn apply(server: &ServerArgs, file: &Path) -> anyhow::Result<()> {
+/// How `weft apply` goes.
+#[derive(clap::Args)]
+pub(crate) struct ApplyArgs {
+    /// The mesh YAML.
+    #[arg(short, long, value_name = "FILE", required_unless_present = "path")]
+    file: Option<PathBuf>,
+    /// The mesh YAML, given without -f.
+    #[arg(value_name = "FILE", conflicts_with = "file")]
+    path: Option<PathBuf>,
+    /// Return once every connected proxy the new version selects has applied it
+    /// (ACK); fail as soon as one refuses it (NACK), or at --timeout.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, requires = "wait")]
+    timeout: Duration,
+    /// Refuse, storing nothing, when a group selects no connected proxy or a
+    /// connected proxy has no group (without it these are warnings).
+    #[arg(long)]
+    strict: bool,
+}
+
+/// A mesh config applied.
+pub(crate) struct Applied {
+    pub version: u64,
+    /// What it selects that is likely a mistake, as the server said it.
+    pub warnings: Vec<String>,
+}
+
+/// `PUT /v1/mesh` with `file`, strict when asked.
+pub(crate) async fn apply_file(
+    server: &ServerArgs,
+    file: &Path,
+    strict: bool,
+) -> anyhow::Result<Applied> {
     let yaml = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let name = file.display().to_string();
-    let query: String = url_encode(&name);
+    let query = url_encode(&file.display().to_string());
+    let strict = if strict { "&strict=true" } else { "" };
     let v = server
         .call(
             Method::PUT,
-            &format!("/v1/mesh?file={query}"),
+            &format!("/v1/mesh?file={query}{strict}"),
             Some((yaml.into(), "application/yaml")),
         )
         .await?;
-    println!("applied {name}: version {}", text(&v, "version"));
+    let version = v["version"]
+        .as_u64()
+        .with_context(|| format!("PUT /v1/mesh: the answer has no version: {v}"))?;
+    Ok(Applied {
+        version,
+        warnings: warnings(&v),
+    })
+}
+
+/// The messages of an answer's `warnings`.
+pub(crate) fn warnings(v: &Value) -> Vec<String> {
+    (v["warnings"].as_array().into_iter().flatten())
+        .map(|w| text(w, "message"))
+        .collect()
+}
+
+pub(crate) async fn apply(server: &ServerArgs, args: &ApplyArgs) -> anyhow::Result<()> {
+    let file = (args.file.as_ref().or(args.path.as_ref()))
+        .context("give the mesh YAML, as FILE or -f FILE")?;
+    let applied = apply_file(server, file, args.strict).await?;
+    let version = applied.version;
+    println!("applied {}: version {version}", file.display());
+    for w in &applied.warnings {
+        eprintln!("warning: {w}");
+    }
+    if args.wait {
+        wait_for(server, version, args.timeout).await?;
+    }
     Ok(())
+}
+
+/// Wait until every connected proxy `version` selects has applied it; fail when one
+/// refuses it, goes away, or `timeout` passes first.
+async fn wait_for(server: &ServerArgs, version: u64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    // Those selected when the wait began: a proxy that connects later is not waited for.
+    let mut selected: Option<BTreeSet<String>> = None;
+    let mut done = BTreeSet::new();
+    loop {
+        let v = server.call(Method::GET, "/v1/proxies", None).await?;
+        let live = v["version"].as_u64();
+        if live != Some(version) {
+            bail!(
+                "version {} replaced version {version} while waiting for it; see `weft status`",
+                text(&v, "version")
+            );
+        }
+        let proxies = v["proxies"].as_array().cloned().unwrap_or_default();
+        let selected = selected.get_or_insert_with(|| {
+            (proxies.iter())
+                .filter(|p| matches!(p["state"].as_str(), Some("current" | "refused" | "pending")))
+                .map(|p| text(p, "node"))
+                .collect()
+        });
+        if selected.is_empty() {
+            println!("no connected proxy is selected by version {version}: nothing to wait for");
+            return Ok(());
+        }
+        let mut failed = Vec::new();
+        let mut pending = Vec::new();
+        for node in selected.iter() {
+            let p = proxies.iter().find(|p| p["node"] == node.as_str());
+            match p.and_then(|p| p["state"].as_str()) {
+                Some("current") => {
+                    if done.insert(node.clone()) {
+                        println!("{node}: applied version {version}");
+                    }
+                }
+                Some("pending") => pending.push(format!(
+                    "{node} (serves version {})",
+                    p.map_or_else(|| "-".to_owned(), |p| text(p, "applied"))
+                )),
+                Some("refused") => failed.push(format!(
+                    "{node} refused version {version}: {}",
+                    p.map_or_else(|| "-".to_owned(), |p| text(&p["last"], "error"))
+                )),
+                Some("unselected") => failed.push(format!(
+                    "{node} is no longer selected by version {version} (it reconnected as \
+                     another service or with other labels)"
+                )),
+                _ => failed.push(format!(
+                    "{node} disconnected before applying version {version}; see its log"
+                )),
+            }
+        }
+        if !failed.is_empty() {
+            bail!(
+                "{}\nfix the mesh config (or what the proxy names) and apply again, or go \
+                 back with `weft rollback`",
+                failed.join("\n")
+            );
+        }
+        if pending.is_empty() {
+            println!(
+                "version {version} is in force on {} {}",
+                selected.len(),
+                if selected.len() == 1 {
+                    "proxy"
+                } else {
+                    "proxies"
+                }
+            );
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            bail!(
+                "timed out after {}: not yet on version {version}: {}; see `weft status` and \
+                 those proxies' logs",
+                humantime::format_duration(timeout),
+                pending.join(", ")
+            );
+        }
+        tokio::time::sleep((deadline - now).min(Duration::from_millis(200))).await;
+    }
 }
 
 pub(crate) async fn rollback(server: &ServerArgs, version: u64) -> anyhow::Result<()> {
@@ -161,13 +366,17 @@ pub(crate) async fn rollback(server: &ServerArgs, version: u64) -> anyhow::Resul
     Ok(())
 }
 
-pub(crate) async fn status(server: &ServerArgs, json: bool) -> anyhow::Result<()> {
+/// `weft status`: the table, then why any proxy is not on the current version. Fails
+/// (exit 1) while a proxy refuses the current version, or has not applied it after
+/// `grace`; `--json` prints the server's answer and fails only when it cannot get it.
+pub(crate) async fn status(server: &ServerArgs, json: bool, grace: Duration) -> anyhow::Result<()> {
     let proxies = server.call(Method::GET, "/v1/proxies", None).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&proxies)?);
         return Ok(());
     }
-    println!("current version: {}", text(&proxies, "version"));
+    let version = text(&proxies, "version");
+    println!("current version: {version}");
     let list = proxies
         .get("proxies")
         .and_then(Value::as_array)
@@ -183,6 +392,7 @@ pub(crate) async fn status(server: &ServerArgs, json: bool) -> anyhow::Result<()
         "CONNECTED".into(),
         "GROUP".into(),
         "APPLIED".into(),
+        "STATE".into(),
         "LISTENERS".into(),
         "FILTERS".into(),
     ]];
@@ -231,6 +441,7 @@ pub(crate) async fn status(server: &ServerArgs, json: bool) -> anyhow::Result<()
             text(p, "connected"),
             text(p, "group"),
             text(p, "applied"),
+            text(p, "state"),
             listeners,
             filters,
         ]);
@@ -246,6 +457,42 @@ pub(crate) async fn status(server: &ServerArgs, json: bool) -> anyhow::Result<()
     print!("{}", table(&rows));
     for r in refusals {
         println!("NACK: {r}");
+    }
+    let (mut behind, mut refused) = (Vec::new(), false);
+    for p in &list {
+        let node = text(p, "node");
+        match p["state"].as_str() {
+            Some("refused") => {
+                refused = true;
+                behind.push(format!("{node} refuses it (see its NACK)"));
+            }
+            Some("pending") => {
+                let waited = p["waiting_seconds"].as_u64().unwrap_or(0);
+                if Duration::from_secs(waited) >= grace {
+                    println!(
+                        "LATE: {node} has not applied version {version} after {waited}s \
+                         (it serves {})",
+                        text(p, "applied")
+                    );
+                    behind.push(format!("{node} has not applied it after {waited}s"));
+                }
+            }
+            _ => {}
+        }
+    }
+    for w in warnings(&proxies) {
+        println!("WARNING: {w}");
+    }
+    if !behind.is_empty() {
+        let todo = if refused {
+            "fix what the NACK names and apply again, or go back with `weft rollback`"
+        } else {
+            "a late proxy's log says what it is doing"
+        };
+        bail!(
+            "not every proxy is on version {version}: {}; {todo}",
+            behind.join("; ")
+        );
     }
     Ok(())
 }

@@ -140,7 +140,13 @@ pub(crate) async fn run(
     let mesh_file = data.join("mesh.yaml");
     std::fs::write(&mesh_file, &yaml)?;
     let api = crate::client::ServerArgs::new(&url, &token);
-    crate::client::apply(&api, &mesh_file).await?;
+    // Its proxies start next: that no group selects one yet is no news here.
+    let applied = crate::client::apply_file(&api, &mesh_file, false).await?;
+    println!(
+        "applied {}: version {}",
+        mesh_file.display(),
+        applied.version
+    );
 
     // Two proxies that know nothing but the server's address.
     let mut proxies = Vec::new();

@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod check;
 mod client;
 mod demo;
+mod inspect;
 mod paths;
 mod stat;
 
@@ -19,13 +21,19 @@ use weft_config::Config;
 #[derive(Parser)]
 #[command(name = "weft", version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How many threads serve: for the commands that serve (the proxy, the config
+/// server, the demo), not for those that only ask a server something.
+#[derive(clap::Args)]
+struct Runtime {
     /// Threads that serve traffic [default: the cores this process may use]. With one,
     /// a single-threaded scheduler runs everything on it, with no hand-offs between
     /// threads: the cheapest way to serve on one core, as a sidecar usually does.
-    #[arg(long, global = true, value_name = "N", env = "WEFT_WORKERS")]
+    #[arg(long, value_name = "N", env = "WEFT_WORKERS")]
     workers: Option<std::num::NonZeroUsize>,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand)]
@@ -49,15 +57,18 @@ enum Command {
         drain_delay: Option<Duration>,
         #[command(flatten)]
         identity: Identity,
+        #[command(flatten)]
+        runtime: Runtime,
     },
     /// Run the config server: stores filters and mesh configs, pushes them to proxies.
     ConfigServer {
         /// Where the HTTP API and the proxies' gRPC stream listen.
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: std::net::SocketAddr,
-        /// Where filters, versions and the API token are kept
+        /// Where filters, versions and the tokens are kept; the other commands find
+        /// the tokens there too when WEFT_DATA_DIR names it
         /// [default: $XDG_DATA_HOME/weft/config-server or ~/.local/share/weft/config-server].
-        #[arg(long)]
+        #[arg(long, env = "WEFT_DATA_DIR")]
         data_dir: Option<PathBuf>,
         /// Largest filter module accepted, in bytes.
         #[arg(long, default_value_t = weft_config_server::Options::DEFAULT_MAX_FILTER_SIZE)]
@@ -77,6 +88,8 @@ enum Command {
         /// to those, so that no web page can reach it by a name made to resolve here.
         #[arg(long = "allow-host", value_name = "NAME")]
         allow_hosts: Vec<String>,
+        #[command(flatten)]
+        runtime: Runtime,
     },
     /// Push a filter module (.wasm component) to the config server under a name.
     Push {
@@ -88,22 +101,46 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
-    /// Apply a mesh config (YAML) on the config server.
+    /// Apply a mesh config (YAML) on the config server; warn (or with --strict,
+    /// refuse) when a group selects no connected proxy or a connected proxy has no
+    /// group; with --wait, exit 0 only once every selected proxy applied it.
     Apply {
-        /// The mesh YAML.
-        #[arg(short, long)]
-        file: PathBuf,
+        #[command(flatten)]
+        args: client::ApplyArgs,
         #[command(flatten)]
         server: client::ServerArgs,
     },
     /// Show the current version and every proxy: what it applied, or why it refused.
+    /// Exits 1 while a proxy refuses the current version or has not applied it
+    /// after --grace.
     Status {
-        /// Print the server's JSON as it is.
+        /// Print the server's JSON as it is (exits 0 whatever the proxies say; read
+        /// each proxy's `state`).
         #[arg(long)]
         json: bool,
+        /// How long a proxy may take to apply the current version before it counts
+        /// as late.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: Duration,
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// Every version: its number, when, what made it (apply, push, rollback), the
+    /// file, and who.
+    History(inspect::HistoryArgs),
+    /// Print the mesh config (YAML) of a version, the current one by default (it
+    /// holds filter configs as written, so it needs the API token).
+    Get(inspect::GetArgs),
+    /// A unified diff of two versions' mesh configs, and the filter versions that
+    /// changed between them.
+    Diff(inspect::DiffArgs),
+    /// The configuration the current version gives one proxy: its listeners with
+    /// their filter chains, the clusters with their endpoints and weights, a
+    /// router's routes and split weights; secrets in filter configs redacted.
+    ProxyConfig(inspect::ProxyConfigArgs),
+    /// Check a mesh file offline, a running config server and its proxies, or both:
+    /// one line per check (ok, warn, fail); exits 1 on any fail.
+    Check(check::CheckArgs),
     /// Success rate, requests per second and latency (p50, p95, p99) per service and
     /// route across the mesh, from the traffic proxies report to the config server;
     /// redrawn live in a terminal.
@@ -115,8 +152,9 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
-    /// Run a demo on loopback: a config server, two proxies it feeds with the router
-    /// and fault filters, and two backends, on embedded defaults.
+    /// Run a demo on loopback: a config server, two proxies it feeds with the
+    /// telemetry, fault, retry and router filters, and the backends blue (with a slow
+    /// second replica) and green, on embedded defaults.
     Demo {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -130,6 +168,8 @@ enum Command {
         /// Print the demo's mesh config and exit.
         #[arg(long)]
         print_config: bool,
+        #[command(flatten)]
+        runtime: Runtime,
     },
 }
 
@@ -205,8 +245,13 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _access_log = init_logging();
-    let workers = cli
-        .workers
+    let workers = match &cli.command {
+        Command::Proxy { runtime, .. }
+        | Command::ConfigServer { runtime, .. }
+        | Command::Demo { runtime, .. } => runtime.workers,
+        _ => None,
+    };
+    let workers = workers
         .or_else(|| std::thread::available_parallelism().ok())
         .map_or(1, std::num::NonZeroUsize::get);
     let mut builder = if workers == 1 {
@@ -231,6 +276,7 @@ fn main() -> ExitCode {
                 config_server: Some(url),
                 drain_delay,
                 identity,
+                ..
             } => {
                 debug_assert!(config.is_none() && !check);
                 run_subscribed_proxy(url, identity, drain_delay).await
@@ -252,6 +298,7 @@ fn main() -> ExitCode {
                 max_proxies,
                 report_interval,
                 allow_hosts,
+                ..
             } => {
                 let limits = weft_config_server::Limits {
                     max_connections,
@@ -269,8 +316,17 @@ fn main() -> ExitCode {
                 run_config_server(options).await
             }
             Command::Push { file, name, server } => client::push(&server, &file, &name).await,
-            Command::Apply { file, server } => client::apply(&server, &file).await,
-            Command::Status { json, server } => client::status(&server, json).await,
+            Command::Apply { args, server } => client::apply(&server, &args).await,
+            Command::Status {
+                json,
+                grace,
+                server,
+            } => client::status(&server, json, grace).await,
+            Command::History(args) => inspect::history(&args).await,
+            Command::Get(args) => inspect::get(&args).await,
+            Command::Diff(args) => inspect::diff(&args).await,
+            Command::ProxyConfig(args) => inspect::proxy_config(&args).await,
+            Command::Check(args) => check::check(&args).await,
             Command::Stat(args) => stat::stat(&args).await,
             Command::Rollback { version, server } => client::rollback(&server, version).await,
             Command::Demo {
@@ -278,6 +334,7 @@ fn main() -> ExitCode {
                 admin,
                 server_listen,
                 print_config,
+                ..
             } => demo::run(&listen, &admin, server_listen, print_config).await,
         }
     });

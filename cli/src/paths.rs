@@ -11,9 +11,28 @@ fn xdg(var: &str, fallback: &str) -> PathBuf {
         .join("weft")
 }
 
-/// The config server's data folder.
+/// The config server's data folder, where it keeps its token files: `WEFT_DATA_DIR`,
+/// else the default one.
 pub(crate) fn server_data_dir() -> PathBuf {
+    std::env::var_os("WEFT_DATA_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(default_server_data_dir, PathBuf::from)
+}
+
+/// The config server's data folder when none is given.
+fn default_server_data_dir() -> PathBuf {
     xdg("XDG_DATA_HOME", ".local/share").join("config-server")
+}
+
+/// Where a config server on this machine may keep the token file `name`: in
+/// `WEFT_DATA_DIR`, then in the default data folder.
+pub(crate) fn token_files(name: &str) -> Vec<PathBuf> {
+    let mut files = vec![server_data_dir().join(name)];
+    let default = default_server_data_dir().join(name);
+    if !files.contains(&default) {
+        files.push(default);
+    }
+    files
 }
 
 /// A proxy's state folder (its cached snapshot).

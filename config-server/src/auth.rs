@@ -3,8 +3,10 @@
 //! - writes need the API token;
 //! - reads that show mesh or filter configs (which may hold secrets) need the API
 //!   token from anywhere, this machine included;
-//! - other reads (status, filter versions) are open to this machine and need the
-//!   token from anywhere else;
+//! - other reads (status, filter versions, a proxy's effective config with its
+//!   secrets redacted) are open to this machine and need the token from anywhere
+//!   else; asking for a proxy's config with its secrets (`show_secrets`) needs the
+//!   API token from anywhere;
 //! - the proxies' stream needs the proxy token, and only it (see `stream`);
 //! - a request must name the server by a name of this machine (see [`Hosts`]) when
 //!   the server listens on loopback, or when it comes from this machine without a
@@ -19,7 +21,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::{Method, StatusCode, header};
+use http::{HeaderMap, Method, StatusCode, header};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -116,22 +118,39 @@ pub(crate) async fn require_always(
 }
 
 async fn check(shared: &Shared, peer: SocketAddr, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if !bearer_matches(given, &shared.token) {
-        let why = if given.is_none() {
-            "this request needs the API token: send `Authorization: Bearer TOKEN`"
-        } else if bearer_matches(given, &shared.proxy_token) {
-            "this is the proxy token, which only subscribes; this request needs the API token"
-        } else {
-            "the API token is wrong"
-        };
+    if let Err(why) = api_token(shared, req.headers(), "this request") {
         tracing::warn!(%peer, method = %req.method(), path = req.uri().path(), "refused: {why}");
-        return ApiError::unauthorized(why).into_response();
+        return why.into_response();
     }
     next.run(req).await
+}
+
+/// Whether the headers carry the API token; `what` names what needs it (a request,
+/// or a part of one such as `show_secrets`) in the refusal.
+pub(crate) fn api_token(shared: &Shared, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if bearer_matches(given, &shared.token) {
+        return Ok(());
+    }
+    Err(ApiError::unauthorized(refusal(
+        given.is_none(),
+        bearer_matches(given, &shared.proxy_token),
+        what,
+    )))
+}
+
+/// Why a request without the API token is refused: none given, the proxy token in
+/// its place, or a wrong one.
+fn refusal(missing: bool, proxy_token: bool, what: &str) -> String {
+    if missing {
+        format!("{what} needs the API token: send `Authorization: Bearer TOKEN`")
+    } else if proxy_token {
+        format!("this is the proxy token, which only subscribes; {what} needs the API token")
+    } else {
+        "the API token is wrong".to_owned()
+    }
 }
 
 /// The names a request may give the server (its `Host`, or HTTP/2's `:authority`)
@@ -226,6 +245,15 @@ mod tests {
         assert!(!bearer_matches(Some("Bearer s3cretx"), "s3cret"));
         assert!(!bearer_matches(Some("Basic s3cret"), "s3cret"));
         assert!(!bearer_matches(None, "s3cret"));
+    }
+
+    #[test]
+    fn a_refusal_says_which_token_was_missing() {
+        let r = refusal(true, false, "show_secrets");
+        assert!(r.starts_with("show_secrets needs the API token"), "{r}");
+        let r = refusal(false, true, "this request");
+        assert!(r.contains("proxy token") && r.ends_with("this request needs the API token"));
+        assert_eq!(refusal(false, false, "x"), "the API token is wrong");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The three changes: push a filter, apply a mesh config, roll back. Each is checked
 //! in full before anything is stored, stored before it is published, and run one at
-//! a time so versions never interleave.
+//! a time so versions never interleave. An apply can also be only checked (a dry run)
+//! or refused when it selects badly (strict); both check exactly what an apply does.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,8 +13,31 @@ use weft_engine::LoadError;
 
 use crate::error::{ApiError, blocking};
 use crate::store::{FilterVersion, State, Version, now};
-use crate::validate::{self, Modules};
+use crate::validate::{self, Member, Modules, Warning};
 use crate::{Current, Published, Shared};
+
+/// How an apply goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Store it, whatever it selects; the warnings go back with the version.
+    Apply,
+    /// Store it only when it has no warning: every group selects a connected proxy and
+    /// every connected proxy has a group.
+    Strict,
+    /// Check it exactly as an apply would, and store nothing.
+    DryRun,
+}
+
+/// What an apply did, or (a dry run, or strict with warnings) would have done.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// Whether it was stored and is live.
+    pub stored: bool,
+    /// The number of the version it made, or would have made.
+    pub version: u64,
+    /// What it selects that is likely a mistake, against the proxies connected now.
+    pub warnings: Vec<Warning>,
+}
 
 /// What a push did.
 #[derive(Debug, serde::Serialize)]
@@ -35,8 +59,14 @@ pub(crate) struct Pushed {
 }
 
 impl Shared {
-    /// Store a new version of filter `name`, and make it live when a mesh config is.
-    pub async fn push(self: &Arc<Self>, name: String, bytes: Bytes) -> Result<Pushed, ApiError> {
+    /// Store a new version of filter `name`, and make it live when a mesh config is;
+    /// `by` says who did it.
+    pub async fn push(
+        self: &Arc<Self>,
+        name: String,
+        bytes: Bytes,
+        by: Option<String>,
+    ) -> Result<Pushed, ApiError> {
         validate::check_name(&name).map_err(ApiError::bad_request)?;
         if bytes.len() > self.max_filter_size {
             return Err(too_large(bytes.len(), self.max_filter_size));
@@ -109,6 +139,7 @@ impl Shared {
                 &current.version.mesh_file,
                 &current.version.mesh,
                 filters,
+                by,
             );
             next = Some(Arc::new(Current {
                 version,
@@ -154,11 +185,20 @@ impl Shared {
 
     /// Make a mesh config live, with the filter versions the live version uses (the
     /// latest pushes, unless a rollback brought back earlier ones), and the latest
-    /// version of every filter it does not have.
-    pub async fn apply(self: &Arc<Self>, file: String, text: String) -> Result<u64, ApiError> {
+    /// version of every filter it does not have; `by` says who did it. A dry run, or
+    /// a strict apply with warnings, stops after every check and stores nothing.
+    pub async fn apply(
+        self: &Arc<Self>,
+        file: String,
+        text: String,
+        by: Option<String>,
+        mode: Mode,
+    ) -> Result<Applied, ApiError> {
         let mesh =
             MeshConfig::parse(&text, &file).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
+        // A dry run takes the lock too: it checks against the same state an apply
+        // made at that moment would.
         let _write = self.write.lock().await;
         let published = self.snapshot();
         let mut filters = published.state.latest_filters();
@@ -183,19 +223,48 @@ impl Shared {
         .await?
         .map_err(ApiError::unprocessable)?;
 
+        let warnings = validate::selection_warnings(&mesh, &self.members());
+        let number = published.state.next_version();
+        if mode == Mode::DryRun || (mode == Mode::Strict && !warnings.is_empty()) {
+            return Ok(Applied {
+                stored: false,
+                version: number,
+                warnings,
+            });
+        }
         let mut state = published.state.clone();
-        let version = new_version(&state, format!("apply {file}"), &file, &text, filters);
+        let version = new_version(&state, format!("apply {file}"), &file, &text, filters, by);
         state.versions.push(version.clone());
-        let number = version.version;
         self.commit(state, None, Some(Arc::new(Current { version, mesh })))
             .await?;
+        for w in &warnings {
+            tracing::warn!(%file, version = number, "{}", w.message());
+        }
         tracing::info!(%file, version = number, "mesh config applied");
-        Ok(number)
+        Ok(Applied {
+            stored: true,
+            version: number,
+            warnings,
+        })
+    }
+
+    /// The proxies the registry knows, as selection sees them.
+    pub(crate) fn members(&self) -> Vec<Member> {
+        // The registry's view is read through its JSON, the shape `GET /v1/proxies`
+        // keeps for every client.
+        (self.proxies.list().iter())
+            .filter_map(|view| {
+                let member = serde_json::to_value(view).and_then(serde_json::from_value);
+                member
+                    .inspect_err(|e| tracing::error!("a proxy's view has no service: {e}"))
+                    .ok()
+            })
+            .collect()
     }
 
     /// Make an earlier version's mesh config and filter versions live again, as a
-    /// new version.
-    pub async fn rollback(self: &Arc<Self>, to: u64) -> Result<u64, ApiError> {
+    /// new version; `by` says who did it.
+    pub async fn rollback(self: &Arc<Self>, to: u64, by: Option<String>) -> Result<u64, ApiError> {
         let _write = self.write.lock().await;
         let published = self.snapshot();
         let Some(old) = published.state.versions.iter().find(|v| v.version == to) else {
@@ -212,6 +281,7 @@ impl Shared {
             &old.mesh_file,
             &old.mesh,
             old.filters.clone(),
+            by,
         );
         let current = Current::parse(version.clone()).map_err(|e| {
             ApiError::internal(format!("stored version {to} no longer parses: {e}"))
@@ -257,6 +327,7 @@ fn new_version(
     mesh_file: &str,
     mesh: &str,
     filters: BTreeMap<String, String>,
+    by: Option<String>,
 ) -> Arc<Version> {
     Arc::new(Version {
         version: state.next_version(),
@@ -265,6 +336,7 @@ fn new_version(
         mesh_file: mesh_file.to_owned(),
         mesh: mesh.to_owned(),
         filters,
+        by,
     })
 }
 
@@ -320,5 +392,87 @@ fn refused_module(e: LoadError) -> ApiError {
         }
         LoadError::WrongWorld { .. } => ApiError::unprocessable(e.to_string()),
         other => ApiError::internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = "\
+clusters:
+  - name: web
+    endpoints: [\"127.0.0.1:9\"]
+proxies:
+  - select: { service: carts }
+    listeners:
+      - name: inbound
+        address: 127.0.0.1:0
+        default_cluster: web
+";
+
+    fn data_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("weft-changes-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_checks_as_an_apply_does_and_stores_nothing() {
+        let dir = data_dir("dry");
+        let shared = Shared::for_tests(&dir);
+        let apply = |text: &str, mode| shared.apply("mesh.yaml".into(), text.into(), None, mode);
+
+        let dry = apply(MESH, Mode::DryRun).await.unwrap();
+        assert!(!dry.stored);
+        assert_eq!(dry.version, 1, "the number it would get");
+        // No proxy is connected: the group selects none.
+        assert_eq!(dry.warnings.len(), 1, "{:?}", dry.warnings);
+        assert!(shared.snapshot().state.versions.is_empty());
+        assert!(shared.snapshot().current.is_none());
+        assert!(!shared.store.state_file().exists(), "nothing written");
+
+        // The same refusal, word for word, whether dry or not.
+        let broken = MESH.replace("default_cluster: web", "default_cluster: nowhere");
+        let dry = apply(&broken, Mode::DryRun).await.unwrap_err();
+        let real = apply(&broken, Mode::Apply).await.unwrap_err();
+        assert_eq!((dry.status, &dry.message), (real.status, &real.message));
+        assert!(dry.message.contains("nowhere"), "{}", dry.message);
+
+        // A real apply stores what the dry run said, warnings and all.
+        let applied = apply(MESH, Mode::Apply).await.unwrap();
+        assert!(applied.stored);
+        assert_eq!(applied.version, 1);
+        assert_eq!(applied.warnings.len(), 1);
+        assert_eq!(shared.snapshot().state.versions.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn strict_refuses_an_apply_with_warnings_and_records_who_applied() {
+        let dir = data_dir("strict");
+        let shared = Shared::for_tests(&dir);
+        let strict = shared
+            .apply("mesh.yaml".into(), MESH.into(), None, Mode::Strict)
+            .await
+            .unwrap();
+        assert!(!strict.stored && !strict.warnings.is_empty());
+        assert!(shared.snapshot().state.versions.is_empty());
+
+        // A mesh that selects nothing and has no proxy to leave out warns of nothing.
+        let by = Some("ops from 127.0.0.1".to_owned());
+        let empty = shared
+            .apply(
+                "empty.yaml".into(),
+                "proxies: []\n".into(),
+                by,
+                Mode::Strict,
+            )
+            .await
+            .unwrap();
+        assert!(empty.stored && empty.warnings.is_empty());
+        let state = shared.store.load().unwrap();
+        assert_eq!(state.versions[0].by.as_deref(), Some("ops from 127.0.0.1"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,10 +10,15 @@
 //! 2. Push filters (`PUT /v1/filters/{name}`) and apply a mesh config
 //!    (`PUT /v1/mesh`). Each change is checked the way a proxy would load it (every
 //!    module compiled, every filter's `init` given its config) and stored only if it
-//!    passes; each accepted change is a new numbered version.
+//!    passes; each accepted change is a new numbered version. An apply answers with
+//!    warnings when a group selects no connected proxy or a connected proxy has no
+//!    group (`strict=true` refuses it then); `dry_run=true` checks and stores nothing.
+//!    [`check_mesh_offline`] runs the checks that need no server.
 //! 3. Proxies subscribe over gRPC with the proxy token: each gets the current
 //!    snapshot for the group that selects it, with the modules it lacks, and every
-//!    later version; their ACKs and NACKs show in `GET /v1/proxies`.
+//!    later version; their ACKs and NACKs show in `GET /v1/proxies`, with where each
+//!    stands against the current version, and `GET /v1/proxies/{node}/config` shows
+//!    what a proxy is sent (secrets redacted unless asked for with the API token).
 //! 4. Proxies report their traffic on the same stream every
 //!    [`Options::report_interval`]; `GET /v1/stats` sums it per service and route
 //!    over a window (what `weft stat` shows).
@@ -63,6 +68,7 @@ use weft_engine::Engine;
 
 pub use error::ServerError;
 use store::{State, Store, Version};
+pub use validate::{CheckError, CheckedFilter, FilterOutcome, MeshCheck, check_mesh_offline};
 
 /// How long [`RunningServer::shutdown`] waits for connections to close before it
 /// drops them.
@@ -273,6 +279,30 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn snapshot(&self) -> Arc<Published> {
         self.published.borrow().clone()
+    }
+
+    /// A server's shared state on an empty data folder, with no socket: for tests
+    /// of what handlers and changes do.
+    #[cfg(test)]
+    pub(crate) fn for_tests(dir: &Path) -> Arc<Self> {
+        let limits = Limits::default();
+        let (_, stop) = watch::channel(false);
+        Arc::new(Self {
+            store: Store::open(dir).expect("the test's data folder opens"),
+            engine: Engine::new().expect("the engine starts"),
+            token: "api-token".to_owned(),
+            proxy_token: "proxy-token".to_owned(),
+            max_filter_size: Options::DEFAULT_MAX_FILTER_SIZE,
+            limits,
+            published: watch::Sender::new(Arc::default()),
+            write: tokio::sync::Mutex::new(()),
+            proxies: stream::Registry::new(&limits),
+            stats: stats::Stats::new(),
+            report_interval: Options::DEFAULT_REPORT_INTERVAL,
+            hosts: auth::Hosts::new("127.0.0.1:0".parse().expect("an address"), &[])
+                .expect("no names to check"),
+            stop,
+        })
     }
 }
 

@@ -58,6 +58,10 @@ pub(crate) struct Version {
     pub mesh: String,
     /// Pushed filter name to sha256.
     pub filters: BTreeMap<String, String>,
+    /// Who made it: the user the client named, if it named one, and the address the
+    /// change came from. Absent from versions stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 impl State {
@@ -287,10 +291,12 @@ mod tests {
             mesh_file: "mesh.yaml".into(),
             mesh: "proxies: []\n".into(),
             filters: state.latest_filters(),
+            by: Some("ops from 127.0.0.1".into()),
         }));
         store.save(&state).unwrap();
         let back = store.load().unwrap();
         assert_eq!(back.latest("auth").unwrap().sha256, sha);
+        assert_eq!(back.versions[0].by.as_deref(), Some("ops from 127.0.0.1"));
         assert_eq!(back.next_version(), 2);
         assert_eq!(store.read_module(&sha).unwrap().unwrap(), b"\0asm");
         let mode = std::fs::metadata(store.state_file())
@@ -298,6 +304,23 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_stored_before_versions_named_their_author_loads() {
+        let dir = temp_dir("authorless");
+        let store = Store::open(&dir).unwrap();
+        let state = r#"{"filters": {}, "versions": [{"version": 1, "created": "x",
+            "cause": "apply mesh.yaml", "mesh_file": "mesh.yaml", "mesh": "proxies: []",
+            "filters": {}}]}"#;
+        std::fs::write(store.state_file(), state).unwrap();
+        let back = store.load().unwrap();
+        assert_eq!(back.versions[0].by, None);
+        // And it is written back without the key, as it was.
+        store.save(&back).unwrap();
+        let text = std::fs::read_to_string(store.state_file()).unwrap();
+        assert!(!text.contains("\"by\""), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

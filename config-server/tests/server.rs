@@ -1582,3 +1582,144 @@ async fn a_route_to_a_cluster_the_mesh_lacks_is_refused_at_apply_where_it_is_wri
     );
     within(server.shutdown()).await;
 }
+
+#[tokio::test]
+async fn an_apply_warns_of_what_it_selects_and_a_dry_run_or_strict_apply_stores_nothing() {
+    let dir = DataDir::new();
+    let (server, a) = serving(&dir, Limits::default()).await;
+    let mut proxy = subscribe(&server, hello("web-1", "web")).await.unwrap();
+    let first = proxy.next().await;
+    proxy
+        .send(Kind::Ack(Ack {
+            version: 1,
+            listeners: vec![BoundListener {
+                name: "inbound".into(),
+                address: "127.0.0.1:15006".into(),
+            }],
+            modules: first.modules.iter().map(|m| m.sha256.clone()).collect(),
+            filters: first.filters.clone(),
+        }))
+        .await;
+    let p = a.proxy_until("web-1", |p| p["applied"] == 1).await;
+    assert_eq!(p["state"], "current");
+    let all = a.get("/v1/proxies").await.json;
+    assert_eq!(all["warnings"], serde_json::json!([]), "{all:#}");
+
+    // A typo of the service: the group selects no one, and web-1 has no group.
+    let typo = MESH.replace("service: web", "service: wbe");
+    let operator = &a;
+    let put = |query: &str| {
+        let (path, body) = (format!("/v1/mesh?file=typo.yaml{query}"), typo.clone());
+        async move { operator.call(Method::PUT, &path, body).await }
+    };
+    let dry = put("&dry_run=true").await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.json);
+    assert_eq!(dry.json["dry_run"], true);
+    assert_eq!(dry.json["next_version"], 2);
+    let kinds: Vec<&str> = (dry.json["warnings"].as_array().unwrap().iter())
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["group_selects_no_proxy", "proxy_without_group"]);
+    assert_eq!(dry.json["warnings"][0]["selector"], "{ service: wbe }");
+    assert!(
+        dry.json["warnings"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(did you mean service \"web\"?); connected: web-1 (service web, no labels)"),
+        "{}",
+        dry.json
+    );
+    // A misspelt dry run must not apply for real.
+    let misspelt = put("&dryrun=true").await;
+    assert_eq!(
+        misspelt.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        misspelt.json
+    );
+    let strict = put("&strict=true").await;
+    assert_eq!(strict.status, StatusCode::CONFLICT, "{}", strict.json);
+    assert!(
+        strict.error().starts_with("not applied (strict): group 0"),
+        "{}",
+        strict.error()
+    );
+    assert_eq!(strict.json["warnings"], dry.json["warnings"]);
+    let versions = a.get("/v1/versions").await.json;
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        1,
+        "nothing stored"
+    );
+    assert!(
+        versions["versions"][0]["by"]
+            .as_str()
+            .unwrap()
+            .ends_with("127.0.0.1"),
+        "{versions:#}"
+    );
+
+    // Applied anyway: the answer and the proxies' view carry the warnings, and the
+    // proxy no group selects stands `unselected`.
+    let applied = put("").await;
+    assert_eq!(applied.status, StatusCode::CREATED, "{}", applied.json);
+    assert_eq!(applied.json["version"], 2);
+    assert_eq!(applied.json["warnings"], dry.json["warnings"]);
+    let p = a.proxy_until("web-1", |p| p["state"] == "unselected").await;
+    assert_eq!(p["applied"], 1);
+    assert_eq!(
+        a.get("/v1/proxies").await.json["warnings"],
+        dry.json["warnings"]
+    );
+
+    // One version's text needs the token, as the snapshot does.
+    let anonymous = api(&server, None);
+    assert_eq!(
+        anonymous.get("/v1/versions/1").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let one = a.get("/v1/versions/1").await;
+    assert_eq!(
+        (one.status, one.json["mesh"].as_str()),
+        (StatusCode::OK, Some(MESH))
+    );
+    assert_eq!(a.get("/v1/versions/7").await.status, StatusCode::NOT_FOUND);
+
+    // Back to a mesh that selects web-1: its config is what it is sent, open to
+    // this machine with secrets redacted, in full only with the API token.
+    assert_eq!(a.apply(MESH).await.json["version"], 3);
+    let config = anonymous.get("/v1/proxies/web-1/config").await;
+    assert_eq!(config.status, StatusCode::OK, "{}", config.json);
+    let c = &config.json;
+    assert_eq!(
+        (c["version"].as_u64(), c["group"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(c["state"], "pending");
+    assert_eq!(c["secrets_shown"], false);
+    let inbound = &c["listeners"][0];
+    assert_eq!(inbound["bound"], "127.0.0.1:15006");
+    assert_eq!(inbound["default_cluster"], "web");
+    let names: Vec<&str> = (inbound["filters"].as_array().unwrap().iter())
+        .map(|f| f["module"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["builtin:fault", "filter:stamp", "filter:hello"]);
+    assert_eq!(inbound["filters"][1]["sha256"], sha256(STAMP));
+    assert_eq!(inbound["filters"][2]["config"]["greeting"], "hi");
+    assert_eq!(c["clusters"][0]["endpoints"][0]["weight"], 1);
+    let secrets = anonymous
+        .get("/v1/proxies/web-1/config?show_secrets=true")
+        .await;
+    assert_eq!(secrets.status, StatusCode::UNAUTHORIZED);
+    assert!(secrets.error().contains("show_secrets needs the API token"));
+    let secrets = a.get("/v1/proxies/web-1/config?show_secrets=true").await;
+    assert_eq!(secrets.json["secrets_shown"], true, "{}", secrets.json);
+    let nobody = a.get("/v1/proxies/nobody/config").await;
+    assert_eq!(nobody.status, StatusCode::NOT_FOUND);
+    assert!(
+        nobody.error().contains("known: web-1"),
+        "{}",
+        nobody.error()
+    );
+    within(server.shutdown()).await;
+}

@@ -22,6 +22,252 @@ pub fn weft() -> Command {
     cmd.env_remove("WEFT_TOKEN")
         .env_remove("WEFT_SERVER")
         .env_remove("WEFT_PROXY_TOKEN")
-        .env_remove("WEFT_DRAIN_DELAY");
+        .env_remove("WEFT_DRAIN_DELAY")
+        .env_remove("WEFT_DATA_DIR");
     cmd
+}
+
+/// The control plane as operators run it: a real `weft config-server`, real `weft
+/// proxy --config-server` processes, and the `weft` commands against them. Each test
+/// binary uses a part of it.
+#[allow(dead_code)]
+pub mod plane {
+    use std::io::BufRead;
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::process::{Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+
+    use super::{Guard, LIMIT, weft};
+
+    /// Send the lines of a child's pipe to a channel, from a thread.
+    pub fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// The first line that contains `marker`, within the limit.
+    pub fn wait_line(
+        rx: &std::sync::mpsc::Receiver<String>,
+        marker: &str,
+        seen: &mut Vec<String>,
+    ) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line with {marker:?}; saw:\n{}", seen.join("\n")));
+            seen.push(line.clone());
+            if line.contains(marker) {
+                return line;
+            }
+        }
+    }
+
+    pub struct Server {
+        _child: Guard,
+        pub addr: SocketAddr,
+        pub url: String,
+        pub token: String,
+        /// Its data folder, where it keeps its tokens.
+        pub data: PathBuf,
+        /// The file proxies read their token from.
+        pub proxy_token: PathBuf,
+        /// What it printed on stdout at start.
+        pub banner: Vec<String>,
+    }
+
+    /// `weft config-server` on `listen` with its data in `dir`.
+    pub fn config_server(dir: &Path, listen: &str) -> Server {
+        config_server_with(dir, listen, &[])
+    }
+
+    /// `weft config-server` with more arguments.
+    pub fn config_server_with(dir: &Path, listen: &str, args: &[&str]) -> Server {
+        let mut child = weft()
+            .args(["config-server", "--listen", listen, "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .env("WEFT_CACHE_DIR", dir.join("cache"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = lines(child.stdout.take().unwrap());
+        let guard = Guard(child);
+        let mut banner = Vec::new();
+        let line = wait_line(&out, "weft config server on http://", &mut banner);
+        let addr: SocketAddr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let token = std::fs::read_to_string(dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Server {
+            _child: guard,
+            addr,
+            url: format!("http://{addr}"),
+            token,
+            data: dir.to_owned(),
+            proxy_token: dir.join("proxy-token"),
+            banner,
+        }
+    }
+
+    impl Server {
+        /// Run a client command against this server, with its token.
+        pub fn cli(&self, args: &[&str]) -> Output {
+            weft()
+                .args(args)
+                .args(["--server", &self.url, "--token", &self.token])
+                .output()
+                .unwrap()
+        }
+
+        pub fn cli_ok(&self, args: &[&str]) -> String {
+            let out = self.cli(args);
+            assert!(
+                out.status.success(),
+                "weft {args:?} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+
+        /// `weft ...` expected to fail; returns its stderr.
+        pub fn cli_err(&self, args: &[&str]) -> String {
+            let out = self.cli(args);
+            assert!(!out.status.success(), "weft {args:?} should have failed");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        }
+
+        /// `weft apply -f FILE`; returns the new version.
+        pub fn apply(&self, file: &str) -> u64 {
+            let out = self.cli_ok(&["apply", "-f", file]);
+            let line = out
+                .lines()
+                .find(|l| l.starts_with("applied "))
+                .unwrap_or(&out);
+            last_number(line)
+        }
+
+        pub fn proxies(&self) -> Value {
+            let out = self.cli_ok(&["status", "--json"]);
+            serde_json::from_str(&out).unwrap()
+        }
+
+        /// Wait until every named proxy has applied `version`.
+        pub fn converged(&self, nodes: &[&str], version: u64) -> Value {
+            let deadline = Instant::now() + LIMIT;
+            loop {
+                let status = self.proxies();
+                let done = nodes.iter().all(|n| {
+                    status["proxies"].as_array().unwrap().iter().any(|p| {
+                        p["node"] == *n && p["applied"] == version && p["connected"] == true
+                    })
+                });
+                if done {
+                    return status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "proxies {nodes:?} did not apply version {version}: {status:#}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub struct ProxyProc {
+        pub child: Guard,
+        pub admin: SocketAddr,
+    }
+
+    impl ProxyProc {
+        pub fn pid(&self) -> u32 {
+            self.child.0.id()
+        }
+    }
+
+    /// The number a CLI line ends with (`applied FILE: version 3` gives 3).
+    pub fn last_number(out: &str) -> u64 {
+        out.rsplit(' ')
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no version at the end of {out:?}"))
+    }
+
+    /// `weft proxy --config-server URL` as node `node` of `service`, labelled
+    /// `zone=a`, caching in `state`, serving on `workers` threads.
+    pub fn proxy_of(
+        url: &str,
+        token: &Path,
+        node: &str,
+        service: &str,
+        state: &Path,
+        workers: usize,
+    ) -> ProxyProc {
+        let mut child = weft()
+            .args(["proxy", "--proxy-token-file"])
+            .arg(token)
+            .args([
+                "--config-server",
+                url,
+                "--node",
+                node,
+                "--service",
+                service,
+                "--label",
+                "zone=a",
+                "--admin",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(state)
+            .env("WEFT_WORKERS", workers.to_string())
+            .env("WEFT_CACHE_DIR", state.join("compiled"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = lines(child.stderr.take().unwrap());
+        let guard = Guard(child);
+        let line = wait_line(&err, "admin listening", &mut Vec::new());
+        let admin = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        // Keep draining its logs so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in err {});
+        ProxyProc {
+            child: guard,
+            admin,
+        }
+    }
+
+    pub fn write(dir: &Path, name: &str, text: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
 }
