@@ -692,7 +692,10 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
         reason.contains("proxies[0].listeners[1].address") && reason.contains("cannot listen"),
         "{reason}"
     );
-    let table = server.cli_ok(&["status"]);
+    // A proxy that refuses the current version makes `weft status` fail.
+    let out = server.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains("NACK: web-a refused version") && table.contains("cannot listen"),
         "{table}"
