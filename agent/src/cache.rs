@@ -160,8 +160,8 @@ impl DiskCache {
     }
 }
 
-/// Write to a temporary file, sync it, rename it over `path`, sync the folder.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+/// Write to a temporary file (0600), sync it, rename it over `path`, sync the folder.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     // 0600: the snapshot holds every filter's config, secrets included.

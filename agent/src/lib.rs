@@ -6,14 +6,18 @@
 //!    applied first, so the proxy serves before the server answers (or if it never
 //!    does).
 //! 2. The agent keeps one `Subscribe` stream open with the proxy token, reconnecting
-//!    with jittered exponential backoff. It draws an instance secret once: the server
-//!    binds the node id to it, so no other process can take over this proxy's
-//!    stream; each snapshot is applied through
-//!    [`weft_proxy::RunningProxy::reload_with`] off the runtime's workers, and
-//!    requests in flight finish on the chain they started with.
+//!    with jittered exponential backoff, and says a failure that repeats once (see
+//!    `error`). The server binds the node id to an instance secret the agent keeps
+//!    in the state folder (see `instance`): no other process can take over this
+//!    proxy's stream, and a restart on the same folder, even after a crash, takes
+//!    its node id back at once. Right after its Hello the agent restates its last
+//!    ACK, so a server that restarted shows what the proxy serves. Each snapshot is
+//!    applied through [`weft_proxy::RunningProxy::reload_with`] off the runtime's
+//!    workers, and requests in flight finish on the chain they started with.
 //! 3. When the server asks for them, the agent reports what the proxy's RED metrics
 //!    counted (see `report`) on the same stream, for `weft stat`.
-//! 4. [`Agent::applied`] tells which version is live; [`Agent::stop`] ends it.
+//! 4. [`Agent::applied`] tells which version is live. [`Agent::shutdown`] says
+//!    goodbye, so the server frees the node id at once; [`Agent::stop`] just ends.
 //!
 //! ```no_run
 //! # async fn run(proxy: weft_proxy::RunningProxy) -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +32,8 @@
 #![deny(missing_docs)]
 
 mod cache;
+mod error;
+mod instance;
 mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -38,10 +44,27 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::Streaming;
+use tonic::transport::Endpoint;
 use weft_api::proxy_message::Kind;
-use weft_api::{Ack, BoundListener, ControlClient, Hello, Nack, ProxyMessage, Snapshot};
+use weft_api::{Ack, BoundListener, ControlClient, Goodbye, Hello, Nack, ProxyMessage, Snapshot};
 use weft_config::MeshConfig;
 use weft_proxy::RunningProxy;
+
+use error::StreamError;
+
+/// A failure said once is said again after this long if it lasts: a reminder, not
+/// a line per retry.
+const REPEAT_WARNING: Duration = Duration::from_secs(60);
+
+/// How long a goodbye waits for the server to end the stream, which shows it read
+/// the goodbye.
+const GOODBYE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long [`Agent::shutdown`] waits for the agent, say while a snapshot is being
+/// applied, before it stops it anyway.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Where to subscribe, and who this proxy is.
 #[derive(Clone, Debug)]
@@ -50,13 +73,16 @@ pub struct Options {
     pub server: String,
     /// The proxy token the config server gave (its `proxy-token` file).
     pub token: String,
-    /// Unique id of this proxy; a restarted proxy keeps it.
+    /// Unique id of this proxy; a restarted proxy keeps it (and, with the same
+    /// `state_dir`, gets it back at once).
     pub node: String,
     /// The service this proxy sits beside.
     pub service: String,
     /// Labels the mesh config can select on.
     pub labels: BTreeMap<String, String>,
-    /// Where the last good snapshot and its modules are kept; none: not on disk.
+    /// Where the last good snapshot, its modules and the instance secret are kept;
+    /// none: not on disk (a restart then waits for the server to release the node
+    /// id).
     pub state_dir: Option<PathBuf>,
     /// First wait before reconnecting; doubles up to `max_backoff`.
     pub min_backoff: Duration,
@@ -83,13 +109,30 @@ impl Options {
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The server address is not a URL tonic can use.
-    #[error("config server {url:?}: {message}")]
+    /// The server address is not a URL.
+    #[error("config server {url:?} is not a URL: {reason}")]
     Server {
         /// The address given.
         url: String,
         /// Why it cannot be used.
-        message: String,
+        reason: String,
+    },
+    /// The server address has no scheme, as `127.0.0.1:7070`.
+    #[error("config server {url:?} needs a scheme: http://{url}")]
+    NoScheme {
+        /// The address given.
+        url: String,
+    },
+    /// The server address has a scheme other than `http`.
+    #[error(
+        "config server {url:?}: the proxy speaks plain HTTP/2 (gRPC) to its config \
+         server, with no TLS of its own; give it as http://{rest}"
+    )]
+    Scheme {
+        /// The address given.
+        url: String,
+        /// The address without its scheme.
+        rest: String,
     },
     /// The proxy token cannot be sent as metadata.
     #[error("the proxy token holds characters that cannot be sent: {0}")]
@@ -103,6 +146,7 @@ pub enum AgentError {
 #[derive(Debug)]
 pub struct Agent {
     applied: watch::Receiver<Option<u64>>,
+    stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -112,10 +156,41 @@ impl Agent {
         self.applied.clone()
     }
 
-    /// Stop subscribing; the proxy keeps serving what it has.
+    /// Stop subscribing at once; the proxy keeps serving what it has. The server
+    /// keeps the node id for this instance for a while (a restart on the same state
+    /// folder takes it back anyway); [`Agent::shutdown`] frees it.
     pub fn stop(self) {
         self.task.abort();
     }
+
+    /// Say goodbye to the server, which frees the node id at once, and stop
+    /// subscribing; the proxy keeps serving what it has. Waits a few seconds at
+    /// most.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        let mut task = self.task;
+        if tokio::time::timeout(SHUTDOWN_WAIT, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// How a stream ended without an error.
+enum Ended {
+    /// The server closed it; `delivered` when it sent at least one snapshot.
+    Closed { delivered: bool },
+    /// The agent was told to stop, and said goodbye if it was connected.
+    Stopped,
+}
+
+/// A subscribed stream: where to send, what arrives, and how often to report.
+struct Opened {
+    tx: mpsc::Sender<ProxyMessage>,
+    snapshots: Streaming<Snapshot>,
+    reports: Option<Duration>,
 }
 
 /// What the proxy serves now, to tell an unchanged snapshot from a changed one.
@@ -135,28 +210,68 @@ struct Applied {
 struct Subscriber {
     proxy: RunningProxy,
     options: Options,
+    /// The server, with the connection's settings.
+    endpoint: Endpoint,
+    /// Its host and port, for messages.
+    addr: String,
     /// `authorization` metadata for every stream.
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
-    /// This process's secret, which the server binds the node id to.
-    instance: String,
+    /// The secret the server binds the node id to.
+    instance: instance::Instance,
     applied: Applied,
     version_tx: watch::Sender<Option<u64>>,
     cache: Option<Arc<cache::DiskCache>>,
     reporter: report::Reporter,
+    stop: watch::Receiver<bool>,
+    /// The failure last said, and when: the same one again is not said at every
+    /// retry.
+    warned: Option<(String, Instant)>,
+}
+
+/// The config server's endpoint, if `url` names one the agent can reach.
+fn endpoint(url: &str) -> Result<Endpoint, AgentError> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(AgentError::NoScheme {
+            url: url.to_owned(),
+        });
+    };
+    // Without TLS, an https:// URL would be dialled in plain text: the token must
+    // not go out so while the operator believes it encrypted.
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(AgentError::Scheme {
+            url: url.to_owned(),
+            rest: rest.to_owned(),
+        });
+    }
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| AgentError::Server {
+        url: url.to_owned(),
+        // The transport's own words are "transport error"; the URI's are below.
+        reason: error::reason(&e),
+    })?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10)))
 }
 
 /// Apply the snapshot cached on disk (if any), then subscribe in the background.
 pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, AgentError> {
-    tonic::transport::Endpoint::from_shared(options.server.clone()).map_err(|e| {
-        AgentError::Server {
-            url: options.server.clone(),
-            message: e.to_string(),
-        }
-    })?;
+    let endpoint = endpoint(&options.server)?;
+    let addr = endpoint
+        .uri()
+        .authority()
+        .map_or_else(|| options.server.clone(), ToString::to_string);
     let authorization =
         weft_api::bearer(&options.token).map_err(|e| AgentError::Token(e.to_string()))?;
-    let instance = instance_secret().map_err(AgentError::Random)?;
+    // Reads, and may write and sync, a file: off the workers serving requests.
+    let dir = options.state_dir.clone();
+    let instance = tokio::task::spawn_blocking(move || instance::load(dir.as_deref()))
+        .await
+        .map_err(|e| AgentError::Random(std::io::Error::other(e)))?
+        .map_err(AgentError::Random)?;
     let (version_tx, applied) = watch::channel(None);
+    let (stop, stop_rx) = watch::channel(false);
     let cache = options
         .state_dir
         .clone()
@@ -164,16 +279,24 @@ pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, Agent
     let mut subscriber = Subscriber {
         proxy,
         options,
+        endpoint,
+        addr,
         authorization,
         instance,
         applied: Applied::default(),
         version_tx,
         cache,
         reporter: report::Reporter::default(),
+        stop: stop_rx,
+        warned: None,
     };
     subscriber.apply_cached().await;
     let task = tokio::spawn(subscriber.run());
-    Ok(Agent { applied, task })
+    Ok(Agent {
+        applied,
+        stop,
+        task,
+    })
 }
 
 impl Subscriber {
@@ -198,33 +321,53 @@ impl Subscriber {
         }
     }
 
-    /// Subscribe forever, reconnecting with backoff.
+    /// Subscribe until told to stop, reconnecting with backoff.
     async fn run(mut self) {
         let mut backoff = self.options.min_backoff;
+        let mut stop = self.stop.clone();
         loop {
             match self.session().await {
-                Ok(true) => backoff = self.options.min_backoff,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(server = %self.options.server, "config server: {e}"),
+                Ok(Ended::Stopped) => return,
+                Ok(Ended::Closed { delivered: true }) => backoff = self.options.min_backoff,
+                Ok(Ended::Closed { delivered: false }) => {}
+                Err(e) => self.warn(&e),
             }
             // Full jitter keeps a fleet that lost the server from reconnecting at once.
             let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stopped(&mut stop) => return,
+            }
             backoff = (backoff * 2).min(self.options.max_backoff);
         }
     }
 
-    /// One stream; true when it delivered at least one snapshot.
-    async fn session(&mut self) -> Result<bool, tonic::Status> {
-        let channel = tonic::transport::Endpoint::from_shared(self.options.server.clone())
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
+    /// Say why a stream failed, once for as long as the same failure repeats (and
+    /// again every [`REPEAT_WARNING`]): a refused node id or a server that is down
+    /// fails every retry alike.
+    fn warn(&mut self, e: &StreamError) {
+        let key = e.key();
+        let now = Instant::now();
+        let again = self
+            .warned
+            .as_ref()
+            .is_some_and(|(k, at)| *k == key && now.duration_since(*at) < REPEAT_WARNING);
+        if again {
+            tracing::debug!(server = %self.options.server, "{e}");
+        } else {
+            tracing::warn!(server = %self.options.server, "{e}");
+            self.warned = Some((key, now));
+        }
+    }
+
+    /// Connect, say hello and subscribe.
+    async fn open(&self) -> Result<Opened, StreamError> {
+        let server = &self.options.server;
+        let channel = self
+            .endpoint
             .connect()
             .await
-            .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
+            .map_err(|e| StreamError::connect(server, e))?;
         let mut client = ControlClient::new(channel)
             .max_decoding_message_size(weft_api::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(weft_api::MAX_MESSAGE_SIZE);
@@ -236,43 +379,71 @@ impl Subscriber {
             version: self.applied.version.unwrap_or(0),
             modules: self.applied.modules.keys().cloned().collect(),
             agent: env!("CARGO_PKG_VERSION").to_owned(),
-            instance: self.instance.clone(),
+            instance: self.instance.secret.clone(),
             filters: self.applied.filters.clone(),
         };
-        let _ = tx
-            .send(ProxyMessage {
-                kind: Some(Kind::Hello(hello)),
-            })
-            .await;
+        let _ = tx.send(message(Kind::Hello(hello))).await;
+        // A server that restarted knows nothing of this proxy but its Hello: the
+        // last ACK tells it the listeners too, so its status shows what it did
+        // before.
+        if let Some(version) = self.applied.version {
+            let _ = tx.send(message(Kind::Ack(self.ack(version)))).await;
+        }
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         request
             .metadata_mut()
             .insert("authorization", self.authorization.clone());
-        let response = client.subscribe(request).await?;
-        let interval = report_interval(response.metadata());
-        let mut snapshots = response.into_inner();
-        tracing::info!(server = %self.options.server, node = %self.options.node, "subscribed to the config server");
+        let response = match client.subscribe(request).await {
+            Ok(response) => response,
+            Err(status) => return Err(StreamError::subscribe(server, &self.addr, status).await),
+        };
+        let reports = report_interval(response.metadata());
+        Ok(Opened {
+            tx,
+            snapshots: response.into_inner(),
+            reports,
+        })
+    }
+
+    /// One stream, until it ends or the agent is told to stop.
+    async fn session(&mut self) -> Result<Ended, StreamError> {
+        let mut stop = self.stop.clone();
+        let opened = tokio::select! {
+            opened = self.open() => opened?,
+            () = stopped(&mut stop) => return Ok(Ended::Stopped),
+        };
+        let Opened {
+            tx,
+            mut snapshots,
+            reports,
+        } = opened;
+        let server = self.options.server.clone();
+        self.warned = None;
+        tracing::info!(server, node = %self.options.node, "subscribed to the config server");
         // Reports count from now: what was served while no server listened is not
         // told to this one as if it had just happened.
         let hub = self.proxy.engine().metrics();
         let _ = self.reporter.collect(&hub);
-        let mut reports = interval.map(|every| {
-            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut reports = reports.map(|every| {
+            let mut t = tokio::time::interval_at(Instant::now() + every, every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
         let mut delivered = false;
         loop {
             let next = tokio::select! {
-                next = snapshots.message() => next?,
+                next = snapshots.message() => next.map_err(|s| StreamError::stream(&server, s))?,
                 _ = tick(&mut reports) => {
                     for report in self.reporter.collect(&hub) {
-                        let report = ProxyMessage { kind: Some(Kind::Report(report)) };
-                        if tx.send(report).await.is_err() {
-                            return Ok(delivered);
+                        if tx.send(message(Kind::Report(report))).await.is_err() {
+                            return Ok(Ended::Closed { delivered });
                         }
                     }
                     continue;
+                }
+                () = stopped(&mut stop) => {
+                    goodbye(tx, snapshots).await;
+                    return Ok(Ended::Stopped);
                 }
             };
             let Some(mut snapshot) = next else { break };
@@ -283,20 +454,7 @@ impl Subscriber {
                 .map(|m| (m.sha256, Bytes::from(m.wasm)))
                 .collect();
             let reply = match self.apply(snapshot, modules).await {
-                Ok(()) => Kind::Ack(Ack {
-                    version,
-                    listeners: self
-                        .proxy
-                        .listeners()
-                        .into_iter()
-                        .map(|(name, addr)| BoundListener {
-                            name,
-                            address: addr.to_string(),
-                        })
-                        .collect(),
-                    modules: self.applied.modules.keys().cloned().collect(),
-                    filters: self.applied.filters.clone(),
-                }),
+                Ok(()) => Kind::Ack(self.ack(version)),
                 Err(error) => {
                     tracing::error!(
                         version,
@@ -309,11 +467,29 @@ impl Subscriber {
                     })
                 }
             };
-            if tx.send(ProxyMessage { kind: Some(reply) }).await.is_err() {
+            if tx.send(message(reply)).await.is_err() {
                 break;
             }
         }
-        Ok(delivered)
+        Ok(Ended::Closed { delivered })
+    }
+
+    /// What the proxy serves, as version `version`.
+    fn ack(&self, version: u64) -> Ack {
+        Ack {
+            version,
+            listeners: self
+                .proxy
+                .listeners()
+                .into_iter()
+                .map(|(name, addr)| BoundListener {
+                    name,
+                    address: addr.to_string(),
+                })
+                .collect(),
+            modules: self.applied.modules.keys().cloned().collect(),
+            filters: self.applied.filters.clone(),
+        }
     }
 
     /// Apply one snapshot, all or nothing; the error says why it was refused.
@@ -424,10 +600,61 @@ async fn tick(reports: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// 16 random bytes, hex: drawn once per process, never written anywhere.
-fn instance_secret() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut random = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
-    Ok(hex::encode(random))
+/// Resolves when the agent is told to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        // The Agent was dropped without being stopped: the task goes on, detached.
+        std::future::pending::<()>().await;
+    }
+}
+
+fn message(kind: Kind) -> ProxyMessage {
+    ProxyMessage { kind: Some(kind) }
+}
+
+/// Tell the server this proxy is stopping, so it frees the node id at once, and
+/// wait a little for it to end the stream: once it has, it read the goodbye.
+async fn goodbye(tx: mpsc::Sender<ProxyMessage>, mut snapshots: Streaming<Snapshot>) {
+    if tx.send(message(Kind::Goodbye(Goodbye {}))).await.is_err() {
+        return;
+    }
+    drop(tx);
+    let ended = async { while let Ok(Some(_)) = snapshots.message().await {} };
+    if tokio::time::timeout(GOODBYE_WAIT, ended).await.is_err() {
+        tracing::debug!("the config server did not end the stream after the goodbye");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(url: &str) -> String {
+        endpoint(url).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_server_url_says_what_to_write() {
+        assert_eq!(
+            refused("127.0.0.1:7070"),
+            r#"config server "127.0.0.1:7070" needs a scheme: http://127.0.0.1:7070"#
+        );
+        assert_eq!(
+            refused("config.internal:7070"),
+            r#"config server "config.internal:7070" needs a scheme: http://config.internal:7070"#
+        );
+        let https = refused("https://config.internal:7070");
+        assert!(
+            https.contains("no TLS") && https.ends_with("give it as http://config.internal:7070"),
+            "{https}"
+        );
+        let bad = refused("http://exa mple:7070");
+        assert!(
+            bad.starts_with(r#"config server "http://exa mple:7070" is not a URL: "#)
+                && !bad.contains("transport error"),
+            "{bad}"
+        );
+        assert!(endpoint("http://127.0.0.1:7070").is_ok());
+        assert!(endpoint("HTTP://127.0.0.1:7070").is_ok());
+    }
 }

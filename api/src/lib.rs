@@ -5,7 +5,10 @@
 //!    whose first is a [`Hello`], and the proxy token as the request's
 //!    `authorization: Bearer TOKEN` metadata (see [`bearer`]).
 //! 2. The server answers with [`Snapshot`]s: the current one at once, then each new one.
-//! 3. The proxy answers every snapshot with an [`Ack`] or a [`Nack`].
+//! 3. The proxy answers every snapshot with an [`Ack`] or a [`Nack`] (and restates its
+//!    [`Ack`] right after the Hello when it already serves one).
+//! 4. A proxy that stops cleanly sends a [`Goodbye`], so the server frees its node id at
+//!    once.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -195,7 +195,8 @@ struct Identity {
     /// Admin listener (/ready, /live, /metrics, /config, /filters, /clusters) of a proxy fed by a config server.
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: String,
-    /// Where the last good snapshot is kept, so a restart serves without the server
+    /// Where the last good snapshot is kept, so a restart serves without the server,
+    /// and the instance secret, so a restart takes its node id back at once
     /// [default: $XDG_STATE_HOME/weft/proxy-NODE or ~/.local/state/weft/proxy-NODE].
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -404,7 +405,9 @@ async fn run_subscribed_proxy(
     )
     .await?;
     let result = serve_until_signal(proxy, None, drain_delay).await;
-    agent.stop();
+    // A goodbye frees the node id on the server at once, for whichever process
+    // takes it next.
+    agent.shutdown().await;
     result
 }
 

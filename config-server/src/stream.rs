@@ -7,14 +7,16 @@
 //! says about itself is bounded (see the `MAX_*` constants), and so is the number of
 //! proxies kept ([`crate::Limits::max_proxies`]).
 //!
-//! A node id is bound to the instance secret of the proxy process that registered
-//! it (`Hello.instance`). While the node's stream is live, and for
-//! [`crate::Limits::node_hold`] after it ends, only a stream with the same secret may
-//! use the node id: it replaces the old stream (the same proxy reconnecting, say
-//! after a network cut the server has not noticed yet). Any other stream is refused
-//! with ALREADY_EXISTS, so a second proxy, or anyone holding the shared proxy token,
-//! cannot take over a live proxy's stream. After the hold, a new process (a
-//! restarted proxy) may take the node id.
+//! A node id is bound to the instance secret of the proxy that registered it
+//! (`Hello.instance`, which a proxy keeps in its state folder across restarts).
+//! While the node's stream is live, and for [`crate::Limits::node_hold`] after it
+//! ends, only a stream with the same secret may use the node id: it replaces the old
+//! stream at once (the same proxy reconnecting after a network cut the server has
+//! not noticed yet, or restarted on the same state folder, even after a crash). Any
+//! other stream is refused with ALREADY_EXISTS, so a second proxy, or anyone holding
+//! the shared proxy token, cannot take over a live proxy's stream. A proxy that stops
+//! cleanly says Goodbye, which frees the node id at once; otherwise another process
+//! (a proxy restarted without its state folder) takes it after the hold.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -94,12 +96,38 @@ struct Entry {
     live: Option<oneshot::Sender<()>>,
     /// When its last stream ended.
     ended: Option<Instant>,
+    /// Its last stream ended with a Goodbye: the proxy stopped cleanly and wants
+    /// nothing kept for it.
+    left: bool,
 }
 
 impl Entry {
     /// Whether another instance may take the node id over at `now`.
     fn released(&self, now: Instant, hold: Duration) -> bool {
-        self.live.is_none() && self.ended.is_some_and(|t| now.duration_since(t) >= hold)
+        self.live.is_none()
+            && (self.left || self.ended.is_some_and(|t| now.duration_since(t) >= hold))
+    }
+
+    /// Why a stream of another instance may not take the node id now.
+    fn refusal(&self, node: &str, now: Instant, hold: Duration) -> String {
+        let Some(ended) = self.ended else {
+            return format!(
+                "node {node:?} is in use by another proxy process that is connected now: \
+                 give each proxy its own --node"
+            );
+        };
+        let ago = now.duration_since(ended);
+        let left = hold.saturating_sub(ago).as_millis().div_ceil(1000);
+        // Not a duplicate for sure: a proxy restarted without its state folder lands
+        // here too, and only has to wait.
+        format!(
+            "node {node:?} was in use by another proxy process until {}s ago (a proxy \
+             restarted with another --state-dir, or another proxy with the same --node); \
+             it is kept for that process {}s after its stream ended, so this one may take \
+             it in {left}s",
+            ago.as_secs(),
+            hold.as_secs()
+        )
     }
 }
 
@@ -168,20 +196,7 @@ impl Registry {
         let node = hello.node.as_str();
         match inner.proxies.get(node) {
             Some(e) if !auth::same(&e.instance, &instance) && !e.released(now, self.hold) => {
-                let why = if e.live.is_some() {
-                    format!("node {node:?} is connected as another proxy instance")
-                } else {
-                    let ago = e.ended.map_or(Duration::ZERO, |t| now.duration_since(t));
-                    format!(
-                        "node {node:?} was connected as another proxy instance {}s ago; \
-                         another instance may take it {}s after that stream ended",
-                        ago.as_secs(),
-                        self.hold.as_secs()
-                    )
-                };
-                return Err(Status::already_exists(format!(
-                    "{why}: give each proxy its own --node"
-                )));
+                return Err(Status::already_exists(e.refusal(node, now, self.hold)));
             }
             Some(_) => {}
             None if inner.proxies.len() < self.max_proxies => {}
@@ -237,6 +252,7 @@ impl Registry {
                 instance,
                 live: Some(tx),
                 ended: None,
+                left: false,
             },
         );
         Ok(Registered { stream, replaced })
@@ -252,8 +268,9 @@ impl Registry {
         }
     }
 
-    /// The stream ended; the node id stays bound to its instance for the hold.
-    fn disconnect(&self, node: &str, stream: u64) {
+    /// The stream ended; the node id stays bound to its instance for the hold,
+    /// unless the proxy said Goodbye (`left`).
+    fn disconnect(&self, node: &str, stream: u64, left: bool) {
         let mut inner = self.lock();
         if let Some(entry) = inner.proxies.get_mut(node)
             && entry.stream == stream
@@ -261,6 +278,7 @@ impl Registry {
             entry.view.connected = false;
             entry.live = None;
             entry.ended = Some(Instant::now());
+            entry.left = left;
         }
     }
 
@@ -490,6 +508,10 @@ async fn serve_proxy(
     let mut has = module_set(&hello.modules);
     // The version the proxy serves or was last sent: never send it again.
     let mut serving = hello.version;
+    // The version last sent on this stream: an ACK of another one restates what the
+    // proxy served before it connected.
+    let mut sent = None;
+    let mut left = false;
     let mut seen = None;
     let mut published = shared.published.subscribe();
     let mut stop = shared.stop.clone();
@@ -525,6 +547,7 @@ async fn serve_proxy(
                             break None;
                         }
                         serving = version;
+                        sent = Some(version);
                         tracing::info!(node, version, group, modules, "snapshot sent");
                     }
                     Err(status) => break Some(status),
@@ -546,7 +569,11 @@ async fn serve_proxy(
                         v.filters = ack.filters;
                         v.last = Some(Outcome { version: ack.version, result: "ack", error: None });
                     });
-                    tracing::info!(node, version = ack.version, "proxy applied the snapshot");
+                    if sent == Some(ack.version) {
+                        tracing::info!(node, version = ack.version, "proxy applied the snapshot");
+                    } else {
+                        tracing::debug!(node, version = ack.version, "proxy restated the version it serves");
+                    }
                 }
                 Ok(Some(ProxyMessage { kind: Some(Kind::Nack(nack)) })) => {
                     has = module_set(&nack.modules);
@@ -562,8 +589,12 @@ async fn serve_proxy(
                     let outcome = shared.stats.record(&sender, &report);
                     drops.note(node, outcome);
                 }
+                Ok(Some(ProxyMessage { kind: Some(Kind::Goodbye(_)) })) => {
+                    left = true;
+                    break None;
+                }
                 Ok(Some(_)) => break Some(Status::invalid_argument(
-                    "after its Hello, a proxy sends only Ack, Nack and Report",
+                    "after its Hello, a proxy sends only Ack, Nack, Report and Goodbye",
                 )),
                 Ok(None) => break None,
                 Err(status) => {
@@ -583,8 +614,12 @@ async fn serve_proxy(
         // A proxy that reads nothing more does not get to hold this task.
         let _ = tx.try_send(Err(status));
     }
-    shared.proxies.disconnect(node, stream);
-    tracing::info!(node, "proxy disconnected");
+    shared.proxies.disconnect(node, stream, left);
+    if left {
+        tracing::info!(node, "proxy stopped and said goodbye; its node id is free");
+    } else {
+        tracing::info!(node, "proxy disconnected");
+    }
 }
 
 /// The snapshot of `current` for a proxy of `group` that has the modules `has`.
@@ -707,11 +742,87 @@ mod tests {
         let b = registry.connect(&hello("b"), None).unwrap();
         let full = registry.connect(&hello("c"), None).err().unwrap();
         assert_eq!(full.code(), tonic::Code::ResourceExhausted);
-        registry.disconnect("b", b.stream);
-        registry.disconnect("a", a.stream);
+        registry.disconnect("b", b.stream, false);
+        registry.disconnect("a", a.stream, false);
         // b is gone longest: it makes room for c; a stays listed.
         registry.connect(&hello("c"), None).unwrap();
         let nodes: Vec<String> = registry.list().into_iter().map(|p| p.node).collect();
         assert_eq!(nodes, ["a", "c"]);
+    }
+
+    /// The Hello of another process with the same node id.
+    fn other_process(node: &str) -> Hello {
+        Hello {
+            instance: "o".repeat(32),
+            ..hello(node)
+        }
+    }
+
+    #[test]
+    fn the_same_instance_replaces_its_stream_and_another_waits_for_the_hold() {
+        let limits = Limits {
+            node_hold: Duration::from_secs(3600),
+            ..Limits::default()
+        };
+        let registry = Registry::new(&limits);
+        let mut first = registry.connect(&hello("web-1"), None).unwrap();
+        let live = registry
+            .connect(&other_process("web-1"), None)
+            .err()
+            .unwrap();
+        assert_eq!(live.code(), tonic::Code::AlreadyExists);
+        assert!(
+            live.message().contains("connected now")
+                && live.message().contains("give each proxy its own --node"),
+            "{}",
+            live.message()
+        );
+        // The same proxy, restarted on its state folder: its old stream is ended.
+        let second = registry.connect(&hello("web-1"), None).unwrap();
+        assert!(
+            matches!(
+                first.replaced.try_recv(),
+                Err(oneshot::error::TryRecvError::Closed)
+            ),
+            "the old stream is ended"
+        );
+        registry.disconnect("web-1", first.stream, false);
+        assert!(
+            registry.list()[0].connected,
+            "a stale stream changes nothing"
+        );
+        registry.disconnect("web-1", second.stream, false);
+        let held = registry
+            .connect(&other_process("web-1"), None)
+            .err()
+            .unwrap();
+        assert_eq!(held.code(), tonic::Code::AlreadyExists);
+        assert!(
+            held.message().contains("until 0s ago")
+                && held.message().contains("another --state-dir")
+                && held.message().contains("may take it in 3600s")
+                && !held.message().contains("give each proxy"),
+            "{}",
+            held.message()
+        );
+        // After a crash, the same instance takes it back during the hold.
+        registry.connect(&hello("web-1"), None).unwrap();
+    }
+
+    #[test]
+    fn a_goodbye_frees_the_node_id_at_once() {
+        let limits = Limits {
+            node_hold: Duration::from_secs(3600),
+            ..Limits::default()
+        };
+        let registry = Registry::new(&limits);
+        let first = registry.connect(&hello("web-1"), None).unwrap();
+        registry.disconnect("web-1", first.stream, true);
+        assert!(!registry.list()[0].connected);
+        let other = registry.connect(&other_process("web-1"), None).unwrap();
+        // The newcomer holds it now, as any proxy does.
+        registry.disconnect("web-1", other.stream, false);
+        let back = registry.connect(&hello("web-1"), None).err().unwrap();
+        assert_eq!(back.code(), tonic::Code::AlreadyExists);
     }
 }

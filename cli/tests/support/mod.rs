@@ -1,7 +1,13 @@
-//! What the `weft` binary's tests share: the binary, and a guard that ends it.
+//! What the `weft` binary's tests share: the binary, a guard that ends it, and what
+//! it logs.
 
-use std::process::{Child, Command};
-use std::time::Duration;
+// Each test binary uses a part of what is here.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// The longest any wait of these tests may take.
 pub const LIMIT: Duration = Duration::from_secs(60);
@@ -25,6 +31,105 @@ pub fn weft() -> Command {
         .env_remove("WEFT_DRAIN_DELAY")
         .env_remove("WEFT_DATA_DIR");
     cmd
+}
+
+/// Send `sig` (`-TERM`, `-INT`, ...) to the child.
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {}", child.id());
+}
+
+/// The child's exit status, within the limit.
+pub fn wait_exit(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "weft did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a child writes to a pipe, line by line, kept from a thread as it comes: a
+/// test waits for a line and looks back at every line before it.
+#[derive(Clone)]
+pub struct Log(Arc<(Mutex<Lines>, Condvar)>);
+
+#[derive(Default)]
+struct Lines {
+    lines: Vec<String>,
+    /// The pipe closed: the child exited.
+    closed: bool,
+}
+
+impl Log {
+    /// Read `pipe` until it closes.
+    pub fn new(pipe: impl std::io::Read + Send + 'static) -> Self {
+        let log = Self(Arc::default());
+        let shared = log.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                shared.0.lock().unwrap().lines.push(line);
+                shared.1.notify_all();
+            }
+            shared.0.lock().unwrap().closed = true;
+            shared.1.notify_all();
+        });
+        log
+    }
+
+    /// Wait, within the limit, until `done` holds for the lines so far.
+    fn wait(&self, what: &str, done: impl Fn(&Lines) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + LIMIT;
+        let mut lines = self.0.0.lock().unwrap();
+        while !done(&lines) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero() && !lines.closed,
+                "no {what}; saw:\n{}",
+                lines.lines.join("\n")
+            );
+            lines = self.0.1.wait_timeout(lines, left).unwrap().0;
+        }
+        lines.lines.clone()
+    }
+
+    /// The first line that contains `marker`, waiting for it within the limit.
+    pub fn wait_for(&self, marker: &str) -> String {
+        let lines = self.wait(&format!("line with {marker:?}"), |l| {
+            l.lines.iter().any(|line| line.contains(marker))
+        });
+        lines.into_iter().find(|l| l.contains(marker)).unwrap()
+    }
+
+    /// Every line so far, once `n` of them contain every one of `markers`.
+    pub fn wait_count(&self, markers: &[&str], n: usize) -> Vec<String> {
+        self.wait(&format!("{n} lines with {markers:?}"), |l| {
+            count(&l.lines, markers) >= n
+        })
+    }
+
+    /// Every line, once the pipe has closed (after the child exited).
+    pub fn all(&self) -> Vec<String> {
+        self.wait("end of output", |l| l.closed)
+    }
+
+    /// Every line so far.
+    pub fn so_far(&self) -> Vec<String> {
+        self.0.0.lock().unwrap().lines.clone()
+    }
+}
+
+/// How many of `lines` contain every one of `markers`.
+pub fn count(lines: &[String], markers: &[&str]) -> usize {
+    lines
+        .iter()
+        .filter(|l| markers.iter().all(|m| l.contains(m)))
+        .count()
 }
 
 /// The control plane as operators run it: a real `weft config-server`, real `weft
