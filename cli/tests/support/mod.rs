@@ -262,6 +262,20 @@ pub mod plane {
             String::from_utf8_lossy(&out.stderr).into_owned()
         }
 
+        /// Push a module under a name; returns the version it made live.
+        pub fn push(&self, file: &str, name: &str) -> u64 {
+            let out = self.cli_ok(&["push", file, "--name", name]);
+            out.split("live as version ")
+                .nth(1)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no version in {out:?}"))
+        }
+
+        /// `weft rollback VERSION`; returns the new version.
+        pub fn rollback(&self, version: u64) -> u64 {
+            last_number(&self.cli_ok(&["rollback", &version.to_string()]))
+        }
+
         /// `weft apply -f FILE`; returns the new version.
         pub fn apply(&self, file: &str) -> u64 {
             let out = self.cli_ok(&["apply", "-f", file]);
@@ -308,6 +322,64 @@ pub mod plane {
         pub fn pid(&self) -> u32 {
             self.child.0.id()
         }
+
+        /// The address its `inbound` listener got, once it is ready.
+        pub fn inbound(&self) -> SocketAddr {
+            let deadline = Instant::now() + LIMIT;
+            loop {
+                if admin_get(self.admin, "/ready").0 == 200 {
+                    let (_, body) = admin_get(self.admin, "/listeners");
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    if let Some(a) = v["inbound"].as_str() {
+                        return a.parse().unwrap();
+                    }
+                }
+                assert!(Instant::now() < deadline, "proxy never became ready");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// A sample of its `/metrics` without labels.
+        pub fn metric(&self, name: &str) -> f64 {
+            let (_, body) = admin_get(self.admin, "/metrics");
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        }
+
+        /// Its resident memory.
+        pub fn rss_kib(&self) -> u64 {
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap()
+        }
+    }
+
+    /// A blocking GET on an admin listener, as `localhost` (a host it answers).
+    pub fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out[9..12].parse().unwrap();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        (status, body)
+    }
+
+    /// `weft proxy --config-server URL` as node `node` of service `web`, caching in
+    /// `state`, serving on `workers` threads (one runs the single-threaded scheduler).
+    pub fn proxy(url: &str, token: &Path, node: &str, state: &Path, workers: usize) -> ProxyProc {
+        proxy_of(url, token, node, "web", state, workers)
     }
 
     /// The number a CLI line ends with (`applied FILE: version 3` gives 3).
