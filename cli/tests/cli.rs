@@ -493,7 +493,12 @@ fn sigterm_keeps_serving_through_the_drain_delay_and_says_it_is_going() {
     }
     let (admin, listener) = (admin.unwrap(), listener.unwrap());
     let ready = || get(admin, "/ready");
-    assert!(ready().starts_with("HTTP/1.1 200"), "{}", ready());
+    // Ready once the listeners are bound, a moment after they say so.
+    let deadline = Instant::now() + LIMIT;
+    while !ready().starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "never ready: {}", ready());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // A client that keeps its connection open, as a pooled one would.
     let mut kept = TcpStream::connect(listener).unwrap();
     kept.set_read_timeout(Some(LIMIT)).unwrap();
