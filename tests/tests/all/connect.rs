@@ -191,7 +191,7 @@ async fn upgraded_connections_count_as_connections_and_idle_ones_close() {
     let echo = echo_upstream().await;
     let yaml = format!(
         "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    default_cluster: echo\n    \
-         limits: {{ idle_timeout: 1s }}\n\
+         limits: {{ idle_timeout: 1s }}\n    upgrades: [echo]\n\
          clusters:\n  - name: echo\n    endpoints: [\"{echo}\"]\n    \
          limits: {{ max_connections: 1 }}\n"
     );
