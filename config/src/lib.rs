@@ -122,8 +122,8 @@ impl Config {
         })
     }
 
-    /// Check what the types cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// The `dns` section: name servers, the address cap and the refresh bounds.
+    fn validate_dns(&self) -> Result<(), ConfigError> {
         for (i, server) in self.dns.servers.iter().enumerate() {
             if server.value.parse::<std::net::SocketAddr>().is_err() {
                 return self.invalid(
@@ -147,6 +147,12 @@ impl Config {
                 "min_refresh must be above 0 and at most max_refresh",
             );
         }
+        Ok(())
+    }
+
+    /// Check what the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_dns()?;
         if let Some(t) = &self.tracing {
             let port_ok = (t.collector.value.rsplit_once(':')).is_some_and(|(host, port)| {
                 !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)

@@ -675,34 +675,10 @@ async fn filtered(
         match lent.on_request(filter) {
             Outcome::Done(Action::Continue) => {}
             Outcome::Skipped(_) => lent.decided(filter, "failed-open"),
-            Outcome::Done(Action::Route(name)) => match state.clusters.get(&name) {
-                Some(c) if filter.may_route(&name) => {
-                    lent.decided(filter, "route");
-                    route = Some(c);
-                }
-                Some(_) => {
-                    return Err(ProxyError::new(
-                        Side::Filter,
-                        StatusCode::BAD_GATEWAY,
-                        "no such upstream",
-                        format!(
-                            "filter {:?} routed to cluster {name:?}, which it did not declare",
-                            filter.name()
-                        ),
-                    ));
-                }
-                None => {
-                    return Err(ProxyError::new(
-                        Side::Filter,
-                        StatusCode::BAD_GATEWAY,
-                        "no such upstream",
-                        format!(
-                            "filter {:?} routed to unknown cluster {name:?}",
-                            filter.name()
-                        ),
-                    ));
-                }
-            },
+            Outcome::Done(Action::Route(name)) => {
+                route = Some(routed_to(state, filter, &name)?);
+                lent.decided(filter, "route");
+            }
             Outcome::Done(Action::Delay(ns)) => {
                 lent.decided(filter, "delay");
                 tokio::time::sleep(Duration::from_nanos(ns).min(MAX_DELAY)).await;
@@ -887,6 +863,29 @@ async fn filtered(
             }
         }
     }
+}
+
+/// The cluster a filter routed to: one the configuration has and, when the filter
+/// declared its clusters, one of those.
+fn routed_to<'s>(
+    state: &'s ListenerState,
+    filter: &Filter,
+    name: &str,
+) -> Result<&'s Arc<Cluster>, ProxyError> {
+    let why = match state.clusters.get(name) {
+        Some(c) if filter.may_route(name) => return Ok(c),
+        Some(_) => "which it did not declare",
+        None => "which does not exist",
+    };
+    Err(ProxyError::new(
+        Side::Filter,
+        StatusCode::BAD_GATEWAY,
+        "no such upstream",
+        format!(
+            "filter {:?} routed to cluster {name:?}, {why}",
+            filter.name()
+        ),
+    ))
 }
 
 /// Sleep for a per-attempt timeout, or forever without one.
