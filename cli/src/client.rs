@@ -400,41 +400,6 @@ pub(crate) async fn status(server: &ServerArgs, json: bool, grace: Duration) -> 
     let live = proxies.get("filters").and_then(Value::as_object);
     let mut refusals = Vec::new();
     for p in &list {
-        let listeners = p
-            .get("listeners")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
-        let filters = p
-            .get("filters")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(name, shas)| {
-                        let shas = shas.as_str().unwrap_or("?");
-                        let short: Vec<&str> =
-                            shas.split(',').map(|s| s.get(..12).unwrap_or(s)).collect();
-                        let stale = live.is_some_and(|l| {
-                            l.get(name).and_then(Value::as_str).is_some_and(|want| {
-                                !shas.split(',').all(|s| s.eq_ignore_ascii_case(want))
-                            })
-                        });
-                        let mark = if stale {
-                            " (not the live version's)"
-                        } else {
-                            ""
-                        };
-                        format!("{name}={}{mark}", short.join("+"))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
         rows.push([
             text(p, "node"),
             text(p, "service"),
@@ -442,8 +407,8 @@ pub(crate) async fn status(server: &ServerArgs, json: bool, grace: Duration) -> 
             text(p, "group"),
             text(p, "applied"),
             text(p, "state"),
-            listeners,
-            filters,
+            listeners_cell(p),
+            filters_cell(p, live),
         ]);
         if let Some(last) = p.get("last").filter(|l| text(l, "result") == "nack") {
             refusals.push(format!(
@@ -458,8 +423,72 @@ pub(crate) async fn status(server: &ServerArgs, json: bool, grace: Duration) -> 
     for r in refusals {
         println!("NACK: {r}");
     }
+    let (behind, refused) = behind(&list, &version, grace);
+    for w in warnings(&proxies) {
+        println!("WARNING: {w}");
+    }
+    if !behind.is_empty() {
+        let todo = if refused {
+            "fix what the NACK names and apply again, or go back with `weft rollback`"
+        } else {
+            "a late proxy's log says what it is doing"
+        };
+        bail!(
+            "not every proxy is on version {version}: {}; {todo}",
+            behind.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// A proxy's listeners, `name=address,...`.
+fn listeners_cell(p: &Value) -> String {
+    p.get("listeners")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// A proxy's filters with their modules' short digests, marking those that are not
+/// what the live version runs.
+fn filters_cell(p: &Value, live: Option<&serde_json::Map<String, Value>>) -> String {
+    p.get("filters")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(name, shas)| {
+                    let shas = shas.as_str().unwrap_or("?");
+                    let short: Vec<&str> =
+                        shas.split(',').map(|s| s.get(..12).unwrap_or(s)).collect();
+                    let stale = live.is_some_and(|l| {
+                        l.get(name).and_then(Value::as_str).is_some_and(|want| {
+                            !shas.split(',').all(|s| s.eq_ignore_ascii_case(want))
+                        })
+                    });
+                    let mark = if stale {
+                        " (not the live version's)"
+                    } else {
+                        ""
+                    };
+                    format!("{name}={}{mark}", short.join("+"))
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// The proxies not on the current version: those that refuse it, and those that
+/// have waited `grace` or longer (each printed as a `LATE:` line); and whether any
+/// refuses.
+fn behind(list: &[Value], version: &str, grace: Duration) -> (Vec<String>, bool) {
     let (mut behind, mut refused) = (Vec::new(), false);
-    for p in &list {
+    for p in list {
         let node = text(p, "node");
         match p["state"].as_str() {
             Some("refused") => {
@@ -480,21 +509,7 @@ pub(crate) async fn status(server: &ServerArgs, json: bool, grace: Duration) -> 
             _ => {}
         }
     }
-    for w in warnings(&proxies) {
-        println!("WARNING: {w}");
-    }
-    if !behind.is_empty() {
-        let todo = if refused {
-            "fix what the NACK names and apply again, or go back with `weft rollback`"
-        } else {
-            "a late proxy's log says what it is doing"
-        };
-        bail!(
-            "not every proxy is on version {version}: {}; {todo}",
-            behind.join("; ")
-        );
-    }
-    Ok(())
+    (behind, refused)
 }
 
 /// Rows as left-aligned columns two spaces apart, one line each.
