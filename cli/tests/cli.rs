@@ -40,6 +40,37 @@ fn get_with(addr: SocketAddr, path: &str, headers: &str) -> String {
     out
 }
 
+/// The admin listener's and the one data listener's addresses, as a proxy started
+/// with `RUST_LOG=info` logs them; its log is read on (and dropped) from a thread.
+fn admin_and_listener(stderr: impl Read + Send + 'static) -> (SocketAddr, SocketAddr) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !line.contains("listening") {
+                continue;
+            }
+            let addr = line.split("addr=").nth(1).unwrap_or_default();
+            let addr = addr
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let _ = tx.send((line.contains("admin listening"), addr));
+        }
+    });
+    let (mut admin, mut listener) = (None, None);
+    while admin.is_none() || listener.is_none() {
+        let (is_admin, addr) = rx.recv_timeout(LIMIT).expect("the proxy starts");
+        let addr: SocketAddr = addr.parse().unwrap();
+        if is_admin {
+            admin = Some(addr);
+        } else {
+            listener = Some(addr);
+        }
+    }
+    (admin.unwrap(), listener.unwrap())
+}
+
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -242,31 +273,7 @@ fn out_of_file_descriptors_listeners_wait_instead_of_spinning() {
     let stderr = child.stderr.take().unwrap();
     let pid = child.id();
     let guard = Guard(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("listening") {
-                let addr = line.split("addr=").nth(1).unwrap_or_default();
-                let addr = addr
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = tx.send((line.contains("admin listening"), addr));
-            }
-        }
-    });
-    let (mut admin, mut main) = (None, None);
-    while admin.is_none() || main.is_none() {
-        let (is_admin, addr) = rx.recv_timeout(LIMIT).expect("the proxy starts");
-        let addr: SocketAddr = addr.parse().unwrap();
-        if is_admin {
-            admin = Some(addr);
-        } else {
-            main = Some(addr);
-        }
-    }
-    let (admin, main) = (admin.unwrap(), main.unwrap());
+    let (admin, main) = admin_and_listener(stderr);
 
     // Connections the kernel completes but the proxy cannot accept: no descriptors.
     let mut held = Vec::new();
@@ -464,34 +471,7 @@ fn sigterm_keeps_serving_through_the_drain_delay_and_says_it_is_going() {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut guard = Guard(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let kind = if line.contains("admin listening") {
-                "admin"
-            } else {
-                "listener"
-            };
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let addr = addr
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = tx.send((kind, addr));
-            }
-        }
-    });
-    let (mut admin, mut listener) = (None, None);
-    while admin.is_none() || listener.is_none() {
-        let (kind, addr) = rx.recv_timeout(LIMIT).expect("the proxy starts");
-        let addr: SocketAddr = addr.parse().unwrap();
-        match kind {
-            "admin" => admin = Some(addr),
-            _ => listener = Some(addr),
-        }
-    }
-    let (admin, listener) = (admin.unwrap(), listener.unwrap());
+    let (admin, listener) = admin_and_listener(stderr);
     let ready = || get(admin, "/ready");
     // Ready once the listeners are bound, a moment after they say so.
     let deadline = Instant::now() + LIMIT;
