@@ -471,11 +471,8 @@ pub fn parse_endpoint(s: &str) -> Result<http::uri::Authority, String> {
         Ok(0) | Err(_) => return Err(format!("{s:?}: the port must be 1 to 65535")),
         Ok(_) => {}
     }
-    if let Some(v6) = host.strip_prefix('[') {
-        let ok = v6
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
-        if !ok {
+    if host.starts_with('[') {
+        if !is_bracketed_ipv6(host) {
             return Err(format!("{s:?}: {host:?} is not an IPv6 address"));
         }
     } else {
@@ -548,6 +545,13 @@ fn literal_allowed(authority: &http::uri::Authority, allow_link_local: bool) -> 
     }
 }
 
+/// Whether `s` is an IPv6 address in brackets (`[::1]`), as URIs and `Host` write one.
+pub fn is_bracketed_ipv6(s: &str) -> bool {
+    s.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
 /// Whether a listener bound to `bound` answers a request for `host` (its `Host` or
 /// `:authority`, port allowed). One bound to a loopback address answers only hosts a
 /// web page cannot rebind to it: IP addresses, `localhost`, and the names in
@@ -560,14 +564,9 @@ pub fn host_allowed(bound: std::net::IpAddr, host: Option<&str>, allowed: &[Stri
     let Some(host) = host else {
         return true;
     };
-    let name = match host.strip_prefix('[') {
-        Some(rest) => {
-            return rest
-                .split(']')
-                .next()
-                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
-        }
-        None => match host.rsplit_once(':') {
+    let name = match host.find(']') {
+        Some(end) if host.starts_with('[') => return is_bracketed_ipv6(&host[..=end]),
+        _ => match host.rsplit_once(':') {
             Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
             _ => host,
         },

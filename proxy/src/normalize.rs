@@ -76,12 +76,10 @@ pub(crate) fn authority(parts: &mut Parts) -> Result<(), ProxyError> {
 /// non-empty name (`[]`, `[x]` and an empty host are not), so that nothing downstream
 /// (a metric label, a route, a report) ever meets a request for no host.
 fn usable_host(host: &str) -> bool {
-    match host.strip_prefix('[') {
-        Some(v6) => v6
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
-        None => !host.is_empty() && !host.contains([']', '[']),
+    if host.starts_with('[') {
+        return weft_config::is_bracketed_ipv6(host);
     }
+    !host.is_empty() && !host.contains([']', '['])
 }
 
 /// Normalise the path of `parts.uri` in place (see the module docs); the query is
