@@ -61,6 +61,7 @@ mod host;
 #[cfg(not(target_arch = "wasm32"))]
 mod native;
 mod types;
+pub mod units;
 
 pub use __weft_bindings::weft::filter::types::{
     Action, BodyMode, Connection, Context, ExchangeError, ExchangeSetting, Facts, Header,
