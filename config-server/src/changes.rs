@@ -84,21 +84,7 @@ impl Shared {
         let _write = self.write.lock().await;
         let published = self.snapshot();
         let live = published.current.as_ref().map(|c| c.version.version);
-        // What decides is the live version, not the filter's latest push: after a
-        // rollback the live version runs an older module, and pushing the newer one
-        // again must make it live again.
-        let unchanged = match &published.current {
-            Some(c) => c
-                .version
-                .filters
-                .get(&name)
-                .is_some_and(|s| s.eq_ignore_ascii_case(&sha256)),
-            None => published
-                .state
-                .latest(&name)
-                .is_some_and(|v| v.sha256 == sha256),
-        };
-        if unchanged {
+        if already_live(&published, &name, &sha256) {
             let note = published
                 .current
                 .as_ref()
@@ -113,56 +99,15 @@ impl Shared {
             });
         }
 
-        // The live mesh must still load with the new module in place of the old one;
-        // a filter that rejects the config the mesh gives it is refused here rather
-        // than by every proxy.
         let mut state = published.state.clone();
-        let mut next = None;
-        if let Some(current) = &published.current {
-            let mut filters = current.version.filters.clone();
-            filters.insert(name.clone(), sha256.clone());
-            let this = self.clone();
-            let (cur, sha, module) = (current.clone(), sha256.clone(), bytes.clone());
-            let filters = blocking(move || {
-                let modules = Modules {
-                    store: &this.store,
-                    pending: Some((&sha, &module)),
-                };
-                let configs = cur.mesh.validate(&filters).map_err(|e| e.to_string())?;
-                validate::load_chains(&this.engine, &configs, &modules).map(|()| filters)
-            })
-            .await?
-            .map_err(ApiError::unprocessable)?;
-            let version = new_version(
-                &state,
-                format!("push {name} {}", &sha256[..12]),
-                &current.version.mesh_file,
-                &current.version.mesh,
-                filters,
-                by,
-            );
-            next = Some(Arc::new(Current {
-                version,
-                mesh: current.mesh.clone(),
-            }));
-        }
-        // The filter's history records pushes; the same module pushed again right
-        // after itself (say, to undo a rollback) is one entry.
-        if published
-            .state
-            .latest(&name)
-            .is_none_or(|v| v.sha256 != sha256)
-        {
-            state
-                .filters
-                .entry(name.clone())
-                .or_default()
-                .push(FilterVersion {
-                    sha256: sha256.clone(),
-                    size,
-                    pushed: now(),
-                });
-        }
+        let next = match &published.current {
+            Some(current) => {
+                let module = (sha256.as_str(), &bytes);
+                Some(self.live_with(&state, current, &name, module, by).await?)
+            }
+            None => None,
+        };
+        record_push(&published.state, &mut state, &name, &sha256, size);
         let note = next
             .as_ref()
             .and_then(|c| not_running(&c.mesh, &name, &sha256));
@@ -181,6 +126,46 @@ impl Shared {
             changed: true,
             note,
         })
+    }
+
+    /// The next live version: `current` with `module` (sha256, bytes) as filter
+    /// `name`. The live mesh must still load with the new module in place of the old
+    /// one; a filter that rejects the config the mesh gives it is refused here rather
+    /// than by every proxy.
+    async fn live_with(
+        self: &Arc<Self>,
+        state: &State,
+        current: &Arc<Current>,
+        name: &str,
+        (sha256, bytes): (&str, &Bytes),
+        by: Option<String>,
+    ) -> Result<Arc<Current>, ApiError> {
+        let mut filters = current.version.filters.clone();
+        filters.insert(name.to_owned(), sha256.to_owned());
+        let this = self.clone();
+        let (cur, sha, module) = (current.clone(), sha256.to_owned(), bytes.clone());
+        let filters = blocking(move || {
+            let modules = Modules {
+                store: &this.store,
+                pending: Some((&sha, &module)),
+            };
+            let configs = cur.mesh.validate(&filters).map_err(|e| e.to_string())?;
+            validate::load_chains(&this.engine, &configs, &modules).map(|()| filters)
+        })
+        .await?
+        .map_err(ApiError::unprocessable)?;
+        let version = new_version(
+            state,
+            format!("push {name} {}", &sha256[..12]),
+            &current.version.mesh_file,
+            &current.version.mesh,
+            filters,
+            by,
+        );
+        Ok(Arc::new(Current {
+            version,
+            mesh: current.mesh.clone(),
+        }))
     }
 
     /// Make a mesh config live, with the filter versions the live version uses (the
@@ -318,6 +303,41 @@ impl Shared {
         self.published
             .send_replace(Arc::new(Published { state, current }));
         Ok(())
+    }
+}
+
+/// Whether the live version already runs `sha256` as `name` (with no mesh config
+/// applied: whether it was the latest push). What decides is the live version, not
+/// the filter's latest push: after a rollback the live version runs an older module,
+/// and pushing the newer one again must make it live again.
+fn already_live(published: &Published, name: &str, sha256: &str) -> bool {
+    match &published.current {
+        Some(c) => c
+            .version
+            .filters
+            .get(name)
+            .is_some_and(|s| s.eq_ignore_ascii_case(sha256)),
+        None => published
+            .state
+            .latest(name)
+            .is_some_and(|v| v.sha256 == sha256),
+    }
+}
+
+/// Add the push to the filter's history in `state`. The history records pushes; the
+/// same module pushed again right after itself (say, to undo a rollback) is one
+/// entry, judged against the history as it was (`before`).
+fn record_push(before: &State, state: &mut State, name: &str, sha256: &str, size: u64) {
+    if before.latest(name).is_none_or(|v| v.sha256 != sha256) {
+        state
+            .filters
+            .entry(name.to_owned())
+            .or_default()
+            .push(FilterVersion {
+                sha256: sha256.to_owned(),
+                size,
+                pushed: now(),
+            });
     }
 }
 

@@ -50,7 +50,9 @@
 mod api;
 mod auth;
 mod changes;
+mod checks;
 mod error;
+mod registry;
 mod serve;
 mod stats;
 mod store;
@@ -269,7 +271,7 @@ pub(crate) struct Shared {
     pub published: watch::Sender<Arc<Published>>,
     /// Changes are checked and stored one at a time.
     pub write: tokio::sync::Mutex<()>,
-    pub proxies: stream::Registry,
+    pub proxies: registry::Registry,
     pub stats: stats::Stats,
     pub report_interval: Duration,
     pub hosts: auth::Hosts,
@@ -296,7 +298,7 @@ impl Shared {
             limits,
             published: watch::Sender::new(Arc::default()),
             write: tokio::sync::Mutex::new(()),
-            proxies: stream::Registry::new(&limits),
+            proxies: registry::Registry::new(&limits),
             stats: stats::Stats::new(),
             report_interval: Options::DEFAULT_REPORT_INTERVAL,
             hosts: auth::Hosts::new("127.0.0.1:0".parse().expect("an address"), &[])
@@ -309,48 +311,33 @@ impl Shared {
 /// Load the data folder, bind, and serve until [`RunningServer::shutdown`].
 pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
     let hosts = auth::Hosts::new(opts.listen, &opts.allowed_hosts)?;
-    let data_dir = opts.data_dir.clone();
-    let token_file = data_dir.join("token");
-    let proxy_token_file = data_dir.join("proxy-token");
+    let token_file = opts.data_dir.join("token");
+    let proxy_token_file = opts.data_dir.join("proxy-token");
     let loaded = {
+        let (data_dir, given) = (opts.data_dir.clone(), opts.token.clone());
         let (token_file, proxy_token_file) = (token_file.clone(), proxy_token_file.clone());
-        let (given, given_proxy) = (opts.token.clone(), opts.proxy_token.clone());
-        tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
-            let store = Store::open(&data_dir)?;
-            let token = auth::load_token(given, &data_dir, &token_file)?;
-            let proxy_token = auth::load_token(given_proxy, &data_dir, &proxy_token_file)?;
-            // One secret for both would let every proxy write, and every operator
-            // token leak to proxies: the two roles stay apart.
-            if token.0 == proxy_token.0 {
-                return Err(ServerError::SameToken);
-            }
-            let state = store.load()?;
-            let current = match state.current() {
-                Some(v) => Some(Arc::new(Current::parse(v.clone()).map_err(|message| {
-                    ServerError::CorruptState {
-                        path: store.state_file(),
-                        message: format!("version {}: {message}", v.version),
-                    }
-                })?)),
-                None => None,
-            };
-            let engine = Engine::new()?;
-            Ok((store, token, proxy_token, state, current, engine))
+        let given_proxy = opts.proxy_token.clone();
+        tokio::task::spawn_blocking(move || {
+            Loaded::read(
+                &data_dir,
+                given,
+                &token_file,
+                given_proxy,
+                &proxy_token_file,
+            )
         })
         .await
         .map_err(|e| ServerError::Internal(e.to_string()))??
     };
-    let (store, (token, created), (proxy_token, created_proxy), state, current, engine) = loaded;
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-        addr: opts.listen,
-        source,
-    })?;
+    let Loaded {
+        store,
+        token: (token, created),
+        proxy_token: (proxy_token, created_proxy),
+        state,
+        current,
+        engine,
+    } = loaded;
+    let (listener, addr) = bind(opts.listen).await?;
     let (stop, stop_rx) = watch::channel(false);
     let versions = state.versions.len();
     let shared = Arc::new(Shared {
@@ -362,23 +349,13 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
         limits: opts.limits,
         published: watch::Sender::new(Arc::new(Published { state, current })),
         write: tokio::sync::Mutex::new(()),
-        proxies: stream::Registry::new(&opts.limits),
+        proxies: registry::Registry::new(&opts.limits),
         stats: stats::Stats::new(),
         report_interval: opts.report_interval,
         hosts,
         stop: stop_rx.clone(),
     });
-    let app = api::router(shared.clone())
-        .merge(stream::router(shared.clone()))
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
-        // Before anything else, even a 404: a request by a name that is not this
-        // server's may come from a page of another site.
-        .layer(axum::middleware::from_fn_with_state(
-            shared,
-            auth::check_host,
-        ));
-    let task = tokio::spawn(serve::serve(listener, app, opts.limits, stop_rx));
+    let task = tokio::spawn(serve::serve(listener, app(shared), opts.limits, stop_rx));
     tracing::info!(%addr, data_dir = %opts.data_dir.display(), versions, "config server started");
     Ok(RunningServer {
         addr,
@@ -389,4 +366,87 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
         stop,
         task: Some(task),
     })
+}
+
+/// What the data folder holds, with the tokens (each with whether this start
+/// created it) and an engine to check changes with.
+struct Loaded {
+    store: Store,
+    token: (String, bool),
+    proxy_token: (String, bool),
+    state: State,
+    current: Option<Arc<Current>>,
+    engine: Engine,
+}
+
+impl Loaded {
+    /// Open the data folder (creating it and the tokens on first start) and parse
+    /// the live version. Blocking: it reads and writes files.
+    fn read(
+        data_dir: &Path,
+        given: Option<String>,
+        token_file: &Path,
+        given_proxy: Option<String>,
+        proxy_token_file: &Path,
+    ) -> Result<Self, ServerError> {
+        let store = Store::open(data_dir)?;
+        let token = auth::load_token(given, data_dir, token_file)?;
+        let proxy_token = auth::load_token(given_proxy, data_dir, proxy_token_file)?;
+        // One secret for both would let every proxy write, and every operator
+        // token leak to proxies: the two roles stay apart.
+        if token.0 == proxy_token.0 {
+            return Err(ServerError::SameToken);
+        }
+        let state = store.load()?;
+        let current = live_version(&store, &state)?;
+        let engine = Engine::new()?;
+        Ok(Self {
+            store,
+            token,
+            proxy_token,
+            state,
+            current,
+            engine,
+        })
+    }
+}
+
+/// The stored live version, parsed; a mesh config that no longer parses means the
+/// data folder was damaged.
+fn live_version(store: &Store, state: &State) -> Result<Option<Arc<Current>>, ServerError> {
+    let Some(v) = state.current() else {
+        return Ok(None);
+    };
+    let current = Current::parse(v.clone()).map_err(|message| ServerError::CorruptState {
+        path: store.state_file(),
+        message: format!("version {}: {message}", v.version),
+    })?;
+    Ok(Some(Arc::new(current)))
+}
+
+/// The listener, and the address it got (port 0 picks one).
+async fn bind(listen: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServerError> {
+    let bind_error = |source| ServerError::Bind {
+        addr: listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, addr))
+}
+
+/// The HTTP API and the gRPC service on one router.
+fn app(shared: Arc<Shared>) -> axum::Router {
+    api::router(shared.clone())
+        .merge(stream::router(shared.clone()))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        // Before anything else, even a 404: a request by a name that is not this
+        // server's may come from a page of another site.
+        .layer(axum::middleware::from_fn_with_state(
+            shared,
+            auth::check_host,
+        ))
 }

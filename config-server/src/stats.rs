@@ -476,13 +476,36 @@ impl Stats {
     /// as many as it has room for. Returns what was dropped, and why.
     pub(crate) fn record(&self, from: &Sender<'_>, report: &Report) -> Outcome {
         let mut outcome = Outcome::default();
+        let Some(samples) = self.samples(from, report, &mut outcome) else {
+            return outcome;
+        };
+        let now = self.now();
+        let oldest = now.saturating_sub(MAX_WINDOW.as_secs());
+        let node = self.ids.hash_one(from.node);
+        let entries = self.entries(&samples, now, oldest, &mut outcome);
+        for (s, entry) in samples.iter().zip(entries) {
+            if let Some(entry) = entry {
+                self.add(&entry, &s.counts, node, now, oldest);
+            }
+        }
+        outcome
+    }
+
+    /// The report's rows the server can use; none when the report is too long to
+    /// look at. Dropped rows are counted.
+    fn samples(
+        &self,
+        from: &Sender<'_>,
+        report: &Report,
+        outcome: &mut Outcome,
+    ) -> Option<Vec<Sample>> {
         let len = report.rows.len();
         if len > MAX_REPORT_ROWS {
             self.dropped.report_too_long.fetch_add(len as u64, Relaxed);
             outcome.drop(len as u64, || {
                 format!("a report of {len} rows; at most {MAX_REPORT_ROWS}")
             });
-            return outcome;
+            return None;
         }
         let mut samples = Vec::with_capacity(len);
         for row in &report.rows {
@@ -498,11 +521,18 @@ impl Stats {
         if relabelled > 0 {
             self.relabelled.fetch_add(relabelled as u64, Relaxed);
         }
-        let now = self.now();
-        let oldest = now.saturating_sub(MAX_WINDOW.as_secs());
-        let node = self.ids.hash_one(from.node);
+        Some(samples)
+    }
 
-        // Find the rows under one read lock; add the missing ones under one write lock.
+    /// The row of each sample, none for a sample with no room. Found under one read
+    /// lock; the missing ones are added under one write lock.
+    fn entries(
+        &self,
+        samples: &[Sample],
+        now: u64,
+        oldest: u64,
+        outcome: &mut Outcome,
+    ) -> Vec<Option<Arc<Entry>>> {
         let mut entries: Vec<Option<Arc<Entry>>> = {
             let rows = self.rows.read().unwrap_or_else(PoisonError::into_inner);
             samples.iter().map(|s| rows.get(&s.key).cloned()).collect()
@@ -510,68 +540,76 @@ impl Stats {
         if entries.iter().any(Option::is_none) {
             let mut rows = self.rows.write().unwrap_or_else(PoisonError::into_inner);
             for (s, entry) in samples.iter().zip(&mut entries) {
-                if entry.is_some() {
-                    continue;
+                if entry.is_none() {
+                    *entry = self.find_or_add(&mut rows, &s.key, now, oldest, outcome);
                 }
-                if let Some(found) = rows.get(&s.key) {
-                    *entry = Some(found.clone());
-                    continue;
-                }
-                if rows.len() >= MAX_ROWS {
-                    self.sweep(&mut rows, now, oldest);
-                }
-                if rows.len() >= MAX_ROWS {
-                    self.dropped.full.fetch_add(1, Relaxed);
-                    outcome.drop(1, || {
-                        format!(
-                            "the server keeps the traffic of {MAX_ROWS} services and routes \
-                             already"
-                        )
-                    });
-                    continue;
-                }
-                let new = Arc::new(Entry {
-                    key: s.key.clone(),
-                    row: Mutex::default(),
-                });
-                rows.insert(s.key.clone(), new.clone());
-                *entry = Some(new);
             }
         }
+        entries
+    }
 
-        for (s, entry) in samples.iter().zip(entries) {
-            let Some(entry) = entry else { continue };
-            let mut row = lock(&entry.row);
-            if row.gone {
-                // Swept out between the lookup and now, for lack of room.
-                self.dropped.full.fetch_add(1, Relaxed);
-                continue;
-            }
-            self.forget(row.prune(oldest));
-            match row.slots.back_mut() {
-                Some(slot) if slot.second == now => slot.counts.add(&s.counts),
-                _ => {
-                    row.slots.push_back(Slot {
-                        second: now,
-                        counts: s.counts,
-                    });
-                    // Pruning already keeps a row to the window; the memory bound rests
-                    // on this bound, so it holds here too.
-                    if row.slots.len() > MAX_SLOTS {
-                        row.slots.pop_front();
-                    }
+    /// The row of `key`, added if there is room (after a sweep if need be).
+    fn find_or_add(
+        &self,
+        rows: &mut HashMap<Key, Arc<Entry>>,
+        key: &Key,
+        now: u64,
+        oldest: u64,
+        outcome: &mut Outcome,
+    ) -> Option<Arc<Entry>> {
+        // Another report may have added it between the two locks.
+        if let Some(found) = rows.get(key) {
+            return Some(found.clone());
+        }
+        if rows.len() >= MAX_ROWS {
+            self.sweep(rows, now, oldest);
+        }
+        if rows.len() >= MAX_ROWS {
+            self.dropped.full.fetch_add(1, Relaxed);
+            outcome.drop(1, || {
+                format!("the server keeps the traffic of {MAX_ROWS} services and routes already")
+            });
+            return None;
+        }
+        let new = Arc::new(Entry {
+            key: key.clone(),
+            row: Mutex::default(),
+        });
+        rows.insert(key.clone(), new.clone());
+        Some(new)
+    }
+
+    /// Add `counts` to the row's slot for `now`, and note that `node` reported it.
+    fn add(&self, entry: &Entry, counts: &Counts, node: u64, now: u64, oldest: u64) {
+        let mut row = lock(&entry.row);
+        if row.gone {
+            // Swept out between the lookup and now, for lack of room.
+            self.dropped.full.fetch_add(1, Relaxed);
+            return;
+        }
+        self.forget(row.prune(oldest));
+        match row.slots.back_mut() {
+            Some(slot) if slot.second == now => slot.counts.add(counts),
+            _ => {
+                row.slots.push_back(Slot {
+                    second: now,
+                    counts: *counts,
+                });
+                // Pruning already keeps a row to the window; the memory bound rests
+                // on this bound, so it holds here too.
+                if row.slots.len() > MAX_SLOTS {
+                    row.slots.pop_front();
                 }
             }
-            if let Some(seen) = row.nodes.get_mut(&node) {
-                *seen = now;
-            } else if (self.sightings)
-                .fetch_update(Relaxed, Relaxed, |n| (n < MAX_SIGHTINGS).then_some(n + 1))
-                .is_ok()
-            {
-                row.nodes.insert(node, now);
-            }
         }
-        outcome
+        if let Some(seen) = row.nodes.get_mut(&node) {
+            *seen = now;
+        } else if (self.sightings)
+            .fetch_update(Relaxed, Relaxed, |n| (n < MAX_SIGHTINGS).then_some(n + 1))
+            .is_ok()
+        {
+            row.nodes.insert(node, now);
+        }
     }
 
     /// Take out the rows with nothing in the window, at most once a second: a table
@@ -611,10 +649,32 @@ impl Stats {
             .values()
             .cloned()
             .collect();
-        // Per service: its routes' counts and proxies, by reporter.
-        type Routes<'a> = BTreeMap<&'a str, (Counts, Vec<u64>)>;
-        let mut services: BTreeMap<&str, BTreeMap<Reporter, Routes<'_>>> = BTreeMap::new();
-        for entry in &entries {
+        let services = self.sum(&entries, from, oldest);
+        let lines = services
+            .into_iter()
+            .filter_map(|(service, by_reporter)| {
+                service_line(service, by_reporter, choice, covered)
+            })
+            .collect();
+        let dropped = self.dropped_view();
+        View {
+            window_seconds: window.as_secs(),
+            covered_seconds: covered,
+            report_interval_seconds: interval.as_secs_f64(),
+            dropped_rows: (dropped.full)
+                .saturating_add(dropped.invalid)
+                .saturating_add(dropped.report_too_long),
+            dropped,
+            relabelled_rows: self.relabelled.load(Relaxed),
+            services: lines,
+        }
+    }
+
+    /// Each row's counts and proxies since second `from`, per service and reporter;
+    /// rows with no requests in the window are left out.
+    fn sum<'a>(&self, entries: &'a [Arc<Entry>], from: u64, oldest: u64) -> Services<'a> {
+        let mut services = Services::new();
+        for entry in entries {
             let (service, route, reporter) = &entry.key;
             let mut counts = Counts::default();
             let nodes = {
@@ -638,7 +698,65 @@ impl Stats {
                 .or_default())
             .insert(route, (counts, nodes));
         }
-        let line = |counts: &Counts, proxies: usize| Line {
+        services
+    }
+
+    fn dropped_view(&self) -> DroppedView {
+        DroppedView {
+            full: self.dropped.full.load(Relaxed),
+            invalid: self.dropped.invalid.load(Relaxed),
+            report_too_long: self.dropped.report_too_long.load(Relaxed),
+        }
+    }
+}
+
+/// A service's routes: their counts and the proxies that reported them.
+type Routes<'a> = BTreeMap<&'a str, (Counts, Vec<u64>)>;
+/// Per service, its routes by reporter.
+type Services<'a> = BTreeMap<&'a str, BTreeMap<Reporter, Routes<'a>>>;
+
+/// A service's line with its routes, by the reporter `choice` picks for it; none
+/// when that reporter saw nothing of it.
+fn service_line(
+    service: &str,
+    mut by_reporter: BTreeMap<Reporter, Routes<'_>>,
+    choice: Choice,
+    covered: f64,
+) -> Option<ServiceLine> {
+    let reporter = match choice {
+        Choice::Only(r) => r,
+        Choice::Auto if by_reporter.contains_key(&Reporter::Destination) => Reporter::Destination,
+        Choice::Auto => Reporter::Source,
+    };
+    let routes = by_reporter.remove(&reporter)?;
+    let mut total = Counts::default();
+    let mut proxies: Vec<u64> = Vec::new();
+    let routes = routes
+        .into_iter()
+        .map(|(route, (counts, nodes))| {
+            total.add(&counts);
+            proxies.extend(&nodes);
+            RouteLine {
+                route: route.to_owned(),
+                line: Line::new(&counts, nodes.len(), covered),
+            }
+        })
+        .collect();
+    // A proxy that reported several routes counts once for the service.
+    proxies.sort_unstable();
+    proxies.dedup();
+    Some(ServiceLine {
+        service: service.to_owned(),
+        reporter,
+        line: Line::new(&total, proxies.len(), covered),
+        routes,
+    })
+}
+
+impl Line {
+    /// The line of `counts` reported by `proxies` proxies over `covered` seconds.
+    fn new(counts: &Counts, proxies: usize, covered: f64) -> Self {
+        Self {
             requests: counts.requests,
             errors: counts.errors,
             success_rate: counts.success_rate(),
@@ -649,56 +767,6 @@ impl Stats {
                 p99: counts.quantile(0.99),
             },
             proxies,
-        };
-        let mut lines = Vec::new();
-        for (service, mut by_reporter) in services {
-            let reporter = match choice {
-                Choice::Only(r) => r,
-                Choice::Auto if by_reporter.contains_key(&Reporter::Destination) => {
-                    Reporter::Destination
-                }
-                Choice::Auto => Reporter::Source,
-            };
-            let Some(routes) = by_reporter.remove(&reporter) else {
-                continue;
-            };
-            let mut total = Counts::default();
-            let mut proxies: Vec<u64> = Vec::new();
-            let routes = routes
-                .into_iter()
-                .map(|(route, (counts, nodes))| {
-                    total.add(&counts);
-                    proxies.extend(&nodes);
-                    RouteLine {
-                        route: route.to_owned(),
-                        line: line(&counts, nodes.len()),
-                    }
-                })
-                .collect();
-            proxies.sort_unstable();
-            proxies.dedup();
-            lines.push(ServiceLine {
-                service: service.to_owned(),
-                reporter,
-                line: line(&total, proxies.len()),
-                routes,
-            });
-        }
-        let dropped = DroppedView {
-            full: self.dropped.full.load(Relaxed),
-            invalid: self.dropped.invalid.load(Relaxed),
-            report_too_long: self.dropped.report_too_long.load(Relaxed),
-        };
-        View {
-            window_seconds: window.as_secs(),
-            covered_seconds: covered,
-            report_interval_seconds: interval.as_secs_f64(),
-            dropped_rows: (dropped.full)
-                .saturating_add(dropped.invalid)
-                .saturating_add(dropped.report_too_long),
-            dropped,
-            relabelled_rows: self.relabelled.load(Relaxed),
-            services: lines,
         }
     }
 }
