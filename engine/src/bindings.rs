@@ -8,9 +8,9 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "filter-world",
     with: {
-        "weft:filter/types.request": crate::host::RequestRef,
-        "weft:filter/types.response": crate::host::ResponseRef,
-        "weft:filter/types.context": crate::host::ContextRef,
+        "weft:filter/types.request": crate::resources::RequestRef,
+        "weft:filter/types.response": crate::resources::ResponseRef,
+        "weft:filter/types.context": crate::resources::ContextRef,
     },
 });
 

@@ -10,8 +10,10 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
 use crate::bindings::{FilterWorld, types};
-use crate::host::{Exchange, FilterShared, HeaderViews, HostState, Phase};
+use crate::exchange::{Exchange, Phase};
+use crate::host::HostState;
 use crate::metrics::Live;
+use crate::shared::{FilterShared, HeaderViews};
 use crate::state::SharedState;
 use crate::{Compiled, EPOCH_TICK, Engine, FailurePolicy, LoadError};
 

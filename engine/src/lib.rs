@@ -24,9 +24,12 @@
 #![deny(unsafe_code)]
 
 mod bindings;
+mod exchange;
 mod filter;
 mod host;
 mod metrics;
+mod resources;
+mod shared;
 mod spans;
 mod state;
 mod stats;
@@ -46,12 +49,13 @@ pub use bindings::types::{
     Action, BodyMode, Header, HeaderError, Interest, LocalResponse, Responder, ResponseAction,
     Summary,
 };
-pub use filter::{Filter, FilterFailure, FilterSpec, Outcome};
-pub use host::{
-    ClusterRef, ConnectionInfo, Exchange, ExchangeError, HostState, RequestContext, RequestHead,
-    ResponseHead, TlsInfo,
+pub use exchange::{
+    ConnectionInfo, Exchange, ExchangeError, RequestContext, RequestHead, ResponseHead, TlsInfo,
 };
+pub use filter::{Filter, FilterFailure, FilterSpec, Outcome};
+pub use host::HostState;
 pub use metrics::{DefinedSeries, MetricsHub, MetricsSpec, SeriesValue};
+pub use shared::ClusterRef;
 pub use spans::{SPAN_QUEUE, Span, SpanKind, SpanQueue};
 pub use stats::{HookReport, StatsReport};
 pub use weft_config::FailurePolicy;

@@ -21,14 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::gauge::Gauge;
 
 use crate::bindings::host_api::{MetricError, MetricKind};
-use crate::host::FilterShared;
-use crate::stats::HOOKS;
 
 /// Most metrics one filter may define.
 const MAX_METRICS: usize = 64;
@@ -202,7 +198,8 @@ impl MetricFamily {
     }
 }
 
-/// One series of a metric a filter defined, as [`MetricsHub::read_defined`] reads it.
+/// One series of a metric a filter defined, as
+/// [`MetricsHub::read_defined`](crate::MetricsHub::read_defined) reads it.
 #[derive(Debug)]
 pub struct DefinedSeries<'a> {
     /// The filter's name in the chain.
@@ -245,74 +242,6 @@ pub enum SeriesValue<'a> {
     },
 }
 
-/// Holds one in a gauge of live things for as long as the thing it belongs to lives.
-pub(crate) struct Live(Gauge);
-
-impl Live {
-    pub(crate) fn new(gauge: &Gauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// Every filter's metrics, and the engine's own gauges; register it once as a
-/// collector.
-#[derive(Debug)]
-pub struct MetricsHub {
-    /// Filter instances alive (warm in a pool or running a hook).
-    pub(crate) instances: Gauge,
-    /// Compiled components alive (used by at least one loaded filter).
-    pub(crate) components: Gauge,
-    /// Every loaded filter, for its hook figures; unloaded ones drop out.
-    filters: Mutex<Vec<Weak<FilterShared>>>,
-    /// Every loaded filter's own metrics; unloaded ones drop out.
-    defined: Mutex<Vec<Weak<FilterMetrics>>>,
-    epoch: Instant,
-}
-
-impl Default for MetricsHub {
-    fn default() -> Self {
-        Self {
-            instances: Gauge::default(),
-            components: Gauge::default(),
-            filters: Mutex::default(),
-            defined: Mutex::default(),
-            epoch: Instant::now(),
-        }
-    }
-}
-
-/// The hook figures of the filters loaded under one name and module, summed: the same
-/// filter on two listeners is one series, and a replaced module's series leave with
-/// it.
-struct FilterSeries {
-    name: Arc<str>,
-    digest: Arc<str>,
-    /// Per hook: buckets (count per bucket, upper bound in seconds), sum in seconds.
-    time: [(Vec<(f64, u64)>, f64); 3],
-    failures: [u64; 3],
-    instances: i64,
-}
-
-impl FilterSeries {
-    fn add(&mut self, f: &FilterShared) {
-        for (hook, (buckets, sum)) in self.time.iter_mut().enumerate() {
-            for (mine, (_, n)) in buckets.iter_mut().zip(f.stats.time[hook].buckets()) {
-                mine.1 += n;
-            }
-            *sum += f.stats.time[hook].sum_seconds();
-            self.failures[hook] += f.stats.failures[hook].load(Relaxed);
-        }
-        self.instances += f.stats.instances.load(Relaxed).max(0);
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -325,21 +254,31 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl MetricsHub {
-    /// Show a newly loaded filter's hook figures for as long as it is loaded.
-    pub(crate) fn watch(&self, filter: &Arc<FilterShared>) {
-        let mut filters = lock(&self.filters);
-        filters.retain(|f| f.strong_count() > 0);
-        filters.push(Arc::downgrade(filter));
-    }
+/// Every loaded filter's own metrics, held weakly: an unloaded filter's series leave
+/// `/metrics`.
+#[derive(Debug)]
+pub(crate) struct Families {
+    defined: Mutex<Vec<Weak<FilterMetrics>>>,
+    epoch: Instant,
+}
 
+impl Default for Families {
+    fn default() -> Self {
+        Self {
+            defined: Mutex::default(),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Families {
     /// The metrics of a filter being loaded: those of the same filter already loaded
     /// (same name, module and metric settings), so a reload keeps counting, or new ones.
     pub(crate) fn filter_metrics(
         self: &Arc<Self>,
         filter: &str,
         digest: &str,
-        spec: &crate::MetricsSpec,
+        spec: &MetricsSpec,
     ) -> Arc<FilterMetrics> {
         let mut defined = lock(&self.defined);
         defined.retain(|m| m.strong_count() > 0);
@@ -367,95 +306,6 @@ impl MetricsHub {
         defined.iter().filter_map(Weak::upgrade).collect()
     }
 
-    fn filter_series(&self) -> Vec<FilterSeries> {
-        let live: Vec<Arc<FilterShared>> = {
-            let mut filters = lock(&self.filters);
-            filters.retain(|f| f.strong_count() > 0);
-            filters.iter().filter_map(Weak::upgrade).collect()
-        };
-        let mut series: Vec<FilterSeries> = Vec::new();
-        for f in &live {
-            let i = match (series.iter()).position(|s| s.name == f.name && s.digest == f.digest) {
-                Some(i) => i,
-                None => {
-                    let empty = |h: usize| {
-                        let buckets = f.stats.time[h].buckets().iter().map(|b| (b.0, 0)).collect();
-                        (buckets, 0.0)
-                    };
-                    series.push(FilterSeries {
-                        name: f.name.clone(),
-                        digest: f.digest.clone(),
-                        time: [empty(0), empty(1), empty(2)],
-                        failures: [0; 3],
-                        instances: 0,
-                    });
-                    series.len() - 1
-                }
-            };
-            series[i].add(f);
-        }
-        series
-    }
-
-    fn encode_filter_series(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
-        let series = self.filter_series();
-        if series.is_empty() {
-            return Ok(());
-        }
-        let mut time = encoder.encode_descriptor(
-            "weft_engine_filter_hook_duration_seconds",
-            "Time of a filter's hook calls, getting an instance included.",
-            None,
-            MetricType::Histogram,
-        )?;
-        for s in &series {
-            for (hook, (buckets, sum)) in s.time.iter().enumerate() {
-                let count = buckets.iter().map(|b| b.1).sum();
-                if count == 0 {
-                    continue;
-                }
-                let labels = [
-                    ("filter", &*s.name),
-                    ("sha256", &*s.digest),
-                    ("hook", HOOKS[hook]),
-                ];
-                (time.encode_family(&labels)?)
-                    .encode_histogram::<NoLabelSet>(*sum, count, buckets, None)?;
-            }
-        }
-        let mut failures = encoder.encode_descriptor(
-            "weft_engine_filter_hook_failures",
-            "Hook calls that trapped, panicked, ran past their deadline or out of memory.",
-            None,
-            MetricType::Counter,
-        )?;
-        for s in &series {
-            for (hook, n) in s.failures.iter().enumerate() {
-                if *n == 0 && s.time[hook].0.iter().all(|b| b.1 == 0) {
-                    // A hook it does not have, or that never ran.
-                    continue;
-                }
-                let labels = [
-                    ("filter", &*s.name),
-                    ("sha256", &*s.digest),
-                    ("hook", HOOKS[hook]),
-                ];
-                (failures.encode_family(&labels)?).encode_counter::<NoLabelSet, _, u64>(n, None)?;
-            }
-        }
-        let mut instances = encoder.encode_descriptor(
-            "weft_engine_filter_instances",
-            "A filter's instances alive, warm or running a hook.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for s in &series {
-            let labels = [("filter", &*s.name), ("sha256", &*s.digest)];
-            (instances.encode_family(&labels)?).encode_gauge(&s.instances)?;
-        }
-        Ok(())
-    }
-
     /// Every live filter's families, after dropping their idle series.
     fn live_families(&self) -> Vec<FamilyOf> {
         let now = self.now_ms();
@@ -473,7 +323,7 @@ impl MetricsHub {
     /// Read every series of the metrics filters defined, as `/metrics` would show
     /// them (idle series dropped first). For readers off the request path, such as
     /// the report a proxy sends its config server; updates go on meanwhile.
-    pub fn read_defined(&self, mut f: impl FnMut(&DefinedSeries<'_>)) {
+    pub(crate) fn read_defined(&self, mut f: impl FnMut(&DefinedSeries<'_>)) {
         let mut counts = Vec::new();
         for (filter, family) in self.live_families() {
             for (values, s) in read(&family.series).iter() {
@@ -503,7 +353,7 @@ impl MetricsHub {
 
     /// Filters' own metrics, grouped by full name: one family may hold the series of
     /// several filters that use the same name (with the same kind and labels).
-    fn encode_defined(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    pub(crate) fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let mut by_name: BTreeMap<String, Vec<FamilyOf>> = BTreeMap::new();
         for (filter, f) in self.live_families() {
             by_name.entry(f.name.clone()).or_default().push((filter, f));
@@ -578,33 +428,12 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-impl Collector for MetricsHub {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        for (name, help, gauge) in [
-            (
-                "weft_engine_instances",
-                "Filter instances alive, warm or running a hook.",
-                &self.instances,
-            ),
-            (
-                "weft_engine_components",
-                "Compiled filter components in use.",
-                &self.components,
-            ),
-        ] {
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
-        self.encode_filter_series(&mut encoder)?;
-        self.encode_defined(&mut encoder)
-    }
-}
-
 /// One loaded filter's metrics: the families it defined, by handle.
 pub(crate) struct FilterMetrics {
     filter: Arc<str>,
     digest: Arc<str>,
-    spec: crate::MetricsSpec,
-    hub: Weak<MetricsHub>,
+    spec: MetricsSpec,
+    hub: Weak<Families>,
     epoch: Instant,
     families: RwLock<Vec<Arc<MetricFamily>>>,
     /// The series filters hold handles to, by place.
@@ -832,353 +661,5 @@ impl FilterMetrics {
 
     pub(crate) fn series_observe(&self, handle: u64, value: f64) -> Result<(), MetricError> {
         self.by_handle(handle, |s| s.observe(value))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::MetricsSpec;
-
-    fn encode(hub: &Arc<MetricsHub>) -> String {
-        let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(hub.clone()));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-        out
-    }
-
-    fn labels(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn define_count_and_encode() {
-        let hub = Arc::new(MetricsHub::default());
-        let m = hub.filter_metrics("stamp", "d1", &MetricsSpec::default());
-        let counter = MetricKind::Counter;
-        let id = m
-            .define(counter, "hits_total", "Hits.", labels(&["path"]), None)
-            .unwrap();
-        assert_eq!(
-            m.define(counter, "hits_total", "Hits.", labels(&["path"]), None)
-                .unwrap(),
-            id
-        );
-        assert!(matches!(
-            m.define(MetricKind::Gauge, "hits_total", "Hits.", vec![], None),
-            Err(MetricError::Conflict)
-        ));
-        assert!(matches!(
-            m.define(MetricKind::Gauge, "Bad-Name", "", vec![], None),
-            Err(MetricError::InvalidName)
-        ));
-        assert!(matches!(
-            m.define(MetricKind::Gauge, "twice", "", labels(&["a", "a"]), None),
-            Err(MetricError::InvalidName)
-        ));
-        m.add(id, labels(&["/a"]), 3).unwrap();
-        m.add(id, labels(&["/a"]), 2).unwrap();
-        assert!(matches!(
-            m.add(id, vec![], 1),
-            Err(MetricError::LabelMismatch)
-        ));
-        assert!(matches!(
-            m.add(7, vec![], 1),
-            Err(MetricError::UnknownMetric)
-        ));
-        let out = encode(&hub);
-        assert!(
-            out.contains(r#"weft_filter_hits_total{filter="stamp",path="/a"} 5"#),
-            "{out}"
-        );
-        // A hostile label value cannot break the exposition.
-        m.add(id, labels(&["a\"b\nc"]), 1).unwrap();
-        assert!(encode(&hub).contains(r#"path="a\"b\nc"} 1"#));
-    }
-
-    #[test]
-    fn histograms_take_their_bounds_and_prefix() {
-        let hub = Arc::new(MetricsHub::default());
-        let spec = MetricsSpec {
-            prefix: "istio_".into(),
-            ..Default::default()
-        };
-        let m = hub.filter_metrics("telemetry", "d1", &spec);
-        let bad = m.define(MetricKind::Histogram, "x", "", vec![], Some(vec![5.0, 1.0]));
-        assert!(matches!(bad, Err(MetricError::InvalidName)));
-        let h = m
-            .define(
-                MetricKind::Histogram,
-                "request_duration_milliseconds",
-                "Latency.",
-                labels(&["code"]),
-                Some(vec![1.0, 5.0, 10.0]),
-            )
-            .unwrap();
-        for v in [0.5, 1.0, 3.0, 7.0, 50.0] {
-            m.observe(h, labels(&["200"]), v).unwrap();
-        }
-        let out = encode(&hub);
-        for line in [
-            r#"istio_request_duration_milliseconds_bucket{le="1.0",filter="telemetry",code="200"} 2"#,
-            r#"istio_request_duration_milliseconds_bucket{le="5.0",filter="telemetry",code="200"} 3"#,
-            r#"istio_request_duration_milliseconds_bucket{le="10.0",filter="telemetry",code="200"} 4"#,
-            r#"istio_request_duration_milliseconds_bucket{le="+Inf",filter="telemetry",code="200"} 5"#,
-            r#"istio_request_duration_milliseconds_count{filter="telemetry",code="200"} 5"#,
-            r#"istio_request_duration_milliseconds_sum{filter="telemetry",code="200"} 61.5"#,
-        ] {
-            assert!(out.contains(line), "{line} not in {out}");
-        }
-        let mut read = Vec::new();
-        hub.read_defined(|s| {
-            let SeriesValue::Histogram {
-                bounds,
-                buckets,
-                sum,
-            } = s.value
-            else {
-                panic!("not a histogram: {s:?}");
-            };
-            read.push((
-                s.filter.to_owned(),
-                s.name.to_owned(),
-                s.label("code").map(str::to_owned),
-                bounds.to_vec(),
-                buckets.to_vec(),
-                sum,
-            ));
-        });
-        assert_eq!(
-            read,
-            [(
-                "telemetry".to_owned(),
-                "istio_request_duration_milliseconds".to_owned(),
-                Some("200".to_owned()),
-                vec![1.0, 5.0, 10.0],
-                vec![2, 1, 1, 1],
-                61.5
-            )]
-        );
-    }
-
-    #[test]
-    fn label_sets_are_bounded_and_idle_ones_expire() {
-        let hub = Arc::new(MetricsHub::default());
-        let spec = MetricsSpec {
-            max_series: 3,
-            expire_after: Duration::from_millis(200),
-            ..Default::default()
-        };
-        let m = hub.filter_metrics("t", "d1", &spec);
-        let id = m
-            .define(
-                MetricKind::Counter,
-                "req_total",
-                "",
-                labels(&["host"]),
-                None,
-            )
-            .unwrap();
-        for i in 0..10 {
-            m.add(id, vec![format!("h{i}")], 1).unwrap();
-        }
-        // A series that exists still counts at the limit.
-        m.add(id, labels(&["h0"]), 1).unwrap();
-        let out = encode(&hub);
-        assert_eq!(out.matches("weft_filter_req_total{").count(), 4, "{out}");
-        assert!(
-            out.contains(r#"weft_filter_req_total{filter="t",host="overflow"} 7"#),
-            "{out}"
-        );
-        assert!(
-            out.contains(
-                r#"weft_engine_filter_metric_dropped_total{filter="t",metric="req_total"} 7"#
-            ),
-            "{out}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-        // Idle ones make room for a new one, then leave at the next scrape.
-        m.add(id, labels(&["h0"]), 1).unwrap();
-        m.add(id, labels(&["new"]), 1).unwrap();
-        let out = encode(&hub);
-        assert!(
-            out.contains(r#"weft_filter_req_total{filter="t",host="h0"} 3"#),
-            "{out}"
-        );
-        assert!(out.contains(r#"host="new"} 1"#), "{out}");
-        assert!(!out.contains(r#"host="h1""#), "{out}");
-        std::thread::sleep(Duration::from_millis(250));
-        assert!(!encode(&hub).contains("weft_filter_req_total{"));
-    }
-
-    #[test]
-    fn a_full_metric_counts_new_label_sets_in_its_overflow_series() {
-        let hub = Arc::new(MetricsHub::default());
-        let spec = MetricsSpec {
-            max_series: 2,
-            ..Default::default()
-        };
-        let m = hub.filter_metrics("t", "d1", &spec);
-        let c = m
-            .define(
-                MetricKind::Counter,
-                "n_total",
-                "",
-                labels(&["host", "code"]),
-                None,
-            )
-            .unwrap();
-        let h = m
-            .define(
-                MetricKind::Histogram,
-                "s",
-                "",
-                labels(&["host"]),
-                Some(vec![1.0]),
-            )
-            .unwrap();
-        m.add(c, labels(&["a", "200"]), 1).unwrap();
-        m.add(c, labels(&["b", "200"]), 1).unwrap();
-        // Past the limit, by labels or by handle, every new label set is one series.
-        m.add(c, labels(&["c", "503"]), 2).unwrap();
-        let d = m.series(c, labels(&["d", "503"])).unwrap();
-        let e = m.series(c, labels(&["e", "503"])).unwrap();
-        assert_eq!(d, e, "one overflow series");
-        m.series_add(d, 1).unwrap();
-        m.series_add(e, 1).unwrap();
-        m.add(c, labels(&["a", "200"]), 1).unwrap();
-        for host in ["a", "b", "c", "d"] {
-            m.observe(h, labels(&[host]), 0.5).unwrap();
-        }
-        let out = encode(&hub);
-        for line in [
-            r#"weft_filter_n_total{filter="t",host="a",code="200"} 2"#,
-            r#"weft_filter_n_total{filter="t",host="b",code="200"} 1"#,
-            r#"weft_filter_n_total{filter="t",host="overflow",code="overflow"} 4"#,
-            r#"weft_filter_s_count{filter="t",host="overflow"} 2"#,
-            r#"weft_engine_filter_metric_dropped_total{filter="t",metric="n_total"} 3"#,
-            r#"weft_engine_filter_metric_dropped_total{filter="t",metric="s"} 2"#,
-        ] {
-            assert!(out.contains(line), "{line} not in {out}");
-        }
-        assert_eq!(out.matches("weft_filter_n_total{").count(), 3, "{out}");
-        let mut total = 0;
-        hub.read_defined(|s| {
-            if let SeriesValue::Counter(n) = s.value {
-                total += n;
-            }
-        });
-        assert_eq!(total, 7, "every update counted");
-    }
-
-    #[test]
-    fn series_handles_update_without_labels_until_the_series_expires() {
-        let hub = Arc::new(MetricsHub::default());
-        let spec = MetricsSpec {
-            expire_after: Duration::from_millis(200),
-            ..Default::default()
-        };
-        let m = hub.filter_metrics("t", "d1", &spec);
-        let c = m
-            .define(MetricKind::Counter, "n_total", "", labels(&["k"]), None)
-            .unwrap();
-        let h = m
-            .define(
-                MetricKind::Histogram,
-                "ms",
-                "",
-                labels(&["k"]),
-                Some(vec![1.0]),
-            )
-            .unwrap();
-        let a = m.series(c, labels(&["a"])).unwrap();
-        assert_eq!(
-            m.series(c, labels(&["a"])).unwrap(),
-            a,
-            "one handle per series"
-        );
-        let b = m.series(h, labels(&["a"])).unwrap();
-        assert_ne!(a, b);
-        m.series_add(a, 2).unwrap();
-        m.add(c, labels(&["a"]), 1).unwrap();
-        m.series_observe(b, 0.5).unwrap();
-        assert!(matches!(
-            m.series_observe(a, 1.0),
-            Err(MetricError::Conflict)
-        ));
-        assert!(matches!(
-            m.series_add(0, 1),
-            Err(MetricError::UnknownMetric)
-        ));
-        assert!(matches!(
-            m.series_add(a + 7, 1),
-            Err(MetricError::UnknownMetric)
-        ));
-        let out = encode(&hub);
-        assert!(
-            out.contains(r#"weft_filter_n_total{filter="t",k="a"} 3"#),
-            "{out}"
-        );
-        assert!(
-            out.contains(r#"weft_filter_ms_bucket{le="1.0",filter="t",k="a"} 1"#),
-            "{out}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-        encode(&hub);
-        // Expired: the handle fails; resolving again gives a new series and handle.
-        assert!(matches!(
-            m.series_add(a, 1),
-            Err(MetricError::UnknownMetric)
-        ));
-        let again = m.series(c, labels(&["a"])).unwrap();
-        assert_ne!(again, a);
-        m.series_add(again, 1).unwrap();
-        assert!(encode(&hub).contains(r#"weft_filter_n_total{filter="t",k="a"} 1"#));
-    }
-
-    #[test]
-    fn metrics_live_as_long_as_their_filter() {
-        let hub = Arc::new(MetricsHub::default());
-        let spec = MetricsSpec::default();
-        let a = hub.filter_metrics("f", "d1", &spec);
-        let id = a
-            .define(MetricKind::Counter, "n_total", "", vec![], None)
-            .unwrap();
-        a.add(id, vec![], 2).unwrap();
-        // The same module loaded again (a reload) counts on.
-        let again = hub.filter_metrics("f", "d1", &spec);
-        assert!(Arc::ptr_eq(&a, &again));
-        // Another filter may share the name only the same way.
-        let other = hub.filter_metrics("g", "d2", &spec);
-        assert!(matches!(
-            other.define(MetricKind::Gauge, "n_total", "", vec![], None),
-            Err(MetricError::Conflict)
-        ));
-        let id2 = other
-            .define(MetricKind::Counter, "n_total", "", vec![], None)
-            .unwrap();
-        other.add(id2, vec![], 1).unwrap();
-        let out = encode(&hub);
-        assert!(
-            out.contains(r#"weft_filter_n_total{filter="f"} 2"#),
-            "{out}"
-        );
-        assert!(
-            out.contains(r#"weft_filter_n_total{filter="g"} 1"#),
-            "{out}"
-        );
-        assert_eq!(
-            out.matches("# TYPE weft_filter_n counter").count(),
-            1,
-            "{out}"
-        );
-        drop((a, again));
-        let out = encode(&hub);
-        assert!(!out.contains(r#"filter="f""#), "{out}");
-        assert!(
-            out.contains(r#"weft_filter_n_total{filter="g"} 1"#),
-            "{out}"
-        );
     }
 }
