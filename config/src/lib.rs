@@ -1,7 +1,8 @@
 //! Weft's configuration: a YAML file read into typed, checked structures.
 //!
 //! 1. [`Config::from_file`] (or [`Config::parse`]) reads the YAML with serde;
-//!    unknown keys, bad durations and sizes are errors.
+//!    unknown keys, bad durations and sizes (written in the units [`units`] lists) are
+//!    errors.
 //! 2. [`Config::validate`] checks what types cannot: names are unique, every cluster a
 //!    listener names exists, addresses parse.
 //! 3. Every [`ConfigError`] names the file, the line and column, and the key at fault.
@@ -19,7 +20,7 @@
 mod mesh;
 mod model;
 mod settings;
-mod units;
+pub mod units;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -153,46 +154,67 @@ impl Config {
     /// Check what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_dns()?;
-        if let Some(t) = &self.tracing {
-            let port_ok = (t.collector.value.rsplit_once(':')).is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
-            let why = if !port_ok {
-                Some(format!(
-                    "collector {:?} is not host:port",
-                    t.collector.value
-                ))
-            } else if !(1..=10_000).contains(&t.batch) {
-                Some("batch must be within 1 to 10000".to_owned())
-            } else if t.flush_interval.0.is_zero() || t.timeout.0.is_zero() {
-                Some("flush_interval and timeout must be above 0".to_owned())
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                return self.invalid(&t.collector.referenced, "tracing".into(), why);
-            }
+        self.validate_tracing()?;
+        self.validate_access_log()?;
+        let clusters = self.validate_clusters()?;
+        self.validate_listeners(&clusters)?;
+        self.validate_admin()
+    }
+
+    /// The `tracing` section: where spans go and how they are batched.
+    fn validate_tracing(&self) -> Result<(), ConfigError> {
+        let Some(t) = &self.tracing else {
+            return Ok(());
+        };
+        let port_ok = (t.collector.value.rsplit_once(':')).is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        let why = if !port_ok {
+            Some(format!(
+                "collector {:?} is not host:port",
+                t.collector.value
+            ))
+        } else if !(1..=10_000).contains(&t.batch) {
+            Some("batch must be within 1 to 10000".to_owned())
+        } else if t.flush_interval.0.is_zero() || t.timeout.0.is_zero() {
+            Some("flush_interval and timeout must be above 0".to_owned())
+        } else {
+            None
+        };
+        match why {
+            Some(why) => self.invalid(&t.collector.referenced, "tracing".into(), why),
+            None => Ok(()),
         }
-        if let Some(a) = &self.access_log {
-            if !(0.0..=1.0).contains(&a.sample) {
-                return self.invalid(
-                    &serde_saphyr::Location::UNKNOWN,
-                    "access_log.sample".into(),
-                    format!("{} is not within 0 to 1", a.sample),
-                );
-            }
-            if let Some(fields) = &a.fields {
-                for (i, f) in fields.value.iter().enumerate() {
-                    if !ACCESS_LOG_FIELDS.contains(&f.as_str()) {
-                        return self.invalid(
-                            &fields.referenced,
-                            format!("access_log.fields[{i}]"),
-                            format!("no field {f:?} (fields: {})", ACCESS_LOG_FIELDS.join(", ")),
-                        );
-                    }
+    }
+
+    /// The `access_log` section: the sample share and the field names.
+    fn validate_access_log(&self) -> Result<(), ConfigError> {
+        let Some(a) = &self.access_log else {
+            return Ok(());
+        };
+        if !(0.0..=1.0).contains(&a.sample) {
+            return self.invalid(
+                &serde_saphyr::Location::UNKNOWN,
+                "access_log.sample".into(),
+                format!("{} is not within 0 to 1", a.sample),
+            );
+        }
+        if let Some(fields) = &a.fields {
+            for (i, f) in fields.value.iter().enumerate() {
+                if !ACCESS_LOG_FIELDS.contains(&f.as_str()) {
+                    return self.invalid(
+                        &fields.referenced,
+                        format!("access_log.fields[{i}]"),
+                        format!("no field {f:?} (fields: {})", ACCESS_LOG_FIELDS.join(", ")),
+                    );
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The `clusters` section; gives the cluster names, which listeners may name.
+    fn validate_clusters(&self) -> Result<HashSet<&str>, ConfigError> {
         let mut clusters = HashSet::new();
         for (i, c) in self.clusters.iter().enumerate() {
             if !clusters.insert(c.name.value.as_str()) {
@@ -202,34 +224,7 @@ impl Config {
                     format!("duplicate cluster name {:?}", c.name.value),
                 );
             }
-            if c.endpoints.is_empty() {
-                return self.invalid(
-                    &c.name.referenced,
-                    format!("clusters[{i}].endpoints"),
-                    "a cluster needs at least one endpoint",
-                );
-            }
-            for (j, e) in c.endpoints.iter().enumerate() {
-                let parsed = parse_endpoint(e.value.address());
-                let checked = parsed.and_then(|a| {
-                    dns_name(&a, e.value.is_dns())?;
-                    literal_allowed(&a, c.allow_link_local)
-                });
-                if let Err(why) = checked {
-                    return self.invalid(
-                        &e.referenced,
-                        format!("clusters[{i}].endpoints[{j}]"),
-                        why,
-                    );
-                }
-                if !(1..=1000).contains(&e.value.weight()) {
-                    return self.invalid(
-                        &e.referenced,
-                        format!("clusters[{i}].endpoints[{j}].weight"),
-                        format!("{} is not within 1 to 1000", e.value.weight()),
-                    );
-                }
-            }
+            self.validate_endpoints(i, c)?;
             let key = |k: &str| format!("clusters[{i}].{k}");
             if c.outlier.max_ejection_percent > 100 {
                 return self.invalid(
@@ -243,29 +238,77 @@ impl Config {
                 return self.invalid(&c.name.referenced, key("limits"), "limits must be above 0");
             }
             if let Some(h) = &c.health_check {
-                if !h.path.starts_with('/') || h.path.bytes().any(|b| !b.is_ascii_graphic()) {
-                    return self.invalid(
-                        &c.name.referenced,
-                        key("health_check.path"),
-                        format!("{:?} is not a path starting with /", h.path),
-                    );
-                }
-                if h.interval.0.is_zero() || h.timeout.0.is_zero() {
-                    return self.invalid(
-                        &c.name.referenced,
-                        key("health_check"),
-                        "interval and timeout must be above 0",
-                    );
-                }
-                if h.unhealthy_threshold == 0 || h.healthy_threshold == 0 {
-                    return self.invalid(
-                        &c.name.referenced,
-                        key("health_check"),
-                        "thresholds must be at least 1",
-                    );
-                }
+                self.validate_health_check(i, c, h)?;
             }
         }
+        Ok(clusters)
+    }
+
+    /// Cluster `i`'s endpoints: at least one, each an address it may reach, weighted
+    /// 1 to 1000.
+    fn validate_endpoints(&self, i: usize, c: &ClusterConfig) -> Result<(), ConfigError> {
+        if c.endpoints.is_empty() {
+            return self.invalid(
+                &c.name.referenced,
+                format!("clusters[{i}].endpoints"),
+                "a cluster needs at least one endpoint",
+            );
+        }
+        for (j, e) in c.endpoints.iter().enumerate() {
+            let parsed = parse_endpoint(e.value.address());
+            let checked = parsed.and_then(|a| {
+                dns_name(&a, e.value.is_dns())?;
+                literal_allowed(&a, c.allow_link_local)
+            });
+            if let Err(why) = checked {
+                return self.invalid(&e.referenced, format!("clusters[{i}].endpoints[{j}]"), why);
+            }
+            if !(1..=1000).contains(&e.value.weight()) {
+                return self.invalid(
+                    &e.referenced,
+                    format!("clusters[{i}].endpoints[{j}].weight"),
+                    format!("{} is not within 1 to 1000", e.value.weight()),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Cluster `i`'s health check: a request path, non-zero times and thresholds.
+    fn validate_health_check(
+        &self,
+        i: usize,
+        c: &ClusterConfig,
+        h: &HealthCheckConfig,
+    ) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("clusters[{i}].{k}");
+        if !h.path.starts_with('/') || h.path.bytes().any(|b| !b.is_ascii_graphic()) {
+            return self.invalid(
+                &c.name.referenced,
+                key("health_check.path"),
+                format!("{:?} is not a path starting with /", h.path),
+            );
+        }
+        if h.interval.0.is_zero() || h.timeout.0.is_zero() {
+            return self.invalid(
+                &c.name.referenced,
+                key("health_check"),
+                "interval and timeout must be above 0",
+            );
+        }
+        if h.unhealthy_threshold == 0 || h.healthy_threshold == 0 {
+            return self.invalid(
+                &c.name.referenced,
+                key("health_check"),
+                "thresholds must be at least 1",
+            );
+        }
+        Ok(())
+    }
+
+    /// The listeners: unique names and addresses, known protocols and clusters, and
+    /// each one's filter chain.
+    fn validate_listeners(&self, clusters: &HashSet<&str>) -> Result<(), ConfigError> {
         let mut names = HashSet::new();
         let mut addrs = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
@@ -304,81 +347,74 @@ impl Config {
                     format!("no cluster named {:?}", d.value),
                 );
             }
-            let mut filter_names = HashSet::new();
-            for (j, f) in l.filters.iter().enumerate() {
-                if !filter_names.insert(f.name.value.as_str()) {
-                    return self.invalid(
-                        &f.name.referenced,
-                        self.listener_key(i, &format!(".filters[{j}].name")),
-                        format!("duplicate filter name {:?} in this chain", f.name.value),
-                    );
-                }
-                let module_key = || self.listener_key(i, &format!(".filters[{j}].module"));
-                match (ModuleRef::parse(&f.module.value), self.mesh_group.is_some()) {
-                    (Err(msg), _) => return self.invalid(&f.module.referenced, module_key(), msg),
-                    (Ok(ModuleRef::File(_)), true) => {
-                        return self.invalid(
-                            &f.module.referenced,
-                            module_key(),
-                            "a mesh config cannot name files: push the module with \
-                             `weft push FILE --name NAME` and use filter:NAME",
-                        );
-                    }
-                    (Ok(ModuleRef::Pushed(_)), false) => {
-                        return self.invalid(
-                            &f.module.referenced,
-                            module_key(),
-                            "filter:NAME names a filter pushed to a config server; \
-                             a proxy's own file uses a path or builtin:NAME",
-                        );
-                    }
-                    (Ok(ModuleRef::Pushed(name)), true) if f.sha256.is_none() => {
-                        return self.invalid(
-                            &f.module.referenced,
-                            module_key(),
-                            format!("no filter was pushed under the name {name:?}"),
-                        );
-                    }
-                    _ => {}
-                }
-                let m = &f.metrics;
-                let prefix_ok = m.prefix.is_empty()
-                    || (m.prefix.len() <= 50
-                        && m.prefix.bytes().enumerate().all(|(i, b)| {
-                            b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit())
-                        })
-                        && (!m.prefix.starts_with("weft_") || m.prefix == "weft_filter_"));
-                let why = if !prefix_ok {
-                    Some(format!(
-                        "metrics.prefix {:?} must match [a-z_][a-z0-9_]* (at most 50 bytes) and \
-                         not start with weft_ (the proxy's own names), except weft_filter_",
-                        m.prefix
-                    ))
-                } else if !(1..=100_000).contains(&m.max_series) {
-                    Some("metrics.max_series must be within 1 to 100000".to_owned())
-                } else if m.expire_after.0.is_zero() {
-                    Some("metrics.expire_after must be above 0".to_owned())
-                } else {
-                    None
-                };
-                if let Some(why) = why {
-                    return self.invalid(
-                        &f.name.referenced,
-                        self.listener_key(i, &format!(".filters[{j}].metrics")),
-                        why,
-                    );
-                }
-                if let Some(sha) = &f.sha256
-                    && (sha.value.len() != 64 || !sha.value.bytes().all(|b| b.is_ascii_hexdigit()))
-                {
-                    return self.invalid(
-                        &sha.referenced,
-                        self.listener_key(i, &format!(".filters[{j}].sha256")),
-                        "expected 64 hex digits",
-                    );
-                }
+            self.validate_filters(i, l)?;
+        }
+        Ok(())
+    }
+
+    /// Listener `i`'s filter chain: unique names, and each filter's module, metrics
+    /// and checksum.
+    fn validate_filters(&self, i: usize, l: &ListenerConfig) -> Result<(), ConfigError> {
+        let mut filter_names = HashSet::new();
+        for (j, f) in l.filters.iter().enumerate() {
+            if !filter_names.insert(f.name.value.as_str()) {
+                return self.invalid(
+                    &f.name.referenced,
+                    self.listener_key(i, &format!(".filters[{j}].name")),
+                    format!("duplicate filter name {:?} in this chain", f.name.value),
+                );
+            }
+            self.validate_module(i, j, f)?;
+            if let Some(why) = bad_filter_metrics(&f.metrics) {
+                return self.invalid(
+                    &f.name.referenced,
+                    self.listener_key(i, &format!(".filters[{j}].metrics")),
+                    why,
+                );
+            }
+            if let Some(sha) = &f.sha256
+                && (sha.value.len() != 64 || !sha.value.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return self.invalid(
+                    &sha.referenced,
+                    self.listener_key(i, &format!(".filters[{j}].sha256")),
+                    "expected 64 hex digits",
+                );
             }
         }
+        Ok(())
+    }
+
+    /// Filter `j` of listener `i` names a module this kind of file may name: a mesh
+    /// config only pushed filters (that were pushed), a proxy's own file only paths and
+    /// built-ins.
+    fn validate_module(&self, i: usize, j: usize, f: &FilterConfig) -> Result<(), ConfigError> {
+        let module_key = || self.listener_key(i, &format!(".filters[{j}].module"));
+        match (ModuleRef::parse(&f.module.value), self.mesh_group.is_some()) {
+            (Err(msg), _) => self.invalid(&f.module.referenced, module_key(), msg),
+            (Ok(ModuleRef::File(_)), true) => self.invalid(
+                &f.module.referenced,
+                module_key(),
+                "a mesh config cannot name files: push the module with \
+                 `weft push FILE --name NAME` and use filter:NAME",
+            ),
+            (Ok(ModuleRef::Pushed(_)), false) => self.invalid(
+                &f.module.referenced,
+                module_key(),
+                "filter:NAME names a filter pushed to a config server; \
+                 a proxy's own file uses a path or builtin:NAME",
+            ),
+            (Ok(ModuleRef::Pushed(name)), true) if f.sha256.is_none() => self.invalid(
+                &f.module.referenced,
+                module_key(),
+                format!("no filter was pushed under the name {name:?}"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The `admin` section's address.
+    fn validate_admin(&self) -> Result<(), ConfigError> {
         if let Some(admin) = &self.admin
             && admin.address.value.parse::<std::net::SocketAddr>().is_err()
         {
@@ -575,6 +611,30 @@ pub fn host_allowed(bound: std::net::IpAddr, host: Option<&str>, allowed: &[Stri
     name.parse::<std::net::Ipv4Addr>().is_ok()
         || name.eq_ignore_ascii_case("localhost")
         || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// Why a filter's `metrics` settings cannot be used, if they cannot: its own prefix
+/// must not pass for the proxy's names, and its series must be bounded and expire.
+fn bad_filter_metrics(m: &FilterMetricsConfig) -> Option<String> {
+    let prefix_ok = m.prefix.is_empty()
+        || (m.prefix.len() <= 50
+            && m.prefix.bytes().enumerate().all(|(i, b)| {
+                b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit())
+            })
+            && (!m.prefix.starts_with("weft_") || m.prefix == "weft_filter_"));
+    if !prefix_ok {
+        Some(format!(
+            "metrics.prefix {:?} must match [a-z_][a-z0-9_]* (at most 50 bytes) and \
+             not start with weft_ (the proxy's own names), except weft_filter_",
+            m.prefix
+        ))
+    } else if !(1..=100_000).contains(&m.max_series) {
+        Some("metrics.max_series must be within 1 to 100000".to_owned())
+    } else if m.expire_after.0.is_zero() {
+        Some("metrics.expire_after must be above 0".to_owned())
+    } else {
+        None
+    }
 }
 
 /// Why a listener may not pass upgrades to `protocol`, if it may not.

@@ -1,19 +1,26 @@
-//! Checked newtypes for durations (`250ms`, `30s`) and sizes (`16KiB`, `1MB`).
+//! Checked newtypes for durations (`250ms`, `30s`) and sizes (`16KiB`, `1MB`), read
+//! as the filter SDK reads them: its `weft_sdk::units` lists every unit.
 
 use serde::{Deserialize, Deserializer};
 
-/// A duration written like `250ms`, `30s` or `1m`.
+// The filter SDK's file itself, so that the proxy's YAML and every filter's `config`
+// accept the same units. It is included rather than the SDK depended on: the SDK
+// crate carries the filters' WIT bindings, which no host crate should build or link.
+#[path = "../../sdk/src/units.rs"]
+mod text;
+
+pub use text::{
+    UnitError, deserialize_duration, deserialize_optional_duration, deserialize_size,
+    parse_duration, parse_size,
+};
+
+/// A duration written like `250ms`, `30s` or `1m` (every unit: [`parse_duration`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Duration(pub std::time::Duration);
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Duration).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?} ({e}); write e.g. 250ms, 30s, 1m"
-            ))
-        })
+        deserialize_duration(d).map(Duration)
     }
 }
 
@@ -23,7 +30,7 @@ impl From<Duration> for std::time::Duration {
     }
 }
 
-/// A size in bytes written like `16KiB`, `1MB` or `4096`.
+/// A size in bytes written like `16KiB`, `1MB` or `4096` (every unit: [`parse_size`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
@@ -36,22 +43,6 @@ impl Size {
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Size(n)),
-            Raw::Text(s) => s
-                .parse::<bytesize::ByteSize>()
-                .map(|b| Size(b.as_u64()))
-                .map_err(|e| {
-                    serde::de::Error::custom(format!(
-                        "invalid size {s:?} ({e}); write e.g. 16KiB, 1MB"
-                    ))
-                }),
-        }
+        deserialize_size(d).map(Size)
     }
 }

@@ -9,13 +9,14 @@
 //! 2. A value that does not parse gives a [`UnitError`] that quotes it, says what is
 //!    wrong, and shows how to write it.
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
-//! use weft_sdk::units::{parse_duration, parse_size};
+// The crate's own name, since weft-config includes this file too (as `weft_config::units`).
+#![doc = concat!("use ", env!("CARGO_CRATE_NAME"), "::units::{parse_duration, parse_size, UnitError};")]
 //!
 //! assert_eq!(parse_duration("1m 30s")?, Duration::from_secs(90));
 //! assert_eq!(parse_size("64KiB")?, 65_536);
-//! # Ok::<(), weft_sdk::units::UnitError>(())
+//! # Ok::<(), UnitError>(())
 //! ```
 //!
 //! # Durations
@@ -184,7 +185,7 @@ impl Number {
         let fraction = self.numerator * factor;
         (
             u128::from(self.whole) * factor + fraction / scale,
-            fraction % scale == 0,
+            fraction.is_multiple_of(scale),
         )
     }
 }
