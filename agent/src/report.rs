@@ -133,14 +133,7 @@ impl Reporter {
         let Some(service) = s.label("destination_service") else {
             return;
         };
-        self.key.clear();
-        for part in [s.filter, s.name]
-            .into_iter()
-            .chain(s.values.iter().map(String::as_str))
-        {
-            self.key.push_str(part);
-            self.key.push('\0');
-        }
+        self.key_of(s);
         let last = self.last.remove(&self.key);
         let row = || {
             let reporter = s.label("reporter").unwrap_or("destination");
@@ -149,19 +142,10 @@ impl Reporter {
         };
         match (measure, &s.value) {
             (Measure::Requests | Measure::Errors, SeriesValue::Counter(now)) => {
-                // A counter below its last value started again (a reload with other
-                // settings): all of it is new.
-                let delta = match last {
-                    Some(Last::Count(before)) if before <= *now => now - before,
-                    _ => *now,
-                };
+                let delta = count_increase(last, *now);
                 seen.insert(self.key.clone(), Last::Count(*now));
                 if delta > 0 {
-                    let row = rows.entry(row()).or_default();
-                    match measure {
-                        Measure::Requests => row.requests += delta,
-                        _ => row.errors += delta,
-                    }
+                    rows.entry(row()).or_default().count(measure, delta);
                 }
             }
             (
@@ -172,37 +156,85 @@ impl Reporter {
                     sum,
                 },
             ) if buckets.len() <= MAX_REPORT_BUCKETS => {
-                let before = match last {
-                    Some(Last::Histogram(b, sum)) if b.len() == buckets.len() => {
-                        let grew = b.iter().zip(buckets.iter()).all(|(b, n)| b <= n);
-                        grew.then_some((b, sum))
-                    }
-                    _ => None,
-                };
-                let delta = |i: usize| buckets[i] - before.as_ref().map_or(0, |b| b.0[i]);
-                let any = (0..buckets.len()).any(|i| delta(i) > 0);
-                if any {
+                let (increase, sum_increase) = histogram_increase(last, buckets, *sum);
+                if increase.iter().any(|n| *n > 0) {
                     let row = rows.entry(row()).or_default();
-                    if row.buckets.is_empty() && row.rest == 0 {
-                        row.buckets = bounds.iter().map(|b| (b * scale, 0)).collect();
-                    }
-                    let same = row.buckets.len() == bounds.len()
-                        && (row.buckets.iter().zip(bounds.iter())).all(|(r, b)| r.0 == b * scale);
-                    // Histograms of another shape for the same row count in its
-                    // requests, not in its latency.
-                    if same {
-                        for (i, b) in row.buckets.iter_mut().enumerate() {
-                            b.1 += delta(i);
-                        }
-                        row.rest += delta(bounds.len());
-                        let base = before.as_ref().map_or(0.0, |b| b.1);
-                        row.sum_ms += ((sum - base) * scale).max(0.0);
-                    }
+                    row.latency(bounds, scale, &increase, sum_increase);
                 }
                 seen.insert(self.key.clone(), Last::Histogram(buckets.to_vec(), *sum));
             }
             _ => {}
         }
+    }
+
+    /// Set `key` to the series' own: its filter, metric name and label values.
+    fn key_of(&mut self, s: &DefinedSeries<'_>) {
+        self.key.clear();
+        for part in [s.filter, s.name]
+            .into_iter()
+            .chain(s.values.iter().map(String::as_str))
+        {
+            self.key.push_str(part);
+            self.key.push('\0');
+        }
+    }
+}
+
+impl Row {
+    /// Add `delta` requests, or failed ones.
+    fn count(&mut self, measure: Measure, delta: u64) {
+        match measure {
+            Measure::Requests => self.requests += delta,
+            _ => self.errors += delta,
+        }
+    }
+
+    /// Add a histogram's increase, its bounds and sum scaled to milliseconds by
+    /// `scale`. The row takes the layout of its first histogram.
+    fn latency(&mut self, bounds: &[f64], scale: f64, increase: &[u64], sum: f64) {
+        if self.buckets.is_empty() && self.rest == 0 {
+            self.buckets = bounds.iter().map(|b| (b * scale, 0)).collect();
+        }
+        let same = self.buckets.len() == bounds.len()
+            && (self.buckets.iter().zip(bounds.iter())).all(|(r, b)| r.0 == b * scale);
+        // Histograms of another shape for the same row count in its requests, not in
+        // its latency.
+        if !same {
+            return;
+        }
+        for (b, n) in self.buckets.iter_mut().zip(increase) {
+            b.1 += n;
+        }
+        self.rest += increase[bounds.len()];
+        self.sum_ms += (sum * scale).max(0.0);
+    }
+}
+
+/// A counter's increase since `last`. A counter below its last value started again
+/// (a reload with other settings): all of it is new.
+fn count_increase(last: Option<Last>, now: u64) -> u64 {
+    match last {
+        Some(Last::Count(before)) if before <= now => now - before,
+        _ => now,
+    }
+}
+
+/// A histogram's increase since `last`, per bucket, and of its sum. A histogram
+/// whose shape changed or that shrank started again: all of it is new.
+fn histogram_increase(last: Option<Last>, buckets: &[u64], sum: f64) -> (Vec<u64>, f64) {
+    let before = match last {
+        Some(Last::Histogram(b, sum)) if b.len() == buckets.len() => {
+            let grew = b.iter().zip(buckets.iter()).all(|(b, n)| b <= n);
+            grew.then_some((b, sum))
+        }
+        _ => None,
+    };
+    match before {
+        Some((b, base)) => {
+            let increase = buckets.iter().zip(&b).map(|(n, b)| n - b).collect();
+            (increase, sum - base)
+        }
+        None => (buckets.to_vec(), sum),
     }
 }
 
