@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use http::{Method, StatusCode, header};
+use serde_json::Value;
 use weft_config_server::{FilterOutcome, MeshCheck};
 
-use crate::client::{ServerArgs, TokenArgs, refusal, text, url_encode, warnings};
+use crate::client::{Answer, ServerArgs, TokenArgs, refusal, text, url_encode, warnings};
 
 /// How far this machine's clock may be from the server's before it is worth saying.
 const CLOCK_SKEW: Duration = Duration::from_secs(5);
@@ -220,23 +221,8 @@ async fn dry_run(
 /// given, what the current version selects that is likely a mistake.
 async fn live(report: &mut Report, server: &ServerArgs, current_warnings: bool) {
     let url = &server.server;
-    let answer = match server.send(Method::GET, "/v1/proxies", None).await {
-        Ok(a) if a.status.is_success() => a,
-        Ok(a) => {
-            let why = refusal(&Method::GET, "/v1/proxies", &a).replace('\n', "; ");
-            report.line(Level::Fail, format!("server {url}: {why}"));
-            return;
-        }
-        Err(e) => {
-            report.line(
-                Level::Fail,
-                format!(
-                    "server {url}: {}; start it, or give the right --server",
-                    crate::report(&e)
-                ),
-            );
-            return;
-        }
+    let Some(answer) = proxies_answer(report, server).await else {
+        return;
     };
     let v = &answer.value;
     let date = answer.headers.get(header::DATE);
@@ -256,6 +242,35 @@ async fn live(report: &mut Report, server: &ServerArgs, current_warnings: bool) 
         ),
     );
     clock(report, date);
+    proxies(report, v, version, url);
+    version_warnings(report, v, version, current_warnings);
+}
+
+/// `GET /v1/proxies`, or none when the server cannot be asked (said as a fail).
+async fn proxies_answer(report: &mut Report, server: &ServerArgs) -> Option<Answer> {
+    let url = &server.server;
+    match server.send(Method::GET, "/v1/proxies", None).await {
+        Ok(a) if a.status.is_success() => Some(a),
+        Ok(a) => {
+            let why = refusal(&Method::GET, "/v1/proxies", &a).replace('\n', "; ");
+            report.line(Level::Fail, format!("server {url}: {why}"));
+            None
+        }
+        Err(e) => {
+            report.line(
+                Level::Fail,
+                format!(
+                    "server {url}: {}; start it, or give the right --server",
+                    crate::report(&e)
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Where each proxy stands against `version`, and how many are on it.
+fn proxies(report: &mut Report, v: &Value, version: u64, url: &str) {
     let proxies = v["proxies"].as_array().cloned().unwrap_or_default();
     let connected = proxies.iter().filter(|p| p["connected"] == true).count();
     if connected == 0 {
@@ -269,44 +284,8 @@ async fn live(report: &mut Report, server: &ServerArgs, current_warnings: bool) 
     }
     let mut current = 0;
     for p in &proxies {
-        let node = text(p, "node");
-        let applied = text(p, "applied");
-        match p["state"].as_str() {
-            Some("current") => current += 1,
-            Some("refused") => report.line(
-                Level::Fail,
-                format!(
-                    "proxy {node}: refuses version {version} and serves version {applied}: {}; \
-                     fix what it names and apply again, or go back with `weft rollback`",
-                    text(&p["last"], "error")
-                ),
-            ),
-            Some("pending") => {
-                let waited = p["waiting_seconds"].as_u64().unwrap_or(0);
-                if Duration::from_secs(waited) >= LATE {
-                    report.line(
-                        Level::Warn,
-                        format!(
-                            "proxy {node}: has not applied version {version} after {waited}s \
-                             (serves version {applied}); its log says what it is doing"
-                        ),
-                    );
-                } else {
-                    report.line(
-                        Level::Ok,
-                        format!("proxy {node}: applying version {version} (sent {waited}s ago)"),
-                    );
-                }
-            }
-            Some("disconnected") => report.line(
-                Level::Warn,
-                format!(
-                    "proxy {node}: disconnected; it serves what it had (version {applied}) \
-                     until it reconnects"
-                ),
-            ),
-            // Said by the warnings below, with the groups there are.
-            _ => {}
+        if proxy(report, p, version) {
+            current += 1;
         }
     }
     if connected > 0 {
@@ -315,6 +294,55 @@ async fn live(report: &mut Report, server: &ServerArgs, current_warnings: bool) 
             format!("proxies: {connected} connected, {current} on version {version}"),
         );
     }
+}
+
+/// What is said of one proxy that is not on `version`; whether it is on it.
+fn proxy(report: &mut Report, p: &Value, version: u64) -> bool {
+    let node = text(p, "node");
+    let applied = text(p, "applied");
+    match p["state"].as_str() {
+        Some("current") => return true,
+        Some("refused") => report.line(
+            Level::Fail,
+            format!(
+                "proxy {node}: refuses version {version} and serves version {applied}: {}; \
+                 fix what it names and apply again, or go back with `weft rollback`",
+                text(&p["last"], "error")
+            ),
+        ),
+        Some("pending") => {
+            let waited = p["waiting_seconds"].as_u64().unwrap_or(0);
+            if Duration::from_secs(waited) >= LATE {
+                report.line(
+                    Level::Warn,
+                    format!(
+                        "proxy {node}: has not applied version {version} after {waited}s \
+                         (serves version {applied}); its log says what it is doing"
+                    ),
+                );
+            } else {
+                report.line(
+                    Level::Ok,
+                    format!("proxy {node}: applying version {version} (sent {waited}s ago)"),
+                );
+            }
+        }
+        Some("disconnected") => report.line(
+            Level::Warn,
+            format!(
+                "proxy {node}: disconnected; it serves what it had (version {applied}) \
+                 until it reconnects"
+            ),
+        ),
+        // Said by the warnings below, with the groups there are.
+        _ => {}
+    }
+    false
+}
+
+/// What the current version selects that is likely a mistake: all of it when no
+/// file was checked, else only what the file's dry run could not say.
+fn version_warnings(report: &mut Report, v: &Value, version: u64, current_warnings: bool) {
     if current_warnings {
         for w in warnings(v) {
             report.line(Level::Warn, format!("version {version}: {w}"));

@@ -277,69 +277,20 @@ async fn wait_for(server: &ServerArgs, version: u64, timeout: Duration) -> anyho
     let mut selected: Option<BTreeSet<String>> = None;
     let mut done = BTreeSet::new();
     loop {
-        let v = server.call(Method::GET, "/v1/proxies", None).await?;
-        let live = v["version"].as_u64();
-        if live != Some(version) {
-            bail!(
-                "version {} replaced version {version} while waiting for it; see `weft status`",
-                text(&v, "version")
-            );
-        }
-        let proxies = v["proxies"].as_array().cloned().unwrap_or_default();
-        let selected = selected.get_or_insert_with(|| {
-            (proxies.iter())
-                .filter(|p| matches!(p["state"].as_str(), Some("current" | "refused" | "pending")))
-                .map(|p| text(p, "node"))
-                .collect()
-        });
+        let proxies = proxies_on(server, version).await?;
+        let selected = selected.get_or_insert_with(|| selected_nodes(&proxies));
         if selected.is_empty() {
             println!("no connected proxy is selected by version {version}: nothing to wait for");
             return Ok(());
         }
-        let mut failed = Vec::new();
-        let mut pending = Vec::new();
-        for node in selected.iter() {
-            let p = proxies.iter().find(|p| p["node"] == node.as_str());
-            match p.and_then(|p| p["state"].as_str()) {
-                Some("current") => {
-                    if done.insert(node.clone()) {
-                        println!("{node}: applied version {version}");
-                    }
-                }
-                Some("pending") => pending.push(format!(
-                    "{node} (serves version {})",
-                    p.map_or_else(|| "-".to_owned(), |p| text(p, "applied"))
-                )),
-                Some("refused") => failed.push(format!(
-                    "{node} refused version {version}: {}",
-                    p.map_or_else(|| "-".to_owned(), |p| text(&p["last"], "error"))
-                )),
-                Some("unselected") => failed.push(format!(
-                    "{node} is no longer selected by version {version} (it reconnected as \
-                     another service or with other labels)"
-                )),
-                _ => failed.push(format!(
-                    "{node} disconnected before applying version {version}; see its log"
-                )),
-            }
-        }
-        if !failed.is_empty() {
-            bail!(
-                "{}\nfix the mesh config (or what the proxy names) and apply again, or go \
-                 back with `weft rollback`",
-                failed.join("\n")
-            );
-        }
+        let pending = pending(selected, &proxies, version, &mut done)?;
         if pending.is_empty() {
-            println!(
-                "version {version} is in force on {} {}",
-                selected.len(),
-                if selected.len() == 1 {
-                    "proxy"
-                } else {
-                    "proxies"
-                }
-            );
+            let noun = if selected.len() == 1 {
+                "proxy"
+            } else {
+                "proxies"
+            };
+            println!("version {version} is in force on {} {noun}", selected.len());
             return Ok(());
         }
         let now = Instant::now();
@@ -353,6 +304,72 @@ async fn wait_for(server: &ServerArgs, version: u64, timeout: Duration) -> anyho
         }
         tokio::time::sleep((deadline - now).min(Duration::from_millis(200))).await;
     }
+}
+
+/// Every proxy, while `version` is still the live one.
+async fn proxies_on(server: &ServerArgs, version: u64) -> anyhow::Result<Vec<Value>> {
+    let v = server.call(Method::GET, "/v1/proxies", None).await?;
+    if v["version"].as_u64() != Some(version) {
+        bail!(
+            "version {} replaced version {version} while waiting for it; see `weft status`",
+            text(&v, "version")
+        );
+    }
+    Ok(v["proxies"].as_array().cloned().unwrap_or_default())
+}
+
+/// The connected proxies the live version selects.
+fn selected_nodes(proxies: &[Value]) -> BTreeSet<String> {
+    (proxies.iter())
+        .filter(|p| matches!(p["state"].as_str(), Some("current" | "refused" | "pending")))
+        .map(|p| text(p, "node"))
+        .collect()
+}
+
+/// The `selected` proxies still applying `version`, each with the version it serves;
+/// those that applied it are said once (kept in `done`). Fails when one refused it,
+/// is no longer selected, or went away.
+fn pending(
+    selected: &BTreeSet<String>,
+    proxies: &[Value],
+    version: u64,
+    done: &mut BTreeSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let mut failed = Vec::new();
+    let mut pending = Vec::new();
+    for node in selected {
+        let p = proxies.iter().find(|p| p["node"] == node.as_str());
+        match p.and_then(|p| p["state"].as_str()) {
+            Some("current") => {
+                if done.insert(node.clone()) {
+                    println!("{node}: applied version {version}");
+                }
+            }
+            Some("pending") => pending.push(format!(
+                "{node} (serves version {})",
+                p.map_or_else(|| "-".to_owned(), |p| text(p, "applied"))
+            )),
+            Some("refused") => failed.push(format!(
+                "{node} refused version {version}: {}",
+                p.map_or_else(|| "-".to_owned(), |p| text(&p["last"], "error"))
+            )),
+            Some("unselected") => failed.push(format!(
+                "{node} is no longer selected by version {version} (it reconnected as \
+                 another service or with other labels)"
+            )),
+            _ => failed.push(format!(
+                "{node} disconnected before applying version {version}; see its log"
+            )),
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{}\nfix the mesh config (or what the proxy names) and apply again, or go \
+             back with `weft rollback`",
+            failed.join("\n")
+        );
+    }
+    Ok(pending)
 }
 
 pub(crate) async fn rollback(server: &ServerArgs, version: u64) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -90,72 +91,100 @@ fn next_port(listen: &str) -> anyhow::Result<String> {
     Ok(SocketAddr::new(addr.ip(), port).to_string())
 }
 
-pub(crate) async fn run(
-    listen: &str,
-    admin: &str,
-    server_listen: SocketAddr,
-    print_config: bool,
-) -> anyhow::Result<()> {
-    let blue = backend("blue", Duration::ZERO).await?;
-    // Blue's second replica is ten times slower: the balancer sends it little.
-    let blue_slow = backend("blue-slow", Duration::from_millis(20)).await?;
-    let green = backend("green", Duration::ZERO).await?;
-    let yaml = CONFIG
-        .replace("{listen}", listen)
-        .replace("{listen_b}", &next_port(listen)?)
-        .replace("{blue}", &blue.to_string())
-        .replace("{blue_slow}", &blue_slow.to_string())
-        .replace("{green}", &green.to_string());
-    if print_config {
-        print!("{yaml}");
-        return Ok(());
-    }
-    MeshConfig::parse(&yaml, "<demo>")?.validate(&BTreeMap::new())?;
+/// The demo's backends, each on a port of its own.
+struct Backends {
+    blue: SocketAddr,
+    /// Blue's second replica, ten times slower: the balancer sends it little.
+    blue_slow: SocketAddr,
+    green: SocketAddr,
+}
 
-    // The config server, with its data in a fresh folder.
-    let data = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        // 0700: it holds the tokens.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&data)
-            .with_context(|| format!("creating {}", data.display()))?;
+impl Backends {
+    async fn start() -> anyhow::Result<Self> {
+        Ok(Self {
+            blue: backend("blue", Duration::ZERO).await?,
+            blue_slow: backend("blue-slow", Duration::from_millis(20)).await?,
+            green: backend("green", Duration::ZERO).await?,
+        })
     }
-    let mut options = weft_config_server::Options::new(server_listen, data.clone());
-    // Quick enough for `weft stat` to follow someone trying the demo by hand.
-    options.report_interval = Duration::from_secs(2);
-    let server = weft_config_server::start(options).await.context(
-        "starting the demo config server (is the port taken? try --server-listen 127.0.0.1:7071)",
-    )?;
-    let url = format!("http://{}", server.addr());
-    let read = |file: &std::path::Path| {
-        std::fs::read_to_string(file)
-            .with_context(|| format!("reading the demo server's token {}", file.display()))
-            .map(|t| t.trim().to_owned())
-    };
-    let token = read(server.token_file())?;
-    let proxy_token = read(server.proxy_token_file())?;
-    let mesh_file = data.join("mesh.yaml");
-    std::fs::write(&mesh_file, &yaml)?;
-    let api = crate::client::ServerArgs::new(&url, &token);
-    // Its proxies start next: that no group selects one yet is no news here.
-    let applied = crate::client::apply_file(&api, &mesh_file, false).await?;
-    println!(
-        "applied {}: version {}",
-        mesh_file.display(),
-        applied.version
-    );
 
-    // Two proxies that know nothing but the server's address.
-    let mut proxies = Vec::new();
-    for (replica, admin) in [("a", admin), ("b", "127.0.0.1:0")] {
-        let labels = BTreeMap::from([("replica".to_owned(), replica.to_owned())]);
-        let (proxy, agent) =
-            crate::start_subscribed(
-                &url,
-                &proxy_token,
+    /// The embedded mesh config, with the proxies' listeners and these backends.
+    fn mesh(&self, listen: &str) -> anyhow::Result<String> {
+        Ok(CONFIG
+            .replace("{listen}", listen)
+            .replace("{listen_b}", &next_port(listen)?)
+            .replace("{blue}", &self.blue.to_string())
+            .replace("{blue_slow}", &self.blue_slow.to_string())
+            .replace("{green}", &self.green.to_string()))
+    }
+}
+
+/// The demo's config server, with its data in a fresh folder.
+struct DemoServer {
+    server: weft_config_server::RunningServer,
+    data: PathBuf,
+    url: String,
+    token: String,
+    proxy_token: String,
+}
+
+impl DemoServer {
+    async fn start(listen: SocketAddr) -> anyhow::Result<Self> {
+        let data = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            // 0700: it holds the tokens.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&data)
+                .with_context(|| format!("creating {}", data.display()))?;
+        }
+        let mut options = weft_config_server::Options::new(listen, data.clone());
+        // Quick enough for `weft stat` to follow someone trying the demo by hand.
+        options.report_interval = Duration::from_secs(2);
+        let server = weft_config_server::start(options).await.context(
+            "starting the demo config server (is the port taken? try --server-listen 127.0.0.1:7071)",
+        )?;
+        let read = |file: &Path| {
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading the demo server's token {}", file.display()))
+                .map(|t| t.trim().to_owned())
+        };
+        Ok(Self {
+            url: format!("http://{}", server.addr()),
+            token: read(server.token_file())?,
+            proxy_token: read(server.proxy_token_file())?,
+            server,
+            data,
+        })
+    }
+
+    /// Write the mesh config into the data folder, for the operator to edit, and
+    /// apply it.
+    async fn apply(&self, yaml: &str) -> anyhow::Result<PathBuf> {
+        let mesh_file = self.data.join("mesh.yaml");
+        std::fs::write(&mesh_file, yaml)?;
+        let api = crate::client::ServerArgs::new(&self.url, &self.token);
+        // Its proxies start next: that no group selects one yet is no news here.
+        let applied = crate::client::apply_file(&api, &mesh_file, false).await?;
+        println!(
+            "applied {}: version {}",
+            mesh_file.display(),
+            applied.version
+        );
+        Ok(mesh_file)
+    }
+
+    /// Two proxies that know nothing but the server's address, each once it has
+    /// its configuration.
+    async fn start_proxies(&self, admin: &str) -> anyhow::Result<Vec<Proxy>> {
+        let mut proxies = Vec::new();
+        for (replica, admin) in [("a", admin), ("b", "127.0.0.1:0")] {
+            let labels = BTreeMap::from([("replica".to_owned(), replica.to_owned())]);
+            let (proxy, agent) = crate::start_subscribed(
+                &self.url,
+                &self.proxy_token,
                 &format!("demo-{replica}"),
                 "demo",
                 labels,
@@ -163,13 +192,63 @@ pub(crate) async fn run(
                 None,
             )
             .await
-                .context("starting a demo proxy (is the port taken? try --listen 127.0.0.1:8090 --admin 127.0.0.1:9902)")?;
-        let mut applied = agent.applied();
-        tokio::time::timeout(Duration::from_secs(30), applied.wait_for(Option::is_some))
-            .await
-            .context("the demo proxy got no configuration from the server within 30 s")??;
-        proxies.push((proxy, agent));
+            .context(
+                "starting a demo proxy (is the port taken? try --listen 127.0.0.1:8090 --admin 127.0.0.1:9902)",
+            )?;
+            let mut applied = agent.applied();
+            tokio::time::timeout(Duration::from_secs(30), applied.wait_for(Option::is_some))
+                .await
+                .context("the demo proxy got no configuration from the server within 30 s")??;
+            proxies.push((proxy, agent));
+        }
+        Ok(proxies)
     }
+
+    /// Drain the proxies, then stop the server and remove its data.
+    async fn stop(self, proxies: Vec<Proxy>) {
+        tracing::info!("shutting down: draining in-flight requests");
+        for (proxy, agent) in proxies {
+            agent.stop();
+            proxy.shutdown_within(Duration::from_secs(60)).await;
+        }
+        self.server.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.data);
+        tracing::info!("stopped");
+    }
+}
+
+/// A demo proxy and the agent that feeds it.
+type Proxy = (weft_proxy::RunningProxy, weft_agent::Agent);
+
+pub(crate) async fn run(
+    listen: &str,
+    admin: &str,
+    server_listen: SocketAddr,
+    print_config: bool,
+) -> anyhow::Result<()> {
+    let backends = Backends::start().await?;
+    let yaml = backends.mesh(listen)?;
+    if print_config {
+        print!("{yaml}");
+        return Ok(());
+    }
+    MeshConfig::parse(&yaml, "<demo>")?.validate(&BTreeMap::new())?;
+    let server = DemoServer::start(server_listen).await?;
+    let mesh_file = server.apply(&yaml).await?;
+    let proxies = server.start_proxies(admin).await?;
+    welcome(&server, &backends, &proxies, &mesh_file)?;
+    crate::wait_for_stop().await?;
+    server.stop(proxies).await;
+    Ok(())
+}
+
+/// What runs where, and what to try.
+fn welcome(
+    server: &DemoServer,
+    backends: &Backends,
+    proxies: &[Proxy],
+    mesh_file: &Path,
+) -> anyhow::Result<()> {
     let addr = proxies[0]
         .0
         .listener_addr("demo")
@@ -179,6 +258,12 @@ pub(crate) async fn run(
         .listener_addr("demo")
         .context("demo listener")?;
     let admin = proxies[0].0.admin_addr().context("admin listener")?;
+    let Backends {
+        blue,
+        blue_slow,
+        green,
+    } = backends;
+    let (url, token) = (&server.url, &server.token);
     println!(
         r#"
 Weft demo is running: a proxy on {addr} and a second one on {addr_b},
@@ -216,14 +301,5 @@ Press Ctrl-C to stop.
 "#,
         mesh = mesh_file.display()
     );
-    crate::wait_for_stop().await?;
-    tracing::info!("shutting down: draining in-flight requests");
-    for (proxy, agent) in proxies {
-        agent.stop();
-        proxy.shutdown_within(Duration::from_secs(60)).await;
-    }
-    server.shutdown().await;
-    let _ = std::fs::remove_dir_all(&data);
-    tracing::info!("stopped");
     Ok(())
 }

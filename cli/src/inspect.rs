@@ -200,7 +200,24 @@ pub(crate) async fn proxy_config(args: &ProxyConfigArgs) -> anyhow::Result<()> {
 /// serves, then its listeners and their filter chains (a router's routes as a
 /// table), then the clusters, one line per endpoint.
 fn render(v: &Value) -> String {
-    let mut out = String::new();
+    let mut out = identity(v);
+    out.push_str(&format!("{}\n", state(v)));
+    if v["secrets_shown"] != true {
+        out.push_str(
+            "secrets in filter configs, if any, are shown as \"<redacted>\"; --show-secrets \
+             shows them (with the API token)\n",
+        );
+    }
+    for l in v["listeners"].as_array().into_iter().flatten() {
+        out.push_str(&listener(l));
+    }
+    out.push('\n');
+    out.push_str(&table(&clusters(v)));
+    out
+}
+
+/// Who the proxy is, and which group of which version configures it.
+fn identity(v: &Value) -> String {
     let labels = (v["labels"].as_object().into_iter().flatten())
         .map(|(k, l)| format!("{k}={}", l.as_str().unwrap_or("?")))
         .collect::<Vec<_>>()
@@ -210,15 +227,19 @@ fn render(v: &Value) -> String {
     } else {
         format!("labels {labels}")
     };
-    out.push_str(&format!(
+    format!(
         "proxy {} (service {}, {labels}): group {} (select: {}) of version {}\n",
         text(v, "node"),
         text(v, "service"),
         text(v, "group"),
         text(v, "selector"),
         text(v, "version"),
-    ));
-    let state = match v["state"].as_str() {
+    )
+}
+
+/// Whether the proxy serves the version shown, and if not, what it serves.
+fn state(v: &Value) -> String {
+    match v["state"].as_str() {
         Some("current") => "it serves this version".to_owned(),
         Some("refused") => format!(
             "it REFUSED this version and serves version {}: {}",
@@ -234,53 +255,60 @@ fn render(v: &Value) -> String {
             text(v, "applied")
         ),
         _ => format!("state {}", text(v, "state")),
+    }
+}
+
+/// A listener's line, then its filter chain, one filter a line.
+fn listener(l: &Value) -> String {
+    let default = match l["default_cluster"].as_str() {
+        Some(c) => format!("default cluster {c}"),
+        None => "no default cluster".to_owned(),
     };
-    out.push_str(&format!("{state}\n"));
-    if v["secrets_shown"] != true {
-        out.push_str(
-            "secrets in filter configs, if any, are shown as \"<redacted>\"; --show-secrets \
-             shows them (with the API token)\n",
-        );
+    let mut out = format!(
+        "\nlistener {} on {} (bound {}), {default}{}{}\n",
+        text(l, "name"),
+        text(l, "address"),
+        text(l, "bound"),
+        if l["tls"] == true { ", TLS" } else { "" },
+        if l["mesh_internal"] == true {
+            ", mesh internal"
+        } else {
+            ""
+        },
+    );
+    let filters = l["filters"].as_array().cloned().unwrap_or_default();
+    if filters.is_empty() {
+        out.push_str("  no filters\n");
     }
-    for l in v["listeners"].as_array().into_iter().flatten() {
-        let default = match l["default_cluster"].as_str() {
-            Some(c) => format!("default cluster {c}"),
-            None => "no default cluster".to_owned(),
-        };
-        out.push_str(&format!(
-            "\nlistener {} on {} (bound {}), {default}{}{}\n",
-            text(l, "name"),
-            text(l, "address"),
-            text(l, "bound"),
-            if l["tls"] == true { ", TLS" } else { "" },
-            if l["mesh_internal"] == true {
-                ", mesh internal"
-            } else {
-                ""
-            },
-        ));
-        let filters = l["filters"].as_array().cloned().unwrap_or_default();
-        if filters.is_empty() {
-            out.push_str("  no filters\n");
-        }
-        for (i, f) in filters.iter().enumerate() {
-            let sha = f["sha256"].as_str().map_or("built in".to_owned(), |s| {
-                format!("sha256 {}", s.get(..12).unwrap_or(s))
-            });
-            out.push_str(&format!(
-                "  {i}. {} ({}, {sha}, {})\n",
-                text(f, "name"),
-                text(f, "module"),
-                text(f, "failure")
-            ));
-            if !f["config"].is_null() {
-                out.push_str(&format!("     config: {}\n", f["config"]));
-            }
-            if f["module"] == "builtin:router" {
-                out.push_str(&routes(&f["config"]));
-            }
-        }
+    for (i, f) in filters.iter().enumerate() {
+        out.push_str(&filter(i, f));
     }
+    out
+}
+
+/// A filter of a chain: its module and config, and a router's routes.
+fn filter(i: usize, f: &Value) -> String {
+    let sha = f["sha256"].as_str().map_or("built in".to_owned(), |s| {
+        format!("sha256 {}", s.get(..12).unwrap_or(s))
+    });
+    let mut out = format!(
+        "  {i}. {} ({}, {sha}, {})\n",
+        text(f, "name"),
+        text(f, "module"),
+        text(f, "failure")
+    );
+    if !f["config"].is_null() {
+        out.push_str(&format!("     config: {}\n", f["config"]));
+    }
+    if f["module"] == "builtin:router" {
+        out.push_str(&routes(&f["config"]));
+    }
+    out
+}
+
+/// The clusters' table: one row per endpoint, the cluster's balancer and protocol
+/// on its first.
+fn clusters(v: &Value) -> Vec<[String; 5]> {
     let mut rows = vec![[
         "CLUSTER".to_owned(),
         "ENDPOINT".into(),
@@ -306,9 +334,7 @@ fn render(v: &Value) -> String {
             ]);
         }
     }
-    out.push('\n');
-    out.push_str(&table(&rows));
-    out
+    rows
 }
 
 /// A router's routes: what each matches, and where it sends (a cluster, or a split

@@ -61,36 +61,7 @@ enum Command {
         runtime: Runtime,
     },
     /// Run the config server: stores filters and mesh configs, pushes them to proxies.
-    ConfigServer {
-        /// Where the HTTP API and the proxies' gRPC stream listen.
-        #[arg(long, default_value = "127.0.0.1:7070")]
-        listen: std::net::SocketAddr,
-        /// Where filters, versions and the tokens are kept; the other commands find
-        /// the tokens there too when WEFT_DATA_DIR names it
-        /// [default: $XDG_DATA_HOME/weft/config-server or ~/.local/share/weft/config-server].
-        #[arg(long, env = "WEFT_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// Largest filter module accepted, in bytes.
-        #[arg(long, default_value_t = weft_config_server::Options::DEFAULT_MAX_FILTER_SIZE)]
-        max_filter_size: usize,
-        /// Connections served at once; more wait in the kernel's queue.
-        #[arg(long, default_value_t = weft_config_server::Limits::default().max_connections)]
-        max_connections: usize,
-        /// Proxies (node ids) kept, connected or recently gone; past it, new nodes are
-        /// refused unless one disconnected long enough ago to be forgotten.
-        #[arg(long, default_value_t = weft_config_server::Limits::default().max_proxies)]
-        max_proxies: usize,
-        /// How often proxies report their traffic, for `weft stat`; 0s: never.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        report_interval: Duration,
-        /// A name requests may give the server as their Host, besides localhost and IP
-        /// addresses (repeat for more). Without it, a server on loopback answers only
-        /// to those, so that no web page can reach it by a name made to resolve here.
-        #[arg(long = "allow-host", value_name = "NAME")]
-        allow_hosts: Vec<String>,
-        #[command(flatten)]
-        runtime: Runtime,
-    },
+    ConfigServer(ConfigServerArgs),
     /// Push a filter module (.wasm component) to the config server under a name.
     Push {
         /// The .wasm file.
@@ -173,6 +144,58 @@ enum Command {
     },
 }
 
+/// `weft config-server`.
+#[derive(clap::Args)]
+struct ConfigServerArgs {
+    /// Where the HTTP API and the proxies' gRPC stream listen.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: std::net::SocketAddr,
+    /// Where filters, versions and the tokens are kept; the other commands find
+    /// the tokens there too when WEFT_DATA_DIR names it
+    /// [default: $XDG_DATA_HOME/weft/config-server or ~/.local/share/weft/config-server].
+    #[arg(long, env = "WEFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest filter module accepted, in bytes.
+    #[arg(long, default_value_t = weft_config_server::Options::DEFAULT_MAX_FILTER_SIZE)]
+    max_filter_size: usize,
+    /// Connections served at once; more wait in the kernel's queue.
+    #[arg(long, default_value_t = weft_config_server::Limits::default().max_connections)]
+    max_connections: usize,
+    /// Proxies (node ids) kept, connected or recently gone; past it, new nodes are
+    /// refused unless one disconnected long enough ago to be forgotten.
+    #[arg(long, default_value_t = weft_config_server::Limits::default().max_proxies)]
+    max_proxies: usize,
+    /// How often proxies report their traffic, for `weft stat`; 0s: never.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    report_interval: Duration,
+    /// A name requests may give the server as their Host, besides localhost and IP
+    /// addresses (repeat for more). Without it, a server on loopback answers only
+    /// to those, so that no web page can reach it by a name made to resolve here.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
+    #[command(flatten)]
+    runtime: Runtime,
+}
+
+impl ConfigServerArgs {
+    /// The server's options: these limits, the others at their defaults.
+    fn options(self) -> weft_config_server::Options {
+        let mut options = weft_config_server::Options::new(
+            self.listen,
+            self.data_dir.unwrap_or_else(paths::server_data_dir),
+        );
+        options.max_filter_size = self.max_filter_size;
+        options.limits = weft_config_server::Limits {
+            max_connections: self.max_connections,
+            max_proxies: self.max_proxies,
+            ..Default::default()
+        };
+        options.report_interval = self.report_interval;
+        options.allowed_hosts = self.allow_hosts;
+        options
+    }
+}
+
 /// Who a proxy fed by a config server is.
 #[derive(clap::Args)]
 struct Identity {
@@ -246,12 +269,37 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _access_log = init_logging();
-    let workers = match &cli.command {
-        Command::Proxy { runtime, .. }
-        | Command::ConfigServer { runtime, .. }
-        | Command::Demo { runtime, .. } => runtime.workers,
-        _ => None,
+    let runtime = match runtime(cli.command.workers()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    /// The threads asked for, by the commands that serve.
+    fn workers(&self) -> Option<std::num::NonZeroUsize> {
+        match self {
+            Command::Proxy { runtime, .. }
+            | Command::ConfigServer(ConfigServerArgs { runtime, .. })
+            | Command::Demo { runtime, .. } => runtime.workers,
+            _ => None,
+        }
+    }
+}
+
+/// A runtime with `workers` threads, or one per core this process may use; with
+/// one, a single-threaded scheduler.
+fn runtime(workers: Option<std::num::NonZeroUsize>) -> std::io::Result<tokio::runtime::Runtime> {
     let workers = workers
         .or_else(|| std::thread::available_parallelism().ok())
         .map_or(1, std::num::NonZeroUsize::get);
@@ -262,89 +310,53 @@ fn main() -> ExitCode {
         b.worker_threads(workers);
         b
     };
-    let runtime = match builder.enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+    builder.enable_all().build()
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Proxy {
+            config,
+            check,
+            config_server: Some(url),
+            drain_delay,
+            identity,
+            ..
+        } => {
+            debug_assert!(config.is_none() && !check);
+            run_subscribed_proxy(url, identity, drain_delay).await
         }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Proxy {
-                config,
-                check,
-                config_server: Some(url),
-                drain_delay,
-                identity,
-                ..
-            } => {
-                debug_assert!(config.is_none() && !check);
-                run_subscribed_proxy(url, identity, drain_delay).await
-            }
-            Command::Proxy {
-                config,
-                check,
-                drain_delay,
-                ..
-            } => {
-                let path = config.unwrap_or_else(|| "weft.yaml".into());
-                run_proxy(path, check, drain_delay).await
-            }
-            Command::ConfigServer {
-                listen,
-                data_dir,
-                max_filter_size,
-                max_connections,
-                max_proxies,
-                report_interval,
-                allow_hosts,
-                ..
-            } => {
-                let limits = weft_config_server::Limits {
-                    max_connections,
-                    max_proxies,
-                    ..Default::default()
-                };
-                let mut options = weft_config_server::Options::new(
-                    listen,
-                    data_dir.unwrap_or_else(paths::server_data_dir),
-                );
-                options.max_filter_size = max_filter_size;
-                options.limits = limits;
-                options.report_interval = report_interval;
-                options.allowed_hosts = allow_hosts;
-                run_config_server(options).await
-            }
-            Command::Push { file, name, server } => client::push(&server, &file, &name).await,
-            Command::Apply { args, server } => client::apply(&server, &args).await,
-            Command::Status {
-                json,
-                grace,
-                server,
-            } => client::status(&server, json, grace).await,
-            Command::History(args) => inspect::history(&args).await,
-            Command::Get(args) => inspect::get(&args).await,
-            Command::Diff(args) => inspect::diff(&args).await,
-            Command::ProxyConfig(args) => inspect::proxy_config(&args).await,
-            Command::Check(args) => check::check(&args).await,
-            Command::Stat(args) => stat::stat(&args).await,
-            Command::Rollback { version, server } => client::rollback(&server, version).await,
-            Command::Demo {
-                listen,
-                admin,
-                server_listen,
-                print_config,
-                ..
-            } => demo::run(&listen, &admin, server_listen, print_config).await,
+        Command::Proxy {
+            config,
+            check,
+            drain_delay,
+            ..
+        } => {
+            let path = config.unwrap_or_else(|| "weft.yaml".into());
+            run_proxy(path, check, drain_delay).await
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", report(&e));
-            ExitCode::FAILURE
-        }
+        Command::ConfigServer(args) => run_config_server(args.options()).await,
+        Command::Push { file, name, server } => client::push(&server, &file, &name).await,
+        Command::Apply { args, server } => client::apply(&server, &args).await,
+        Command::Status {
+            json,
+            grace,
+            server,
+        } => client::status(&server, json, grace).await,
+        Command::History(args) => inspect::history(&args).await,
+        Command::Get(args) => inspect::get(&args).await,
+        Command::Diff(args) => inspect::diff(&args).await,
+        Command::ProxyConfig(args) => inspect::proxy_config(&args).await,
+        Command::Check(args) => check::check(&args).await,
+        Command::Stat(args) => stat::stat(&args).await,
+        Command::Rollback { version, server } => client::rollback(&server, version).await,
+        Command::Demo {
+            listen,
+            admin,
+            server_listen,
+            print_config,
+            ..
+        } => demo::run(&listen, &admin, server_listen, print_config).await,
     }
 }
 
