@@ -17,10 +17,9 @@ use tokio::sync::watch;
 
 use crate::Bound;
 use crate::body::ProxyBody;
-use crate::listener::{
-    ConnLimits, ConnSettings, ConnWatch, Watched, accept_loop, drive, http_builder,
-};
-use crate::service::ListenerState;
+use crate::conn::{ConnLimits, ConnSettings, ConnWatch, Watched, http_builder};
+use crate::listener::{accept_loop, drive};
+use crate::state::ListenerState;
 
 pub(crate) struct Admin {
     pub(crate) ready: AtomicBool,

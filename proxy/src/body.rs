@@ -11,10 +11,11 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::done::DoneBody;
-use crate::upstream::UpstreamBody;
 
 /// A message body on its way through the proxy.
 #[derive(Debug)]
@@ -28,7 +29,83 @@ pub enum ProxyBody {
     /// A whole body in memory; `None` once sent.
     Full(Option<Bytes>),
     /// A response body whose end runs the filters' `on-done` hooks.
-    Done(Box<DoneBody>),
+    Done(Box<DoneBody<ProxyBody>>),
+}
+
+/// Where an upstream's HTTP/1 connection goes back once its response has been read
+/// to the end: the endpoint's idle queue.
+pub(crate) trait Pool: Send + Sync {
+    /// Take the connection back for the next request.
+    fn checkin(&self, sender: http1::SendRequest<ProxyBody>);
+}
+
+/// A response body from an upstream. Read to its end, it hands its HTTP/1
+/// connection back to the pool; dropped before that, the connection closes with it.
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkin: Option<(Arc<dyn Pool>, http1::SendRequest<ProxyBody>)>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        pooled: Option<(Arc<dyn Pool>, http1::SendRequest<ProxyBody>)>,
+    ) -> Self {
+        let mut body = Self {
+            inner,
+            checkin: pooled,
+        };
+        // HEAD, 204, 304 and empty bodies are at their end already; hyper may never
+        // poll them.
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some((pool, sender)) = self.checkin.take() {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            // The last frame: hyper stops polling once `is_end_stream` says so.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(None) => this.release(),
+            // A broken body leaves the connection in an unknown state: never reuse it.
+            Poll::Ready(Some(Err(_))) => this.checkin = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A client's body streamed upstream: maybe a first part read ahead (for a retry that

@@ -2,12 +2,33 @@
 //! whole needs (buffered bodies, response hooks) so the request path does no work
 //! that no filter asked for.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use weft_config::{Config, FilterConfig, ListenerConfig, ModuleRef};
 use weft_engine::{BodyMode, Engine, Filter, FilterSpec, LoadError};
 
-use crate::ModuleStore;
+/// Where the modules of pushed filters (`filter:NAME` with a sha256) come from.
+pub trait ModuleStore: Send + Sync {
+    /// The module with this sha256 (hex), if the store has it.
+    fn module(&self, sha256: &str) -> Option<bytes::Bytes>;
+}
+
+/// A store with no modules: a proxy's own file names only files and built-ins.
+#[derive(Debug, Default)]
+pub struct NoModules;
+
+impl ModuleStore for NoModules {
+    fn module(&self, _: &str) -> Option<bytes::Bytes> {
+        None
+    }
+}
+
+impl ModuleStore for HashMap<String, bytes::Bytes> {
+    fn module(&self, sha256: &str) -> Option<bytes::Bytes> {
+        self.get(sha256).cloned()
+    }
+}
 
 /// Why a filter of the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -16,11 +16,10 @@ use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use weft_config::{ClusterConfig, DnsConfig, HealthCheckConfig, OutlierConfig, UpstreamProtocol};
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, UpstreamBody};
 use crate::tls;
 use crate::upstream::{
     Conn, ConnectError, Connector, Endpoint, Exchange, Held, HeldConnection, Io, TlsConnector,
-    UpstreamBody,
 };
 
 /// An upstream cluster.
@@ -418,7 +417,7 @@ impl Cluster {
         let endpoint = self.choose().await?;
         let endpoint = &endpoint;
         attempt.endpoint = Some(endpoint.clone());
-        let _in_flight = balance::start(endpoint);
+        let _in_flight = balance::start(&**endpoint);
         let started = Instant::now();
         let result = self.send_to(endpoint, parts, body, attempt).await;
         match &result {

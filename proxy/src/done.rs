@@ -12,12 +12,11 @@ use http_body::{Body, Frame, SizeHint};
 use weft_engine::{Exchange, Responder, Summary};
 
 use crate::access::AccessLog;
-use crate::body::ProxyBody;
 use crate::chain::FilterChain;
 
 /// A response body that runs the `on-done` hooks when it ends or is dropped.
-pub struct DoneBody {
-    inner: ProxyBody,
+pub struct DoneBody<B: Body> {
+    inner: B,
     bytes: u64,
     pending: Option<Pending>,
 }
@@ -30,7 +29,7 @@ struct Pending {
     log: Option<Arc<AccessLog>>,
 }
 
-impl std::fmt::Debug for DoneBody {
+impl<B: Body + std::fmt::Debug> std::fmt::Debug for DoneBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DoneBody")
             .field("inner", &self.inner)
@@ -40,31 +39,29 @@ impl std::fmt::Debug for DoneBody {
 }
 
 /// Give a response the body that ends the request's life.
-pub(crate) fn wrap(
-    resp: Response<ProxyBody>,
+pub(crate) fn wrap<B: Body>(
+    resp: Response<B>,
     chain: &FilterChain,
     ex: Box<Exchange>,
     responder: Responder,
     log: Option<Arc<AccessLog>>,
-) -> Response<ProxyBody> {
+) -> Response<DoneBody<B>> {
     let status = resp.status().as_u16();
     let mut ex = ex;
     // A trailers-only gRPC answer carries its status in the head.
     if let Some(code) = resp.headers().get("grpc-status") {
         ex.ctx.grpc_status = parse_grpc_status(code.as_bytes());
     }
-    resp.map(|inner| {
-        ProxyBody::Done(Box::new(DoneBody {
-            inner,
-            bytes: 0,
-            pending: Some(Pending {
-                chain: chain.clone(),
-                ex,
-                status,
-                responder,
-                log,
-            }),
-        }))
+    resp.map(|inner| DoneBody {
+        inner,
+        bytes: 0,
+        pending: Some(Pending {
+            chain: chain.clone(),
+            ex,
+            status,
+            responder,
+            log,
+        }),
     })
 }
 
@@ -72,7 +69,7 @@ fn parse_grpc_status(value: &[u8]) -> Option<u32> {
     std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
-impl DoneBody {
+impl<B: Body> DoneBody<B> {
     fn finish(&mut self, complete: bool) {
         let Some(p) = self.pending.take() else {
             return;
@@ -95,14 +92,14 @@ impl DoneBody {
     }
 }
 
-impl Body for DoneBody {
+impl<B: Body<Data = Bytes> + Unpin> Body for DoneBody<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -134,7 +131,7 @@ impl Body for DoneBody {
     }
 }
 
-impl Drop for DoneBody {
+impl<B: Body> Drop for DoneBody<B> {
     fn drop(&mut self) {
         // Dropped at its end (an empty body is never polled) or cut short.
         let complete = self.inner.is_end_stream();

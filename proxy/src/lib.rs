@@ -25,6 +25,7 @@ mod admin;
 mod body;
 mod chain;
 mod cluster;
+mod conn;
 mod done;
 mod error;
 mod listener;
@@ -32,6 +33,7 @@ mod metrics;
 mod normalize;
 mod service;
 mod spans;
+mod state;
 mod tls;
 mod upstream;
 
@@ -50,13 +52,14 @@ use weft_engine::Engine;
 
 pub use access::TARGET as ACCESS_LOG_TARGET;
 pub use body::ProxyBody;
-pub use chain::{ChainError, FilterChain};
+pub use body::UpstreamBody;
+pub use chain::{ChainError, FilterChain, ModuleStore, NoModules};
 pub use cluster::{Cluster, ClusterError};
 pub use error::{ProxyError, Side};
 pub use listener::Backoff;
-pub use service::ListenerState;
+use state::Bound;
+pub use state::ListenerState;
 pub use tls::TlsError;
-pub use upstream::UpstreamBody;
 
 /// Why a proxy could not start, or a configuration could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -104,28 +107,6 @@ pub enum StartError {
 impl From<ChainError> for StartError {
     fn from(e: ChainError) -> Self {
         Self::Filter(Box::new(e))
-    }
-}
-
-/// Where the modules of pushed filters (`filter:NAME` with a sha256) come from.
-pub trait ModuleStore: Send + Sync {
-    /// The module with this sha256 (hex), if the store has it.
-    fn module(&self, sha256: &str) -> Option<bytes::Bytes>;
-}
-
-/// A store with no modules: a proxy's own file names only files and built-ins.
-#[derive(Debug, Default)]
-pub struct NoModules;
-
-impl ModuleStore for NoModules {
-    fn module(&self, _: &str) -> Option<bytes::Bytes> {
-        None
-    }
-}
-
-impl ModuleStore for HashMap<String, bytes::Bytes> {
-    fn module(&self, sha256: &str) -> Option<bytes::Bytes> {
-        self.get(sha256).cloned()
     }
 }
 
@@ -193,9 +174,9 @@ fn build_states(
                 })?,
             )),
         };
-        let settings = listener::ConnSettings {
+        let settings = conn::ConnSettings {
             max_header_size: l.limits.max_header_size.bytes(),
-            limits: listener::ConnLimits {
+            limits: conn::ConnLimits {
                 header_read_timeout: l.limits.header_read_timeout.0,
                 idle_timeout: l.limits.idle_timeout.0,
                 max_premature_resets: l.limits.max_premature_resets,
@@ -217,7 +198,7 @@ fn build_states(
             upgrades: l.upgrade_protocols().into_iter().map(Box::from).collect(),
             mesh_internal: l.mesh_internal,
             draining: draining.clone(),
-            conn: Arc::new(listener::ConnParts::new(tls, &settings)),
+            conn: Arc::new(conn::ConnParts::new(tls, &settings)),
             access: config
                 .access_log
                 .as_ref()
@@ -232,25 +213,6 @@ fn build_states(
         cluster.start();
     }
     Ok(states)
-}
-
-/// A bound listener.
-pub(crate) struct Bound {
-    pub(crate) name: String,
-    /// The address as configured (`127.0.0.1:0` stays bound to the port it got).
-    configured: String,
-    pub(crate) addr: SocketAddr,
-    state: Arc<ArcSwap<ListenerState>>,
-    stop: watch::Sender<bool>,
-    /// Its connections, for `/metrics`.
-    pub(crate) counts: Arc<metrics::ConnCounts>,
-}
-
-impl Bound {
-    /// A reload keeps this listener's socket when its name and address stay.
-    fn kept_by(&self, l: &weft_config::ListenerConfig) -> bool {
-        self.name == l.name.value && self.configured == l.address.value
-    }
 }
 
 struct Inner {
@@ -493,7 +455,7 @@ impl RunningProxy {
             };
             let state = Arc::new(ArcSwap::from_pointee(state));
             let (stop, stop_rx) = watch::channel(false);
-            let counts = Arc::new(metrics::ConnCounts::default());
+            let counts = Arc::new(conn::ConnCounts::default());
             let task = listener::run(
                 Arc::from(l.name.value.as_str()),
                 tcp,

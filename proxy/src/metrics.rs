@@ -11,22 +11,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use crate::Bound;
-
-/// A listener's connection counts.
-#[derive(Debug, Default)]
-pub(crate) struct ConnCounts {
-    /// Connections accepted.
-    pub(crate) accepted: AtomicU64,
-    /// Connections closed at once because the listener had `max_connections` open.
-    pub(crate) refused: AtomicU64,
-    /// Connections open now (served, not yet closed).
-    pub(crate) open: AtomicU64,
-    /// Bytes read from clients (after TLS), upgraded connections' included.
-    pub(crate) received_bytes: AtomicU64,
-    /// Bytes written to clients (before TLS), upgraded connections' included.
-    pub(crate) sent_bytes: AtomicU64,
-}
+use crate::conn::ConnCounts;
+use crate::state::Bound;
 
 /// Everything the proxy itself exports.
 pub(crate) struct ProxyMetrics {

@@ -1,7 +1,6 @@
 //! The request path of one listener, as a chain of steps. Each step says why it is
 //! there; together they are everything a request goes through.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,12 +19,12 @@ use weft_engine::{
 };
 
 use crate::body::{self, BufferError, ClientBody, Kept, Peeked, ProxyBody};
-use crate::chain::FilterChain;
 use crate::cluster::{Attempt, Cluster, UpstreamError};
+use crate::conn::{ConnWatch, Watched};
 use crate::done;
 use crate::error::{ProxyError, Side};
-use crate::listener::{ConnWatch, Watched};
 use crate::normalize;
+use crate::state::ListenerState;
 use crate::upstream::{HeldConnection, Io};
 
 /// The longest delay a filter may ask for; longer asks are cut to it.
@@ -37,38 +36,6 @@ const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-weft-attempt");
 const ATTEMPTS: [&str; MAX_ATTEMPTS as usize] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
 
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
-
-/// What a listener's requests need, swapped as a whole when configuration changes.
-#[derive(Debug)]
-pub struct ListenerState {
-    /// The listener's name.
-    pub name: Arc<str>,
-    /// Its filter chain.
-    pub chain: FilterChain,
-    /// Every cluster, by name.
-    pub clusters: Arc<HashMap<String, Arc<Cluster>>>,
-    /// Where requests go when no filter routes them.
-    pub default_cluster: Option<Arc<Cluster>>,
-    /// The upstream must answer within this time of the request's arrival, unless a
-    /// filter sets another.
-    pub request_timeout: Duration,
-    /// The largest body a filter may have buffered.
-    pub max_body: usize,
-    /// Normalise request paths before filters see them.
-    pub normalize_path: bool,
-    /// Tunnel `CONNECT` requests to the routed cluster.
-    pub allow_connect: bool,
-    /// The protocols clients may upgrade to, lower-cased, without `h2c`.
-    pub upgrades: Box<[Box<str>]>,
-    /// Peers are mesh proxies: their `x-weft-source-workload` reaches filters.
-    pub mesh_internal: bool,
-    /// The proxy is about to stop: HTTP/1 clients are told to reconnect.
-    pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
-    /// TLS and HTTP settings for new connections.
-    pub(crate) conn: Arc<crate::listener::ConnParts>,
-    /// The access log, when the configuration has one.
-    pub(crate) access: Option<Arc<crate::access::AccessLog>>,
-}
 
 /// Serve one request. Never fails: every error becomes a response that says who
 /// failed, with an error id the log shares.
@@ -122,6 +89,7 @@ pub(crate) async fn serve(
     Ok(match lent.0 {
         Some(ex) if state.chain.done || logged.is_some() => {
             done::wrap(resp, &state.chain, ex, responder, logged.cloned())
+                .map(|d| ProxyBody::Done(Box::new(d)))
         }
         _ => resp,
     })

@@ -20,14 +20,15 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::uri::Authority;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::body::ProxyBody;
+use crate::body::{Pool, ProxyBody, UpstreamBody};
+use crate::cluster::balance::{Balanced, Stats};
 
 /// How connections to a cluster's endpoints are made, and how many may be.
 pub(crate) struct Connector {
@@ -119,7 +120,7 @@ pub(crate) struct Endpoint {
     /// The DNS name this address was found under: the name TLS verifies.
     pub(crate) name: Option<Arc<str>>,
     /// Load, latency and health, for the balancer.
-    pub(crate) stats: crate::cluster::balance::Stats,
+    pub(crate) stats: Stats,
     idle: ArrayQueue<Idle>,
     h2: ArcSwapOption<http2::SendRequest<ProxyBody>>,
     /// Only one HTTP/2 connection is made at a time; the others wait and share it.
@@ -146,7 +147,7 @@ impl Endpoint {
         Self {
             authority,
             name,
-            stats: crate::cluster::balance::Stats::new(weight),
+            stats: Stats::new(weight),
             idle: ArrayQueue::new(max_idle.max(1)),
             h2: ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::new(()),
@@ -300,17 +301,6 @@ impl Endpoint {
         }
     }
 
-    /// Back to the idle queue; dropped (and so closed) when the queue is full.
-    fn checkin(&self, sender: http1::SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        let _ = self.idle.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
-    }
-
     /// Close idle connections older than `idle_timeout`, every half of it, for as long
     /// as the endpoint exists.
     fn start_sweeper(self: &Arc<Self>, idle_timeout: Duration) {
@@ -423,7 +413,7 @@ impl Future for Exchange {
         Poll::Ready(result.map(|resp| {
             // A connection that switched protocols belongs to its tunnel, not the pool.
             let pool = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
-                .then_some((endpoint, sender));
+                .then_some((endpoint as Arc<dyn Pool>, sender));
             resp.map(|b| UpstreamBody::new(b, pool))
         }))
     }
@@ -440,7 +430,8 @@ impl Drop for Exchange {
         runtime.spawn(async move {
             let finished = async {
                 let Ok(resp) = response.await else { return };
-                let mut body = UpstreamBody::new(resp.into_body(), Some((endpoint, sender)));
+                let mut body =
+                    UpstreamBody::new(resp.into_body(), Some((endpoint as Arc<dyn Pool>, sender)));
                 let mut read = 0;
                 // Read to the end, which hands the connection back; a large body is
                 // not worth it, and dropping it closes the connection.
@@ -458,71 +449,21 @@ impl Drop for Exchange {
     }
 }
 
-/// A response body from an upstream. Read to its end, it hands its HTTP/1
-/// connection back to the pool; dropped before that, the connection closes with it.
-pub struct UpstreamBody {
-    inner: Incoming,
-    checkin: Option<(Arc<Endpoint>, http1::SendRequest<ProxyBody>)>,
-}
-
-impl std::fmt::Debug for UpstreamBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl UpstreamBody {
-    pub(crate) fn new(
-        inner: Incoming,
-        pooled: Option<(Arc<Endpoint>, http1::SendRequest<ProxyBody>)>,
-    ) -> Self {
-        let mut body = Self {
-            inner,
-            checkin: pooled,
-        };
-        // HEAD, 204, 304 and empty bodies are at their end already; hyper may never
-        // poll them.
-        if body.inner.is_end_stream() {
-            body.release();
+impl Pool for Endpoint {
+    /// Back to the idle queue; dropped (and so closed) when the queue is full.
+    fn checkin(&self, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
         }
-        body
-    }
-
-    fn release(&mut self) {
-        if let Some((endpoint, sender)) = self.checkin.take() {
-            endpoint.checkin(sender);
-        }
+        let _ = self.idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
     }
 }
 
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            // The last frame: hyper stops polling once `is_end_stream` says so.
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(None) => this.release(),
-            // A broken body leaves the connection in an unknown state: never reuse it.
-            Poll::Ready(Some(Err(_))) => this.checkin = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+impl Balanced for Endpoint {
+    fn stats(&self) -> &Stats {
+        &self.stats
     }
 }

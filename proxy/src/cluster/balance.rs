@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 
 use weft_config::{Balancer, OutlierConfig};
 
-use crate::upstream::Endpoint;
-
 /// The latency an endpoint is assumed to have before it answered anything.
 const DEFAULT_RTT: Duration = Duration::from_millis(10);
 /// How fast the latency estimate forgets, in nanoseconds.
@@ -176,18 +174,25 @@ impl Stats {
     }
 }
 
+/// What the balancer reads of an endpoint: its load, latency and health.
+pub(crate) trait Balanced {
+    /// The endpoint's figures.
+    fn stats(&self) -> &Stats;
+}
+
 /// Count a request in flight to `endpoint` until the guard drops.
-pub(crate) fn start(endpoint: &Endpoint) -> InFlight<'_> {
-    endpoint.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-    InFlight(endpoint)
+pub(crate) fn start(endpoint: &impl Balanced) -> InFlight<'_> {
+    let stats = endpoint.stats();
+    stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    InFlight(stats)
 }
 
 /// A request in flight to an endpoint.
-pub(crate) struct InFlight<'a>(&'a Endpoint);
+pub(crate) struct InFlight<'a>(&'a Stats);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -203,8 +208,8 @@ pub(crate) struct Picker {
 }
 
 impl Picker {
-    pub(crate) fn new(balancer: Balancer, endpoints: &[Arc<Endpoint>]) -> Self {
-        let weights: Vec<u32> = endpoints.iter().map(|e| e.stats.weight).collect();
+    pub(crate) fn new<E: Balanced>(balancer: Balancer, endpoints: &[Arc<E>]) -> Self {
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.stats().weight).collect();
         let gcd = weights.iter().fold(0, |a, &b| gcd(a, b)).max(1);
         let mut schedule = Vec::new();
         if balancer == Balancer::RoundRobin {
@@ -236,17 +241,17 @@ impl Picker {
     }
 
     /// Choose an endpoint; none when none is eligible.
-    pub(crate) fn pick<'a>(&self, endpoints: &'a [Arc<Endpoint>]) -> Option<&'a Arc<Endpoint>> {
+    pub(crate) fn pick<'a, E: Balanced>(&self, endpoints: &'a [Arc<E>]) -> Option<&'a Arc<E>> {
         let now = clock();
         if endpoints.len() == 1 {
-            return endpoints.first().filter(|e| e.stats.eligible(now));
+            return endpoints.first().filter(|e| e.stats().eligible(now));
         }
         match self.balancer {
             Balancer::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..self.schedule.len())
                     .map(|k| &endpoints[self.schedule[(start + k) % self.schedule.len()] as usize])
-                    .find(|e| e.stats.eligible(now))
+                    .find(|e| e.stats().eligible(now))
             }
             Balancer::LeastRequest | Balancer::PeakEwma => {
                 let a = self.draw(endpoints, now)?;
@@ -255,7 +260,9 @@ impl Picker {
                     .filter_map(|_| self.draw(endpoints, now))
                     .find(|b| !Arc::ptr_eq(a, b));
                 match b {
-                    Some(b) if b.stats.cost(self.balancer) < a.stats.cost(self.balancer) => Some(b),
+                    Some(b) if b.stats().cost(self.balancer) < a.stats().cost(self.balancer) => {
+                        Some(b)
+                    }
                     _ => Some(a),
                 }
             }
@@ -263,19 +270,21 @@ impl Picker {
     }
 
     /// One eligible endpoint at random, in proportion to weight.
-    fn draw<'a>(&self, endpoints: &'a [Arc<Endpoint>], now: u64) -> Option<&'a Arc<Endpoint>> {
+    fn draw<'a, E: Balanced>(&self, endpoints: &'a [Arc<E>], now: u64) -> Option<&'a Arc<E>> {
         let total = *self.cumulative.last()?;
         for _ in 0..8 {
             let r = fastrand::u64(..total);
             let i = self.cumulative.partition_point(|&c| c <= r);
             let e = &endpoints[i];
-            if e.stats.eligible(now) {
+            if e.stats().eligible(now) {
                 return Some(e);
             }
         }
         // Most are out: choose among those that are not.
-        let eligible: Vec<&Arc<Endpoint>> =
-            endpoints.iter().filter(|e| e.stats.eligible(now)).collect();
+        let eligible: Vec<&Arc<E>> = endpoints
+            .iter()
+            .filter(|e| e.stats().eligible(now))
+            .collect();
         if eligible.is_empty() {
             return None;
         }
@@ -290,13 +299,13 @@ fn gcd(a: u32, b: u32) -> u32 {
 /// Record an attempt's outcome for outlier detection: failures in a row eject an
 /// endpoint for a time that grows with each ejection, never more than a share of
 /// the cluster at once. Returns the ejection's length when this one ejected it.
-pub(crate) fn record(
+pub(crate) fn record<E: Balanced>(
     outlier: &OutlierConfig,
-    endpoint: &Endpoint,
-    endpoints: &[Arc<Endpoint>],
+    endpoint: &E,
+    endpoints: &[Arc<E>],
     ok: bool,
 ) -> Option<Duration> {
-    let s = &endpoint.stats;
+    let s = endpoint.stats();
     if ok {
         if s.failures.load(Ordering::Relaxed) != 0 {
             s.failures.store(0, Ordering::Relaxed);
@@ -311,7 +320,7 @@ pub(crate) fn record(
     if failures < outlier.consecutive_failures || s.ejected(now) {
         return None;
     }
-    let ejected = endpoints.iter().filter(|e| e.stats.ejected(now)).count();
+    let ejected = endpoints.iter().filter(|e| e.stats().ejected(now)).count();
     let allowed = endpoints.len() * outlier.max_ejection_percent as usize / 100;
     if ejected >= allowed {
         return None;
