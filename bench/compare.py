@@ -335,6 +335,9 @@ def measure_paced(t, cache, rate, conns, seconds):
         c1 = cpu_ticks(pids)
         if r["errors"]:
             print(f"warning: {t.name}: {r['errors']} errors at {rate} req/s", file=sys.stderr)
+        if r.get("reconnects"):
+            print(f"note: {t.name}: the server closed {r['reconnects']} connections at {rate} req/s",
+                  file=sys.stderr)
         out = {"p50": r["p50_us"], "p99": r["p99_us"], "hooks": t.hooks()}
         if t.proc and r["requests"]:
             out["cpu"] = (c1 - c0) / CLK * 1e6 / r["requests"]
