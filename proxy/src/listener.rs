@@ -321,29 +321,4 @@ mod tests {
         b.reset();
         assert_eq!(b.pause().as_millis(), 10);
     }
-
-    #[test]
-    fn many_cancelled_requests_are_abuse_few_are_not() {
-        let w = ConnWatch::new(3);
-        for _ in 0..10 {
-            InFlight::start(&w).finish();
-        }
-        for _ in 0..3 {
-            drop(InFlight::start(&w));
-        }
-        // 3 resets of 13 streams: a client that cancels now and then.
-        assert_eq!(w.premature_resets.load(Ordering::Relaxed), 3);
-        assert_eq!(w.in_flight.load(Ordering::Relaxed), 0);
-        let notified = w.abuse.notified();
-        let mut notified = pin!(notified);
-        assert!(
-            futures_util::FutureExt::now_or_never(notified.as_mut()).is_none(),
-            "not abuse yet"
-        );
-        for _ in 0..10 {
-            drop(InFlight::start(&w));
-        }
-        // 13 resets of 23 streams.
-        assert!(futures_util::FutureExt::now_or_never(notified).is_some());
-    }
 }
