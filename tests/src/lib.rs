@@ -10,6 +10,10 @@
 //! assert_eq!(resp.header("x-backend"), Some("web"));
 //! # }
 //! ```
+//!
+//! What is not about Weft (the time limit, processes, ports, waits, temporary
+//! folders) comes from `weft-testkit`, re-exported here, so every harness of the
+//! workspace waits and cleans up alike.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -29,6 +33,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+
+pub use weft_testkit::*;
 
 /// Paths of the guest components built for the tests.
 pub mod guests {
@@ -54,9 +60,6 @@ pub fn promtool() -> std::path::PathBuf {
     })
 }
 
-/// Every test gives up after this long rather than hang.
-pub const LIMIT: Duration = Duration::from_secs(30);
-
 /// Start describing a backend.
 pub fn backend(name: &'static str) -> BackendBuilder {
     BackendBuilder {
@@ -65,7 +68,7 @@ pub fn backend(name: &'static str) -> BackendBuilder {
         tls: None,
         fail_first: (0, 200),
         slow_first: (0, 0),
-        bind: "127.0.0.1:0".into(),
+        bind: ANY_PORT.into(),
     }
 }
 
@@ -438,10 +441,7 @@ impl Client {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(body)).expect("valid request");
-        let resp = tokio::time::timeout(LIMIT, self.inner.request(req))
-            .await
-            .expect("response within the limit")
-            .expect("response");
+        let resp = within(self.inner.request(req)).await.expect("response");
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
         Reply {
@@ -520,28 +520,6 @@ pub fn self_signed() -> (String, String) {
     (cert.cert.pem(), cert.signing_key.serialize_pem())
 }
 
-/// An address on 127.0.0.1 where connections are refused, for as long as this lives:
-/// its port stays bound (without listening), so no other socket of the test run (a
-/// proxy's own listener, say) can be given it, as could happen to a port bound and
-/// let go.
-pub struct Refused {
-    /// Where connections are refused.
-    pub addr: SocketAddr,
-    _socket: tokio::net::TcpSocket,
-}
-
-/// Reserve an address where connections are refused.
-pub fn refused() -> Refused {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind("127.0.0.1:0".parse().expect("address"))
-        .expect("bind");
-    Refused {
-        addr: socket.local_addr().expect("address"),
-        _socket: socket,
-    }
-}
-
 /// A TLS server config for a backend with this certificate and key (PEM), offering
 /// h2 and http/1.1.
 pub fn server_tls(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
@@ -562,80 +540,6 @@ pub fn server_tls(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
     Arc::new(cfg)
 }
 
-/// A YAML-safe path for a file holding `contents`, in a fresh temporary folder that
-/// lives as long as the returned guard.
-pub fn temp_file(name: &str, contents: &[u8]) -> (TempDir, String) {
-    let dir = TempDir::new();
-    let path = dir.0.join(name);
-    std::fs::write(&path, contents).expect("write temp file");
-    let p = path.display().to_string();
-    (dir, p)
-}
-
-/// A temporary folder, removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    /// A new empty folder.
-    pub fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "weft-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-}
-
-impl Default for TempDir {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Send raw bytes on a fresh connection and read what comes back until the proxy
-/// closes the connection or stays silent for a second.
-pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request).await.expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Whether the peer closes `stream` (EOF or reset) within `within`, reading and
-/// discarding anything it sends first.
-pub async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 1024];
-    tokio::time::timeout(within, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
 /// An upstream that accepts connections and never answers; it stops when dropped.
 pub struct SilentUpstream {
     /// Where it listens.
@@ -646,9 +550,7 @@ pub struct SilentUpstream {
 impl SilentUpstream {
     /// Listen on a port the OS picks.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = TcpListener::bind(ANY_PORT).await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let task = tokio::spawn(async move {
             let mut held = Vec::new();
@@ -765,26 +667,13 @@ pub async fn promtool_check(text: &str) {
 /// What Debian's promtool finds wrong with an exposition it could parse (its lint,
 /// exit 3); panics when it cannot parse it.
 pub async fn promtool_problems(text: &str) -> Vec<String> {
-    use tokio::io::AsyncWriteExt;
-    let mut check = tokio::process::Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("promtool runs");
-    {
-        let mut stdin = check.stdin.take().expect("stdin");
-        stdin
-            .write_all(text.as_bytes())
-            .await
-            .expect("promtool reads");
-    }
-    let out = tokio::time::timeout(LIMIT, check.wait_with_output())
-        .await
-        .expect("promtool within the limit")
-        .expect("promtool output");
+    let input = text.as_bytes().to_vec();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut check = std::process::Command::new(promtool());
+        output_with_input(check.args(["check", "metrics"]), &input)
+    })
+    .await
+    .expect("promtool ran");
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -848,9 +737,7 @@ impl OtlpReceiver {
     /// Start one on a free loopback port.
     pub async fn start() -> Self {
         use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
+        let listener = TcpListener::bind(ANY_PORT).await.expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
         let sink = Sink::default();
         let spans = sink.0.clone();
@@ -880,19 +767,20 @@ impl OtlpReceiver {
             .clone()
     }
 
-    /// Wait (up to [`LIMIT`]) until at least `n` spans came; returns them all.
+    /// Every span received, once at least `n` came (within [`LIMIT`]).
     pub async fn wait_for(
         &self,
         n: usize,
     ) -> Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)> {
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        loop {
+        eventually_async(&format!("{n} spans"), async || {
             let spans = self.spans();
-            if spans.len() >= n || tokio::time::Instant::now() > deadline {
-                return spans;
+            if spans.len() >= n {
+                Ok(spans)
+            } else {
+                Err(format!("{spans:#?}"))
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
