@@ -1,7 +1,7 @@
 //! The config server end to end: real sockets, real components, real gRPC.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use weft_api::{
     Ack, BoundListener, ControlClient, Hello, Nack, ProxyMessage, Report, Snapshot, Traffic,
 };
 use weft_config_server::{Limits, Options, RunningServer};
-use weft_tests::LIMIT;
+use weft_testkit::{ANY_PORT, LIMIT, TempDir, eventually_async, within};
 use weft_tests::guests::{HELLO, HELLO_P1, STAMP, WRONG_WORLD};
 
 const TOKEN: &str = "test-token";
@@ -50,26 +50,25 @@ proxies:
 // ---------------------------------------------------------------------------------
 // The story helpers.
 
-/// A data folder removed when the test ends.
-struct DataDir(PathBuf);
+/// A data folder the server makes itself (so with its own mode), in a temporary
+/// folder removed when the test ends.
+struct DataDir {
+    path: PathBuf,
+    _temp: TempDir,
+}
 
 impl DataDir {
     fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "weft-config-server-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
+        let temp = TempDir::new();
+        Self {
+            path: temp.0.join("data"),
+            _temp: temp,
+        }
     }
 }
 
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn options(dir: &DataDir) -> Options {
+    Options::new(ANY_PORT.parse().unwrap(), dir.path.clone())
 }
 
 async fn start(dir: &DataDir, token: Option<&str>) -> RunningServer {
@@ -77,7 +76,7 @@ async fn start(dir: &DataDir, token: Option<&str>) -> RunningServer {
 }
 
 async fn start_with(dir: &DataDir, token: Option<&str>, limits: Limits) -> RunningServer {
-    let mut opts = Options::new("127.0.0.1:0".parse().unwrap(), dir.0.clone());
+    let mut opts = options(dir);
     opts.token = token.map(str::to_owned);
     opts.proxy_token = Some(PROXY_TOKEN.to_owned());
     opts.limits = limits;
@@ -94,12 +93,6 @@ async fn serving(dir: &DataDir, limits: Limits) -> (RunningServer, Api) {
     a.push_file("hello", HELLO).await;
     assert_eq!(a.apply(MESH).await.json["version"], 1);
     (server, a)
-}
-
-async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .expect("no answer within the test's limit")
 }
 
 /// The HTTP API of one server.
@@ -174,17 +167,14 @@ impl Api {
 
     /// Poll `/v1/proxies` until the entry of `node` satisfies `ok`.
     async fn proxy_until(&self, node: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        within(async {
-            loop {
-                let all = self.get("/v1/proxies").await.json;
-                if let Some(p) = all["proxies"]
-                    .as_array()
-                    .and_then(|ps| ps.iter().find(|p| p["node"] == node))
-                    && ok(p)
-                {
-                    return p.clone();
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        eventually_async(&format!("{node} as wanted in /v1/proxies"), async || {
+            let all = self.get("/v1/proxies").await.json;
+            match all["proxies"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["node"] == node))
+            {
+                Some(p) if ok(p) => Ok(p.clone()),
+                _ => Err(format!("{all:#}")),
             }
         })
         .await
@@ -286,7 +276,7 @@ async fn state_survives_a_restart() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(server.token_file()), 0o600);
-        assert_eq!(mode(&dir.0), 0o700);
+        assert_eq!(mode(&dir.path), 0o700);
     }
     let a = api(&server, Some(&token));
     assert_eq!(
@@ -374,7 +364,7 @@ async fn writes_need_the_token() {
 #[tokio::test]
 async fn modules_that_are_not_filters_are_refused() {
     let dir = DataDir::new();
-    let mut opts = Options::new("127.0.0.1:0".parse().unwrap(), dir.0.clone());
+    let mut opts = options(&dir);
     opts.token = Some(TOKEN.into());
     opts.max_filter_size = 1 << 20;
     let server = within(weft_config_server::start(opts)).await.unwrap();
@@ -749,19 +739,19 @@ async fn a_damaged_state_stops_the_start() {
     let dir = DataDir::new();
     let server = start(&dir, Some(TOKEN)).await;
     within(server.shutdown()).await;
-    std::fs::write(dir.0.join("state.json"), "{ not json").unwrap();
-    let mut opts = Options::new("127.0.0.1:0".parse().unwrap(), dir.0.clone());
+    std::fs::write(dir.path.join("state.json"), "{ not json").unwrap();
+    let mut opts = options(&dir);
     opts.token = Some(TOKEN.into());
     let err = within(weft_config_server::start(opts)).await.unwrap_err();
     let err = err.to_string();
     assert!(
-        err.contains(&dir.0.join("state.json").display().to_string()),
+        err.contains(&dir.path.join("state.json").display().to_string()),
         "{err}"
     );
     assert!(err.contains("damaged state"), "{err}");
     // Still there to look at.
     assert_eq!(
-        std::fs::read_to_string(dir.0.join("state.json")).unwrap(),
+        std::fs::read_to_string(dir.path.join("state.json")).unwrap(),
         "{ not json"
     );
 }
@@ -810,7 +800,7 @@ async fn the_proxy_stream_needs_the_proxy_token() {
 
     // The two roles never share one secret.
     within(server.shutdown()).await;
-    let mut opts = Options::new("127.0.0.1:0".parse().unwrap(), dir.0.clone());
+    let mut opts = options(&dir);
     opts.token = Some(TOKEN.into());
     opts.proxy_token = Some(TOKEN.into());
     let err = within(weft_config_server::start(opts)).await.unwrap_err();
@@ -911,13 +901,11 @@ async fn what_a_proxy_says_about_itself_is_bounded() {
     // ...and forgets the ones gone for long: they make room.
     drop(live);
     a.proxy_until("web-0", |p| p["connected"] == false).await;
-    within(async {
-        loop {
-            let listed = a.get("/v1/proxies").await.json;
-            if listed["proxies"].as_array().unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually_async("no proxy listed", async || {
+        let listed = a.get("/v1/proxies").await.json;
+        match listed["proxies"].as_array().unwrap().is_empty() {
+            true => Ok(()),
+            false => Err(format!("{listed:#}")),
         }
     })
     .await;
@@ -992,32 +980,29 @@ async fn configs_are_read_with_the_token_only_and_kept_private() {
     assert_eq!(a.get("/v1/snapshot").await.json["mesh"], MESH);
 
     let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(dir.0.join("state.json")), 0o600);
+    assert_eq!(mode(dir.path.join("state.json")), 0o600);
     within(server.shutdown()).await;
 
     // Tokens made on first start: two, different, each in its own 0600 file.
     let fresh = DataDir::new();
-    let server = within(weft_config_server::start(Options::new(
-        "127.0.0.1:0".parse().unwrap(),
-        fresh.0.clone(),
-    )))
-    .await
-    .unwrap();
+    let server = within(weft_config_server::start(options(&fresh)))
+        .await
+        .unwrap();
     let (token, proxy_token) = (
         server.created_token().unwrap().to_owned(),
         server.created_proxy_token().unwrap().to_owned(),
     );
     assert_ne!(token, proxy_token);
-    assert_eq!(server.proxy_token_file(), fresh.0.join("proxy-token"));
-    assert_eq!(mode(fresh.0.join("token")), 0o600);
-    assert_eq!(mode(fresh.0.join("proxy-token")), 0o600);
+    assert_eq!(server.proxy_token_file(), fresh.path.join("proxy-token"));
+    assert_eq!(mode(fresh.path.join("token")), 0o600);
+    assert_eq!(mode(fresh.path.join("proxy-token")), 0o600);
     within(server.shutdown()).await;
 }
 
 #[tokio::test]
 async fn every_connection_is_bounded_in_time_and_number() {
     use tokio::io::AsyncWriteExt;
-    use weft_tests::{closed_within, raw_exchange};
+    use weft_testkit::{closed_within, raw_exchange};
     let dir = DataDir::new();
     let limits = Limits {
         header_read_timeout: Duration::from_millis(300),
@@ -1168,16 +1153,9 @@ async fn traffic_reports_are_checked_and_summed_per_service_and_route() {
         .send(report(vec![row("buy", 6, 0, vec![6, 0, 0])]))
         .await
         .unwrap();
-    let view = within(async {
-        loop {
-            let view = a.get("/v1/stats?window=10s").await.json;
-            if view["services"][0]["requests"] == 11 {
-                break view;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let view = a
+        .stats_until("window=10s", |v| v["services"][0]["requests"] == 11)
+        .await;
     let bank = &view["services"][0];
     assert_eq!(bank["service"], "banking", "{view:#}");
     assert_eq!(bank["errors"], 1);
@@ -1237,13 +1215,12 @@ fn traffic(reporter: &str, service: &str, route: &str, requests: u64, errors: u6
 impl Api {
     /// Poll `/v1/stats?{query}` until it satisfies `ok`.
     async fn stats_until(&self, query: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        within(async {
-            loop {
-                let view = self.get(&format!("/v1/stats?{query}")).await.json;
-                if ok(&view) {
-                    return view;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        eventually_async(&format!("/v1/stats?{query} as wanted"), async || {
+            let view = self.get(&format!("/v1/stats?{query}")).await.json;
+            if ok(&view) {
+                Ok(view)
+            } else {
+                Err(format!("{view:#}"))
             }
         })
         .await
@@ -1486,7 +1463,7 @@ fn rss_kib() -> u64 {
 
 #[tokio::test]
 async fn a_server_on_loopback_answers_only_to_its_own_names() {
-    use weft_tests::raw_exchange;
+    use weft_testkit::raw_exchange;
     let dir = DataDir::new();
     let server = start(&dir, Some(TOKEN)).await;
     let addr = server.addr();
@@ -1520,7 +1497,7 @@ async fn a_server_on_loopback_answers_only_to_its_own_names() {
     within(server.shutdown()).await;
 
     // Names the operator allows are answered too, and only those.
-    let mut opts = Options::new("127.0.0.1:0".parse().unwrap(), dir.0.clone());
+    let mut opts = options(&dir);
     opts.token = Some(TOKEN.into());
     opts.proxy_token = Some(PROXY_TOKEN.into());
     opts.allowed_hosts = vec!["weft.internal".into()];
@@ -1536,7 +1513,7 @@ async fn a_server_on_loopback_answers_only_to_its_own_names() {
     assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
     within(server.shutdown()).await;
 
-    let mut opts = Options::new("127.0.0.1:0".parse().unwrap(), dir.0.clone());
+    let mut opts = options(&dir);
     opts.allowed_hosts = vec!["not a name".into()];
     let err = within(weft_config_server::start(opts)).await.unwrap_err();
     assert!(err.to_string().contains("not a host name"), "{err}");
