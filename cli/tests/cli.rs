@@ -1,116 +1,34 @@
 //! The `weft` binary as a user runs it: bad configuration, the demo, and a graceful
 //! stop on SIGTERM that lets in-flight requests finish.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use weft_testkit::{ANY_PORT, LIMIT, Process, TempDir, eventually, listener, output};
 
 mod support;
 
-use support::{Guard, LIMIT, weft};
-
-fn temp_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "weft-cli-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A blocking HTTP/1.1 GET with `connection: close`, as `localhost` (a host the admin
-/// listener answers too); returns the whole response.
-fn get(addr: SocketAddr, path: &str) -> String {
-    get_with(addr, path, "")
-}
-
-/// [`get`] with more header lines (each ending in CRLF).
-fn get_with(addr: SocketAddr, path: &str, headers: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: localhost\r\n{headers}connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// The admin listener's and the one data listener's addresses, as a proxy started
-/// with `RUST_LOG=info` logs them; its log is read on (and dropped) from a thread.
-fn admin_and_listener(stderr: impl Read + Send + 'static) -> (SocketAddr, SocketAddr) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !line.contains("listening") {
-                continue;
-            }
-            let addr = line.split("addr=").nth(1).unwrap_or_default();
-            let addr = addr
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let _ = tx.send((line.contains("admin listening"), addr));
-        }
-    });
-    let (mut admin, mut listener) = (None, None);
-    while admin.is_none() || listener.is_none() {
-        let (is_admin, addr) = rx.recv_timeout(LIMIT).expect("the proxy starts");
-        let addr: SocketAddr = addr.parse().unwrap();
-        if is_admin {
-            admin = Some(addr);
-        } else {
-            listener = Some(addr);
-        }
-    }
-    (admin.unwrap(), listener.unwrap())
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(start.elapsed() < LIMIT, "weft did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use support::{addr_after, admin_and_listener, get, get_with, weft};
 
 /// `weft proxy --check -c PATH`, which must fail; returns what it printed on stderr.
 fn check_fails(path: &std::path::Path) -> String {
-    let out = weft()
-        .args(["proxy", "--check", "-c"])
-        .arg(path)
-        .output()
-        .unwrap();
+    let out = output(weft().args(["proxy", "--check", "-c"]).arg(path));
     assert!(!out.status.success(), "--check accepted {}", path.display());
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
 fn bad_config_exits_non_zero_naming_file_and_line() {
-    let dir = temp_dir();
-    let path = dir.join("bad.yaml");
+    let dir = TempDir::new();
+    let path = dir.0.join("bad.yaml");
     std::fs::write(
         &path,
         "listeners:\n  - name: main\n    adress: 127.0.0.1:0\n",
     )
     .unwrap();
-    let out = weft().args(["proxy", "-c"]).arg(&path).output().unwrap();
+    let out = output(weft().args(["proxy", "-c"]).arg(&path));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -128,13 +46,12 @@ fn bad_config_exits_non_zero_naming_file_and_line() {
         stderr.contains("bad.yaml:6:17") && stderr.contains("missing.wasm"),
         "{stderr}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_filter_config_error_points_at_its_key_and_is_said_once() {
-    let dir = temp_dir();
-    let path = dir.join("router.yaml");
+    let dir = TempDir::new();
+    let path = dir.0.join("router.yaml");
     std::fs::write(
         &path,
         r#"listeners:
@@ -161,42 +78,26 @@ clusters:
         "{stderr}"
     );
     assert_eq!(stderr.matches("is not a host name").count(), 1, "{stderr}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Start `weft demo` on free ports and return it with the proxy's address, read from
 /// what it prints.
-fn demo() -> (Guard, SocketAddr) {
-    let mut child = weft()
-        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        // Every port is picked by the OS, so a demo already running does not matter.
-        .args(["--server-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = Guard(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("a proxy on ").nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx.recv_timeout(LIMIT).expect("the demo prints its address");
-    (guard, addr.parse().unwrap())
+fn demo() -> (Process, SocketAddr) {
+    let mut demo = Process::start(
+        weft()
+            .args(["demo", "--listen", ANY_PORT, "--admin", ANY_PORT])
+            // Every port is picked by the OS, so a demo already running does not matter.
+            .args(["--server-listen", ANY_PORT])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let line = demo.stdout().wait_for("a proxy on ");
+    (demo, addr_after(&line, "a proxy on "))
 }
 
 #[test]
 fn demo_serves_and_stops_gracefully_on_sigterm() {
-    let (mut guard, addr) = demo();
+    let (mut demo, addr) = demo();
     let resp = get(addr, "/hello");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("backend answered GET /hello"), "{resp}");
@@ -228,13 +129,13 @@ fn demo_serves_and_stops_gracefully_on_sigterm() {
         out
     });
     std::thread::sleep(Duration::from_millis(150));
-    signal(&guard.0, "-TERM");
+    demo.signal("-TERM");
     let resp = in_flight.join().unwrap();
     assert!(
         resp.starts_with("HTTP/1.1 200"),
         "in-flight request drained: {resp}"
     );
-    let status = wait_exit(&mut guard.0);
+    let status = demo.wait_exit();
     assert!(status.success(), "{status:?}");
     assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
 }
@@ -251,29 +152,27 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn out_of_file_descriptors_listeners_wait_instead_of_spinning() {
-    let dir = temp_dir();
-    let path = dir.join("fds.yaml");
+    let dir = TempDir::new();
+    let path = dir.0.join("fds.yaml");
     std::fs::write(
         &path,
         "admin:\n  address: 127.0.0.1:0\nlisteners:\n  - name: main\n    address: 127.0.0.1:0\n",
     )
     .unwrap();
     // A proxy allowed 64 open files, so a few dozen connections exhaust them.
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(r#"ulimit -n 64 && exec "$0" proxy -c "$1""#)
-        .arg(env!("CARGO_BIN_EXE_weft"))
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("WEFT_WORKERS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let pid = child.id();
-    let guard = Guard(child);
-    let (admin, main) = admin_and_listener(stderr);
+    let mut proxy = Process::start(
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -n 64 && exec "$0" proxy -c "$1""#)
+            .arg(env!("CARGO_BIN_EXE_weft"))
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("WEFT_WORKERS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let pid = proxy.pid();
+    let (admin, main) = admin_and_listener(&proxy.stderr());
 
     // Connections the kernel completes but the proxy cannot accept: no descriptors.
     let mut held = Vec::new();
@@ -299,9 +198,8 @@ fn out_of_file_descriptors_listeners_wait_instead_of_spinning() {
 
     // Once descriptors are free again, both listeners serve.
     drop(held);
-    let deadline = Instant::now() + LIMIT;
     for addr in [admin, main] {
-        loop {
+        eventually(&format!("{addr} serves again"), || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let _ = write!(
@@ -310,21 +208,15 @@ fn out_of_file_descriptors_listeners_wait_instead_of_spinning() {
             );
             let mut out = String::new();
             let _ = s.read_to_string(&mut out);
-            if out.starts_with("HTTP/1.1 ") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{addr} never served again");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            out.starts_with("HTTP/1.1 ")
+        });
     }
-    drop(guard);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn the_access_log_is_one_json_line_per_request_on_stdout() {
-    let dir = temp_dir();
-    let path = dir.join("access.yaml");
+    let dir = TempDir::new();
+    let path = dir.0.join("access.yaml");
     std::fs::write(
         &path,
         r#"
@@ -343,51 +235,24 @@ listeners:
 "#,
     )
     .unwrap();
-    let mut child = weft()
-        .args(["proxy", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let guard = Guard(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let logs = tx.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let addr = addr
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = logs.send(("listening", addr));
-            }
-        }
-    });
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(("stdout", line));
-        }
-    });
-    let (_, addr) = rx.recv_timeout(LIMIT).expect("the proxy starts");
-    let addr: SocketAddr = addr.parse().unwrap();
+    let mut proxy = Process::start(
+        weft()
+            .args(["proxy", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let (stdout, stderr) = (proxy.stdout(), proxy.stderr());
+    let addr = addr_after(&stderr.wait_for("addr="), "addr=");
     let out = get_with(addr, "/tea?secret=1", "x-teapot: 1\r\n");
     assert!(out.starts_with("HTTP/1.1 418"), "{out}");
     // No cluster: the proxy answers itself, and says so in the log.
     let reply = get(addr, "/nowhere");
     assert!(reply.starts_with("HTTP/1.1 "), "{reply}");
 
-    let mut lines = Vec::new();
-    while lines.len() < 2 {
-        let (what, line) = rx.recv_timeout(LIMIT).expect("an access log line");
-        if what == "stdout" {
-            lines.push(line);
-        }
-    }
-    drop(guard);
+    let lines = stdout.wait_until("two access log lines", |lines| lines.len() >= 2);
+    drop(proxy);
     let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("valid JSON");
     let asked = [
         "trace_id",
@@ -429,8 +294,8 @@ listeners:
 
 #[test]
 fn sigterm_keeps_serving_through_the_drain_delay_and_says_it_is_going() {
-    let dir = temp_dir();
-    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new();
+    let backend = listener();
     let backend_addr = backend.local_addr().unwrap();
     // A backend of one line per connection, enough for requests with connection: close.
     std::thread::spawn(move || {
@@ -451,7 +316,7 @@ fn sigterm_keeps_serving_through_the_drain_delay_and_says_it_is_going() {
             });
         }
     });
-    let path = dir.join("drain.yaml");
+    let path = dir.0.join("drain.yaml");
     std::fs::write(
         &path,
         format!(
@@ -461,29 +326,30 @@ fn sigterm_keeps_serving_through_the_drain_delay_and_says_it_is_going() {
         ),
     )
     .unwrap();
-    let mut child = weft()
-        .args(["proxy", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut guard = Guard(child);
-    let (admin, listener) = admin_and_listener(stderr);
+    let mut proxy = Process::start(
+        weft()
+            .args(["proxy", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let (admin, listener) = admin_and_listener(&proxy.stderr());
     let ready = || get(admin, "/ready");
     // Ready once the listeners are bound, a moment after they say so.
-    let deadline = Instant::now() + LIMIT;
-    while !ready().starts_with("HTTP/1.1 200") {
-        assert!(Instant::now() < deadline, "never ready: {}", ready());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("ready", || {
+        let ready = ready();
+        if ready.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(ready)
+        }
+    });
     // A client that keeps its connection open, as a pooled one would.
     let mut kept = TcpStream::connect(listener).unwrap();
     kept.set_read_timeout(Some(LIMIT)).unwrap();
 
-    signal(&guard.0, "-TERM");
+    proxy.signal("-TERM");
     std::thread::sleep(Duration::from_millis(300));
     // During the delay: new connections are still served, each told to go.
     let resp = get(listener, "/during");
@@ -508,7 +374,7 @@ fn sigterm_keeps_serving_through_the_drain_delay_and_says_it_is_going() {
         "not ready while draining"
     );
 
-    let status = wait_exit(&mut guard.0);
+    let status = proxy.wait_exit();
     assert!(status.success(), "{status:?}");
     assert!(TcpStream::connect(listener).is_err(), "no longer accepting");
 }

@@ -6,19 +6,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use weft_tests::{TempDir, backend, guests};
+use weft_testkit::{ANY_PORT, LIMIT, TempDir, eventually, listener, output};
+use weft_tests::{backend, guests};
 
 mod support;
 
 use support::plane::*;
-use support::{LIMIT, weft};
+use support::{admin_get, weft};
 
 /// The mesh of these tests: every `web` proxy in zone a gets an `inbound` listener
 /// with the pushed `tag` filter in front of the backend.
@@ -99,7 +99,7 @@ async fn load(
 async fn twenty_swaps_under_load_fail_no_request_and_free_old_versions() {
     let dir = TempDir::new();
     let web = backend("web").start().await;
-    let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
+    let server = config_server(&dir.0.join("server"), ANY_PORT);
     assert!(
         server
             .banner
@@ -193,7 +193,7 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
     let dir = TempDir::new();
     let web = backend("web").start().await;
     let data = dir.0.join("server");
-    let server = config_server(&data, "127.0.0.1:0");
+    let server = config_server(&data, ANY_PORT);
     server.cli_ok(&["push", guests::TAG_ONE, "--name", "tag"]);
     let mesh_file = write(&dir.0, "mesh.yaml", &mesh(web.addr, ""));
     server.apply(&mesh_file);
@@ -278,7 +278,7 @@ async fn proxies_outlive_the_server_and_start_from_their_disk_cache() {
 async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
     let dir = TempDir::new();
     let web = backend("web").start().await;
-    let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
+    let server = config_server(&dir.0.join("server"), ANY_PORT);
     server.cli_ok(&["push", guests::TAG_ONE, "--name", "tag"]);
     let mesh_file = write(&dir.0, "mesh.yaml", &mesh(web.addr, ""));
     let version = server.apply(&mesh_file);
@@ -332,33 +332,30 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
         "{err}"
     );
     // Writes need the token.
-    let out = weft()
-        .args([
-            "push",
-            guests::TAG_TWO,
-            "--name",
-            "tag",
-            "--server",
-            &server.url,
-            "--token",
-            "wrong",
-        ])
-        .output()
-        .unwrap();
+    let out = output(weft().args([
+        "push",
+        guests::TAG_TWO,
+        "--name",
+        "tag",
+        "--server",
+        &server.url,
+        "--token",
+        "wrong",
+    ]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
-    let out = weft()
-        .args([
-            "push",
-            guests::TAG_TWO,
-            "--name",
-            "tag",
-            "--server",
-            &server.url,
-        ])
-        .env("XDG_DATA_HOME", dir.0.join("elsewhere"))
-        .output()
-        .unwrap();
+    let out = output(
+        weft()
+            .args([
+                "push",
+                guests::TAG_TWO,
+                "--name",
+                "tag",
+                "--server",
+                &server.url,
+            ])
+            .env("XDG_DATA_HOME", dir.0.join("elsewhere")),
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("401") && err.contains("--token"), "{err}");
@@ -373,26 +370,22 @@ async fn bad_pushes_are_refused_and_proxies_keep_their_last_good_snapshot() {
 
     // A snapshot the server cannot check fully fails on the proxy: its listener's
     // address is taken there. The proxy says NACK, with the reason, and keeps serving.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = listener();
     let extra = format!(
         "      - name: admin-mirror\n        address: {}\n        default_cluster: web\n",
         taken.local_addr().unwrap()
     );
     let moved = write(&dir.0, "taken.yaml", &mesh(web.addr, &extra));
     let refused = server.apply(&moved);
-    let deadline = Instant::now() + LIMIT;
-    let nack = loop {
+    let nack = eventually(&format!("an answer to version {refused}"), || {
         let status = server.proxies();
         let p = status["proxies"][0].clone();
         if p["last"]["version"] == refused {
-            break p;
+            Ok(p)
+        } else {
+            Err(format!("{status:#}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "no answer to version {refused}: {status:#}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     assert_eq!(nack["last"]["result"], "nack", "{nack:#}");
     assert_eq!(nack["applied"], version, "{nack:#}");
     let reason = nack["last"]["error"].as_str().unwrap();
@@ -494,7 +487,7 @@ async fn weft_stat_shows_the_load_each_service_and_route_got() {
     let quote = backend("quote").slow_first(3, 60).start().await;
     let server = config_server_with(
         &dir.0.join("server"),
-        "127.0.0.1:0",
+        ANY_PORT,
         &["--report-interval", "100ms"],
     );
     let mesh_file = write(&dir.0, "mesh.yaml", &bank_mesh(buy.addr, quote.addr, None));
@@ -545,18 +538,14 @@ async fn weft_stat_shows_the_load_each_service_and_route_got() {
         serde_json::from_str(&out).unwrap()
     };
     let all_in = |reporter: &str| {
-        let deadline = Instant::now() + LIMIT;
-        loop {
+        eventually("all 15 requests reported", || {
             let view = stat(reporter);
             if view["services"][0]["requests"] == 15 {
-                return view;
+                Ok(view)
+            } else {
+                Err(format!("{view:#}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "not all 15 requests reported: {view:#}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     };
     let view = all_in("auto");
     // The callee's side is shown: each request once, not once per hop.

@@ -3,11 +3,11 @@
 //! that selects no proxy, `weft check`, and what is in force (`history`, `get`,
 //! `diff`, `proxy-config`).
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Output;
 
-use weft_tests::{TempDir, guests};
+use weft_testkit::{ANY_PORT, TempDir, listener, output, refused};
+use weft_tests::guests;
 
 mod support;
 
@@ -47,27 +47,23 @@ fn both(out: &Output) -> String {
 /// Stop (`-STOP`) or resume (`-CONT`) a proxy process: stopped, it holds its
 /// stream and answers nothing.
 fn pause(proxy: &ProxyProc, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, &proxy.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {sig} {}", proxy.pid());
+    proxy.process.signal(sig);
 }
 
 /// A `weft` client command with no token anywhere it would look by default.
 fn without_token(server: &Server, home: &Path, args: &[&str]) -> Output {
-    weft()
-        .args(args)
-        .args(["--server", &server.url])
-        .env("XDG_DATA_HOME", home)
-        .output()
-        .unwrap()
+    output(
+        weft()
+            .args(args)
+            .args(["--server", &server.url])
+            .env("XDG_DATA_HOME", home),
+    )
 }
 
 #[test]
 fn apply_wait_and_status_fail_with_the_reason_when_a_proxy_refuses_or_is_late() {
     let dir = TempDir::new();
-    let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
+    let server = config_server(&dir.0.join("server"), ANY_PORT);
     let good = write(&dir.0, "mesh.yaml", &mesh("{ service: web }", ""));
     let first = server.apply(&good);
     let a = proxy_of(
@@ -92,7 +88,7 @@ fn apply_wait_and_status_fail_with_the_reason_when_a_proxy_refuses_or_is_late() 
     assert!(server.cli(&["status"]).status.success());
 
     // A listener on a port this test holds: the proxy cannot bind it and refuses.
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = listener();
     let extra = format!(
         "      - name: mirror\n        address: {}\n        default_cluster: web\n",
         taken.local_addr().unwrap()
@@ -174,7 +170,7 @@ fn apply_wait_and_status_fail_with_the_reason_when_a_proxy_refuses_or_is_late() 
 #[test]
 fn apply_warns_when_a_group_selects_no_proxy_and_strict_refuses_it() {
     let dir = TempDir::new();
-    let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
+    let server = config_server(&dir.0.join("server"), ANY_PORT);
     let good = write(&dir.0, "mesh.yaml", &mesh("{ service: cart }", ""));
     let first = server.apply(&good);
     let _cart = proxy_of(
@@ -279,12 +275,12 @@ proxies:
 fn check_says_what_is_wrong_offline_and_against_a_running_server() {
     let dir = TempDir::new();
     let check = |args: &[&str]| {
-        weft()
-            .arg("check")
-            .args(args)
-            .env("WEFT_CACHE_DIR", dir.0.join("cache"))
-            .output()
-            .unwrap()
+        output(
+            weft()
+                .arg("check")
+                .args(args)
+                .env("WEFT_CACHE_DIR", dir.0.join("cache")),
+        )
     };
     // Offline: the router names a cluster the mesh lacks.
     let bad = write(&dir.0, "bad.yaml", &checked_mesh("nowhere", "tag"));
@@ -337,7 +333,7 @@ fn check_says_what_is_wrong_offline_and_against_a_running_server() {
 
     // Against a server: the pushed filter is checked there, by a dry run that stores
     // nothing.
-    let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
+    let server = config_server(&dir.0.join("server"), ANY_PORT);
     let out = server.cli(&["check", &good]);
     assert_eq!(out.status.code(), Some(1), "{}", both(&out));
     assert!(
@@ -393,9 +389,8 @@ fn check_says_what_is_wrong_offline_and_against_a_running_server() {
     );
 
     // A server that does not answer is a failure that says so.
-    let gone = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", gone.local_addr().unwrap());
-    drop(gone);
+    let gone = refused();
+    let url = format!("http://{}", gone.addr);
     let out = check(&["--server", &url]);
     assert_eq!(out.status.code(), Some(1), "{}", both(&out));
     assert!(
@@ -448,7 +443,7 @@ fn pushed_sha(out: &str) -> String {
 #[test]
 fn history_get_diff_and_proxy_config_show_what_is_in_force() {
     let dir = TempDir::new();
-    let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
+    let server = config_server(&dir.0.join("server"), ANY_PORT);
     let one = pushed_sha(&server.cli_ok(&["push", guests::TAG_ONE, "--name", "tag"]));
     let v1 = split_mesh(80, 20);
     let file = write(&dir.0, "mesh.yaml", &v1);
@@ -584,12 +579,12 @@ fn history_get_diff_and_proxy_config_show_what_is_in_force() {
     let out = without_token(&server, &home, &["get", "1"]);
     assert!(!out.status.success(), "{}", both(&out));
     assert!(stderr(&out).contains("WEFT_DATA_DIR"), "{}", both(&out));
-    let out = weft()
-        .args(["get", "1", "--server", &server.url])
-        .env("XDG_DATA_HOME", &home)
-        .env("WEFT_DATA_DIR", &server.data)
-        .output()
-        .unwrap();
+    let out = output(
+        weft()
+            .args(["get", "1", "--server", &server.url])
+            .env("XDG_DATA_HOME", &home)
+            .env("WEFT_DATA_DIR", &server.data),
+    );
     assert!(out.status.success(), "{}", both(&out));
     assert_eq!(stdout(&out), v1);
 }
@@ -597,7 +592,7 @@ fn history_get_diff_and_proxy_config_show_what_is_in_force() {
 #[test]
 fn workers_belongs_to_the_commands_that_serve_and_the_demo_says_what_it_runs() {
     let help = |command: &str| {
-        let out = weft().args([command, "--help"]).output().unwrap();
+        let out = output(weft().args([command, "--help"]));
         assert!(out.status.success(), "{}", both(&out));
         stdout(&out)
     };
@@ -625,7 +620,7 @@ fn workers_belongs_to_the_commands_that_serve_and_the_demo_says_what_it_runs() {
     let filters = "telemetry, fault, retry and router filters";
     assert!(demo.contains(filters), "{demo}");
     // The demo's mesh runs exactly those.
-    let out = weft().args(["demo", "--print-config"]).output().unwrap();
+    let out = output(weft().args(["demo", "--print-config"]));
     let config = stdout(&out);
     let modules: Vec<&str> = config
         .lines()

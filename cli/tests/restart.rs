@@ -4,91 +4,34 @@
 //! a config server restarted on its data folder, and a proxy pointed at the wrong
 //! address.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_tests::{TempDir, guests};
+use weft_testkit::{
+    ANY_PORT, LIMIT, Log, Process, TempDir, count, eventually, eventually_within, listener, refused,
+};
+use weft_tests::guests;
 
 mod support;
 
-use support::{Guard, LIMIT, Log, count, signal, wait_exit, weft};
+use support::plane::{ProxyProc, Server, config_server, last_number, proxy};
+use support::weft;
 
 /// A proxy that gets its node id back at once is connected well within this after
 /// the old process ended; one that waited for the config server's hold (15 s by
 /// default) could not be.
 const AT_ONCE: Duration = Duration::from_secs(12);
 
-struct Server {
-    child: Guard,
-    addr: SocketAddr,
-    url: String,
-    token: String,
-    /// The file proxies read their token from.
-    proxy_token: PathBuf,
-    /// Its logs (standard error).
-    log: Log,
-}
-
-/// `weft config-server` on `listen`, with its data in `data`.
-fn config_server(data: &Path, listen: &str) -> Server {
-    let mut child = weft()
-        .args(["config-server", "--listen", listen, "--data-dir"])
-        .arg(data)
-        .env("WEFT_CACHE_DIR", data.join("cache"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = Log::new(child.stdout.take().unwrap());
-    let log = Log::new(child.stderr.take().unwrap());
-    let child = Guard(child);
-    let line = out.wait_for("weft config server on http://");
-    let addr: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    let token = std::fs::read_to_string(data.join("token")).unwrap();
-    Server {
-        child,
-        addr,
-        url: format!("http://{addr}"),
-        token: token.trim().to_owned(),
-        proxy_token: data.join("proxy-token"),
-        log,
-    }
-}
-
-impl Server {
-    /// `weft ARGS` against this server, which must succeed; its standard output.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = weft()
-            .args(args)
-            .args(["--server", &self.url, "--token", &self.token])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "weft {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Push the `tag` filter and apply a mesh that gives every `web` proxy an
-    /// `inbound` listener running it; the version that makes live.
-    fn mesh(&self, dir: &Path) -> u64 {
-        self.cli(&["push", guests::TAG_ONE, "--name", "tag"]);
-        let mesh = dir.join("mesh.yaml");
-        std::fs::write(
-            &mesh,
-            r#"clusters:
+/// Push the `tag` filter to `server` and apply a mesh that gives every `web` proxy an
+/// `inbound` listener running it; the version that makes live.
+fn tag_mesh(server: &Server, dir: &Path) -> u64 {
+    server.cli_ok(&["push", guests::TAG_ONE, "--name", "tag"]);
+    let mesh = dir.join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        r#"clusters:
   - name: web
     endpoints: ["127.0.0.1:9"]
 proxies:
@@ -101,110 +44,41 @@ proxies:
           - name: tag
             module: filter:tag
 "#,
-        )
-        .unwrap();
-        let out = self.cli(&["apply", "-f", mesh.to_str().unwrap()]);
-        out.rsplit(' ')
-            .next()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no version in {out:?}"))
-    }
-
-    /// `GET /v1/proxies`, as `weft status --json` prints it.
-    fn proxies(&self) -> Value {
-        serde_json::from_str(&self.cli(&["status", "--json"])).unwrap()
-    }
-
-    /// Wait until `node` is connected and serves `version` on its listener, with its
-    /// ACK known; its entry. `within` bounds the wait.
-    fn serving(&self, node: &str, version: u64, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let status = self.proxies();
-            let entry = status["proxies"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["node"] == node)
-                .cloned();
-            if let Some(p) = entry
-                && p["connected"] == true
-                && p["applied"] == version
-                && p["last"]["result"] == "ack"
-                && p["listeners"]["inbound"].is_string()
-            {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{node} is not serving version {version} after {within:?}: {status:#}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stop it with SIGTERM; how it exited.
-    fn stop(mut self) -> ExitStatus {
-        signal(&self.child.0, "-TERM");
-        wait_exit(&mut self.child.0)
-    }
+    )
+    .unwrap();
+    last_number(&server.cli_ok(&["apply", "-f", mesh.to_str().unwrap()]))
 }
 
-struct Proxy {
-    child: Guard,
-    /// Its logs (standard error).
-    log: Log,
+/// Wait until `node` is connected to `server` and serves `version` on its listener,
+/// with its ACK known; its entry. `within` bounds the wait.
+fn serving(server: &Server, node: &str, version: u64, within: Duration) -> Value {
+    let what = format!("{node} serving version {version}");
+    eventually_within(within, &what, || {
+        let status = server.proxies();
+        let entry = status["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == node)
+            .cloned();
+        match entry {
+            Some(p)
+                if p["connected"] == true
+                    && p["applied"] == version
+                    && p["last"]["result"] == "ack"
+                    && p["listeners"]["inbound"].is_string() =>
+            {
+                Ok(p)
+            }
+            _ => Err(format!("{status:#}")),
+        }
+    })
 }
 
 /// `weft proxy` as node `node` of service `web`, fed by `server`, with its state in
-/// `state`.
-fn proxy(server: &Server, node: &str, state: &Path) -> Proxy {
-    proxy_to(&server.url, &server.proxy_token, node, state)
-}
-
-fn proxy_to(url: &str, token: &Path, node: &str, state: &Path) -> Proxy {
-    let mut child = weft()
-        .args(["proxy", "--proxy-token-file"])
-        .arg(token)
-        .args([
-            "--config-server",
-            url,
-            "--node",
-            node,
-            "--service",
-            "web",
-            "--admin",
-            "127.0.0.1:0",
-            "--state-dir",
-        ])
-        .arg(state)
-        .env("WEFT_WORKERS", "1")
-        .env("WEFT_CACHE_DIR", state.join("compiled"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Log::new(child.stderr.take().unwrap());
-    let child = Guard(child);
-    log.wait_for("admin listening");
-    Proxy { child, log }
-}
-
-impl Proxy {
-    /// Stop it with SIGTERM; how it exited, and everything it logged.
-    fn stop(mut self) -> (ExitStatus, Vec<String>) {
-        signal(&self.child.0, "-TERM");
-        let status = wait_exit(&mut self.child.0);
-        (status, self.log.all())
-    }
-
-    /// `kill -9` it; everything it logged.
-    fn kill(self) -> Vec<String> {
-        let log = self.log.clone();
-        drop(self.child);
-        log.all()
-    }
+/// `state`, on one worker thread.
+fn web_proxy(server: &Server, node: &str, state: &Path) -> ProxyProc {
+    proxy(&server.url, &server.proxy_token, node, state, 1)
 }
 
 /// What the server logs when it refuses a stream, and when it accepts one.
@@ -214,29 +88,39 @@ const CONNECTED: &str = "proxy connected";
 #[test]
 fn a_proxy_restarted_on_its_state_folder_takes_its_node_back_at_once() {
     let dir = TempDir::new();
-    let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
-    let version = server.mesh(&dir.0);
+    let server = config_server(&dir.0.join("server"), ANY_PORT);
+    let version = tag_mesh(&server, &dir.0);
     let state = dir.0.join("web-1");
-    let first = proxy(&server, "web-1", &state);
-    server.serving("web-1", version, LIMIT);
+    let first = web_proxy(&server, "web-1", &state);
+    serving(&server, "web-1", version, LIMIT);
 
     // A clean stop, and a start on the same folder: connected again at once, never
     // refused.
     let (status, mut logs) = first.stop();
     assert!(status.success(), "{status}: {logs:#?}");
     let stopped = Instant::now();
-    let second = proxy(&server, "web-1", &state);
+    let second = web_proxy(&server, "web-1", &state);
     let seen = server.log.wait_count(&[CONNECTED, "web-1"], 2);
     assert_eq!(count(&seen, &[REFUSED]), 0, "{seen:#?}");
-    server.serving("web-1", version, AT_ONCE.saturating_sub(stopped.elapsed()));
+    serving(
+        &server,
+        "web-1",
+        version,
+        AT_ONCE.saturating_sub(stopped.elapsed()),
+    );
 
     // A crash, and a start on the same folder: the same.
     logs.extend(second.kill());
     let killed = Instant::now();
-    let third = proxy(&server, "web-1", &state);
+    let third = web_proxy(&server, "web-1", &state);
     let seen = server.log.wait_count(&[CONNECTED, "web-1"], 3);
     assert_eq!(count(&seen, &[REFUSED]), 0, "{seen:#?}");
-    server.serving("web-1", version, AT_ONCE.saturating_sub(killed.elapsed()));
+    serving(
+        &server,
+        "web-1",
+        version,
+        AT_ONCE.saturating_sub(killed.elapsed()),
+    );
 
     let (status, third) = third.stop();
     assert!(status.success(), "{status}: {third:#?}");
@@ -263,14 +147,14 @@ fn a_proxy_restarted_on_its_state_folder_takes_its_node_back_at_once() {
 #[test]
 fn another_proxy_with_the_same_node_waits_until_the_first_says_goodbye() {
     let dir = TempDir::new();
-    let server = config_server(&dir.0.join("server"), "127.0.0.1:0");
-    let version = server.mesh(&dir.0);
-    let first = proxy(&server, "web-1", &dir.0.join("a"));
-    server.serving("web-1", version, LIMIT);
+    let server = config_server(&dir.0.join("server"), ANY_PORT);
+    let version = tag_mesh(&server, &dir.0);
+    let first = web_proxy(&server, "web-1", &dir.0.join("a"));
+    serving(&server, "web-1", version, LIMIT);
 
     // Another state folder is another proxy process: refused while the first is
     // connected, at every retry, and it says why once.
-    let second = proxy(&server, "web-1", &dir.0.join("b"));
+    let second = web_proxy(&server, "web-1", &dir.0.join("b"));
     let seen = server.log.wait_count(&[REFUSED, "web-1"], 3);
     assert_eq!(count(&seen, &[CONNECTED, "web-1"]), 1, "{seen:#?}");
 
@@ -280,7 +164,12 @@ fn another_proxy_with_the_same_node_waits_until_the_first_says_goodbye() {
     assert!(status.success(), "{status}: {logs:#?}");
     let stopped = Instant::now();
     server.log.wait_for("said goodbye");
-    server.serving("web-1", version, AT_ONCE.saturating_sub(stopped.elapsed()));
+    serving(
+        &server,
+        "web-1",
+        version,
+        AT_ONCE.saturating_sub(stopped.elapsed()),
+    );
     let seen = server.log.wait_count(&[CONNECTED, "web-1"], 2);
     assert!(
         count(&seen, &[REFUSED, "web-1"]) >= 3,
@@ -308,14 +197,14 @@ fn another_proxy_with_the_same_node_waits_until_the_first_says_goodbye() {
 fn weft_status_shows_the_same_after_the_config_server_restarts() {
     let dir = TempDir::new();
     let data = dir.0.join("server");
-    let server = config_server(&data, "127.0.0.1:0");
-    let version = server.mesh(&dir.0);
-    let a = proxy(&server, "web-1", &dir.0.join("a"));
-    let b = proxy(&server, "web-2", &dir.0.join("b"));
+    let server = config_server(&data, ANY_PORT);
+    let version = tag_mesh(&server, &dir.0);
+    let a = web_proxy(&server, "web-1", &dir.0.join("a"));
+    let b = web_proxy(&server, "web-2", &dir.0.join("b"));
     for node in ["web-1", "web-2"] {
-        server.serving(node, version, LIMIT);
+        serving(&server, node, version, LIMIT);
     }
-    let table = server.cli(&["status"]);
+    let table = server.cli_ok(&["status"]);
     let json = without_stream(server.proxies());
     assert!(table.contains("inbound=127.0.0.1:"), "{table}");
 
@@ -324,18 +213,18 @@ fn weft_status_shows_the_same_after_the_config_server_restarts() {
     let status = server.stop();
     assert!(status.success(), "{status}");
     let server = config_server(&data, &addr);
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let (now_table, now_json) = (server.cli(&["status"]), without_stream(server.proxies()));
-        if now_table == table && now_json == json {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "before the restart:\n{table}{json:#}\nafter:\n{now_table}{now_json:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        &format!("the same status as before the restart:\n{table}{json:#}"),
+        || {
+            let (now_table, now_json) =
+                (server.cli_ok(&["status"]), without_stream(server.proxies()));
+            if now_table == table && now_json == json {
+                Ok(())
+            } else {
+                Err(format!("{now_table}{now_json:#}"))
+            }
+        },
+    );
     for p in [a, b] {
         let (status, logs) = p.stop();
         assert!(status.success(), "{status}: {logs:#?}");
@@ -360,45 +249,44 @@ fn a_proxy_says_why_it_cannot_reach_its_server() {
     std::fs::write(&token, "a-proxy-token").unwrap();
 
     // No scheme: it does not start, and says what to write.
-    let mut child = weft()
-        .args([
-            "proxy",
-            "--config-server",
-            "127.0.0.1:7070",
-            "--node",
-            "web-1",
-        ])
-        .arg("--proxy-token-file")
-        .arg(&token)
-        .args(["--admin", "127.0.0.1:0", "--state-dir"])
-        .arg(dir.0.join("none"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = Log::new(child.stderr.take().unwrap());
-    let mut child = Guard(child);
-    let status = wait_exit(&mut child.0);
+    let mut unschemed = Process::start(
+        weft()
+            .args([
+                "proxy",
+                "--config-server",
+                "127.0.0.1:7070",
+                "--node",
+                "web-1",
+            ])
+            .arg("--proxy-token-file")
+            .arg(&token)
+            .args(["--admin", ANY_PORT, "--state-dir"])
+            .arg(dir.0.join("none"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let stderr: Log = unschemed.stderr();
+    let status = unschemed.wait_exit();
     let stderr = stderr.all();
     assert!(!status.success(), "{stderr:#?}");
     let said = r#"error: config server "127.0.0.1:7070" needs a scheme: http://127.0.0.1:7070"#;
     assert!(stderr.iter().any(|l| l == said), "{stderr:#?}");
 
     // A closed port: the OS's reason.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed_url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    let refused = proxy_to(&closed_url, &token, "web-1", &dir.0.join("a"));
+    let closed = refused();
+    let closed_url = format!("http://{}", closed.addr);
+    let refused = proxy(&closed_url, &token, "web-1", &dir.0.join("a"), 1);
 
     // A plain HTTP/1 server: not a Weft config server.
-    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let web = listener();
     let web_addr = web.local_addr().unwrap();
     std::thread::spawn(move || http1_server(web));
-    let confused = proxy_to(
+    let confused = proxy(
         &format!("http://{web_addr}"),
         &token,
         "web-2",
         &dir.0.join("b"),
+        1,
     );
 
     refused.log.wait_for(&format!(

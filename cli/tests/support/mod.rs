@@ -1,26 +1,15 @@
-//! What the `weft` binary's tests share: the binary, a guard that ends it, and what
-//! it logs.
+//! What the `weft` binary's tests share on top of `weft-testkit` (the time limit,
+//! processes, ports, waits): the binary itself, blocking HTTP to what it serves, the
+//! addresses it logs, and the control plane as operators run it.
 
 // Each test binary uses a part of what is here.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitStatus};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
 
-/// The longest any wait of these tests may take.
-pub const LIMIT: Duration = Duration::from_secs(60);
-
-/// Ends the child when the test ends, whatever happened.
-pub struct Guard(pub Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use weft_testkit::{LIMIT, Log};
 
 /// The `weft` binary, without the environment a developer's shell may set for it.
 pub fn weft() -> Command {
@@ -33,154 +22,68 @@ pub fn weft() -> Command {
     cmd
 }
 
-/// Send `sig` (`-TERM`, `-INT`, ...) to the child.
-pub fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {sig} {}", child.id());
+/// A blocking HTTP/1.1 GET with `connection: close`, as `localhost` (a host the admin
+/// listener answers too); returns the whole response.
+pub fn get(addr: SocketAddr, path: &str) -> String {
+    get_with(addr, path, "")
 }
 
-/// The child's exit status, within the limit.
-pub fn wait_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "weft did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// [`get`] with more header lines (each ending in CRLF).
+pub fn get_with(addr: SocketAddr, path: &str, headers: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\n{headers}connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
-/// What a child writes to a pipe, line by line, kept from a thread as it comes: a
-/// test waits for a line and looks back at every line before it.
-#[derive(Clone)]
-pub struct Log(Arc<(Mutex<Lines>, Condvar)>);
-
-#[derive(Default)]
-struct Lines {
-    lines: Vec<String>,
-    /// The pipe closed: the child exited.
-    closed: bool,
+/// [`get`] on an admin listener: the status and the body.
+pub fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let out = get(addr, path);
+    let status = out[9..12].parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
 }
 
-impl Log {
-    /// Read `pipe` until it closes.
-    pub fn new(pipe: impl std::io::Read + Send + 'static) -> Self {
-        let log = Self(Arc::default());
-        let shared = log.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                shared.0.lock().unwrap().lines.push(line);
-                shared.1.notify_all();
-            }
-            shared.0.lock().unwrap().closed = true;
-            shared.1.notify_all();
-        });
-        log
-    }
-
-    /// Wait, within the limit, until `done` holds for the lines so far.
-    fn wait(&self, what: &str, done: impl Fn(&Lines) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + LIMIT;
-        let mut lines = self.0.0.lock().unwrap();
-        while !done(&lines) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero() && !lines.closed,
-                "no {what}; saw:\n{}",
-                lines.lines.join("\n")
-            );
-            lines = self.0.1.wait_timeout(lines, left).unwrap().0;
-        }
-        lines.lines.clone()
-    }
-
-    /// The first line that contains `marker`, waiting for it within the limit.
-    pub fn wait_for(&self, marker: &str) -> String {
-        let lines = self.wait(&format!("line with {marker:?}"), |l| {
-            l.lines.iter().any(|line| line.contains(marker))
-        });
-        lines.into_iter().find(|l| l.contains(marker)).unwrap()
-    }
-
-    /// Every line so far, once `n` of them contain every one of `markers`.
-    pub fn wait_count(&self, markers: &[&str], n: usize) -> Vec<String> {
-        self.wait(&format!("{n} lines with {markers:?}"), |l| {
-            count(&l.lines, markers) >= n
-        })
-    }
-
-    /// Every line, once the pipe has closed (after the child exited).
-    pub fn all(&self) -> Vec<String> {
-        self.wait("end of output", |l| l.closed)
-    }
-
-    /// Every line so far.
-    pub fn so_far(&self) -> Vec<String> {
-        self.0.0.lock().unwrap().lines.clone()
-    }
+/// The address a log line gives after `key` (`addr=`, `http://`, ...).
+pub fn addr_after(line: &str, key: &str) -> SocketAddr {
+    line.split(key)
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address after {key:?} in {line:?}"))
 }
 
-/// How many of `lines` contain every one of `markers`.
-pub fn count(lines: &[String], markers: &[&str]) -> usize {
-    lines
-        .iter()
-        .filter(|l| markers.iter().all(|m| l.contains(m)))
-        .count()
+/// The admin listener's and the one data listener's addresses, as a proxy started
+/// with `RUST_LOG=info` logs them.
+pub fn admin_and_listener(log: &Log) -> (SocketAddr, SocketAddr) {
+    let admin = log.wait_for("admin listening");
+    let data = log.wait_line("a data listener listening", |l| {
+        l.contains("listening") && !l.contains("admin listening")
+    });
+    (addr_after(&admin, "addr="), addr_after(&data, "addr="))
 }
 
 /// The control plane as operators run it: a real `weft config-server`, real `weft
-/// proxy --config-server` processes, and the `weft` commands against them. Each test
-/// binary uses a part of it.
-#[allow(dead_code)]
+/// proxy --config-server` processes, and the `weft` commands against them.
 pub mod plane {
-    use std::io::BufRead;
     use std::net::SocketAddr;
     use std::path::{Path, PathBuf};
-    use std::process::{Output, Stdio};
-    use std::time::{Duration, Instant};
+    use std::process::{ExitStatus, Output, Stdio};
 
     use serde_json::Value;
+    use weft_testkit::{ANY_PORT, Log, Process, eventually, output};
 
-    use super::{Guard, LIMIT, weft};
+    use super::{addr_after, admin_get, weft};
 
-    /// Send the lines of a child's pipe to a channel, from a thread.
-    pub fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        rx
-    }
-
-    /// The first line that contains `marker`, within the limit.
-    pub fn wait_line(
-        rx: &std::sync::mpsc::Receiver<String>,
-        marker: &str,
-        seen: &mut Vec<String>,
-    ) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no line with {marker:?}; saw:\n{}", seen.join("\n")));
-            seen.push(line.clone());
-            if line.contains(marker) {
-                return line;
-            }
-        }
-    }
-
+    /// A running `weft config-server`, ended when dropped.
     pub struct Server {
-        _child: Guard,
+        pub process: Process,
         pub addr: SocketAddr,
         pub url: String,
         pub token: String,
@@ -190,6 +93,8 @@ pub mod plane {
         pub proxy_token: PathBuf,
         /// What it printed on stdout at start.
         pub banner: Vec<String>,
+        /// Its logs (standard error, at `info`).
+        pub log: Log,
     }
 
     /// `weft config-server` on `listen` with its data in `dir`.
@@ -199,51 +104,45 @@ pub mod plane {
 
     /// `weft config-server` with more arguments.
     pub fn config_server_with(dir: &Path, listen: &str, args: &[&str]) -> Server {
-        let mut child = weft()
-            .args(["config-server", "--listen", listen, "--data-dir"])
-            .arg(dir)
-            .args(args)
-            .env("WEFT_CACHE_DIR", dir.join("cache"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = lines(child.stdout.take().unwrap());
-        let guard = Guard(child);
-        let mut banner = Vec::new();
-        let line = wait_line(&out, "weft config server on http://", &mut banner);
-        let addr: SocketAddr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap()
-            .parse()
-            .unwrap();
+        let mut process = Process::start(
+            weft()
+                .args(["config-server", "--listen", listen, "--data-dir"])
+                .arg(dir)
+                .args(args)
+                .env("WEFT_CACHE_DIR", dir.join("cache"))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        let (out, log) = (process.stdout(), process.stderr());
+        let addr = addr_after(&out.wait_for("weft config server on http://"), "http://");
         let token = std::fs::read_to_string(dir.join("token"))
             .unwrap()
             .trim()
             .to_owned();
         Server {
-            _child: guard,
+            process,
             addr,
             url: format!("http://{addr}"),
             token,
             data: dir.to_owned(),
             proxy_token: dir.join("proxy-token"),
-            banner,
+            banner: out.so_far(),
+            log,
         }
     }
 
     impl Server {
         /// Run a client command against this server, with its token.
         pub fn cli(&self, args: &[&str]) -> Output {
-            weft()
-                .args(args)
-                .args(["--server", &self.url, "--token", &self.token])
-                .output()
-                .unwrap()
+            output(
+                weft()
+                    .args(args)
+                    .args(["--server", &self.url, "--token", &self.token]),
+            )
         }
 
+        /// `weft ...`, which must succeed; returns its stdout.
         pub fn cli_ok(&self, args: &[&str]) -> String {
             let out = self.cli(args);
             assert!(
@@ -286,6 +185,7 @@ pub mod plane {
             last_number(line)
         }
 
+        /// `weft status --json`: `GET /v1/proxies`.
         pub fn proxies(&self) -> Value {
             let out = self.cli_ok(&["status", "--json"]);
             serde_json::from_str(&out).unwrap()
@@ -293,8 +193,8 @@ pub mod plane {
 
         /// Wait until every named proxy has applied `version`.
         pub fn converged(&self, nodes: &[&str], version: u64) -> Value {
-            let deadline = Instant::now() + LIMIT;
-            loop {
+            let what = format!("proxies {nodes:?} apply version {version}");
+            eventually(&what, || {
                 let status = self.proxies();
                 let done = nodes.iter().all(|n| {
                     status["proxies"].as_array().unwrap().iter().any(|p| {
@@ -302,41 +202,43 @@ pub mod plane {
                     })
                 });
                 if done {
-                    return status;
+                    Ok(status)
+                } else {
+                    Err(format!("{status:#}"))
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "proxies {nodes:?} did not apply version {version}: {status:#}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            })
+        }
+
+        /// Stop it with SIGTERM; how it exited.
+        pub fn stop(mut self) -> ExitStatus {
+            self.process.signal("-TERM");
+            self.process.wait_exit()
         }
     }
 
+    /// A running `weft proxy --config-server`, ended when dropped.
     pub struct ProxyProc {
-        pub child: Guard,
+        pub process: Process,
         pub admin: SocketAddr,
+        /// Its logs (standard error, at `info`).
+        pub log: Log,
     }
 
     impl ProxyProc {
         pub fn pid(&self) -> u32 {
-            self.child.0.id()
+            self.process.pid()
         }
 
         /// The address its `inbound` listener got, once it is ready.
         pub fn inbound(&self) -> SocketAddr {
-            let deadline = Instant::now() + LIMIT;
-            loop {
-                if admin_get(self.admin, "/ready").0 == 200 {
-                    let (_, body) = admin_get(self.admin, "/listeners");
-                    let v: Value = serde_json::from_str(&body).unwrap();
-                    if let Some(a) = v["inbound"].as_str() {
-                        return a.parse().unwrap();
-                    }
+            eventually("the proxy ready with its inbound listener", || {
+                if admin_get(self.admin, "/ready").0 != 200 {
+                    return None;
                 }
-                assert!(Instant::now() < deadline, "proxy never became ready");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+                let (_, body) = admin_get(self.admin, "/listeners");
+                let v: Value = serde_json::from_str(&body).unwrap();
+                v["inbound"].as_str().map(|a| a.parse().unwrap())
+            })
         }
 
         /// A sample of its `/metrics` without labels.
@@ -349,31 +251,26 @@ pub mod plane {
 
         /// Its resident memory.
         pub fn rss_kib(&self) -> u64 {
-            let status =
-                std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap();
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
             status
                 .lines()
                 .find_map(|l| l.strip_prefix("VmRSS:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
                 .unwrap()
         }
-    }
 
-    /// A blocking GET on an admin listener, as `localhost` (a host it answers).
-    pub fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(LIMIT)).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let status = out[9..12].parse().unwrap();
-        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-        (status, body)
+        /// Stop it with SIGTERM; how it exited, and everything it logged.
+        pub fn stop(mut self) -> (ExitStatus, Vec<String>) {
+            self.process.signal("-TERM");
+            let status = self.process.wait_exit();
+            (status, self.log.all())
+        }
+
+        /// `kill -9` it; everything it logged.
+        pub fn kill(mut self) -> Vec<String> {
+            self.process.kill();
+            self.log.all()
+        }
     }
 
     /// `weft proxy --config-server URL` as node `node` of service `web`, caching in
@@ -391,7 +288,8 @@ pub mod plane {
     }
 
     /// `weft proxy --config-server URL` as node `node` of `service`, labelled
-    /// `zone=a`, caching in `state`, serving on `workers` threads.
+    /// `zone=a`, caching in `state`, serving on `workers` threads; returned once its
+    /// admin listener is up.
     pub fn proxy_of(
         url: &str,
         token: &Path,
@@ -400,48 +298,40 @@ pub mod plane {
         state: &Path,
         workers: usize,
     ) -> ProxyProc {
-        let mut child = weft()
-            .args(["proxy", "--proxy-token-file"])
-            .arg(token)
-            .args([
-                "--config-server",
-                url,
-                "--node",
-                node,
-                "--service",
-                service,
-                "--label",
-                "zone=a",
-                "--admin",
-                "127.0.0.1:0",
-                "--state-dir",
-            ])
-            .arg(state)
-            .env("WEFT_WORKERS", workers.to_string())
-            .env("WEFT_CACHE_DIR", state.join("compiled"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let err = lines(child.stderr.take().unwrap());
-        let guard = Guard(child);
-        let line = wait_line(&err, "admin listening", &mut Vec::new());
-        let admin = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap()
-            .parse()
-            .unwrap();
-        // Keep draining its logs so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in err {});
+        let mut process = Process::start(
+            weft()
+                .args(["proxy", "--proxy-token-file"])
+                .arg(token)
+                .args([
+                    "--config-server",
+                    url,
+                    "--node",
+                    node,
+                    "--service",
+                    service,
+                    "--label",
+                    "zone=a",
+                    "--admin",
+                    ANY_PORT,
+                    "--state-dir",
+                ])
+                .arg(state)
+                .env("WEFT_WORKERS", workers.to_string())
+                .env("WEFT_CACHE_DIR", state.join("compiled"))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
+        let log = process.stderr();
+        let admin = addr_after(&log.wait_for("admin listening"), "addr=");
         ProxyProc {
-            child: guard,
+            process,
             admin,
+            log,
         }
     }
 
+    /// Write `text` to `dir/name`; the path, as text.
     pub fn write(dir: &Path, name: &str, text: &str) -> String {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
