@@ -56,7 +56,7 @@ struct Abort {
 #[derive(Deserialize)]
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
 struct Delay {
-    #[serde(with = "humantime_duration")]
+    #[serde(deserialize_with = "weft_sdk::units::deserialize_duration")]
     duration: Duration,
     #[serde(default)]
     percentage: Option<f64>,
@@ -69,18 +69,6 @@ struct Delay {
 struct HeaderMatch {
     name: String,
     value: String,
-}
-
-mod humantime_duration {
-    use std::time::Duration;
-    use weft_sdk::serde::{Deserialize, Deserializer, de::Error};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            D::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. 200ms"))
-        })
-    }
 }
 
 const DEFAULT_ABORT_BODY: &str = "fault injected by the weft fault filter\n";

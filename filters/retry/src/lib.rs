@@ -44,7 +44,7 @@ use std::time::Duration;
 use weft_sdk::metrics::Counter;
 use weft_sdk::prelude::*;
 use weft_sdk::serde::de::{self, Deserializer};
-use weft_sdk::{ExchangeError, ResponseHead, log, random, state, time};
+use weft_sdk::{ExchangeError, ResponseHead, log, random, state, time, units};
 
 mod budget;
 
@@ -64,11 +64,14 @@ pub struct Retry {
     grpc: Vec<GrpcCode>,
     #[serde(default = "default_methods")]
     methods: Vec<String>,
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(default, deserialize_with = "units::deserialize_optional_duration")]
     per_try_timeout: Option<Duration>,
     #[serde(default)]
     backoff: Backoff,
-    #[serde(default = "default_max_body", deserialize_with = "size")]
+    #[serde(
+        default = "default_max_body",
+        deserialize_with = "units::deserialize_size"
+    )]
     max_body: u64,
     #[serde(default)]
     budget: Budget,
@@ -145,9 +148,15 @@ impl<'de> Deserialize<'de> for GrpcCode {
 #[derive(Deserialize)]
 #[serde(crate = "weft_sdk::serde", deny_unknown_fields)]
 struct Backoff {
-    #[serde(default = "default_base", deserialize_with = "duration")]
+    #[serde(
+        default = "default_base",
+        deserialize_with = "units::deserialize_duration"
+    )]
     base: Duration,
-    #[serde(default = "default_max_backoff", deserialize_with = "duration")]
+    #[serde(
+        default = "default_max_backoff",
+        deserialize_with = "units::deserialize_duration"
+    )]
     max: Duration,
 }
 
@@ -167,7 +176,10 @@ struct Budget {
     ratio: f64,
     #[serde(default = "default_min_per_second")]
     min_per_second: u32,
-    #[serde(default = "default_window", deserialize_with = "duration")]
+    #[serde(
+        default = "default_window",
+        deserialize_with = "units::deserialize_duration"
+    )]
     window: Duration,
 }
 
@@ -213,51 +225,6 @@ fn default_min_per_second() -> u32 {
 }
 fn default_window() -> Duration {
     Duration::from_secs(10)
-}
-
-fn parse_duration<E: de::Error>(s: &str) -> Result<Duration, E> {
-    humantime::parse_duration(s)
-        .map_err(|e| E::custom(format!("invalid duration {s:?} ({e}); write e.g. 250ms")))
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    parse_duration(&String::deserialize(d)?)
-}
-
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    parse_duration(&String::deserialize(d)?).map(Some)
-}
-
-/// `65536`, `64KiB`, `1MiB`.
-fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(crate = "weft_sdk::serde", untagged)]
-    enum Raw {
-        Bytes(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Bytes(n) => Ok(n),
-        Raw::Text(s) => {
-            let t = s.trim();
-            let (num, unit) = t
-                .find(|c: char| !c.is_ascii_digit())
-                .map_or((t, ""), |i| t.split_at(i));
-            let mult = match unit.trim() {
-                "" | "B" => 1,
-                "KiB" => 1 << 10,
-                "MiB" => 1 << 20,
-                _ => {
-                    return Err(de::Error::custom(format!(
-                        "invalid size {s:?}; write e.g. 64KiB or 1MiB"
-                    )));
-                }
-            };
-            num.parse::<u64>()
-                .map(|n| n * mult)
-                .map_err(|_| de::Error::custom(format!("invalid size {s:?}")))
-        }
-    }
 }
 
 /// The policy as the hooks use it.

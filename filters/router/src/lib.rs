@@ -79,7 +79,10 @@ enum NoMatch {
 struct RouteConfig {
     #[serde(default)]
     name: Option<String>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "weft_sdk::units::deserialize_optional_duration"
+    )]
     timeout: Option<Duration>,
     #[serde(default, rename = "match")]
     matches: MatchConfig,
@@ -144,14 +147,6 @@ struct RewriteConfig {
     prefix: Option<String>,
     #[serde(default)]
     host: Option<String>,
-}
-
-/// `timeout: 2s`, `timeout: 250ms`.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map(Some)
-        .map_err(|e| de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. 2s")))
 }
 
 /// `method: GET` and `method: [GET, HEAD]` both work.
@@ -269,7 +264,37 @@ impl ValueRule {
 impl RouteConfig {
     /// Check the route and compile it; `at` names it in errors (`routes[2]`).
     fn compile(&self, at: &str) -> Result<Route, String> {
-        let path = match &self.matches.path {
+        let path = self.compile_path(at)?;
+        let mut methods = Vec::with_capacity(self.matches.method.len());
+        for (i, m) in self.matches.method.iter().enumerate() {
+            non_empty(&format!("{at}.match.method[{i}]"), m)?;
+            methods.push(m.to_ascii_uppercase());
+        }
+        let headers = (self.matches.headers.iter().enumerate())
+            .map(|(i, h)| h.compile(&format!("{at}.match.headers[{i}]"), true))
+            .collect::<Result<_, _>>()?;
+        let query = (self.matches.query.iter().enumerate())
+            .map(|(i, q)| q.compile(&format!("{at}.match.query[{i}]"), false))
+            .collect::<Result<_, _>>()?;
+        let target = self.compile_target(at)?;
+        let (rewrite_prefix, rewrite_host) = self.compile_rewrite(at, &path)?;
+        self.check_name_and_timeout(at)?;
+        Ok(Route {
+            name: self.name.clone(),
+            timeout: self.timeout,
+            path,
+            methods,
+            headers,
+            query,
+            target,
+            rewrite_prefix,
+            rewrite_host,
+        })
+    }
+
+    /// `match.path`: at most one of `exact`, `prefix`, `regex`; none matches any path.
+    fn compile_path(&self, at: &str) -> Result<PathRule, String> {
+        Ok(match &self.matches.path {
             None => PathRule::Any,
             Some(PathConfig {
                 exact: Some(p),
@@ -295,28 +320,18 @@ impl RouteConfig {
             Some(_) => {
                 return Err(format!("{at}.match.path: give one of exact, prefix, regex"));
             }
-        };
+        })
+    }
 
-        let mut methods = Vec::with_capacity(self.matches.method.len());
-        for (i, m) in self.matches.method.iter().enumerate() {
-            non_empty(&format!("{at}.match.method[{i}]"), m)?;
-            methods.push(m.to_ascii_uppercase());
-        }
-        let headers = (self.matches.headers.iter().enumerate())
-            .map(|(i, h)| h.compile(&format!("{at}.match.headers[{i}]"), true))
-            .collect::<Result<_, _>>()?;
-        let query = (self.matches.query.iter().enumerate())
-            .map(|(i, q)| q.compile(&format!("{at}.match.query[{i}]"), false))
-            .collect::<Result<_, _>>()?;
-
-        let target = match (&self.cluster, &self.split) {
-            (Some(_), Some(_)) => {
-                return Err(format!("{at}: give either cluster or split, not both"));
-            }
-            (None, None) => return Err(format!("{at}: give a cluster or a split")),
+    /// Exactly one of `cluster` and `split`; a split's weights must not all be 0, or
+    /// no cluster could be picked.
+    fn compile_target(&self, at: &str) -> Result<Target, String> {
+        match (&self.cluster, &self.split) {
+            (Some(_), Some(_)) => Err(format!("{at}: give either cluster or split, not both")),
+            (None, None) => Err(format!("{at}: give a cluster or a split")),
             (Some(cluster), None) => {
                 non_empty(&format!("{at}.cluster"), cluster)?;
-                Target::Cluster(cluster.clone())
+                Ok(Target::Cluster(cluster.clone()))
             }
             (None, Some(split)) => {
                 let mut choices = Vec::with_capacity(split.len());
@@ -328,28 +343,39 @@ impl RouteConfig {
                 if total == 0 {
                     return Err(format!("{at}.split: the weights add up to 0"));
                 }
-                Target::Split(choices, total)
-            }
-        };
-
-        let (mut rewrite_prefix, mut rewrite_host) = (None, None);
-        if let Some(rw) = &self.rewrite {
-            if let Some(with) = &rw.prefix {
-                if !matches!(path, PathRule::Prefix(_)) {
-                    return Err(format!(
-                        "{at}.rewrite.prefix: only a route with a match.path.prefix can rewrite it"
-                    ));
-                }
-                starts_with_slash(&format!("{at}.rewrite.prefix"), with)?;
-                path_chars(&format!("{at}.rewrite.prefix"), with)?;
-                rewrite_prefix = Some(with.clone());
-            }
-            if let Some(host) = &rw.host {
-                authority(&format!("{at}.rewrite.host"), host)?;
-                rewrite_host = Some(host.clone());
+                Ok(Target::Split(choices, total))
             }
         }
+    }
 
+    /// `rewrite`: the new path prefix (only where a prefix matched, since that is what
+    /// it replaces) and the new host.
+    fn compile_rewrite(
+        &self,
+        at: &str,
+        path: &PathRule,
+    ) -> Result<(Option<String>, Option<String>), String> {
+        let Some(rw) = &self.rewrite else {
+            return Ok((None, None));
+        };
+        if let Some(with) = &rw.prefix {
+            if !matches!(path, PathRule::Prefix(_)) {
+                return Err(format!(
+                    "{at}.rewrite.prefix: only a route with a match.path.prefix can rewrite it"
+                ));
+            }
+            starts_with_slash(&format!("{at}.rewrite.prefix"), with)?;
+            path_chars(&format!("{at}.rewrite.prefix"), with)?;
+        }
+        if let Some(host) = &rw.host {
+            authority(&format!("{at}.rewrite.host"), host)?;
+        }
+        Ok((rw.prefix.clone(), rw.host.clone()))
+    }
+
+    /// The name goes into logs and metric labels, so it is bounded; the timeout must
+    /// leave the request some time, and not hold it for days.
+    fn check_name_and_timeout(&self, at: &str) -> Result<(), String> {
         if let Some(name) = &self.name {
             non_empty(&format!("{at}.name"), name)?;
             if name.len() > 128 {
@@ -364,17 +390,7 @@ impl RouteConfig {
                 "{at}.timeout: give a duration above 0 and at most 24h"
             ));
         }
-        Ok(Route {
-            name: self.name.clone(),
-            timeout: self.timeout,
-            path,
-            methods,
-            headers,
-            query,
-            target,
-            rewrite_prefix,
-            rewrite_host,
-        })
+        Ok(())
     }
 }
 
