@@ -10,12 +10,13 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
 use crate::bindings::{FilterWorld, types};
+use crate::deadline::{self, first_ticks, ticks};
 use crate::exchange::{Exchange, Phase};
 use crate::host::HostState;
 use crate::metrics::Live;
 use crate::shared::{FilterShared, HeaderViews};
 use crate::state::SharedState;
-use crate::{Compiled, EPOCH_TICK, Engine, FailurePolicy, LoadError};
+use crate::{Compiled, Engine, FailurePolicy, LoadError};
 
 /// Everything needed to load one filter.
 #[derive(Clone, Debug)]
@@ -32,7 +33,8 @@ pub struct FilterSpec<'a> {
     pub config_json: String,
     /// What a failing hook does to its request.
     pub policy: FailurePolicy,
-    /// CPU deadline of one hook call.
+    /// CPU time one hook call may use. A call the machine starves of CPU is stopped
+    /// anyway once ten times this has passed in wall time.
     pub timeout: Duration,
     /// Memory limit of one instance, in bytes.
     pub memory: usize,
@@ -150,7 +152,7 @@ impl Filter {
             views: Default::default(),
         });
         engine.metrics().watch(&shared);
-        let deadline_ticks = spec.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1;
+        let deadline_ticks = first_ticks(spec.timeout);
         let mut inner = Inner {
             name,
             source: Arc::from(spec.source),
@@ -189,24 +191,7 @@ impl Filter {
                 message,
             },
         })?;
-        // The headers a filter reads through its one-call heads are parsed once here.
-        let names = |list: &[String], which: &str| {
-            list.iter()
-                .map(|n| {
-                    http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-                        LoadError::ConfigRejected {
-                            filter: spec.name.to_owned(),
-                            message: format!("its interest names an invalid {which} header {n:?}"),
-                        }
-                    })
-                })
-                .collect::<Result<Box<[_]>, _>>()
-        };
-        let views = HeaderViews {
-            request: names(&interest.request_headers, "request")?,
-            response: names(&interest.response_headers, "response")?,
-        };
-        let _ = inner.shared.views.set(views);
+        let _ = inner.shared.views.set(header_views(spec.name, &interest)?);
         inner.interest = interest;
         // Every instance declares the same (one config); the first one's are kept.
         inner.clusters = declared.into();
@@ -414,12 +399,12 @@ impl Inner {
         );
         let mut store = Store::new(&self.engine.inner.wasmtime, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        deadline::install(&mut store, |s: &HostState| &s.deadline);
         // Starting an instance (its `init`: parsing config, building tables) is not
-        // a hook on the request path; the epoch deadline counts wall time, so on a
-        // busy machine the hook budget would refuse filters that are merely
-        // descheduled. It still has a bound, so an `init` that never returns is
-        // stopped.
+        // a hook on the request path: no hook budget is running, so its deadline
+        // counts wall time, and a generous one, so a busy machine does not refuse
+        // filters that are merely descheduled. It still has a bound, so an `init`
+        // that never returns is stopped.
         store.set_epoch_deadline(self.init_deadline_ticks());
         let world = self
             .compiled
@@ -451,8 +436,7 @@ impl Inner {
     }
 
     fn init_deadline_ticks(&self) -> u64 {
-        self.deadline_ticks
-            .max(INIT_DEADLINE.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64)
+        self.deadline_ticks.max(ticks(INIT_DEADLINE))
     }
 
     fn checkout(&self) -> Result<Instance, String> {
@@ -481,9 +465,12 @@ impl Inner {
         // after a trap: the request is never lost with a broken instance. Boxed, it is
         // a pointer that moves for free.
         data.exchange = slot.take();
+        data.deadline.start(self.timeout);
         instance.store.set_epoch_deadline(self.deadline_ticks);
         let result = call(&instance.world, &mut instance.store);
-        *slot = instance.store.data_mut().exchange.take();
+        let data = instance.store.data_mut();
+        data.deadline.stop();
+        *slot = data.exchange.take();
         match result {
             Ok(decision) => {
                 // A full pool means enough warm instances; drop the extra one.
@@ -524,6 +511,24 @@ impl Inner {
         // the root cause says what happened.
         first_line(&e.root_cause().to_string()).to_owned()
     }
+}
+
+/// The headers a filter reads through its one-call heads, parsed once at load.
+fn header_views(filter: &str, interest: &types::Interest) -> Result<HeaderViews, LoadError> {
+    let names = |list: &[String], which: &str| {
+        list.iter()
+            .map(|n| {
+                http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| LoadError::ConfigRejected {
+                    filter: filter.to_owned(),
+                    message: format!("its interest names an invalid {which} header {n:?}"),
+                })
+            })
+            .collect::<Result<Box<[_]>, _>>()
+    };
+    Ok(HeaderViews {
+        request: names(&interest.request_headers, "request")?,
+        response: names(&interest.response_headers, "response")?,
+    })
 }
 
 fn first_line(s: &str) -> &str {

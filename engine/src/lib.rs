@@ -24,6 +24,7 @@
 #![deny(unsafe_code)]
 
 mod bindings;
+mod deadline;
 mod exchange;
 mod filter;
 mod host;
@@ -40,7 +41,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
@@ -49,6 +50,7 @@ pub use bindings::types::{
     Action, BodyMode, Header, HeaderError, Interest, LocalResponse, Responder, ResponseAction,
     Summary,
 };
+pub use deadline::EPOCH_TICK;
 pub use exchange::{
     ConnectionInfo, Exchange, ExchangeError, RequestContext, RequestHead, ResponseHead, TlsInfo,
 };
@@ -59,9 +61,6 @@ pub use shared::ClusterRef;
 pub use spans::{SPAN_QUEUE, Span, SpanKind, SpanQueue};
 pub use stats::{HookReport, StatsReport};
 pub use weft_config::FailurePolicy;
-
-/// How often the deadline clock ticks. Hook deadlines are rounded up to it.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Why a filter could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +185,8 @@ impl Engine {
     pub fn with_cache_dir(cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
-        // Hook deadlines: a tick thread bumps the epoch, each call gets a budget.
+        // Hook deadlines: a tick thread bumps the epoch, each call gets a budget of
+        // ticks, weighed against the CPU time it used when they run out.
         config.epoch_interruption(true);
         // Component-model async costs every call about double; no hook needs it yet.
         config.concurrency_support(false);
@@ -203,7 +203,7 @@ impl Engine {
             |s: &mut HostState| s,
         )
         .map_err(|e| LoadError::Engine(e.to_string()))?;
-        start_ticker(wasmtime.weak());
+        deadline::start_ticker(wasmtime.weak());
         let mut hasher = std::hash::DefaultHasher::new();
         wasmtime.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Self {
@@ -403,25 +403,5 @@ fn store_compiled(file: &std::path::Path, component: &Component) {
     })();
     if let Err(e) = result {
         tracing::debug!(file = %file.display(), "cannot cache the compiled component: {e}");
-    }
-}
-
-/// The deadline clock: an OS thread, not a task, so a hook that hogs a runtime worker
-/// can still be interrupted. It stops when the engine is dropped.
-fn start_ticker(engine: wasmtime::EngineWeak) {
-    let spawned = std::thread::Builder::new()
-        .name("weft-epoch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(EPOCH_TICK);
-                match engine.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        // Without the clock, deadlines never fire; say so loudly but keep serving.
-        tracing::error!("cannot start the filter deadline clock: {e}");
     }
 }

@@ -13,6 +13,7 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::types;
+use crate::deadline::HookDeadline;
 use crate::exchange::{Exchange, Phase, RequestContext, RequestHead, ResponseHead};
 use crate::shared::{ClusterRef, FilterShared};
 use crate::stderr::TailPipe;
@@ -35,6 +36,8 @@ pub struct HostState {
     pub(crate) body_access: bool,
     /// The clusters the filter declared while its `init` ran; `None` once it returned.
     pub(crate) declared: Option<Vec<ClusterRef>>,
+    /// The hook running now, for the deadline to weigh its CPU time.
+    pub(crate) deadline: HookDeadline,
     rng: fastrand::Rng,
     epoch: Instant,
 }
@@ -67,6 +70,7 @@ impl HostState {
             phase: Phase::Request,
             body_access: false,
             declared: Some(Vec::new()),
+            deadline: HookDeadline::default(),
             rng: fastrand::Rng::new(),
             epoch,
         }
