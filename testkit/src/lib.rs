@@ -467,3 +467,54 @@ pub fn temp_file(name: &str, contents: &[u8]) -> (TempDir, String) {
     let p = path.display().to_string();
     (dir, p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_returns_what_it_found_and_gives_up_at_its_limit_with_what_it_saw() {
+        let mut looks = 0;
+        let found = eventually("the third look", || {
+            looks += 1;
+            if looks == 3 { Ok(looks) } else { Err(looks) }
+        });
+        assert_eq!(found, 3);
+        let gave_up = std::panic::catch_unwind(|| {
+            eventually_within(Duration::from_millis(50), "never", || Err::<(), _>("seen"))
+        })
+        .unwrap_err();
+        let said = gave_up.downcast_ref::<String>().unwrap();
+        assert!(
+            said.starts_with("never: not within 50ms") && said.ends_with("seen"),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn a_process_is_killed_when_dropped_and_its_output_read_as_it_comes() {
+        let mut sleeper = Process::start(
+            Command::new("sh")
+                .args(["-c", "echo started; exec sleep 600"])
+                .stdout(Stdio::piped()),
+        );
+        let pid = sleeper.pid();
+        assert_eq!(sleeper.stdout().wait_for("started"), "started");
+        drop(sleeper);
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn a_command_runs_to_its_end_with_its_input() {
+        let out = output_with_input(&mut Command::new("cat"), b"through");
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"through");
+    }
+
+    #[test]
+    fn a_refused_port_refuses_while_it_is_held() {
+        let closed = refused();
+        let err = std::net::TcpStream::connect(closed.addr).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+}
