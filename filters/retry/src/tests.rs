@@ -148,3 +148,18 @@ fn bad_configs_say_what_is_wrong() {
         assert!(e.contains(want), "{json}\n  gave {e}\n  want {want}");
     }
 }
+
+#[test]
+fn sizes_and_durations_take_the_proxys_units() {
+    for (json, bytes) in [
+        (r#"{"max_body":65536}"#, 65_536),
+        (r#"{"max_body":"64KiB"}"#, 65_536),
+        (r#"{"max_body":"1MB"}"#, 1_000_000),
+    ] {
+        assert_eq!(load(json).unwrap().max_body, bytes, "{json}");
+    }
+    let r =
+        load(r#"{"per_try_timeout":"1.5s","backoff":{"base":"10ms","max":"1s 500ms"}}"#).unwrap();
+    assert_eq!(r.per_try_timeout, Some(Duration::from_millis(1_500)));
+    assert_eq!(r.backoff.max, Duration::from_millis(1_500));
+}
