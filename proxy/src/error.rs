@@ -6,10 +6,14 @@
 //! whole story (cluster, endpoint address, filter name, a guest's panic message), which
 //! is nobody's business outside the operator's.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
+use weft_engine::ExchangeError;
 
-use crate::body::ProxyBody;
+use crate::body::{BufferError, ProxyBody};
+use crate::cluster::UpstreamError;
 
 /// Who is at fault for a failed request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +53,7 @@ pub struct ProxyError {
     /// Why the upstream exchange ended, when it did without a response: what response
     /// hooks (a retry filter) see. A connect failure is safe to retry for any request,
     /// since the upstream never saw it.
-    pub exchange: Option<weft_engine::ExchangeError>,
+    pub exchange: Option<ExchangeError>,
     /// The circuit-breaking limit that refused the request, told to the client in
     /// `x-weft-overflow`.
     pub overflow: Option<&'static str>,
@@ -71,7 +75,7 @@ impl ProxyError {
     }
 
     /// Say why the upstream exchange ended.
-    pub fn exchange(mut self, kind: weft_engine::ExchangeError) -> Self {
+    pub fn exchange(mut self, kind: ExchangeError) -> Self {
         self.exchange = Some(kind);
         self
     }
@@ -141,6 +145,177 @@ impl ProxyError {
             headers.insert("x-weft-overflow", HeaderValue::from_static(limit));
         }
         resp
+    }
+}
+
+/// Every error the request path makes, each built here: what the client is told
+/// (status, short reason), who failed, what the log gets and, for an upstream
+/// exchange that ended without a response, the kind a retry filter judges.
+impl ProxyError {
+    /// A request the proxy cannot make sense of (the client's fault).
+    pub(crate) fn bad_request(reason: &'static str, detail: String) -> Self {
+        Self::new(Side::Downstream, StatusCode::BAD_REQUEST, reason, detail)
+    }
+
+    /// A CONNECT on a listener that does not tunnel.
+    pub(crate) fn connect_disabled(uri: &http::Uri) -> Self {
+        Self::new(
+            Side::Downstream,
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT is not enabled",
+            format!("CONNECT {uri} refused: this listener does not tunnel"),
+        )
+    }
+
+    /// The client's body broke off (while buffered, kept or forwarded).
+    pub(crate) fn client_body(detail: String) -> Self {
+        Self::new(
+            Side::Downstream,
+            StatusCode::BAD_REQUEST,
+            "request body incomplete",
+            detail,
+        )
+    }
+
+    /// A body that could not be buffered for the filters that asked to see it:
+    /// `side` sent it. Too large from the client is 413, from the upstream 502.
+    pub(crate) fn unbuffered(side: Side, limit: usize, e: BufferError) -> Self {
+        let client = side == Side::Downstream;
+        let who = if client { "client" } else { "upstream" };
+        match e {
+            BufferError::TooLarge if client => Self::new(
+                side,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+                format!("{who} body larger than {limit} bytes"),
+            ),
+            BufferError::TooLarge => Self::new(
+                side,
+                StatusCode::BAD_GATEWAY,
+                "upstream response too large",
+                format!("{who} body larger than {limit} bytes"),
+            ),
+            BufferError::Peer(e) if client => {
+                Self::client_body(format!("{who} failed while sending the body: {e}"))
+            }
+            BufferError::Peer(e) => Self::new(
+                side,
+                StatusCode::BAD_GATEWAY,
+                "upstream response incomplete",
+                format!("{who} failed while sending the body: {e}"),
+            ),
+        }
+    }
+
+    /// No filter routed the request and the listener has no default cluster.
+    pub(crate) fn no_route(listener: &str, parts: &http::request::Parts) -> Self {
+        Self::new(
+            Side::Internal,
+            StatusCode::NOT_FOUND,
+            "no route",
+            format!(
+                "no filter routed {} {} and listener {listener:?} has no default_cluster",
+                parts.method,
+                parts.uri.path(),
+            ),
+        )
+    }
+
+    /// A filter routed to a cluster it may not use: `why` says which way.
+    pub(crate) fn no_such_upstream(filter: &str, cluster: &str, why: &str) -> Self {
+        Self::new(
+            Side::Filter,
+            StatusCode::BAD_GATEWAY,
+            "no such upstream",
+            format!("filter {filter:?} routed to cluster {cluster:?}, {why}"),
+        )
+    }
+
+    /// A filter trapped, ran out of time or memory, and fails closed.
+    pub(crate) fn filter_failed(f: &weft_engine::FilterFailure) -> Self {
+        Self::new(
+            Side::Filter,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "filter failed",
+            f.to_string(),
+        )
+    }
+
+    /// A filter's local response that is not HTTP: `what` is wrong with it.
+    pub(crate) fn invalid_local_response(filter: &str, what: &str) -> Self {
+        Self::new(
+            Side::Filter,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "filter sent an invalid response",
+            format!("filter {filter:?} sent an invalid local response: {what}"),
+        )
+    }
+
+    /// The request (`ExchangeError::Timeout`) or one attempt
+    /// (`ExchangeError::PerTryTimeout`) ran out of time.
+    pub(crate) fn timed_out(cluster: &str, after: Duration, kind: ExchangeError) -> Self {
+        let what = if kind == ExchangeError::PerTryTimeout {
+            "attempt"
+        } else {
+            "request"
+        };
+        Self::new(
+            Side::Upstream,
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream timed out",
+            format!("cluster {cluster:?} did not answer the {what} within {after:?}"),
+        )
+        .exchange(kind)
+    }
+
+    /// An upstream exchange that failed: the upstream's fault, or the client's
+    /// when its request body broke off while it was being forwarded.
+    pub(crate) fn upstream(cluster: &str, e: &UpstreamError) -> Self {
+        if e.client_body {
+            return Self::client_body(format!(
+                "the client's body failed while going to cluster {cluster:?}: {e}"
+            ));
+        }
+        let (status, reason) = if e.limit.is_some() {
+            (StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded")
+        } else if e.endpoint.is_none() {
+            (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+        } else if e.connect {
+            (StatusCode::SERVICE_UNAVAILABLE, "upstream unavailable")
+        } else {
+            (StatusCode::BAD_GATEWAY, "upstream failed")
+        };
+        let mut error = Self::new(
+            Side::Upstream,
+            status,
+            reason,
+            format!("cluster {cluster:?}: {e}"),
+        )
+        .exchange(e.kind());
+        error.overflow = e.limit;
+        error
+    }
+
+    /// An upstream's response body broke off while the proxy read it ahead.
+    pub(crate) fn upstream_body(cluster: &str, e: &hyper::Error) -> Self {
+        Self::new(
+            Side::Upstream,
+            StatusCode::BAD_GATEWAY,
+            "upstream failed",
+            format!("cluster {cluster:?}: response body failed: {e}"),
+        )
+        .exchange(ExchangeError::Reset)
+    }
+
+    /// An upstream that spoke outside HTTP's rules (a 101 nobody asked for).
+    pub(crate) fn upstream_protocol(cluster: &str, detail: &str) -> Self {
+        Self::new(
+            Side::Upstream,
+            StatusCode::BAD_GATEWAY,
+            "upstream protocol error",
+            format!("cluster {cluster:?}: {detail}"),
+        )
+        .exchange(ExchangeError::ProtocolError)
     }
 }
 

@@ -22,12 +22,14 @@
 
 mod access;
 mod admin;
+mod attempt;
 mod body;
 mod chain;
 mod cluster;
 mod conn;
 mod done;
 mod error;
+mod hooks;
 mod listener;
 mod metrics;
 mod normalize;
@@ -35,6 +37,7 @@ mod service;
 mod spans;
 mod state;
 mod tls;
+mod upgrade;
 mod upstream;
 
 use std::collections::HashMap;

@@ -9,16 +9,19 @@
 //!   the hex digits of other escapes upper-cased, dot segments removed and runs of
 //!   slashes merged, as nginx does before it matches a location. `%2F` stays encoded:
 //!   it is data, not a separator.
+//! - **Headers**: those that describe one connection (hop-by-hop) go, and those the
+//!   proxy sets on requests (`x-weft-attempt`, a caller's workload) are never a
+//!   client's to send.
 
-use http::header::HOST;
+use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version};
 
-use crate::error::{ProxyError, Side};
+use crate::error::ProxyError;
 
 fn bad(reason: &'static str, detail: String) -> ProxyError {
-    ProxyError::new(Side::Downstream, StatusCode::BAD_REQUEST, reason, detail)
+    ProxyError::bad_request(reason, detail)
 }
 
 /// Settle the request's one authority, as described in the module docs.
@@ -196,6 +199,54 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Tells the upstream which attempt of a request it sees, when retries are possible.
+pub(crate) const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-weft-attempt");
+/// The header in which a proxy names its caller's workload to the next hop.
+const SOURCE_WORKLOAD: HeaderName = HeaderName::from_static("x-weft-source-workload");
+
+/// Remove from a client's request the headers the proxy sets on requests: the
+/// attempt number, and the caller's workload unless the peer is a mesh proxy.
+/// (`x-weft-fault` and the like are the client's to send: filters match on them.)
+pub(crate) fn strip_owned(headers: &mut HeaderMap, mesh_internal: bool) {
+    headers.remove(ATTEMPT_HEADER);
+    if !mesh_internal {
+        headers.remove(SOURCE_WORKLOAD);
+    }
+}
+
+/// Remove the headers that only mean something on one connection (RFC 9110 §7.6.1),
+/// including those the `connection` header names. `te: trailers` stays: gRPC needs it.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            // `te: trailers` is for gRPC; `host` is the request's target, not a
+            // property of the connection, whatever a client says.
+            if name != TE && name != HOST {
+                headers.remove(name);
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        headers.remove(TE);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +336,27 @@ mod tests {
         authority(&mut p).unwrap();
         assert_eq!(p.headers["host"], "svc.internal:8443");
         assert_eq!(p.uri, "/x");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key("te"));
     }
 }
