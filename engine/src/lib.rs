@@ -28,6 +28,7 @@ mod deadline;
 mod exchange;
 mod filter;
 mod host;
+mod limits;
 mod metrics;
 mod resources;
 mod shared;

@@ -7,13 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::bindings::host_api::{Entry, StateError};
-
-/// Largest key, in bytes.
-pub const MAX_KEY: usize = 256;
-/// Largest value, in bytes.
-pub const MAX_VALUE: usize = 64 * 1024;
-/// Most keys one filter may hold.
-pub const MAX_KEYS: usize = 10_000;
+use crate::limits::{MAX_STATE_KEY, MAX_STATE_KEYS, MAX_STATE_VALUE};
 
 #[derive(Default)]
 struct Inner {
@@ -41,10 +35,10 @@ impl SharedState {
     }
 
     fn check(inner: &Inner, key: &str, value: &[u8]) -> Result<(), StateError> {
-        if key.len() > MAX_KEY || value.len() > MAX_VALUE {
+        if key.len() > MAX_STATE_KEY || value.len() > MAX_STATE_VALUE {
             return Err(StateError::TooLarge);
         }
-        if inner.map.len() >= MAX_KEYS && !inner.map.contains_key(key) {
+        if inner.map.len() >= MAX_STATE_KEYS && !inner.map.contains_key(key) {
             return Err(StateError::Full);
         }
         Ok(())
@@ -138,11 +132,11 @@ mod tests {
     fn limits_hold() {
         let s = SharedState::default();
         assert!(matches!(
-            s.set("k".repeat(MAX_KEY + 1), vec![]),
+            s.set("k".repeat(MAX_STATE_KEY + 1), vec![]),
             Err(StateError::TooLarge)
         ));
         assert!(matches!(
-            s.set("k".into(), vec![0; MAX_VALUE + 1]),
+            s.set("k".into(), vec![0; MAX_STATE_VALUE + 1]),
             Err(StateError::TooLarge)
         ));
     }

@@ -20,10 +20,14 @@ use crate::__weft_bindings::weft::filter::host::{
     Entry, Level, MetricError, MetricKind, StateError,
 };
 
-// The proxy's limits on one filter's state (see the engine).
-const MAX_KEY: usize = 256;
-const MAX_VALUE: usize = 64 * 1024;
-const MAX_KEYS: usize = 10_000;
+// The engine's own file of the rules on metric names and state, so this host refuses
+// what the proxy refuses, from the same source.
+#[path = "../../engine/src/limits.rs"]
+mod limits;
+
+use limits::{
+    MAX_STATE_KEY, MAX_STATE_KEYS, MAX_STATE_VALUE, valid_bounds, valid_label, valid_name,
+};
 
 #[derive(Default)]
 struct Host {
@@ -51,21 +55,13 @@ pub(crate) fn log(level: Level, message: &str) {
     eprintln!("{level} filter: {message}");
 }
 
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 100
-        && s.bytes()
-            .enumerate()
-            .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()))
-}
-
 pub(crate) fn define_metric(
     kind: MetricKind,
     name: &str,
     _help: &str,
     labels: &[String],
 ) -> Result<u32, MetricError> {
-    if !valid_name(name) || !labels.iter().all(|l| valid_name(l) && l != "filter") {
+    if !valid_name(name) || !labels.iter().all(|l| valid_label(l)) {
         return Err(MetricError::InvalidName);
     }
     with(|h| {
@@ -87,12 +83,7 @@ pub(crate) fn define_histogram(
     labels: &[String],
     bounds: &[f64],
 ) -> Result<u32, MetricError> {
-    let increasing = bounds.windows(2).all(|w| w[0] < w[1]);
-    if bounds.is_empty()
-        || bounds.len() > 64
-        || !increasing
-        || !bounds.iter().all(|b| b.is_finite())
-    {
+    if !valid_bounds(bounds) {
         return Err(MetricError::InvalidName);
     }
     define_metric(MetricKind::Histogram, name, help, labels)
@@ -177,10 +168,10 @@ pub(crate) fn state_get(key: &str) -> Option<Entry> {
 }
 
 fn check(h: &Host, key: &str, value: &[u8]) -> Result<(), StateError> {
-    if key.len() > MAX_KEY || value.len() > MAX_VALUE {
+    if key.len() > MAX_STATE_KEY || value.len() > MAX_STATE_VALUE {
         return Err(StateError::TooLarge);
     }
-    if h.state.len() >= MAX_KEYS && !h.state.contains_key(key) {
+    if h.state.len() >= MAX_STATE_KEYS && !h.state.contains_key(key) {
         return Err(StateError::Full);
     }
     Ok(())
@@ -298,7 +289,7 @@ mod tests {
         assert!(matches!(state_increment("n", -5), Ok(-3)));
         assert!(state_delete("n"));
         assert!(!state_delete("n"));
-        let long = "k".repeat(MAX_KEY + 1);
+        let long = "k".repeat(MAX_STATE_KEY + 1);
         assert!(matches!(state_set(&long, b""), Err(StateError::TooLarge)));
         let draws: std::collections::HashSet<u64> = (0..8).map(|_| random_u64()).collect();
         assert!(draws.len() > 1, "random numbers repeat: {draws:?}");

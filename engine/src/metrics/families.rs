@@ -25,11 +25,10 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use crate::bindings::host_api::{MetricError, MetricKind};
+use crate::limits::{valid_bounds, valid_label, valid_name};
 
 /// Most metrics one filter may define.
 const MAX_METRICS: usize = 64;
-/// Most buckets a histogram may have.
-const MAX_BUCKETS: usize = 64;
 
 /// How a filter's metrics are named and bounded.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,15 +50,6 @@ impl Default for MetricsSpec {
             expire_after: Duration::from_secs(600),
         }
     }
-}
-
-/// Whether `s` is a metric or label name a filter may use: `[a-z_][a-z0-9_]*`.
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 100
-        && s.bytes()
-            .enumerate()
-            .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()))
 }
 
 /// 1 µs .. ~17 s when values are seconds; filters that observe other units pick their
@@ -463,22 +453,13 @@ impl FilterMetrics {
             .iter()
             .enumerate()
             .all(|(i, l)| !labels[..i].contains(l));
-        if !valid_name(name) || !unique || !labels.iter().all(|l| valid_name(l) && l != "filter") {
+        if !valid_name(name) || !unique || !labels.iter().all(|l| valid_label(l)) {
             return Err(MetricError::InvalidName);
         }
         let bounds: Arc<[f64]> = match (kind, bounds) {
             (MetricKind::Histogram, None) => default_bounds(),
-            (MetricKind::Histogram, Some(b)) => {
-                let increasing = b.windows(2).all(|w| w[0] < w[1]);
-                if b.is_empty()
-                    || b.len() > MAX_BUCKETS
-                    || !increasing
-                    || !b.iter().all(|x| x.is_finite())
-                {
-                    return Err(MetricError::InvalidName);
-                }
-                b.into()
-            }
+            (MetricKind::Histogram, Some(b)) if valid_bounds(&b) => b.into(),
+            (MetricKind::Histogram, Some(_)) => return Err(MetricError::InvalidName),
             (_, None) => Arc::new([]),
             (_, Some(_)) => return Err(MetricError::Conflict),
         };

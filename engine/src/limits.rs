@@ -1,0 +1,39 @@
+//! The rules a filter meets when it defines metrics and keeps state, in one file: the
+//! engine enforces them, and the SDK's native host (what a filter's `cargo test` calls)
+//! includes this same file, so a filter's tests are refused what the proxy refuses.
+//!
+//! It is compiled into both crates, so it names nothing from either.
+
+/// Largest state key, in bytes.
+pub const MAX_STATE_KEY: usize = 256;
+/// Largest state value, in bytes.
+pub const MAX_STATE_VALUE: usize = 64 * 1024;
+/// Most state keys one filter may hold.
+pub const MAX_STATE_KEYS: usize = 10_000;
+/// Most buckets a histogram may have.
+pub const MAX_BUCKETS: usize = 64;
+
+/// Whether `s` is a metric or label name a filter may use: `[a-z_][a-z0-9_]*`, at most
+/// 100 bytes.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()))
+}
+
+/// Whether `l` is a label name a filter may use: a valid name other than `filter`,
+/// which the proxy puts on every series itself.
+pub fn valid_label(l: &str) -> bool {
+    valid_name(l) && l != "filter"
+}
+
+/// Whether `bounds` may be a histogram's bucket bounds: one to [`MAX_BUCKETS`] finite
+/// numbers, increasing.
+pub fn valid_bounds(bounds: &[f64]) -> bool {
+    !bounds.is_empty()
+        && bounds.len() <= MAX_BUCKETS
+        && bounds.windows(2).all(|w| w[0] < w[1])
+        && bounds.iter().all(|b| b.is_finite())
+}
