@@ -11,12 +11,14 @@ use wasmtime::{Store, Trap};
 
 use crate::bindings::{FilterWorld, types};
 use crate::deadline::{self, first_ticks, ticks};
+use crate::error::LoadError;
 use crate::exchange::{Exchange, Phase};
 use crate::host::HostState;
 use crate::metrics::Live;
+use crate::runtime::{Compiled, Runtime};
 use crate::shared::{FilterShared, HeaderViews};
 use crate::state::SharedState;
-use crate::{Compiled, Engine, FailurePolicy, LoadError};
+use weft_config::FailurePolicy;
 
 /// Everything needed to load one filter.
 #[derive(Clone, Debug)]
@@ -109,7 +111,7 @@ struct Inner {
     /// route to.
     clusters: Box<[crate::ClusterRef]>,
     compiled: Arc<Compiled>,
-    engine: Engine,
+    runtime: Arc<Runtime>,
     shared: Arc<FilterShared>,
     config_json: String,
     policy: FailurePolicy,
@@ -136,7 +138,7 @@ impl std::fmt::Debug for Filter {
 
 impl Filter {
     pub(crate) fn load(
-        engine: &Engine,
+        runtime: &Arc<Runtime>,
         spec: FilterSpec<'_>,
         digest: String,
         compiled: Arc<Compiled>,
@@ -144,14 +146,14 @@ impl Filter {
         let name: Arc<str> = Arc::from(spec.name);
         let shared = Arc::new(FilterShared {
             name: name.clone(),
-            metrics: (engine.metrics()).filter_metrics(spec.name, &digest, &spec.metrics),
+            metrics: (runtime.metrics).filter_metrics(spec.name, &digest, &spec.metrics),
             state: SharedState::default(),
-            spans: engine.spans(),
+            spans: runtime.spans.clone(),
             stats: Default::default(),
             digest: Arc::from(digest.as_str()),
             views: Default::default(),
         });
-        engine.metrics().watch(&shared);
+        runtime.metrics.watch(&shared);
         let deadline_ticks = first_ticks(spec.timeout);
         let mut inner = Inner {
             name,
@@ -170,7 +172,7 @@ impl Filter {
             },
             clusters: Box::default(),
             compiled,
-            engine: engine.clone(),
+            runtime: runtime.clone(),
             shared,
             config_json: spec.config_json,
             policy: spec.policy,
@@ -392,12 +394,8 @@ impl Inner {
     fn instantiate(
         &self,
     ) -> Result<(Instance, types::Interest, Vec<crate::ClusterRef>), StartError> {
-        let state = HostState::new(
-            self.shared.clone(),
-            self.memory,
-            self.engine.inner.epoch_start,
-        );
-        let mut store = Store::new(&self.engine.inner.wasmtime, state);
+        let state = HostState::new(self.shared.clone(), self.memory, self.runtime.epoch_start);
+        let mut store = Store::new(&self.runtime.wasmtime, state);
         store.limiter(|s| &mut s.limits);
         deadline::install(&mut store, |s: &HostState| &s.deadline);
         // Starting an instance (its `init`: parsing config, building tables) is not
@@ -422,7 +420,7 @@ impl Inner {
         };
         // Declarations count only during `init`.
         let declared = store.data_mut().declared.take().unwrap_or_default();
-        let live = Live::new(&self.engine.inner.metrics.instances);
+        let live = Live::new(&self.runtime.metrics.instances);
         (self.shared.stats.instances).fetch_add(1, Ordering::Relaxed);
         Ok((
             Instance {

@@ -25,12 +25,14 @@
 
 mod bindings;
 mod deadline;
+mod error;
 mod exchange;
 mod filter;
 mod host;
 mod limits;
 mod metrics;
 mod resources;
+mod runtime;
 mod shared;
 mod spans;
 mod state;
@@ -47,11 +49,14 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
+use crate::runtime::{Compiled, Runtime};
+
 pub use bindings::types::{
     Action, BodyMode, Header, HeaderError, Interest, LocalResponse, Responder, ResponseAction,
     Summary,
 };
 pub use deadline::EPOCH_TICK;
+pub use error::LoadError;
 pub use exchange::{
     ConnectionInfo, Exchange, ExchangeError, RequestContext, RequestHead, ResponseHead, TlsInfo,
 };
@@ -63,73 +68,9 @@ pub use spans::{SPAN_QUEUE, Span, SpanKind, SpanQueue};
 pub use stats::{HookReport, StatsReport};
 pub use weft_config::FailurePolicy;
 
-/// Why a filter could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// Not WebAssembly at all.
-    #[error("{source_name}: not a WebAssembly file (no \\0asm header)")]
-    NotWasm {
-        /// Where the bytes came from.
-        source_name: String,
-    },
-    /// A core module, not a component.
-    #[error(
-        "{source_name}: is a core WebAssembly module, not a component; build it with \
-         `cargo build --target wasm32-wasip2` or `cargo component build`"
-    )]
-    CoreModule {
-        /// Where the bytes came from.
-        source_name: String,
-    },
-    /// The sha256 differs from the expected one.
-    #[error("{source_name}: sha256 is {actual}, expected {expected}")]
-    Integrity {
-        /// Where the bytes came from.
-        source_name: String,
-        /// Expected hex digest.
-        expected: String,
-        /// Actual hex digest.
-        actual: String,
-    },
-    /// wasmtime could not compile it.
-    #[error("{source_name}: invalid component: {message}")]
-    Compile {
-        /// Where the bytes came from.
-        source_name: String,
-        /// wasmtime's reason.
-        message: String,
-    },
-    /// It is a component, but not of the `weft:filter/filter-world` world.
-    #[error("{source_name}: not a Weft filter (world weft:filter/filter-world@0.2.0): {message}")]
-    WrongWorld {
-        /// Where the bytes came from.
-        source_name: String,
-        /// wasmtime's reason.
-        message: String,
-    },
-    /// The filter failed while starting.
-    #[error("filter {filter:?} failed to start: {message}")]
-    Start {
-        /// The filter's name.
-        filter: String,
-        /// What happened.
-        message: String,
-    },
-    /// The filter's `init` refused its configuration.
-    #[error("filter {filter:?} rejected its config: {message}")]
-    ConfigRejected {
-        /// The filter's name.
-        filter: String,
-        /// The filter's own message.
-        message: String,
-    },
-    /// The engine itself could not be set up.
-    #[error("engine: {0}")]
-    Engine(String),
-}
-
 struct EngineInner {
-    wasmtime: wasmtime::Engine,
+    /// What loaded filters share of the engine.
+    runtime: Arc<Runtime>,
     /// Where compiled components are kept across restarts; none disables it.
     cache_dir: Option<PathBuf>,
     /// Identifies the engine's settings in cache file names.
@@ -138,17 +79,6 @@ struct EngineInner {
     /// Compiled components by sha256, held weakly: code no loaded filter uses is
     /// freed, so swapping filter versions does not grow the proxy.
     compiled: Mutex<HashMap<[u8; 32], Weak<Compiled>>>,
-    metrics: Arc<MetricsHub>,
-    spans: Arc<SpanQueue>,
-    epoch_start: Instant,
-}
-
-/// A compiled component, type-checked against the filter world and ready to
-/// instantiate; shared by every filter loaded from the same module.
-pub(crate) struct Compiled {
-    pub(crate) pre: bindings::FilterWorldPre<HostState>,
-    /// Counts this component in `weft_engine_components` while it lives.
-    _live: metrics::Live,
 }
 
 /// A module that passed [`Engine::check`].
@@ -211,24 +141,26 @@ impl Engine {
             inner: Arc::new(EngineInner {
                 cache_dir,
                 engine_hash: hasher.finish(),
-                wasmtime,
+                runtime: Arc::new(Runtime {
+                    wasmtime,
+                    metrics: Arc::default(),
+                    spans: Arc::default(),
+                    epoch_start: Instant::now(),
+                }),
                 linker,
                 compiled: Mutex::default(),
-                metrics: Arc::default(),
-                spans: Arc::default(),
-                epoch_start: Instant::now(),
             }),
         })
     }
 
     /// The metrics filters define; register it once with the process's registry.
     pub fn metrics(&self) -> Arc<MetricsHub> {
-        self.inner.metrics.clone()
+        self.inner.runtime.metrics.clone()
     }
 
     /// The queue of spans filters finish; the proxy's exporter drains it.
     pub fn spans(&self) -> Arc<SpanQueue> {
-        self.inner.spans.clone()
+        self.inner.runtime.spans.clone()
     }
 
     /// The hex sha256 of some bytes, as used for module identity.
@@ -279,12 +211,13 @@ impl Engine {
             Some(component) => component,
             None => {
                 // Compiling takes milliseconds; never under the cache lock.
-                let component = Component::new(&self.inner.wasmtime, bytes).map_err(|e| {
-                    LoadError::Compile {
-                        source_name: source_name.clone(),
-                        message: format!("{e:#}"),
-                    }
-                })?;
+                let component =
+                    Component::new(&self.inner.runtime.wasmtime, bytes).map_err(|e| {
+                        LoadError::Compile {
+                            source_name: source_name.clone(),
+                            message: format!("{e:#}"),
+                        }
+                    })?;
                 if let Some(file) = &cache_file {
                     store_compiled(file, &component);
                 }
@@ -303,10 +236,7 @@ impl Engine {
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = bindings::FilterWorldPre::new(pre).map_err(wrong_world)?;
-        let compiled = Arc::new(Compiled {
-            pre,
-            _live: metrics::Live::new(&self.inner.metrics.components),
-        });
+        let compiled = Arc::new(Compiled::new(pre, &self.inner.runtime.metrics));
         let mut cache = self
             .inner
             .compiled
@@ -342,7 +272,7 @@ impl Engine {
         // checks its header and the engine compatibility before using it. Whoever
         // can write there can already replace the proxy binary's neighbours; set
         // WEFT_CACHE_DIR=off to never load compiled code from disk.
-        match unsafe { Component::deserialize_file(&self.inner.wasmtime, file) } {
+        match unsafe { Component::deserialize_file(&self.inner.runtime.wasmtime, file) } {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::debug!(file = %file.display(), "ignoring cached component: {e}");
@@ -364,7 +294,7 @@ impl Engine {
     /// Load a filter: check, compile (cached), instantiate, and hand it its config.
     pub fn load(&self, spec: FilterSpec<'_>) -> Result<Filter, LoadError> {
         let (digest, compiled) = self.compile(&spec)?;
-        Filter::load(self, spec, digest, compiled)
+        Filter::load(&self.inner.runtime, spec, digest, compiled)
     }
 }
 
