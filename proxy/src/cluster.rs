@@ -5,6 +5,7 @@
 pub(crate) mod balance;
 mod dns;
 mod health;
+pub(crate) mod upstream;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,7 +19,7 @@ use weft_config::{ClusterConfig, DnsConfig, HealthCheckConfig, OutlierConfig, Up
 
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::tls;
-use crate::upstream::{
+use upstream::{
     Conn, ConnectError, Connector, Endpoint, Exchange, Held, HeldConnection, Io, TlsConnector,
 };
 

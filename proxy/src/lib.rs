@@ -38,7 +38,6 @@ mod spans;
 mod state;
 mod tls;
 mod upgrade;
-mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

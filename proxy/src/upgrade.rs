@@ -10,11 +10,11 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::cluster::upstream::{HeldConnection, Io};
 use crate::cluster::{Attempt, Cluster};
 use crate::conn::{ConnWatch, Watched};
 use crate::error::ProxyError;
 use crate::state::ListenerState;
-use crate::upstream::{HeldConnection, Io};
 
 /// An HTTP/1.1 upgrade (WebSocket and the like) or a CONNECT tunnel on its way: the
 /// request goes through the chain as any other. An upgrade asks the upstream to

@@ -7,9 +7,9 @@ use std::sync::{Arc, Weak};
 
 use weft_config::HealthCheckConfig;
 
+use super::upstream::Endpoint;
 use super::{Attempt, Cluster};
 use crate::body::ProxyBody;
-use crate::upstream::Endpoint;
 
 /// Check a cluster's endpoints until the cluster is gone.
 pub(super) async fn run(cluster: Weak<Cluster>, hc: HealthCheckConfig) {

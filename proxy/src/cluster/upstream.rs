@@ -27,8 +27,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::balance::{Balanced, Stats};
 use crate::body::{Pool, ProxyBody, UpstreamBody};
-use crate::cluster::balance::{Balanced, Stats};
 
 /// How connections to a cluster's endpoints are made, and how many may be.
 pub(crate) struct Connector {
