@@ -136,6 +136,8 @@ impl FilterChain {
     }
 }
 
+/// Load one filter of a listener's chain: its module, its spec, then the engine's
+/// checks, with errors that point at the key at fault.
 fn load_filter(
     engine: &Engine,
     config: &Config,
@@ -146,57 +148,61 @@ fn load_filter(
 ) -> Result<Filter, ChainError> {
     let key = |k: &str| config.listener_key(listener, &format!(".filters[{index}].{k}"));
     let module_at = config.locate(&f.module.referenced);
-    let (bytes, source): (bytes::Bytes, String) = match config.module_source(f) {
+    let (bytes, source) = module_bytes(config, modules, f).map_err(|message| ChainError {
+        location: module_at.clone(),
+        key: key("module"),
+        message,
+        source: None,
+    })?;
+    let filter = engine
+        .load(spec_of(f, &source, &bytes))
+        .map_err(|e| load_error(config, f, &module_at, &key, e))?;
+    check_clusters(config, f, &filter, &key)?;
+    Ok(filter)
+}
+
+/// The module a filter names, and how to call it in messages: a built-in, a pushed
+/// module by sha256, or a file.
+fn module_bytes(
+    config: &Config,
+    modules: &dyn ModuleStore,
+    f: &FilterConfig,
+) -> Result<(bytes::Bytes, String), String> {
+    match config.module_source(f) {
         ModuleRef::Builtin(name) => match weft_builtin::get(&name) {
-            Some(b) => (bytes::Bytes::from_static(b), format!("builtin:{name}")),
+            Some(b) => Ok((bytes::Bytes::from_static(b), format!("builtin:{name}"))),
             None => {
                 let known: Vec<_> = weft_builtin::names().collect();
-                return Err(ChainError {
-                    location: module_at,
-                    key: key("module"),
-                    message: format!(
-                        "no built-in filter named {name:?} (built-ins: {})",
-                        known.join(", ")
-                    ),
-                    source: None,
-                });
+                Err(format!(
+                    "no built-in filter named {name:?} (built-ins: {})",
+                    known.join(", ")
+                ))
             }
         },
         ModuleRef::Pushed(name) => {
             let sha = f.sha256.as_ref().map_or("", |s| s.value.as_str());
             match modules.module(sha) {
-                Some(b) => (b, format!("filter:{name}")),
-                None => {
-                    return Err(ChainError {
-                        location: module_at,
-                        key: key("module"),
-                        message: format!(
-                            "filter:{name} (sha256 {sha}) is not among the pushed modules"
-                        ),
-                        source: None,
-                    });
-                }
+                Some(b) => Ok((b, format!("filter:{name}"))),
+                None => Err(format!(
+                    "filter:{name} (sha256 {sha}) is not among the pushed modules"
+                )),
             }
         }
         ModuleRef::File(path) => match std::fs::read(&path) {
-            Ok(b) => (bytes::Bytes::from(b), path.display().to_string()),
-            Err(e) => {
-                return Err(ChainError {
-                    location: module_at,
-                    key: key("module"),
-                    message: format!("cannot read {}: {e}", path.display()),
-                    source: None,
-                });
-            }
+            Ok(b) => Ok((bytes::Bytes::from(b), path.display().to_string())),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         },
-    };
-    let config_json = match &f.config {
+    }
+}
+
+/// What the engine is told of a filter: its module and every setting of its entry.
+fn spec_of<'a>(f: &'a FilterConfig, source: &'a str, bytes: &'a [u8]) -> FilterSpec<'a> {
+    let mut spec = FilterSpec::new(&f.name.value, source, bytes);
+    spec.expected_sha256 = f.sha256.as_ref().map(|s| s.value.clone());
+    spec.config_json = match &f.config {
         Some(c) => c.value.json().to_string(),
         None => "null".to_owned(),
     };
-    let mut spec = FilterSpec::new(&f.name.value, &source, &bytes);
-    spec.expected_sha256 = f.sha256.as_ref().map(|s| s.value.clone());
-    spec.config_json = config_json;
     spec.policy = f.failure;
     spec.timeout = f.timeout.0;
     spec.memory = f.memory.bytes();
@@ -205,50 +211,58 @@ fn load_filter(
         max_series: f.metrics.max_series,
         expire_after: f.metrics.expire_after.0,
     };
-    let filter = engine.load(spec).map_err(|e| {
-        let (location, k) = match &e {
-            LoadError::ConfigRejected { filter, message } => {
-                // Filters name the key at fault first (`routes[0].rewrite.host: ...`,
-                // as the SDK does): point at it where the file has it.
-                let at_key = f.config.as_ref().and_then(|c| {
-                    let (path, rest) = message.split_once(": ")?;
-                    let at = c.value.locate(path)?;
-                    Some((at, path, rest))
-                });
-                if let Some((at, path, rest)) = at_key {
-                    return ChainError {
-                        location: config.locate(&at),
-                        key: key(&format!("config.{path}")),
-                        message: format!("filter {filter:?} rejected its config: {rest}"),
-                        // The message says all the engine's error does, located.
-                        source: None,
-                    };
-                }
-                (
-                    f.config.as_ref().map_or_else(
-                        || config.locate(&f.name.referenced),
-                        |c| config.locate(&c.referenced),
-                    ),
-                    key("config"),
-                )
+    spec
+}
+
+/// The engine's refusal, pointed at the key at fault: the config key a filter named
+/// in its message, the `sha256`, or the module.
+fn load_error(
+    config: &Config,
+    f: &FilterConfig,
+    module_at: &str,
+    key: &dyn Fn(&str) -> String,
+    e: LoadError,
+) -> ChainError {
+    let (location, k) = match &e {
+        LoadError::ConfigRejected { filter, message } => {
+            // Filters name the key at fault first (`routes[0].rewrite.host: ...`,
+            // as the SDK does): point at it where the file has it.
+            let at_key = f.config.as_ref().and_then(|c| {
+                let (path, rest) = message.split_once(": ")?;
+                let at = c.value.locate(path)?;
+                Some((at, path, rest))
+            });
+            if let Some((at, path, rest)) = at_key {
+                return ChainError {
+                    location: config.locate(&at),
+                    key: key(&format!("config.{path}")),
+                    message: format!("filter {filter:?} rejected its config: {rest}"),
+                    // The message says all the engine's error does, located.
+                    source: None,
+                };
             }
-            LoadError::Integrity { .. } => (
-                f.sha256
-                    .as_ref()
-                    .map_or(module_at.clone(), |s| config.locate(&s.referenced)),
-                key("sha256"),
-            ),
-            _ => (module_at.clone(), key("module")),
-        };
-        ChainError {
-            location,
-            key: k,
-            message: e.to_string(),
-            source: Some(Box::new(e)),
+            (
+                f.config.as_ref().map_or_else(
+                    || config.locate(&f.name.referenced),
+                    |c| config.locate(&c.referenced),
+                ),
+                key("config"),
+            )
         }
-    })?;
-    check_clusters(config, f, &filter, &key)?;
-    Ok(filter)
+        LoadError::Integrity { .. } => (
+            f.sha256
+                .as_ref()
+                .map_or(module_at.to_owned(), |s| config.locate(&s.referenced)),
+            key("sha256"),
+        ),
+        _ => (module_at.to_owned(), key("module")),
+    };
+    ChainError {
+        location,
+        key: k,
+        message: e.to_string(),
+        source: Some(Box::new(e)),
+    }
 }
 
 /// Every cluster a filter declared must be one the configuration has: what loads,

@@ -121,70 +121,12 @@ fn build_states(
     previous: Option<&HashMap<String, Arc<Cluster>>>,
     draining: &Arc<AtomicBool>,
 ) -> Result<Vec<ListenerState>, StartError> {
-    let mut clusters = HashMap::new();
-    let mut fresh = Vec::new();
-    let mut updates = Vec::new();
-    for (i, c) in config.clusters.iter().enumerate() {
-        // An unchanged cluster keeps its pools, health and latency estimates; when
-        // only its endpoints changed, those that stay keep theirs.
-        if let Some(kept) = previous
-            .and_then(|p| p.get(&c.name.value))
-            .filter(|k| k.same_config(c, &config.dns))
-        {
-            let update = kept
-                .prepare_endpoints(c)
-                .map_err(|source| StartError::Cluster {
-                    location: config.locate(&c.name.referenced),
-                    key: format!("clusters[{i}]"),
-                    source,
-                })?;
-            updates.push(update);
-            clusters.insert(c.name.value.clone(), kept.clone());
-            continue;
-        }
-        let cluster = Cluster::new(c, &config.dns).map_err(|e| match e {
-            ClusterError::Tls(source) => StartError::Tls {
-                location: config.locate(&c.name.referenced),
-                key: format!("clusters[{i}].tls"),
-                source,
-            },
-            other => StartError::Cluster {
-                location: config.locate(&c.name.referenced),
-                key: format!("clusters[{i}]"),
-                source: other,
-            },
-        })?;
-        let cluster = Arc::new(cluster);
-        fresh.push(cluster.clone());
-        clusters.insert(c.name.value.clone(), cluster);
-    }
-    let clusters = Arc::new(clusters);
+    let built = build_clusters(config, previous)?;
+    let clusters = Arc::new(built.clusters);
     let mut states = Vec::with_capacity(config.listeners.len());
     for (i, l) in config.listeners.iter().enumerate() {
         let chain = FilterChain::load(engine, config, i, l, modules)?;
-        let tls = match &l.tls {
-            None => None,
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-                tls::server_config(
-                    &resolve(config, &t.cert.value),
-                    &resolve(config, &t.key.value),
-                )
-                .map_err(|source| StartError::Tls {
-                    location: config.locate(&t.cert.referenced),
-                    key: config.listener_key(i, ".tls"),
-                    source,
-                })?,
-            )),
-        };
-        let settings = conn::ConnSettings {
-            max_header_size: l.limits.max_header_size.bytes(),
-            limits: conn::ConnLimits {
-                header_read_timeout: l.limits.header_read_timeout.0,
-                idle_timeout: l.limits.idle_timeout.0,
-                max_premature_resets: l.limits.max_premature_resets,
-                max_connections: l.limits.max_connections,
-            },
-        };
+        let conn = Arc::new(conn::ConnParts::new(acceptor(config, i, l)?, &settings(l)));
         states.push(ListenerState {
             name: Arc::from(l.name.value.as_str()),
             chain,
@@ -200,7 +142,7 @@ fn build_states(
             upgrades: l.upgrade_protocols().into_iter().map(Box::from).collect(),
             mesh_internal: l.mesh_internal,
             draining: draining.clone(),
-            conn: Arc::new(conn::ConnParts::new(tls, &settings)),
+            conn,
             access: config
                 .access_log
                 .as_ref()
@@ -208,13 +150,104 @@ fn build_states(
         });
     }
     // Only once everything loaded: a configuration that fails changes nothing.
-    for update in updates {
+    for update in built.updates {
         update();
     }
-    for cluster in fresh {
+    for cluster in built.fresh {
         cluster.start();
     }
     Ok(states)
+}
+
+/// The clusters of a configuration, and what applying them takes once every
+/// listener has loaded.
+struct Clusters {
+    clusters: HashMap<String, Arc<Cluster>>,
+    /// New clusters, to start.
+    fresh: Vec<Arc<Cluster>>,
+    /// Kept clusters' new endpoints, to swap in.
+    updates: Vec<cluster::EndpointUpdate>,
+}
+
+/// Set up every cluster. An unchanged cluster keeps its pools, health and latency
+/// estimates; when only its endpoints changed, those that stay keep theirs.
+fn build_clusters(
+    config: &Config,
+    previous: Option<&HashMap<String, Arc<Cluster>>>,
+) -> Result<Clusters, StartError> {
+    let mut built = Clusters {
+        clusters: HashMap::new(),
+        fresh: Vec::new(),
+        updates: Vec::new(),
+    };
+    for (i, c) in config.clusters.iter().enumerate() {
+        let location = || config.locate(&c.name.referenced);
+        if let Some(kept) = previous
+            .and_then(|p| p.get(&c.name.value))
+            .filter(|k| k.same_config(c, &config.dns))
+        {
+            let update = kept
+                .prepare_endpoints(c)
+                .map_err(|source| StartError::Cluster {
+                    location: location(),
+                    key: format!("clusters[{i}]"),
+                    source,
+                })?;
+            built.updates.push(update);
+            built.clusters.insert(c.name.value.clone(), kept.clone());
+            continue;
+        }
+        let cluster = Cluster::new(c, &config.dns).map_err(|e| match e {
+            ClusterError::Tls(source) => StartError::Tls {
+                location: location(),
+                key: format!("clusters[{i}].tls"),
+                source,
+            },
+            other => StartError::Cluster {
+                location: location(),
+                key: format!("clusters[{i}]"),
+                source: other,
+            },
+        })?;
+        let cluster = Arc::new(cluster);
+        built.fresh.push(cluster.clone());
+        built.clusters.insert(c.name.value.clone(), cluster);
+    }
+    Ok(built)
+}
+
+/// A listener's TLS acceptor, when it serves TLS.
+fn acceptor(
+    config: &Config,
+    i: usize,
+    l: &weft_config::ListenerConfig,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    let Some(t) = &l.tls else {
+        return Ok(None);
+    };
+    let server = tls::server_config(
+        &resolve(config, &t.cert.value),
+        &resolve(config, &t.key.value),
+    )
+    .map_err(|source| StartError::Tls {
+        location: config.locate(&t.cert.referenced),
+        key: config.listener_key(i, ".tls"),
+        source,
+    })?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(server)))
+}
+
+/// A listener's per-connection settings.
+fn settings(l: &weft_config::ListenerConfig) -> conn::ConnSettings {
+    conn::ConnSettings {
+        max_header_size: l.limits.max_header_size.bytes(),
+        limits: conn::ConnLimits {
+            header_read_timeout: l.limits.header_read_timeout.0,
+            idle_timeout: l.limits.idle_timeout.0,
+            max_premature_resets: l.limits.max_premature_resets,
+            max_connections: l.limits.max_connections,
+        },
+    }
 }
 
 struct Inner {
@@ -424,24 +457,7 @@ impl RunningProxy {
         )?;
         *lock(&self.inner.drain_delay) = config.shutdown.drain_delay.0;
         // Bind what is new first, so a taken port changes nothing.
-        let mut fresh = Vec::new();
-        {
-            let running = lock(&self.inner.listeners);
-            for (i, l) in config.listeners.iter().enumerate() {
-                if running.iter().any(|b| b.kept_by(l)) {
-                    continue;
-                }
-                let bind_error = |source| StartError::Bind {
-                    location: config.locate(&l.address.referenced),
-                    key: config.listener_key(i, ".address"),
-                    address: l.address.value.clone(),
-                    source,
-                };
-                let tcp = bind(&l.address.value).map_err(bind_error)?;
-                let addr = tcp.local_addr().map_err(bind_error)?;
-                fresh.push((i, tcp, addr));
-            }
-        }
+        let fresh = self.bind_new(config)?;
         let mut running = lock(&self.inner.listeners);
         let mut next = Vec::with_capacity(config.listeners.len());
         let mut fresh = fresh.into_iter().peekable();
@@ -455,27 +471,7 @@ impl RunningProxy {
             let Some((_, tcp, addr)) = fresh.next_if(|(j, _, _)| *j == i) else {
                 unreachable!("every listener not kept was bound above");
             };
-            let state = Arc::new(ArcSwap::from_pointee(state));
-            let (stop, stop_rx) = watch::channel(false);
-            let counts = Arc::new(conn::ConnCounts::default());
-            let task = listener::run(
-                Arc::from(l.name.value.as_str()),
-                tcp,
-                state.clone(),
-                stop_rx,
-                self.inner.drain,
-                counts.clone(),
-            );
-            lock(&self.inner.tasks).push(tokio::spawn(task));
-            tracing::info!(listener = %l.name.value, %addr, "listening");
-            next.push(Bound {
-                name: l.name.value.clone(),
-                configured: l.address.value.clone(),
-                addr,
-                state,
-                stop,
-                counts,
-            });
+            next.push(self.start_listener(l, tcp, addr, state));
         }
         // What is left was removed (or moved): stop accepting, drain in the background.
         for gone in running.drain(..) {
@@ -484,6 +480,68 @@ impl RunningProxy {
         }
         *running = next;
         lock(&self.inner.tasks).retain(|t| !t.is_finished());
+        self.apply_tracing(config);
+        Ok(())
+    }
+
+    /// Bind the listeners of `config` that are not running yet: their position,
+    /// socket and address.
+    fn bind_new(
+        &self,
+        config: &Config,
+    ) -> Result<Vec<(usize, TcpListener, SocketAddr)>, StartError> {
+        let running = lock(&self.inner.listeners);
+        let mut fresh = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            if running.iter().any(|b| b.kept_by(l)) {
+                continue;
+            }
+            let bind_error = |source| StartError::Bind {
+                location: config.locate(&l.address.referenced),
+                key: config.listener_key(i, ".address"),
+                address: l.address.value.clone(),
+                source,
+            };
+            let tcp = bind(&l.address.value).map_err(bind_error)?;
+            let addr = tcp.local_addr().map_err(bind_error)?;
+            fresh.push((i, tcp, addr));
+        }
+        Ok(fresh)
+    }
+
+    /// Start accepting on a newly bound listener.
+    fn start_listener(
+        &self,
+        l: &weft_config::ListenerConfig,
+        tcp: TcpListener,
+        addr: SocketAddr,
+        state: ListenerState,
+    ) -> Bound {
+        let state = Arc::new(ArcSwap::from_pointee(state));
+        let (stop, stop_rx) = watch::channel(false);
+        let counts = Arc::new(conn::ConnCounts::default());
+        let task = listener::run(
+            Arc::from(l.name.value.as_str()),
+            tcp,
+            state.clone(),
+            stop_rx,
+            self.inner.drain,
+            counts.clone(),
+        );
+        lock(&self.inner.tasks).push(tokio::spawn(task));
+        tracing::info!(listener = %l.name.value, %addr, "listening");
+        Bound {
+            name: l.name.value.clone(),
+            configured: l.address.value.clone(),
+            addr,
+            state,
+            stop,
+            counts,
+        }
+    }
+
+    /// Span export as the configuration's `tracing` section says.
+    fn apply_tracing(&self, config: &Config) {
         let export = config
             .tracing
             .as_ref()
@@ -494,7 +552,6 @@ impl RunningProxy {
             *s = export;
             changed
         });
-        Ok(())
     }
 
     /// Stop as a load balancer in front needs it: for `delay` (the configuration's
