@@ -11,6 +11,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
+use crate::cluster::balance::EndpointReport;
+use crate::cluster::{Cluster, ClusterReport};
 use crate::conn::ConnCounts;
 use crate::state::Bound;
 
@@ -73,8 +75,29 @@ fn gauges<const N: usize, V: prometheus_client::encoding::EncodeGaugeValue>(
     })
 }
 
+/// Each listener's name with its connection counts.
+type ListenerCounts = Vec<(String, Arc<ConnCounts>)>;
+
+/// Each cluster's name, its report and its retries, by name.
+type ClusterReports<'a> = [(&'a str, ClusterReport, u64)];
+
 impl Collector for ProxyMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.config_version(&mut encoder)?;
+        self.span_export(&mut encoder)?;
+        let (listeners, clusters) = self.in_force();
+        listener_series(&mut encoder, &listeners)?;
+        let reports: Vec<_> = clusters
+            .iter()
+            .map(|c| (c.name(), c.report(), c.retries()))
+            .collect();
+        cluster_series(&mut encoder, &reports)?;
+        endpoint_series(&mut encoder, &reports)
+    }
+}
+
+impl ProxyMetrics {
+    fn config_version(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let version = self.version.load(Ordering::Acquire);
         encoder
             .encode_descriptor(
@@ -83,7 +106,10 @@ impl Collector for ProxyMetrics {
                 None,
                 MetricType::Gauge,
             )?
-            .encode_gauge(&version)?;
+            .encode_gauge(&version)
+    }
+
+    fn span_export(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let exported = self.span_stats.exported.load(Ordering::Relaxed);
         encoder
             .encode_descriptor(
@@ -101,7 +127,7 @@ impl Collector for ProxyMetrics {
             ),
         ];
         counters(
-            &mut encoder,
+            encoder,
             "weft_trace_spans_dropped",
             "Spans dropped: at the queue (no collector configured, or the queue was full) or in an export the collector did not take.",
             &dropped,
@@ -113,127 +139,144 @@ impl Collector for ProxyMetrics {
                 None,
                 MetricType::Gauge,
             )?
-            .encode_gauge(&(self.spans.len() as u64))?;
+            .encode_gauge(&(self.spans.len() as u64))
+    }
+
+    /// The listeners and the clusters in force, taken under the lock once so the
+    /// encoding that follows holds no lock.
+    fn in_force(&self) -> (ListenerCounts, Vec<Arc<Cluster>>) {
         let (listeners, clusters) = {
             let bound = self
                 .listeners
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let listeners: Vec<(String, Arc<ConnCounts>)> = (bound.iter())
+            let listeners: ListenerCounts = (bound.iter())
                 .map(|b| (b.name.clone(), b.counts.clone()))
                 .collect();
             let clusters = bound.first().map(|b| b.state.load().clusters.clone());
             (listeners, clusters)
         };
-        let per_listener = |f: &dyn Fn(&ConnCounts) -> u64| -> Vec<(Labels<'_, 1>, u64)> {
-            (listeners.iter())
-                .map(|(name, c)| ([("listener", name.as_str())], f(c)))
-                .collect()
-        };
-        counters(
-            &mut encoder,
-            "weft_listener_connections",
-            "Connections accepted.",
-            &per_listener(&|c| c.accepted.load(Ordering::Relaxed)),
-        )?;
-        counters(
-            &mut encoder,
-            "weft_listener_connections_refused",
-            "Connections closed at once: the listener had max_connections open.",
-            &per_listener(&|c| c.refused.load(Ordering::Relaxed)),
-        )?;
-        gauges(
-            &mut encoder,
-            "weft_listener_connections_open",
-            "Connections open now.",
-            &per_listener(&|c| c.open.load(Ordering::Relaxed)),
-        )?;
-        counters(
-            &mut encoder,
-            "weft_listener_received_bytes",
-            "Bytes read from clients, after TLS; upgraded connections' included.",
-            &per_listener(&|c| c.received_bytes.load(Ordering::Relaxed)),
-        )?;
-        counters(
-            &mut encoder,
-            "weft_listener_sent_bytes",
-            "Bytes written to clients, before TLS; upgraded connections' included.",
-            &per_listener(&|c| c.sent_bytes.load(Ordering::Relaxed)),
-        )?;
-
         let mut clusters: Vec<_> = clusters.iter().flat_map(|m| m.values().cloned()).collect();
         clusters.sort_unstable_by(|a, b| a.name().cmp(b.name()));
-        let reports: Vec<_> = clusters
-            .iter()
-            .map(|c| (c.name(), c.report(), c.retries()))
-            .collect();
-        let per_cluster = |f: &dyn Fn(usize) -> u64| -> Vec<(Labels<'_, 1>, u64)> {
-            (reports.iter().enumerate())
-                .map(|(i, (name, _, _))| ([("cluster", *name)], f(i)))
-                .collect()
-        };
-        gauges(
-            &mut encoder,
-            "weft_cluster_requests_in_flight",
-            "Requests in flight to the cluster (what max_requests limits).",
-            &per_cluster(&|i| reports[i].1.requests as u64),
-        )?;
-        counters(
-            &mut encoder,
-            "weft_cluster_retries",
-            "Attempts after the first, as filters asked.",
-            &per_cluster(&|i| reports[i].2),
-        )?;
-        let endpoints: Vec<(Labels<'_, 2>, &crate::cluster::balance::EndpointReport)> = (reports
-            .iter())
+        (listeners, clusters)
+    }
+}
+
+fn listener_series(
+    encoder: &mut DescriptorEncoder<'_>,
+    listeners: &ListenerCounts,
+) -> std::fmt::Result {
+    let per_listener = |f: &dyn Fn(&ConnCounts) -> u64| -> Vec<(Labels<'_, 1>, u64)> {
+        (listeners.iter())
+            .map(|(name, c)| ([("listener", name.as_str())], f(c)))
+            .collect()
+    };
+    counters(
+        encoder,
+        "weft_listener_connections",
+        "Connections accepted.",
+        &per_listener(&|c| c.accepted.load(Ordering::Relaxed)),
+    )?;
+    counters(
+        encoder,
+        "weft_listener_connections_refused",
+        "Connections closed at once: the listener had max_connections open.",
+        &per_listener(&|c| c.refused.load(Ordering::Relaxed)),
+    )?;
+    gauges(
+        encoder,
+        "weft_listener_connections_open",
+        "Connections open now.",
+        &per_listener(&|c| c.open.load(Ordering::Relaxed)),
+    )?;
+    counters(
+        encoder,
+        "weft_listener_received_bytes",
+        "Bytes read from clients, after TLS; upgraded connections' included.",
+        &per_listener(&|c| c.received_bytes.load(Ordering::Relaxed)),
+    )?;
+    counters(
+        encoder,
+        "weft_listener_sent_bytes",
+        "Bytes written to clients, before TLS; upgraded connections' included.",
+        &per_listener(&|c| c.sent_bytes.load(Ordering::Relaxed)),
+    )
+}
+
+fn cluster_series(
+    encoder: &mut DescriptorEncoder<'_>,
+    reports: &ClusterReports<'_>,
+) -> std::fmt::Result {
+    let per_cluster = |f: &dyn Fn(&ClusterReport, u64) -> u64| -> Vec<(Labels<'_, 1>, u64)> {
+        (reports.iter())
+            .map(|(name, report, retries)| ([("cluster", *name)], f(report, *retries)))
+            .collect()
+    };
+    gauges(
+        encoder,
+        "weft_cluster_requests_in_flight",
+        "Requests in flight to the cluster (what max_requests limits).",
+        &per_cluster(&|r, _| r.requests as u64),
+    )?;
+    counters(
+        encoder,
+        "weft_cluster_retries",
+        "Attempts after the first, as filters asked.",
+        &per_cluster(&|_, retries| retries),
+    )
+}
+
+fn endpoint_series(
+    encoder: &mut DescriptorEncoder<'_>,
+    reports: &ClusterReports<'_>,
+) -> std::fmt::Result {
+    let endpoints: Vec<(Labels<'_, 2>, &EndpointReport)> = (reports.iter())
         .flat_map(|(name, r, _)| {
             (r.endpoints.iter())
                 .map(move |e| ([("cluster", *name), ("endpoint", e.address.as_str())], e))
         })
         .collect();
-        let each = |f: &dyn Fn(&crate::cluster::balance::EndpointReport) -> u64| {
-            (endpoints.iter())
-                .map(|(l, e)| (*l, f(e)))
-                .collect::<Vec<_>>()
-        };
-        gauges(
-            &mut encoder,
-            "weft_endpoint_healthy",
-            "1 when the active health checks let the endpoint serve (always without checks).",
-            &each(&|e| u64::from(e.healthy)),
-        )?;
-        gauges(
-            &mut encoder,
-            "weft_endpoint_ejected",
-            "1 while outlier detection keeps the endpoint out.",
-            &each(&|e| u64::from(e.ejected_for_ms.is_some())),
-        )?;
-        counters(
-            &mut encoder,
-            "weft_endpoint_ejections",
-            "Times outlier detection ejected the endpoint.",
-            &each(&|e| u64::from(e.ejections)),
-        )?;
-        gauges(
-            &mut encoder,
-            "weft_endpoint_requests_in_flight",
-            "Requests in flight to the endpoint.",
-            &each(&|e| u64::from(e.in_flight)),
-        )?;
-        gauges(
-            &mut encoder,
-            "weft_endpoint_latency_ewma_seconds",
-            "The endpoint's latency estimate (peak EWMA) that the balancer uses.",
-            &(endpoints.iter())
-                .map(|(l, e)| (*l, e.ewma_ms / 1e3))
-                .collect::<Vec<_>>(),
-        )?;
-        gauges(
-            &mut encoder,
-            "weft_endpoint_idle_connections",
-            "Idle HTTP/1.1 connections pooled to the endpoint.",
-            &each(&|e| e.idle_connections as u64),
-        )?;
-        Ok(())
-    }
+    let each = |f: &dyn Fn(&EndpointReport) -> u64| {
+        (endpoints.iter())
+            .map(|(l, e)| (*l, f(e)))
+            .collect::<Vec<_>>()
+    };
+    gauges(
+        encoder,
+        "weft_endpoint_healthy",
+        "1 when the active health checks let the endpoint serve (always without checks).",
+        &each(&|e| u64::from(e.healthy)),
+    )?;
+    gauges(
+        encoder,
+        "weft_endpoint_ejected",
+        "1 while outlier detection keeps the endpoint out.",
+        &each(&|e| u64::from(e.ejected_for_ms.is_some())),
+    )?;
+    counters(
+        encoder,
+        "weft_endpoint_ejections",
+        "Times outlier detection ejected the endpoint.",
+        &each(&|e| u64::from(e.ejections)),
+    )?;
+    gauges(
+        encoder,
+        "weft_endpoint_requests_in_flight",
+        "Requests in flight to the endpoint.",
+        &each(&|e| u64::from(e.in_flight)),
+    )?;
+    gauges(
+        encoder,
+        "weft_endpoint_latency_ewma_seconds",
+        "The endpoint's latency estimate (peak EWMA) that the balancer uses.",
+        &(endpoints.iter())
+            .map(|(l, e)| (*l, e.ewma_ms / 1e3))
+            .collect::<Vec<_>>(),
+    )?;
+    gauges(
+        encoder,
+        "weft_endpoint_idle_connections",
+        "Idle HTTP/1.1 connections pooled to the endpoint.",
+        &each(&|e| e.idle_connections as u64),
+    )
 }
