@@ -202,14 +202,7 @@ fn prometheus_text(open: &str) -> String {
 }
 
 fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
-    // A page in a browser on this machine may reach a loopback port through a name
-    // it controls (DNS rebinding): answer only hosts that cannot be rebound.
-    let host = req.uri().host().or_else(|| {
-        req.headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    });
-    if !weft_config::host_allowed(admin.bound, host, &admin.allow_hosts) {
+    if !host_allowed(admin, req) {
         return text(
             StatusCode::MISDIRECTED_REQUEST,
             "unknown host: the admin listener answers IP addresses, localhost and \
@@ -220,71 +213,99 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
     }
     // Views only: nothing here changes when asked to.
     if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
-        let mut resp = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "the admin views answer GET and HEAD\n".into(),
-            "text/plain",
-        );
-        resp.headers_mut().insert(
-            http::header::ALLOW,
-            http::HeaderValue::from_static("GET, HEAD"),
-        );
-        return resp;
+        return method_not_allowed();
     }
     match req.uri().path() {
-        "/ready" if admin.ready.load(Ordering::Acquire) => {
-            text(StatusCode::OK, "ready\n".into(), "text/plain")
-        }
-        "/ready" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready\n".into(),
-            "text/plain",
-        ),
+        "/ready" => ready(admin),
         "/live" => text(StatusCode::OK, "live\n".into(), "text/plain"),
         "/config" => json(&admin.config()),
         "/filters" => json(&admin.filters()),
         "/clusters" => json(&admin.clusters()),
-        "/metrics" => {
-            let mut out = String::new();
-            match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
-                Ok(()) if wants_openmetrics(req.headers()) => text(
-                    StatusCode::OK,
-                    out,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-                Ok(()) => text(
-                    StatusCode::OK,
-                    prometheus_text(&out),
-                    "text/plain; version=0.0.4; charset=utf-8",
-                ),
-                Err(e) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{e}\n"),
-                    "text/plain",
-                ),
-            }
-        }
-        "/listeners" => {
-            let listeners = admin
-                .listeners
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let map: serde_json::Map<String, serde_json::Value> = listeners
-                .iter()
-                .map(|l| (l.name.clone(), l.addr.to_string().into()))
-                .collect();
-            text(
-                StatusCode::OK,
-                format!("{}\n", serde_json::Value::Object(map)),
-                "application/json",
-            )
-        }
+        "/metrics" => metrics(admin, req.headers()),
+        "/listeners" => listeners(admin),
         _ => text(
             StatusCode::NOT_FOUND,
             "try /ready, /live, /metrics, /listeners, /config, /filters or /clusters\n".into(),
             "text/plain",
         ),
     }
+}
+
+/// A page in a browser on this machine may reach a loopback port through a name it
+/// controls (DNS rebinding): answer only hosts that cannot be rebound.
+fn host_allowed(admin: &Admin, req: &Request<Incoming>) -> bool {
+    let host = req.uri().host().or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
+    weft_config::host_allowed(admin.bound, host, &admin.allow_hosts)
+}
+
+fn method_not_allowed() -> Response<ProxyBody> {
+    let mut resp = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "the admin views answer GET and HEAD\n".into(),
+        "text/plain",
+    );
+    resp.headers_mut().insert(
+        http::header::ALLOW,
+        http::HeaderValue::from_static("GET, HEAD"),
+    );
+    resp
+}
+
+/// `/ready`: 503 until the proxy is said to be ready, and again while it drains, so
+/// balancers send it nothing then.
+fn ready(admin: &Admin) -> Response<ProxyBody> {
+    if admin.ready.load(Ordering::Acquire) {
+        text(StatusCode::OK, "ready\n".into(), "text/plain")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready\n".into(),
+            "text/plain",
+        )
+    }
+}
+
+/// `/metrics`, in the format the scraper reads.
+fn metrics(admin: &Admin, headers: &http::HeaderMap) -> Response<ProxyBody> {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
+        Ok(()) if wants_openmetrics(headers) => text(
+            StatusCode::OK,
+            out,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        Ok(()) => text(
+            StatusCode::OK,
+            prometheus_text(&out),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{e}\n"),
+            "text/plain",
+        ),
+    }
+}
+
+/// `/listeners`: each listener's bound address, on one line.
+fn listeners(admin: &Admin) -> Response<ProxyBody> {
+    let listeners = admin
+        .listeners
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let map: serde_json::Map<String, serde_json::Value> = listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.addr.to_string().into()))
+        .collect();
+    text(
+        StatusCode::OK,
+        format!("{}\n", serde_json::Value::Object(map)),
+        "application/json",
+    )
 }
 
 /// The admin listener's limits: it answers small requests from orchestrators and
