@@ -113,87 +113,116 @@ impl AccessLog {
     fn line(&self, ex: &Exchange, summary: &Summary) -> String {
         let mut out = String::with_capacity(64 + 24 * self.fields.len());
         out.push('{');
-        let parts = &ex.request.parts;
-        let ctx = &ex.ctx;
-        // The trace this hop sent on, when a filter (telemetry) set its context: a
-        // client's own `traceparent` is not a context the chain validated.
-        let trace = parts
-            .headers
-            .get("traceparent")
-            .filter(|_| ctx.trace_set)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let mut p = v.split('-').skip(1);
-                Some((p.next()?, p.next()?))
-            })
-            .filter(|(t, s)| hex_id(t, 32) && hex_id(s, 16));
+        let trace = sent_trace(ex);
         for (i, field) in self.fields.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
             string(&mut out, field.name());
             out.push(':');
-            match field {
-                Field::Time => {
-                    let at = SystemTime::now()
-                        .checked_sub(ctx.received.elapsed())
-                        .unwrap_or(UNIX_EPOCH);
-                    string(&mut out, &rfc3339(at));
-                }
-                Field::RequestId => number(&mut out, ctx.id),
-                Field::TraceId => optional(&mut out, trace.map(|t| t.0)),
-                Field::SpanId => optional(&mut out, trace.map(|t| t.1)),
-                Field::Listener => string(&mut out, &self.listener),
-                Field::Peer => string(&mut out, &ctx.conn.peer.to_string()),
-                Field::Method => string(&mut out, parts.method.as_str()),
-                Field::Authority => {
-                    let authority = parts
-                        .uri
-                        .authority()
-                        .map(|a| a.as_str())
-                        .or_else(|| parts.headers.get("host").and_then(|h| h.to_str().ok()));
-                    optional(&mut out, authority);
-                }
-                // The path without its query, which may hold what must not be logged.
-                Field::Path => string(&mut out, parts.uri.path()),
-                Field::Route => optional(&mut out, ctx.route.as_deref()),
-                Field::Cluster => optional(&mut out, ctx.cluster.as_deref()),
-                Field::Endpoint => optional(&mut out, ctx.endpoint.as_ref().map(|e| e.as_str())),
-                Field::Attempts => number(&mut out, u64::from(ctx.attempt)),
-                Field::Status => number(&mut out, u64::from(summary.status)),
-                Field::GrpcStatus => match ctx.grpc_status {
-                    Some(g) => number(&mut out, u64::from(g)),
-                    None => out.push_str("null"),
-                },
-                Field::Responder => match &summary.responder {
-                    Responder::Upstream => string(&mut out, "upstream"),
-                    Responder::Filter(name) => string(&mut out, &format!("filter:{name}")),
-                    Responder::Proxy(_) => string(&mut out, "proxy"),
-                },
-                Field::Error => match &summary.responder {
-                    Responder::Proxy(Some(kind)) => string(&mut out, error_name(*kind)),
-                    _ => out.push_str("null"),
-                },
-                Field::Decisions => {
-                    out.push('[');
-                    for (j, d) in ctx.decisions.iter().flatten().enumerate() {
-                        if j > 0 {
-                            out.push(',');
-                        }
-                        string(&mut out, d);
-                    }
-                    out.push(']');
-                }
-                Field::ResponseBytes => number(&mut out, summary.response_bytes),
-                Field::DurationMs => {
-                    let _ = write!(out, "{:.3}", summary.duration as f64 / 1e6);
-                }
-                Field::Complete => out.push_str(if summary.complete { "true" } else { "false" }),
-            }
+            self.value(&mut out, *field, ex, summary, trace);
         }
         out.push('}');
         out
     }
+
+    /// One field's JSON value.
+    fn value(
+        &self,
+        out: &mut String,
+        field: Field,
+        ex: &Exchange,
+        summary: &Summary,
+        trace: Option<(&str, &str)>,
+    ) {
+        let parts = &ex.request.parts;
+        let ctx = &ex.ctx;
+        match field {
+            Field::Time => time(out, ex),
+            Field::RequestId => number(out, ctx.id),
+            Field::TraceId => optional(out, trace.map(|t| t.0)),
+            Field::SpanId => optional(out, trace.map(|t| t.1)),
+            Field::Listener => string(out, &self.listener),
+            Field::Peer => string(out, &ctx.conn.peer.to_string()),
+            Field::Method => string(out, parts.method.as_str()),
+            Field::Authority => optional(out, authority(ex)),
+            // The path without its query, which may hold what must not be logged.
+            Field::Path => string(out, parts.uri.path()),
+            Field::Route => optional(out, ctx.route.as_deref()),
+            Field::Cluster => optional(out, ctx.cluster.as_deref()),
+            Field::Endpoint => optional(out, ctx.endpoint.as_ref().map(|e| e.as_str())),
+            Field::Attempts => number(out, u64::from(ctx.attempt)),
+            Field::Status => number(out, u64::from(summary.status)),
+            Field::GrpcStatus => match ctx.grpc_status {
+                Some(g) => number(out, u64::from(g)),
+                None => out.push_str("null"),
+            },
+            Field::Responder => responder(out, &summary.responder),
+            Field::Error => match &summary.responder {
+                Responder::Proxy(Some(kind)) => string(out, error_name(*kind)),
+                _ => out.push_str("null"),
+            },
+            Field::Decisions => decisions(out, ex),
+            Field::ResponseBytes => number(out, summary.response_bytes),
+            Field::DurationMs => {
+                let _ = write!(out, "{:.3}", summary.duration as f64 / 1e6);
+            }
+            Field::Complete => out.push_str(if summary.complete { "true" } else { "false" }),
+        }
+    }
+}
+
+/// The trace and span ids this hop sent on, when a filter (telemetry) set its
+/// context: a client's own `traceparent` is not a context the chain validated.
+fn sent_trace(ex: &Exchange) -> Option<(&str, &str)> {
+    ex.request
+        .parts
+        .headers
+        .get("traceparent")
+        .filter(|_| ex.ctx.trace_set)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let mut p = v.split('-').skip(1);
+            Some((p.next()?, p.next()?))
+        })
+        .filter(|(t, s)| hex_id(t, 32) && hex_id(s, 16))
+}
+
+/// When the request arrived: the line is written when it is over.
+fn time(out: &mut String, ex: &Exchange) {
+    let at = SystemTime::now()
+        .checked_sub(ex.ctx.received.elapsed())
+        .unwrap_or(UNIX_EPOCH);
+    string(out, &rfc3339(at));
+}
+
+/// The URI's authority, or the `Host` header for origin-form requests.
+fn authority(ex: &Exchange) -> Option<&str> {
+    let parts = &ex.request.parts;
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get("host").and_then(|h| h.to_str().ok()))
+}
+
+fn responder(out: &mut String, responder: &Responder) {
+    match responder {
+        Responder::Upstream => string(out, "upstream"),
+        Responder::Filter(name) => string(out, &format!("filter:{name}")),
+        Responder::Proxy(_) => string(out, "proxy"),
+    }
+}
+
+fn decisions(out: &mut String, ex: &Exchange) {
+    out.push('[');
+    for (j, d) in ex.ctx.decisions.iter().flatten().enumerate() {
+        if j > 0 {
+            out.push(',');
+        }
+        string(out, d);
+    }
+    out.push(']');
 }
 
 /// `s` as a JSON string. Beyond what JSON needs escaped, every control character
