@@ -12,8 +12,19 @@
 //!
 //! A hook starved of CPU forever must still end: past [`WALL_FACTOR`] times its budget
 //! in wall time, it is stopped whatever it used.
+//!
+//! The clock ticks only while a hook runs. Each thread that runs hooks raises a flag of
+//! its own for the length of a call (a store to a cache line no other thread writes);
+//! the clock thread looks at the flags when it wakes and, seeing none raised, sleeps
+//! [`IDLE_TICK`] instead of [`EPOCH_TICK`]. An idle proxy (or one serving a hundred
+//! requests a second, whose hooks take microseconds) then wakes the clock 20 times a
+//! second instead of 200: each wake-up is a context switch, which in a VM costs more
+//! CPU than a request's hooks. The price: a runaway hook that starts while the clock
+//! sleeps is stopped up to [`IDLE_TICK`] later than its budget says.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustix::time::{ClockId, clock_gettime};
@@ -21,6 +32,9 @@ use wasmtime::{Store, UpdateDeadline};
 
 /// How often the deadline clock ticks. Hook deadlines are rounded up to it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// How long the clock sleeps while no hook runs.
+pub const IDLE_TICK: Duration = Duration::from_millis(50);
 
 /// How old the thread's CPU reading may be when a hook starts. A hook is charged from
 /// that reading, so it may be charged this much CPU time that went to something else.
@@ -34,6 +48,44 @@ pub(crate) const WALL_FACTOR: u32 = 10;
 thread_local! {
     /// This thread's last CPU clock reading, and when it was taken.
     static SAMPLE: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+    /// Raised while this thread runs a hook; the clock thread reads it.
+    static RUNNING: Arc<AtomicBool> = {
+        let flag = Arc::new(AtomicBool::new(false));
+        RUNNERS.lock().unwrap_or_else(PoisonError::into_inner).push(flag.clone());
+        flag
+    };
+}
+
+/// The flags of every thread that has run a hook.
+static RUNNERS: Mutex<Vec<Arc<AtomicBool>>> = Mutex::new(Vec::new());
+
+/// Raise or lower this thread's flag.
+fn running(on: bool) {
+    RUNNING.with(|flag| flag.store(on, Ordering::Relaxed));
+}
+
+/// Raises this thread's flag while it lives: for code that runs guest code outside a
+/// hook (an instance's `init`), so the clock ticks for its deadline too.
+pub(crate) struct Busy(());
+
+impl Busy {
+    pub(crate) fn new() -> Self {
+        running(true);
+        Self(())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        running(false);
+    }
+}
+
+/// Whether any thread runs a hook now; forgets the flags of threads that are gone.
+fn any_running() -> bool {
+    let mut runners = RUNNERS.lock().unwrap_or_else(PoisonError::into_inner);
+    runners.retain(|flag| Arc::strong_count(flag) > 1);
+    runners.iter().any(|flag| flag.load(Ordering::Relaxed))
 }
 
 /// The CPU time this thread has used.
@@ -73,10 +125,9 @@ struct Running {
 }
 
 impl HookDeadline {
-    /// A hook with `budget` of CPU time starts on this thread; its store's deadline is
-    /// [`first_ticks`] of the budget away.
-    pub(crate) fn start(&mut self, budget: Duration) {
-        let started = Instant::now();
+    /// A hook with `budget` of CPU time starts on this thread at `started`; its
+    /// store's deadline is [`first_ticks`] of the budget away.
+    pub(crate) fn start(&mut self, budget: Duration, started: Instant) {
         let cpu_at_start = SAMPLE.with(|sample| match sample.get() {
             Some((at, cpu)) if started.duration_since(at) <= SAMPLE_AGE => cpu,
             _ => {
@@ -90,11 +141,13 @@ impl HookDeadline {
             started,
             cpu_at_start,
         });
+        running(true);
     }
 
     /// The hook returned; a deadline passing now (while an instance starts) stops it.
     pub(crate) fn stop(&mut self) {
         self.running = None;
+        running(false);
     }
 
     /// What to do when the store's epoch deadline passed.
@@ -130,7 +183,7 @@ pub(crate) fn start_ticker(engine: wasmtime::EngineWeak) {
         .name("weft-epoch".into())
         .spawn(move || {
             loop {
-                std::thread::sleep(EPOCH_TICK);
+                std::thread::sleep(if any_running() { EPOCH_TICK } else { IDLE_TICK });
                 match engine.upgrade() {
                     Some(engine) => engine.increment_epoch(),
                     None => return,

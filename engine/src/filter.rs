@@ -330,7 +330,7 @@ impl Filter {
             attempts -= 1;
             let started = Instant::now();
             let result = match inner.checkout() {
-                Ok(instance) => inner.call(instance, slot, body_access, phase, &call),
+                Ok(instance) => inner.call(instance, slot, (body_access, phase, started), &call),
                 Err(e) => Err(e),
             };
             let hook = match phase {
@@ -404,6 +404,7 @@ impl Inner {
         // filters that are merely descheduled. It still has a bound, so an `init`
         // that never returns is stopped.
         store.set_epoch_deadline(self.init_deadline_ticks());
+        let _ticking = deadline::Busy::new();
         let world = self
             .compiled
             .pre
@@ -452,8 +453,7 @@ impl Inner {
         &self,
         mut instance: Instance,
         slot: &mut Option<Box<Exchange>>,
-        body_access: bool,
-        phase: Phase,
+        (body_access, phase, started): (bool, Phase, Instant),
         call: &impl Fn(&FilterWorld, &mut Store<HostState>) -> wasmtime::Result<Decision>,
     ) -> Result<Decision, String> {
         let data = instance.store.data_mut();
@@ -463,7 +463,7 @@ impl Inner {
         // after a trap: the request is never lost with a broken instance. Boxed, it is
         // a pointer that moves for free.
         data.exchange = slot.take();
-        data.deadline.start(self.timeout);
+        data.deadline.start(self.timeout, started);
         instance.store.set_epoch_deadline(self.deadline_ticks);
         let result = call(&instance.world, &mut instance.store);
         let data = instance.store.data_mut();

@@ -65,7 +65,7 @@ fn hook(
     let mut store = Store::new(engine, HookDeadline::default());
     install(&mut store, |d| d);
     let instance = linker.instantiate(&mut store, &module).unwrap();
-    store.data_mut().start(budget);
+    store.data_mut().start(budget, Instant::now());
     store.set_epoch_deadline(first_ticks(budget));
     (store, instance)
 }
