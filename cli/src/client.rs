@@ -207,7 +207,7 @@ pub(crate) struct ApplyArgs {
     #[arg(long)]
     wait: bool,
     /// How long --wait waits.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, requires = "wait")]
+    #[arg(long, default_value = "30s", value_parser = weft_config::units::parse_duration, requires = "wait")]
     timeout: Duration,
     /// Refuse, storing nothing, when a group selects no connected proxy or a
     /// connected proxy has no group (without it these are warnings).

@@ -53,7 +53,7 @@ enum Command {
         /// After SIGTERM, keep serving this long with `connection: close` and `/ready`
         /// answering 503 before stopping, so balancers move away first (default: the
         /// configuration's `shutdown.drain_delay`, else 0s). SIGINT stops at once.
-        #[arg(long, env = "WEFT_DRAIN_DELAY", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "WEFT_DRAIN_DELAY", value_parser = weft_config::units::parse_duration)]
         drain_delay: Option<Duration>,
         #[command(flatten)]
         identity: Identity,
@@ -91,7 +91,7 @@ enum Command {
         json: bool,
         /// How long a proxy may take to apply the current version before it counts
         /// as late.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = weft_config::units::parse_duration)]
         grace: Duration,
         #[command(flatten)]
         server: client::ServerArgs,
@@ -166,7 +166,7 @@ struct ConfigServerArgs {
     #[arg(long, default_value_t = weft_config_server::Limits::default().max_proxies)]
     max_proxies: usize,
     /// How often proxies report their traffic, for `weft stat`; 0s: never.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = weft_config::units::parse_duration)]
     report_interval: Duration,
     /// A name requests may give the server as their Host, besides localhost and IP
     /// addresses (repeat for more). Without it, a server on loopback answers only

@@ -14,7 +14,7 @@ use crate::client::{ServerArgs, table, text, url_encode};
 #[derive(clap::Args)]
 pub(crate) struct StatArgs {
     /// Sum the traffic of this last stretch of time (1s to 2m).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = weft_config::units::parse_duration)]
     window: Duration,
     /// Whose counts to show: `destination` (beside the callee), `source` (beside the
     /// caller), or `auto`: per service, the callee side's when a proxy beside it
@@ -28,7 +28,7 @@ pub(crate) struct StatArgs {
     #[arg(long)]
     json: bool,
     /// How often the live view is redrawn.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = weft_config::units::parse_duration)]
     refresh: Duration,
     #[command(flatten)]
     server: ServerArgs,
