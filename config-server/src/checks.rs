@@ -136,10 +136,11 @@ pub(crate) fn module_set(modules: &[String]) -> HashSet<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn hello(node: &str) -> Hello {
+    /// A proxy's first message, from `node`.
+    pub(crate) fn hello(node: &str) -> Hello {
         Hello {
             node: node.into(),
             service: "web".into(),

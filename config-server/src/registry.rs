@@ -302,15 +302,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hello(node: &str) -> Hello {
-        Hello {
-            node: node.into(),
-            service: "web".into(),
-            instance: "i".repeat(32),
-            ..Default::default()
-        }
-    }
+    use crate::checks::tests::hello;
 
     #[test]
     fn a_full_registry_forgets_the_node_gone_longest_once_released() {
