@@ -153,7 +153,8 @@ impl Filter {
             digest: Arc::from(digest.as_str()),
             views: Default::default(),
         });
-        runtime.metrics.watch(&shared);
+        let figures: Arc<dyn crate::metrics::hooks::Figures> = shared.clone();
+        runtime.metrics.watch(&figures);
         let deadline_ticks = first_ticks(spec.timeout);
         let mut inner = Inner {
             name,

@@ -40,3 +40,17 @@ pub struct ClusterRef {
     /// The configuration key that names it, e.g. `routes[2].cluster`.
     pub key: String,
 }
+
+impl crate::metrics::hooks::Figures for FilterShared {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn digest(&self) -> &Arc<str> {
+        &self.digest
+    }
+
+    fn stats(&self) -> &HookStats {
+        &self.stats
+    }
+}

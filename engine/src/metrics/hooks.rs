@@ -10,13 +10,28 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use crate::shared::FilterShared;
-use crate::stats::HOOKS;
+use crate::stats::{HOOKS, HookStats};
+
+/// What the hook figures read of a loaded filter.
+pub(crate) trait Figures: Send + Sync {
+    /// Its name in its chain.
+    fn name(&self) -> &Arc<str>;
+    /// The hex sha256 of its module.
+    fn digest(&self) -> &Arc<str>;
+    /// What its hooks cost and how they fail.
+    fn stats(&self) -> &HookStats;
+}
 
 /// Every loaded filter, held weakly: an unloaded filter's series leave `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct HookFigures {
-    filters: Mutex<Vec<Weak<FilterShared>>>,
+    filters: Mutex<Vec<Weak<dyn Figures>>>,
+}
+
+impl std::fmt::Debug for HookFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookFigures").finish_non_exhaustive()
+    }
 }
 
 /// The hook figures of the filters loaded under one name and module, summed: the same
@@ -32,44 +47,50 @@ struct FilterSeries {
 }
 
 impl FilterSeries {
-    fn add(&mut self, f: &FilterShared) {
+    fn add(&mut self, f: &dyn Figures) {
         for (hook, (buckets, sum)) in self.time.iter_mut().enumerate() {
-            for (mine, (_, n)) in buckets.iter_mut().zip(f.stats.time[hook].buckets()) {
+            for (mine, (_, n)) in buckets.iter_mut().zip(f.stats().time[hook].buckets()) {
                 mine.1 += n;
             }
-            *sum += f.stats.time[hook].sum_seconds();
-            self.failures[hook] += f.stats.failures[hook].load(Relaxed);
+            *sum += f.stats().time[hook].sum_seconds();
+            self.failures[hook] += f.stats().failures[hook].load(Relaxed);
         }
-        self.instances += f.stats.instances.load(Relaxed).max(0);
+        self.instances += f.stats().instances.load(Relaxed).max(0);
     }
 }
 
 impl HookFigures {
     /// Show a newly loaded filter's hook figures for as long as it is loaded.
-    pub(crate) fn watch(&self, filter: &Arc<FilterShared>) {
+    pub(crate) fn watch(&self, filter: &Arc<dyn Figures>) {
         let mut filters = self.filters.lock().unwrap_or_else(PoisonError::into_inner);
         filters.retain(|f| f.strong_count() > 0);
         filters.push(Arc::downgrade(filter));
     }
 
     fn series(&self) -> Vec<FilterSeries> {
-        let live: Vec<Arc<FilterShared>> = {
+        let live: Vec<Arc<dyn Figures>> = {
             let mut filters = self.filters.lock().unwrap_or_else(PoisonError::into_inner);
             filters.retain(|f| f.strong_count() > 0);
             filters.iter().filter_map(Weak::upgrade).collect()
         };
         let mut series: Vec<FilterSeries> = Vec::new();
         for f in &live {
-            let i = match (series.iter()).position(|s| s.name == f.name && s.digest == f.digest) {
+            let i = match (series.iter())
+                .position(|s| s.name == *f.name() && s.digest == *f.digest())
+            {
                 Some(i) => i,
                 None => {
                     let empty = |h: usize| {
-                        let buckets = f.stats.time[h].buckets().iter().map(|b| (b.0, 0)).collect();
+                        let buckets = f.stats().time[h]
+                            .buckets()
+                            .iter()
+                            .map(|b| (b.0, 0))
+                            .collect();
                         (buckets, 0.0)
                     };
                     series.push(FilterSeries {
-                        name: f.name.clone(),
-                        digest: f.digest.clone(),
+                        name: f.name().clone(),
+                        digest: f.digest().clone(),
                         time: [empty(0), empty(1), empty(2)],
                         failures: [0; 3],
                         instances: 0,
@@ -77,7 +98,7 @@ impl HookFigures {
                     series.len() - 1
                 }
             };
-            series[i].add(f);
+            series[i].add(&**f);
         }
         series
     }

@@ -12,8 +12,6 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::shared::FilterShared;
-
 pub(crate) mod families;
 pub(crate) mod hooks;
 #[cfg(test)]
@@ -56,7 +54,7 @@ pub struct MetricsHub {
 
 impl MetricsHub {
     /// Show a newly loaded filter's hook figures for as long as it is loaded.
-    pub(crate) fn watch(&self, filter: &Arc<FilterShared>) {
+    pub(crate) fn watch(&self, filter: &Arc<dyn hooks::Figures>) {
         self.hooks.watch(filter);
     }
 
