@@ -20,6 +20,9 @@
 mod mesh;
 mod model;
 mod settings;
+/// SPIFFE IDs and patterns: the rule filters use, shared with the SDK.
+#[path = "../../sdk/src/spiffe.rs"]
+pub mod spiffe;
 pub mod units;
 
 use std::collections::HashSet;

@@ -105,6 +105,13 @@ pub struct RequestContext {
     /// A filter set the request's `traceparent`: the trace context going upstream is
     /// one the chain made or validated, not merely what the client sent.
     pub trace_set: bool,
+    /// A filter required the upstream to prove, by mutual TLS, an identity matching
+    /// this SPIFFE pattern (`weft_config::spiffe`): the proxy sends no byte to an
+    /// upstream that has not.
+    pub upstream_identity_required: Option<Box<str>>,
+    /// The SPIFFE ID the current attempt's upstream proved with its certificate
+    /// (mutual TLS to a mesh cluster); none in clear text or plain TLS.
+    pub upstream_identity: Option<Arc<str>>,
     properties: Vec<(Box<str>, Box<[u8]>)>,
     property_bytes: usize,
 }
@@ -127,6 +134,8 @@ impl RequestContext {
             grpc_status: None,
             decisions: None,
             trace_set: false,
+            upstream_identity_required: None,
+            upstream_identity: None,
             properties: Vec::new(),
             property_bytes: 0,
         }

@@ -60,6 +60,7 @@ mod filter;
 mod host;
 #[cfg(not(target_arch = "wasm32"))]
 mod native;
+pub mod spiffe;
 mod types;
 pub mod units;
 
