@@ -25,6 +25,9 @@ pub struct TlsInfo {
     pub alpn: Option<String>,
     /// The identity from the client's certificate, if it sent one.
     pub peer_identity: Option<String>,
+    /// The SPIFFE ID the proxy presented on this connection (a mesh listener's
+    /// workload certificate); none when it presented another certificate.
+    pub local_identity: Option<std::sync::Arc<str>>,
 }
 
 /// The downstream connection a request came in on. Built once per connection.

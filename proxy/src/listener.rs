@@ -227,8 +227,8 @@ async fn serve_connection(
                 alpn: session
                     .alpn_protocol()
                     .map(|p| String::from_utf8_lossy(p).into_owned()),
-                // Client certificates come with mutual TLS, which no listener asks for yet.
                 peer_identity: None,
+                local_identity: None,
             });
             let svc = request_service(state, Arc::new(info), watch.clone());
             // Counted after TLS: the bytes of HTTP, as the listener's filters see them.
