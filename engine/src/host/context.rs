@@ -1,13 +1,15 @@
-//! The `context` resource: the request's facts, its properties, its route and the
-//! exchange settings a request hook may change.
+//! The `context` resource: the request's facts, its properties, its route, the
+//! exchange settings a request hook may change, and the identities mutual TLS
+//! proves (the one a filter requires of the upstream, and those that were proved).
 
 use std::time::Duration;
 
 use wasmtime::component::Resource;
+use weft_config::spiffe;
 
 use super::{HostState, nanos, wall_now};
 use crate::bindings::types;
-use crate::exchange::ConnectionInfo;
+use crate::exchange::{ConnectionInfo, Phase};
 use crate::resources::ContextRef;
 
 const MAX_ROUTE_NAME: usize = 128;
@@ -135,7 +137,48 @@ impl types::HostContext for HostState {
         Ok(())
     }
 
+    fn require_upstream_identity(
+        &mut self,
+        _: Resource<ContextRef>,
+        pattern: String,
+    ) -> Result<(), types::SettingError> {
+        let phase = self.phase;
+        let Some(ctx) = self.ctx() else {
+            return Err(types::SettingError::TooLate);
+        };
+        // A requirement must be in place before the first byte goes upstream: a
+        // response hook of a local answer (attempt 0) is too late as well.
+        if phase != Phase::Request || ctx.attempt > 0 {
+            return Err(types::SettingError::TooLate);
+        }
+        // `check_pattern` bounds IDs but not a bare trust domain's `spiffe://td/*`;
+        // the context keeps the pattern for the whole request, so bound it here.
+        if pattern.len() > spiffe::MAX_ID_LEN || spiffe::check_pattern(&pattern).is_err() {
+            return Err(types::SettingError::OutOfRange);
+        }
+        ctx.upstream_identity_required = Some(pattern.into_boxed_str());
+        Ok(())
+    }
+
+    fn upstream_identity(&mut self, _: Resource<ContextRef>) -> Option<String> {
+        // The proxy sets it per attempt; a request hook has no attempt to ask about.
+        if self.phase == Phase::Request {
+            return None;
+        }
+        let ex = self.exchange.as_deref()?;
+        ex.ctx.upstream_identity.as_deref().map(str::to_owned)
+    }
+
+    fn local_identity(&mut self, _: Resource<ContextRef>) -> Option<String> {
+        let ex = self.exchange.as_deref()?;
+        let tls = ex.ctx.conn.tls.as_ref()?;
+        tls.local_identity.as_deref().map(str::to_owned)
+    }
+
     fn drop(&mut self, _: Resource<ContextRef>) -> wasmtime::Result<()> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
