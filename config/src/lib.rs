@@ -28,7 +28,7 @@ pub mod units;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-pub use mesh::{MeshConfig, ProxyGroup, Selector};
+pub use mesh::{IdentityError, MeshConfig, MeshIdentity, ProxyGroup, Selector};
 pub use model::*;
 pub use serde_saphyr::{Location, Spanned};
 pub use settings::FilterSettings;

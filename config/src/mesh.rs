@@ -19,11 +19,21 @@
 //!           - name: hello
 //!             module: filter:hello
 //! ```
+//!
+//! An optional `identity` section names the SPIFFE trust domain and how long the
+//! config server's workload certificates last; a group may give its proxies an
+//! `identity` of its own (see [`MeshConfig::identity`]).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
+
+mod identity;
+#[cfg(test)]
+mod tests;
+
+pub use identity::{IdentityError, MeshIdentity};
 
 use crate::{
     AccessLogConfig, ClusterConfig, Config, ConfigError, DnsConfig, ListenerConfig, ModuleRef,
@@ -49,6 +59,10 @@ pub struct MeshConfig {
     /// Every proxy's shutdown (a group may set its own): drain delay and timeout.
     #[serde(default)]
     pub shutdown: Option<ShutdownConfig>,
+    /// The proxies' workload identities (trust domain, certificate lifetime); none:
+    /// `weft.local` and 24h, and proxies ask for a certificate only when told to.
+    #[serde(default)]
+    pub identity: Option<MeshIdentity>,
     /// Groups of proxies and what they serve; a proxy takes the first group that
     /// selects it.
     pub proxies: Vec<ProxyGroup>,
@@ -72,6 +86,10 @@ pub struct ProxyGroup {
     /// Their shutdown, in place of the mesh's.
     #[serde(default)]
     pub shutdown: Option<ShutdownConfig>,
+    /// Their SPIFFE ID, in place of the one made from their service and namespace
+    /// (in the mesh's trust domain).
+    #[serde(default)]
+    pub identity: Option<Spanned<String>>,
 }
 
 /// Selects proxies by the service they sit beside and their labels.
@@ -155,9 +173,10 @@ impl MeshConfig {
         Ok(config)
     }
 
-    /// Check every group (see [`MeshConfig::proxy_config`]); returns their
-    /// configurations, in group order.
+    /// Check the `identity` section and every group (see
+    /// [`MeshConfig::proxy_config`]); returns their configurations, in group order.
     pub fn validate(&self, filters: &BTreeMap<String, String>) -> Result<Vec<Config>, ConfigError> {
+        self.validate_identity()?;
         (0..self.proxies.len())
             .map(|i| self.proxy_config(i, filters))
             .collect()
