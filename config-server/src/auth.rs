@@ -23,6 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method, StatusCode, header};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::store::write_atomic;
@@ -76,15 +77,23 @@ pub(crate) fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
     let Some(given) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
         return false;
     };
-    same(
-        &Sha256::digest(given.trim().as_bytes()).into(),
-        &Sha256::digest(token.as_bytes()).into(),
-    )
+    same_secret(given.trim(), token)
 }
 
-/// Whether two digests are equal, in constant time.
+/// Whether two digests are equal, in constant time: `subtle` keeps the compiler from
+/// turning the comparison into one that stops at the first difference. Every token
+/// and secret is hashed first, so both sides have the same length whatever was sent.
 pub(crate) fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
+}
+
+/// Whether two secrets (tokens, instance secrets) are equal, compared as [`same`]
+/// digests, so neither their bytes nor their lengths show in the time taken.
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
+    same(
+        &Sha256::digest(a.as_bytes()).into(),
+        &Sha256::digest(b.as_bytes()).into(),
+    )
 }
 
 /// Whether a request needs the token: every write, and reads from other machines.
@@ -245,6 +254,22 @@ mod tests {
         assert!(!bearer_matches(Some("Bearer s3cretx"), "s3cret"));
         assert!(!bearer_matches(Some("Basic s3cret"), "s3cret"));
         assert!(!bearer_matches(None, "s3cret"));
+    }
+
+    #[test]
+    fn secrets_compare_by_digest_whatever_their_length() {
+        assert!(same_secret("s3cret", "s3cret"));
+        assert!(!same_secret("s3cret", "s3creT"));
+        assert!(!same_secret("", "s3cret"));
+        assert!(!same_secret(&"a".repeat(1000), "a"));
+        let (a, b) = ([7u8; 32], [7u8; 32]);
+        assert!(same(&a, &b));
+        let mut c = b;
+        c[31] ^= 1;
+        assert!(!same(&a, &c));
+        c = b;
+        c[0] ^= 0x80;
+        assert!(!same(&a, &c));
     }
 
     #[test]

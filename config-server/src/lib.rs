@@ -394,7 +394,7 @@ impl Loaded {
         let proxy_token = auth::load_token(given_proxy, data_dir, proxy_token_file)?;
         // One secret for both would let every proxy write, and every operator
         // token leak to proxies: the two roles stay apart.
-        if token.0 == proxy_token.0 {
+        if auth::same_secret(&token.0, &proxy_token.0) {
             return Err(ServerError::SameToken);
         }
         let state = store.load()?;
