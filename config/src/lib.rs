@@ -23,6 +23,7 @@ mod settings;
 /// SPIFFE IDs and patterns: the rule filters use, shared with the SDK.
 #[path = "../../sdk/src/spiffe.rs"]
 pub mod spiffe;
+mod tls;
 pub mod units;
 
 use std::collections::HashSet;
@@ -32,6 +33,7 @@ pub use mesh::{IdentityError, MeshConfig, MeshIdentity, ProxyGroup, Selector};
 pub use model::*;
 pub use serde_saphyr::{Location, Spanned};
 pub use settings::FilterSettings;
+pub use tls::{ClientTlsConfig, IdentityConfig, ServerTlsConfig, SniCertificate, TlsMode};
 pub use units::{Duration, Size};
 
 /// What is wrong with a configuration, and where.
@@ -157,6 +159,7 @@ impl Config {
     /// Check what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_dns()?;
+        self.validate_identity()?;
         self.validate_tracing()?;
         self.validate_access_log()?;
         let clusters = self.validate_clusters()?;
@@ -242,6 +245,9 @@ impl Config {
             }
             if let Some(h) = &c.health_check {
                 self.validate_health_check(i, c, h)?;
+            }
+            if let Some(t) = &c.tls {
+                self.validate_client_tls(i, t, &c.name.referenced)?;
             }
         }
         Ok(clusters)
@@ -349,6 +355,9 @@ impl Config {
                     self.listener_key(i, ".default_cluster"),
                     format!("no cluster named {:?}", d.value),
                 );
+            }
+            if let Some(t) = &l.tls {
+                self.validate_server_tls(i, t, &l.name.referenced)?;
             }
             self.validate_filters(i, l)?;
         }

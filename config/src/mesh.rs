@@ -155,6 +155,8 @@ impl MeshConfig {
             admin: None,
             listeners,
             clusters: self.clusters.clone(),
+            // A mesh's proxies get their identity from the config server's CA.
+            identity: None,
             shutdown: (group.shutdown.as_ref().or(self.shutdown.as_ref()))
                 .cloned()
                 .unwrap_or_default(),

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::units::{Duration, Size};
+use crate::{ClientTlsConfig, IdentityConfig, ServerTlsConfig};
 
 /// A whole Weft configuration file.
 #[derive(Clone, Debug, Deserialize)]
@@ -20,6 +21,10 @@ pub struct Config {
     /// Where it sends traffic.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// The workload identity mesh listeners and clusters present, from files; none
+    /// under a config server, whose CA issues it.
+    #[serde(default)]
+    pub identity: Option<IdentityConfig>,
     /// How it stops.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -221,7 +226,8 @@ pub struct ListenerConfig {
     pub name: Spanned<String>,
     /// `ip:port`; port 0 picks a free one.
     pub address: Spanned<String>,
-    /// Serve TLS (HTTP/2 and HTTP/1.1 offered by ALPN).
+    /// Serve TLS (HTTP/2 and HTTP/1.1 offered by ALPN): one certificate, several
+    /// chosen by SNI, or the workload identity for mutual TLS (`mode: mesh`).
     #[serde(default)]
     pub tls: Option<ServerTlsConfig>,
     /// The cluster requests go to when no filter routes them.
@@ -269,16 +275,6 @@ impl ListenerConfig {
             None => vec!["websocket".to_owned()],
         }
     }
-}
-
-/// Server-side TLS.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerTlsConfig {
-    /// PEM certificate chain.
-    pub cert: Spanned<PathBuf>,
-    /// PEM private key.
-    pub key: Spanned<PathBuf>,
 }
 
 /// Limits that protect a listener.
@@ -638,15 +634,4 @@ pub enum UpstreamProtocol {
     Http2,
     /// With TLS, whatever ALPN agrees (h2 preferred); in clear text, HTTP/1.1.
     Auto,
-}
-
-/// Client-side TLS to a cluster.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientTlsConfig {
-    /// PEM file of the certificate authorities to trust.
-    pub ca: Spanned<PathBuf>,
-    /// Server name to send and verify; the endpoint's host when omitted.
-    #[serde(default)]
-    pub server_name: Option<String>,
 }

@@ -130,6 +130,8 @@ pub(crate) struct UpstreamError {
     pub(crate) client_body: bool,
     /// A circuit-breaking limit refused the request: its name.
     pub(crate) limit: Option<&'static str>,
+    /// The upstream did not prove the identity a filter required: nothing was sent.
+    pub(crate) unproven: bool,
     /// The endpoint tried; none when no endpoint was eligible.
     pub(crate) endpoint: Option<Authority>,
     pub(crate) source: Box<dyn std::error::Error + Send + Sync>,
@@ -162,6 +164,11 @@ pub(crate) struct Attempt {
     pub(crate) endpoint: Option<Arc<Endpoint>>,
     /// How long connecting took, when it made a new connection.
     pub(crate) connect_time: Option<std::time::Duration>,
+    /// The SPIFFE pattern a filter requires the upstream to prove: nothing is sent
+    /// to an upstream that has not proven a matching ID by mutual TLS.
+    pub(crate) required_identity: Option<Box<str>>,
+    /// The SPIFFE ID the upstream proved (mesh clusters).
+    pub(crate) identity: Option<Arc<str>>,
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -187,7 +194,11 @@ impl std::fmt::Display for UpstreamError {
 impl Cluster {
     /// Build a cluster; TLS files are read here, connections are made on demand and
     /// `dns:` names are resolved once the cluster starts.
-    pub fn new(config: &ClusterConfig, dns_config: &DnsConfig) -> Result<Self, ClusterError> {
+    pub fn new(
+        config: &ClusterConfig,
+        dns_config: &DnsConfig,
+        identity: &crate::Identity,
+    ) -> Result<Self, ClusterError> {
         let max_idle = config.max_idle_per_endpoint;
         let sources = Sources {
             configured: sources(config)?,
@@ -202,34 +213,10 @@ impl Cluster {
         };
         let (scheme, tls) = match &config.tls {
             None => (Scheme::HTTP, None),
-            Some(t) => {
-                let mut client = tls::client_config(&t.ca.value)?;
-                // ALPN offers what the cluster may speak.
-                client.alpn_protocols = match config.protocol {
-                    UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
-                    UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
-                    UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-                };
-                let server_name = match &t.server_name {
-                    Some(name) => Some(
-                        rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
-                            tls::TlsError {
-                                path: t.ca.value.display().to_string(),
-                                message: format!("invalid server_name {name:?}: {e}"),
-                            }
-                        })?,
-                    ),
-                    None => None,
-                };
-                let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-                (
-                    Scheme::HTTPS,
-                    Some(TlsConnector {
-                        connector,
-                        server_name,
-                    }),
-                )
-            }
+            Some(t) => (
+                Scheme::HTTPS,
+                Some(tls_connector(t, config.protocol, identity)?),
+            ),
         };
         Ok(Self {
             name: Arc::from(config.name.value.as_str()),
@@ -415,6 +402,7 @@ impl Cluster {
         let Some(_request) = Held::try_new(&self.requests, self.max_requests) else {
             return Err(self.limit_error("max_requests"));
         };
+        self.may_prove(attempt)?;
         let endpoint = self.choose().await?;
         let endpoint = &endpoint;
         attempt.endpoint = Some(endpoint.clone());
@@ -451,6 +439,7 @@ impl Cluster {
                 connect: false,
                 client_body: false,
                 limit: None,
+                unproven: false,
                 endpoint: None,
                 source: match set.endpoints.len() {
                     0 => "no endpoints (their DNS names have no addresses yet)".into(),
@@ -468,6 +457,7 @@ impl Cluster {
         &self,
         attempt: &mut Attempt,
     ) -> Result<(Box<dyn Io>, HeldConnection), UpstreamError> {
+        self.may_prove(attempt)?;
         let endpoint = self.choose().await?;
         attempt.endpoint = Some(endpoint.clone());
         let started = Instant::now();
@@ -475,6 +465,8 @@ impl Cluster {
         attempt.connect_time = Some(started.elapsed());
         match result {
             Ok(io) => {
+                // Dropping the stream unused: the endpoint has read no request byte.
+                self.proved(&endpoint, attempt)?;
                 endpoint.stats.observe(started.elapsed());
                 self.record(&endpoint, true);
                 Ok(io)
@@ -504,9 +496,58 @@ impl Cluster {
                 connect: true,
                 client_body: false,
                 limit: None,
+                unproven: false,
                 endpoint: Some(endpoint.authority.clone()),
                 source: e.into(),
             },
+        }
+    }
+
+    /// Refuse at once, before any connection, a request whose required identity
+    /// this cluster cannot prove: one not spoken to in mutual TLS.
+    fn may_prove(&self, attempt: &Attempt) -> Result<(), UpstreamError> {
+        match &attempt.required_identity {
+            Some(p) if !self.connector.tls.as_ref().is_some_and(|t| t.mesh) => Err(self.unproven(
+                None,
+                format!(
+                    "requires {p}, but cluster {:?} does not speak mutual TLS",
+                    self.name
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Note the identity `endpoint` proved; refuse, before sending, one that does
+    /// not match what the request requires.
+    fn proved(&self, endpoint: &Endpoint, attempt: &mut Attempt) -> Result<(), UpstreamError> {
+        if self.connector.tls.as_ref().is_some_and(|t| t.mesh) {
+            attempt.identity = endpoint.proven_identity();
+        }
+        let Some(p) = &attempt.required_identity else {
+            return Ok(());
+        };
+        match &attempt.identity {
+            Some(id) if weft_config::spiffe::matches(p, id) => Ok(()),
+            Some(id) => Err(self.unproven(
+                Some(endpoint),
+                format!("requires {p}, but the server proved {id}"),
+            )),
+            None => Err(self.unproven(
+                Some(endpoint),
+                format!("requires {p}, but the server proved no identity"),
+            )),
+        }
+    }
+
+    fn unproven(&self, endpoint: Option<&Endpoint>, why: String) -> UpstreamError {
+        UpstreamError {
+            connect: true,
+            client_body: false,
+            limit: None,
+            unproven: true,
+            endpoint: endpoint.map(|e| e.authority.clone()),
+            source: why.into(),
         }
     }
 
@@ -515,6 +556,7 @@ impl Cluster {
             connect: false,
             client_body: false,
             limit: Some(limit),
+            unproven: false,
             endpoint: None,
             source: format!("cluster {:?}: its {limit} is reached", self.name).into(),
         }
@@ -544,6 +586,7 @@ impl Cluster {
             if !pooled {
                 attempt.connect_time = Some(started.elapsed());
             }
+            self.proved(endpoint, attempt)?;
             let mut refused = match conn {
                 Conn::Http1(sender) => {
                     // HTTP/1 sends the origin form; the host header names the target.
@@ -585,6 +628,7 @@ impl Cluster {
                         connect: back.is_some(),
                         client_body,
                         limit: None,
+                        unproven: false,
                         endpoint: Some(endpoint.authority.clone()),
                         source: error.into(),
                     });
@@ -673,6 +717,39 @@ impl Sources {
     }
 }
 
+/// TLS to a cluster's endpoints: ALPN offering what the cluster may speak; servers
+/// verified by name against a CA file, or (mesh) by their SPIFFE ID, with the
+/// workload certificate presented.
+fn tls_connector(
+    t: &weft_config::ClientTlsConfig,
+    protocol: UpstreamProtocol,
+    identity: &crate::Identity,
+) -> Result<TlsConnector, ClusterError> {
+    let mesh = t.mode == weft_config::TlsMode::Mesh;
+    let mut client = match &t.ca {
+        Some(ca) if !mesh => tls::client_config(&ca.value)?,
+        _ => tls::mesh_client_config(identity, t.identity.as_ref().map(|i| i.value.as_str()))?,
+    };
+    client.alpn_protocols = match protocol {
+        UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+        UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
+    let server_name = match &t.server_name {
+        Some(name) => Some(
+            rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+                tls::TlsError::new("server_name", format!("invalid: {name:?}: {e}"))
+            })?,
+        ),
+        None => None,
+    };
+    Ok(TlsConnector {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        server_name,
+        mesh,
+    })
+}
+
 /// What a cluster is built from, endpoints aside, as text: TLS files by their contents, so a rotated
 /// CA makes a new cluster while an unchanged one keeps its state.
 fn fingerprint(config: &ClusterConfig, dns: &DnsConfig) -> String {
@@ -682,9 +759,9 @@ fn fingerprint(config: &ClusterConfig, dns: &DnsConfig) -> String {
         .iter()
         .any(|e| e.value.is_dns())
         .then_some(dns);
-    let ca = config.tls.as_ref().map(|t| {
+    let ca = config.tls.as_ref().and_then(|t| t.ca.as_ref()).map(|ca| {
         use sha2::Digest;
-        std::fs::read(&t.ca.value).map_or_else(
+        std::fs::read(&ca.value).map_or_else(
             |e| format!("unreadable: {e}"),
             |bytes| hex::encode(sha2::Sha256::digest(bytes)),
         )
@@ -695,7 +772,12 @@ fn fingerprint(config: &ClusterConfig, dns: &DnsConfig) -> String {
         config.allow_link_local,
         config.balancer,
         config.protocol,
-        config.tls.as_ref().map(|t| (&t.ca.value, &t.server_name)),
+        config.tls.as_ref().map(|t| (
+            t.mode,
+            t.ca.as_ref().map(|c| &c.value),
+            &t.server_name,
+            t.identity.as_ref().map(|i| &i.value)
+        )),
         config.connect_timeout,
         config.idle_timeout,
         config.max_idle_per_endpoint,

@@ -51,9 +51,18 @@ pub(crate) struct ConnLimits {
     pub(crate) max_connections: usize,
 }
 
+/// How a listener speaks TLS.
+pub(crate) enum ListenerTls {
+    /// Every connection is TLS with the listener's own certificates.
+    Terminate(tokio_rustls::TlsAcceptor),
+    /// Mutual TLS with the workload identity, or clear text, told apart by the
+    /// first byte.
+    Mesh(tokio_rustls::TlsAcceptor, crate::Identity),
+}
+
 /// What a listener's connections are served with; swapped with its state on reload.
 pub(crate) struct ConnParts {
-    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) tls: Option<ListenerTls>,
     pub(crate) builder: auto::Builder<TokioExecutor>,
     pub(crate) limits: ConnLimits,
 }
@@ -68,7 +77,7 @@ impl std::fmt::Debug for ConnParts {
 }
 
 impl ConnParts {
-    pub(crate) fn new(tls: Option<tokio_rustls::TlsAcceptor>, settings: &ConnSettings) -> Self {
+    pub(crate) fn new(tls: Option<ListenerTls>, settings: &ConnSettings) -> Self {
         Self {
             tls,
             builder: http_builder(settings),

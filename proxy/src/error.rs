@@ -276,7 +276,9 @@ impl ProxyError {
                 "the client's body failed while going to cluster {cluster:?}: {e}"
             ));
         }
-        let (status, reason) = if e.limit.is_some() {
+        let (status, reason) = if e.unproven {
+            (StatusCode::BAD_GATEWAY, "upstream identity not proven")
+        } else if e.limit.is_some() {
             (StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded")
         } else if e.endpoint.is_none() {
             (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")

@@ -30,6 +30,7 @@ mod conn;
 mod done;
 mod error;
 mod hooks;
+mod identity;
 mod listener;
 mod metrics;
 mod normalize;
@@ -58,6 +59,7 @@ pub use body::UpstreamBody;
 pub use chain::{ChainError, FilterChain, ModuleStore, NoModules};
 pub use cluster::{Cluster, ClusterError};
 pub use error::{ProxyError, Side};
+pub use identity::Identity;
 pub use listener::Backoff;
 use state::Bound;
 pub use state::ListenerState;
@@ -120,13 +122,15 @@ fn build_states(
     modules: &dyn ModuleStore,
     previous: Option<&HashMap<String, Arc<Cluster>>>,
     draining: &Arc<AtomicBool>,
+    identity: &Identity,
 ) -> Result<Vec<ListenerState>, StartError> {
-    let built = build_clusters(config, previous)?;
+    let built = build_clusters(config, previous, identity)?;
     let clusters = Arc::new(built.clusters);
     let mut states = Vec::with_capacity(config.listeners.len());
     for (i, l) in config.listeners.iter().enumerate() {
         let chain = FilterChain::load(engine, config, i, l, modules)?;
-        let conn = Arc::new(conn::ConnParts::new(acceptor(config, i, l)?, &settings(l)));
+        let tls = acceptor(config, i, l, identity)?;
+        let conn = Arc::new(conn::ConnParts::new(tls, &settings(l)));
         states.push(ListenerState {
             name: Arc::from(l.name.value.as_str()),
             chain,
@@ -174,6 +178,7 @@ struct Clusters {
 fn build_clusters(
     config: &Config,
     previous: Option<&HashMap<String, Arc<Cluster>>>,
+    identity: &Identity,
 ) -> Result<Clusters, StartError> {
     let mut built = Clusters {
         clusters: HashMap::new(),
@@ -197,7 +202,7 @@ fn build_clusters(
             built.clusters.insert(c.name.value.clone(), kept.clone());
             continue;
         }
-        let cluster = Cluster::new(c, &config.dns).map_err(|e| match e {
+        let cluster = Cluster::new(c, &config.dns, identity).map_err(|e| match e {
             ClusterError::Tls(source) => StartError::Tls {
                 location: location(),
                 key: format!("clusters[{i}].tls"),
@@ -216,25 +221,70 @@ fn build_clusters(
     Ok(built)
 }
 
-/// A listener's TLS acceptor, when it serves TLS.
+/// A listener's TLS, when it serves TLS.
 fn acceptor(
     config: &Config,
     i: usize,
     l: &weft_config::ListenerConfig,
-) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    identity: &Identity,
+) -> Result<Option<conn::ListenerTls>, StartError> {
     let Some(t) = &l.tls else {
         return Ok(None);
     };
-    let server = tls::server_config(
-        &resolve(config, &t.cert.value),
-        &resolve(config, &t.key.value),
-    )
-    .map_err(|source| StartError::Tls {
-        location: config.locate(&t.cert.referenced),
+    let tls_error = |source| StartError::Tls {
+        location: config.locate(&l.name.referenced),
         key: config.listener_key(i, ".tls"),
         source,
-    })?;
-    Ok(Some(tokio_rustls::TlsAcceptor::from(server)))
+    };
+    if t.mode == weft_config::TlsMode::Mesh {
+        let server = tls::mesh_server_config(identity).map_err(tls_error)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        return Ok(Some(conn::ListenerTls::Mesh(acceptor, identity.clone())));
+    }
+    let paths: Vec<_> = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => vec![(
+            &[][..],
+            resolve(config, &cert.value),
+            resolve(config, &key.value),
+        )],
+        _ => t
+            .certificates
+            .iter()
+            .map(|c| {
+                (
+                    &c.server_names[..],
+                    resolve(config, &c.cert.value),
+                    resolve(config, &c.key.value),
+                )
+            })
+            .collect(),
+    };
+    let shown: Vec<_> = paths
+        .iter()
+        .map(|(names, cert, key)| tls::Shown { names, cert, key })
+        .collect();
+    let server = tls::server_config(&shown).map_err(tls_error)?;
+    Ok(Some(conn::ListenerTls::Terminate(
+        tokio_rustls::TlsAcceptor::from(server),
+    )))
+}
+
+/// The identity files of a configuration, read and checked (not installed yet).
+fn identity_files(config: &Config) -> Result<Option<identity::Loaded>, StartError> {
+    let Some(id) = &config.identity else {
+        return Ok(None);
+    };
+    let files = identity::Files {
+        cert: resolve(config, &id.cert.value),
+        key: resolve(config, &id.key.value),
+        bundle: resolve(config, &id.bundle.value),
+        poll: id.poll_interval.0,
+    };
+    files.load().map(Some).map_err(|source| StartError::Tls {
+        location: config.locate(&id.cert.referenced),
+        key: "identity".into(),
+        source,
+    })
 }
 
 /// A listener's per-connection settings.
@@ -271,6 +321,10 @@ struct Inner {
     /// Tells the span exporter to send what is left and stop.
     span_stop: watch::Sender<bool>,
     exporter: Mutex<Option<JoinHandle<()>>>,
+    /// The workload identity mesh listeners and clusters use, kept across reloads.
+    identity: Identity,
+    /// The identity files watched for changes, when the configuration names them.
+    identity_watch: Mutex<Option<identity::Watch>>,
 }
 
 /// A proxy that is serving; clones are handles to the same proxy.
@@ -356,6 +410,8 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
             span_settings,
             span_stop,
             exporter: Mutex::new(Some(exporter)),
+            identity: Identity::default(),
+            identity_watch: Mutex::default(),
         }),
     };
     if let Err(e) = proxy.reload(&config) {
@@ -448,12 +504,14 @@ impl RunningProxy {
         let previous = lock(&self.inner.listeners)
             .first()
             .map(|b| b.state.load().clusters.clone());
+        let identity = identity_files(config)?;
         let states = build_states(
             &self.inner.engine,
             config,
             modules,
             previous.as_deref(),
             &self.inner.draining,
+            &self.inner.identity,
         )?;
         *lock(&self.inner.drain_delay) = config.shutdown.drain_delay.0;
         // Bind what is new first, so a taken port changes nothing.
@@ -481,7 +539,15 @@ impl RunningProxy {
         *running = next;
         lock(&self.inner.tasks).retain(|t| !t.is_finished());
         self.apply_tracing(config);
+        identity::Watch::apply(&self.inner.identity_watch, identity, &self.inner.identity);
         Ok(())
+    }
+
+    /// The workload identity: what mesh listeners and clusters present. Install a
+    /// certificate with [`Identity::install_pem`] (the agent does, with what the
+    /// config server's CA issues).
+    pub fn identity(&self) -> Identity {
+        self.inner.identity.clone()
     }
 
     /// Bind the listeners of `config` that are not running yet: their position,
@@ -578,6 +644,7 @@ impl RunningProxy {
             let _ = l.stop.send(true);
         }
         let _ = self.inner.admin_stop.send(true);
+        identity::Watch::apply(&self.inner.identity_watch, None, &self.inner.identity);
         let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         for task in tasks {
             let _ = task.await;
@@ -616,5 +683,22 @@ fn bind(address: &str) -> std::io::Result<TcpListener> {
 /// config, TLS files read), without binding anything. Returns the listener count.
 pub fn check(config: &Config) -> Result<usize, StartError> {
     let engine = Engine::new()?;
-    Ok(build_states(&engine, config, &NoModules, None, &Arc::default())?.len())
+    identity_files(config)?;
+    let identity = Identity::default();
+    Ok(build_states(
+        &engine,
+        config,
+        &NoModules,
+        None,
+        &Arc::default(),
+        &identity,
+    )?
+    .len())
+}
+
+/// The request-target rules of `normalize`, for the fuzz targets in `fuzz/`; not part
+/// of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::normalize::{authority, normal_path, path};
 }

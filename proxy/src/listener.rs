@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use weft_engine::{ConnectionInfo, TlsInfo};
 
 use crate::body::ProxyBody;
-use crate::conn::{ConnCounts, ConnLimits, ConnParts, ConnWatch, InFlight, Watched};
+use crate::conn::{ConnCounts, ConnLimits, ConnParts, ConnWatch, InFlight, ListenerTls, Watched};
 use crate::service;
 use crate::state::ListenerState;
 
@@ -181,23 +181,32 @@ async fn serve_connection(
     state: Arc<ArcSwap<ListenerState>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Served {
-        name,
-        peer,
-        local,
-        counts,
-    } = served;
-    let mut info = ConnectionInfo {
-        peer,
-        local,
+    let info = ConnectionInfo {
+        peer: served.peer,
+        local: served.local,
         tls: None,
     };
     let limits = conn.limits;
     let watch = Arc::new(ConnWatch::new(limits.max_premature_resets));
-    let result = match &conn.tls {
+    let (acceptor, identity) = match &conn.tls {
+        None => (None, None),
+        Some(ListenerTls::Terminate(acceptor)) => (Some(acceptor), None),
+        // A mesh listener serves mutual TLS and clear text on one port: a TLS
+        // record starts with its content type, 22 (handshake); HTTP with a letter
+        // or, for HTTP/2's preface, `P`.
+        Some(ListenerTls::Mesh(acceptor, identity)) => {
+            match first_byte(&stream, limits.header_read_timeout).await {
+                Some(TLS_HANDSHAKE) => (Some(acceptor), Some(identity)),
+                Some(_) => (None, None),
+                None => return,
+            }
+        }
+    };
+    let (name, peer) = (served.name.clone(), served.peer);
+    let result = match acceptor {
         None => {
             let svc = request_service(state, Arc::new(info), watch.clone());
-            let io = Watched::new(stream, watch.clone()).counting(counts);
+            let io = Watched::new(stream, watch.clone()).counting(served.counts);
             drive(io, &conn.builder, svc, &limits, &watch, &mut stop).await
         }
         Some(acceptor) => {
@@ -213,31 +222,55 @@ async fn serve_connection(
                     return;
                 }
             };
-            let (_, session) = stream.get_ref();
-            info.tls = Some(TlsInfo {
-                version: session
-                    .protocol_version()
-                    .and_then(|v| v.as_str())
-                    .unwrap_or(""),
-                cipher: session
-                    .negotiated_cipher_suite()
-                    .and_then(|c| c.suite().as_str())
-                    .unwrap_or(""),
-                sni: session.server_name().map(str::to_owned),
-                alpn: session
-                    .alpn_protocol()
-                    .map(|p| String::from_utf8_lossy(p).into_owned()),
-                peer_identity: None,
-                local_identity: None,
-            });
+            let info = ConnectionInfo {
+                tls: Some(tls_info(stream.get_ref().1, identity)),
+                ..info
+            };
             let svc = request_service(state, Arc::new(info), watch.clone());
             // Counted after TLS: the bytes of HTTP, as the listener's filters see them.
-            let io = Watched::new(stream, watch.clone()).counting(counts);
+            let io = Watched::new(stream, watch.clone()).counting(served.counts);
             drive(io, &conn.builder, svc, &limits, &watch, &mut stop).await
         }
     };
     if let Err(e) = result {
         tracing::debug!(listener = &*name, %peer, "connection ended: {e}");
+    }
+}
+
+/// The first byte of a TLS record of the handshake protocol.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The first byte a client sends, left in the socket; none if it closes or sends
+/// nothing in time.
+async fn first_byte(stream: &TcpStream, limit: std::time::Duration) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(limit, stream.peek(&mut byte)).await {
+        Ok(Ok(1)) => Some(byte[0]),
+        _ => None,
+    }
+}
+
+/// What filters learn of a TLS connection: the version, cipher, SNI and ALPN, and
+/// on a mesh listener the identities each side proved.
+fn tls_info(session: &rustls::ServerConnection, identity: Option<&crate::Identity>) -> TlsInfo {
+    TlsInfo {
+        version: session
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or(""),
+        cipher: session
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or(""),
+        sni: session.server_name().map(str::to_owned),
+        alpn: session
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        // The client's chain was verified against the bundle in the handshake.
+        peer_identity: identity
+            .and_then(|_| crate::identity::peer_id(session.peer_certificates()))
+            .map(|id| id.to_string()),
+        local_identity: identity.and_then(crate::Identity::spiffe_id),
     }
 }
 

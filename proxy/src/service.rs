@@ -221,7 +221,10 @@ async fn attempts(
         }
         let per_try = ex.ctx.per_try_timeout;
         let sent_at = Instant::now();
-        let mut info = Attempt::default();
+        let mut info = Attempt {
+            required_identity: ex.ctx.upstream_identity_required.clone(),
+            ..Attempt::default()
+        };
         let trailers = chain.response_trailers;
         let limits = (expire.as_mut(), timeout);
         let outcome =
@@ -229,6 +232,7 @@ async fn attempts(
         let ex = lent.get_mut();
         ex.ctx.endpoint = info.endpoint.map(|e| e.authority.clone());
         ex.ctx.connect_time = info.connect_time;
+        ex.ctx.upstream_identity = info.identity;
         if outcome.is_ok() {
             ex.ctx.first_byte_time = Some(sent_at.elapsed());
         }

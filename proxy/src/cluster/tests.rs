@@ -55,7 +55,12 @@ async fn backend(keep_alive: bool) -> Backend {
 fn cluster(addr: std::net::SocketAddr, extra: &str) -> Cluster {
     let yaml = format!("clusters:\n  - name: be\n    endpoints: [\"{addr}\"]\n{extra}");
     let config = weft_config::Config::parse(&yaml, "test.yaml").unwrap();
-    Cluster::new(&config.clusters[0], &config.dns).unwrap()
+    Cluster::new(
+        &config.clusters[0],
+        &config.dns,
+        &crate::Identity::default(),
+    )
+    .unwrap()
 }
 
 fn get() -> http::request::Parts {

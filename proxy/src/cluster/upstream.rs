@@ -85,6 +85,8 @@ pub(crate) struct TlsConnector {
     pub(crate) connector: tokio_rustls::TlsConnector,
     /// The name to verify; the endpoint's host when `None`.
     pub(crate) server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// Mutual TLS with the workload identity: servers prove a SPIFFE ID.
+    pub(crate) mesh: bool,
 }
 
 /// A connection ready for one request.
@@ -126,6 +128,8 @@ pub(crate) struct Endpoint {
     /// Only one HTTP/2 connection is made at a time; the others wait and share it.
     h2_connecting: tokio::sync::Mutex<()>,
     sweeper: AtomicBool,
+    /// The SPIFFE ID this endpoint proved at its last mutual TLS handshake.
+    proven: ArcSwapOption<Arc<str>>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -152,7 +156,14 @@ impl Endpoint {
             h2: ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::new(()),
             sweeper: AtomicBool::new(false),
+            proven: ArcSwapOption::empty(),
         }
+    }
+
+    /// The SPIFFE ID this endpoint proved by mutual TLS (a mesh cluster's, once
+    /// connected).
+    pub(crate) fn proven_identity(&self) -> Option<Arc<str>> {
+        self.proven.load().as_deref().cloned()
     }
 
     /// A pooled connection, or a new one. The flag says whether it was pooled: a
@@ -266,9 +277,15 @@ impl Endpoint {
             }
         };
         let handshake = tls.connector.connect(name, tcp);
-        Ok(tokio::time::timeout(connector.connect_timeout, handshake)
+        let stream = tokio::time::timeout(connector.connect_timeout, handshake)
             .await
-            .map_err(|_| ConnectError::Timeout(connector.connect_timeout))??)
+            .map_err(|_| ConnectError::Timeout(connector.connect_timeout))??;
+        if tls.mesh {
+            // The verifier has checked the chain and the ID against the cluster's.
+            let id = crate::identity::peer_id(stream.get_ref().1.peer_certificates());
+            self.proven.store(id.map(Arc::new));
+        }
+        Ok(stream)
     }
 
     async fn handshake<T>(
