@@ -8,6 +8,11 @@ const BUILTINS: &[(&str, &str, &str)] = &[
     ("fault", "weft-filter-fault", "filters/fault"),
     ("retry", "weft-filter-retry", "filters/retry"),
     ("telemetry", "weft-filter-telemetry", "filters/telemetry"),
+    (
+        "encryption-policy",
+        "weft-filter-encryption-policy",
+        "filters/encryption-policy",
+    ),
 ];
 
 fn main() {

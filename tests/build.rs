@@ -21,6 +21,11 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("HELLO", "hello-filter", "examples/hello-filter"),
     ("TAG_ONE", "weft-test-guest-tag-one", "tests/guests/tag-one"),
     ("TAG_TWO", "weft-test-guest-tag-two", "tests/guests/tag-two"),
+    (
+        "FROZEN_0_2",
+        "weft-test-guest-frozen-0-2",
+        "tests/guests/frozen-0-2",
+    ),
 ];
 
 fn main() {
