@@ -16,9 +16,9 @@ use weft_sdk::{Connection, ExchangeError, Responder, Summary};
 pub const LABELS: [&str; 19] = [
     "reporter",
     "destination_workload_namespace",
-    "destination_principal",
     "destination_canonical_service",
     "destination_canonical_revision",
+    "destination_principal",
     "source_workload",
     "source_workload_namespace",
     "source_principal",
@@ -36,7 +36,7 @@ pub const LABELS: [&str; 19] = [
 ];
 
 /// How many of [`LABELS`], from the first, the configuration fixes.
-pub const FIXED: usize = 5;
+pub const FIXED: usize = 4;
 
 /// What a label reads when Weft does not know its value.
 pub const UNKNOWN: &str = "unknown";

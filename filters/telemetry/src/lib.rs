@@ -39,10 +39,18 @@
 //! (with its namespace and canonical name: [`labels::Caller`]); the callee's filter
 //! labels the `source_*` labels with it and removes it.
 //!
+//! Identities, from mutual TLS: `source_principal` is the SPIFFE ID (or DNS name) the
+//! downstream client proved with its certificate; `destination_principal` the one the
+//! upstream proved (`context.upstream-identity`), or else, on a destination
+//! reporter, the one this proxy presented to its client (`context.local-identity`);
+//! `connection_security_policy` is `mutual_tls` when the client proved one, else
+//! `none` (`unknown` on a source reporter, as Istio's says). Each is `unknown` when
+//! nothing was proved.
+//!
 //! Labels that take values a client names: `destination_service` when it is the
 //! request's host (no `service` configured), the caller's workload, namespace and
-//! canonical name and revision from `x-weft-source-workload`, and the identity of the
-//! client's certificate. Each admits its first `max_label_values` distinct values,
+//! canonical name and revision from `x-weft-source-workload`, the identity of the
+//! client's certificate and that of the upstream's. Each admits its first `max_label_values` distinct values,
 //! shared by the filter's instances; later ones count as `unknown`, as Istio's and
 //! Linkerd's proxies fold names a client made up. A metric full anyway (the entry's
 //! `metrics.max_series`) counts new label sets in its `overflow` series.
@@ -70,7 +78,7 @@ use std::collections::{HashMap, HashSet};
 use weft_sdk::metrics::{Counter, Histogram, MetricError, Series};
 use weft_sdk::prelude::*;
 use weft_sdk::trace::{Span, SpanKind};
-use weft_sdk::{Facts, RequestHead, Responder, random, state, trace};
+use weft_sdk::{Connection, Facts, RequestHead, Responder, random, state, trace};
 
 use context::Parent;
 pub use labels::LABELS;
@@ -255,10 +263,11 @@ enum ClientLabel {
     SourceCanonicalService,
     SourceCanonicalRevision,
     SourcePrincipal,
+    DestinationPrincipal,
 }
 
 /// How many [`ClientLabel`]s there are.
-const CLIENT_LABELS: usize = 6;
+const CLIENT_LABELS: usize = 7;
 
 impl ClientLabel {
     /// Where the filter's state counts the values admitted, and the prefix of the key
@@ -271,6 +280,7 @@ impl ClientLabel {
             Self::SourceCanonicalService => ("labels.source_canonical_service", "label.sc."),
             Self::SourceCanonicalRevision => ("labels.source_canonical_revision", "label.sr."),
             Self::SourcePrincipal => ("labels.source_principal", "label.sp."),
+            Self::DestinationPrincipal => ("labels.destination_principal", "label.dp."),
         }
     }
 }
@@ -749,11 +759,10 @@ impl Telemetry {
             Reporter::Destination => [
                 "destination".to_owned(),
                 known(&self.namespace),
-                u(),
                 canonical_service.clone(),
                 canonical_revision.clone(),
             ],
-            Reporter::Source => ["source".to_owned(), u(), u(), u(), u()],
+            Reporter::Source => ["source".to_owned(), u(), u(), u()],
         };
         self.me = Me {
             fixed,
@@ -891,36 +900,30 @@ impl Filter for Telemetry {
         let grpc_code = grpc.map(Decimal::new);
         let grpc_failed = grpc.is_some_and(grpc_error);
         let flags = labels::response_flags(summary, facts.attempt, grpc_failed);
-        // Only a destination reporter's downstream is the caller; a source reporter's
-        // is its own workload, and what secures the call is on the upstream side.
-        let (policy, source_principal) = match self.reporter {
-            Reporter::Destination => {
-                let (policy, identity) = labels::security(&facts.connection);
-                let principal = identity.map_or(UNKNOWN, |id| {
-                    self.admit(ClientLabel::SourcePrincipal, cut(id, MAX_LABEL))
-                });
-                (policy, principal)
+        let upstream = ctx.upstream_identity();
+        // Only a destination's own certificate names the destination, and only a TLS
+        // connection has one: most requests ask for it no more than they need it.
+        let local = match self.reporter {
+            Reporter::Destination if upstream.is_none() && facts.connection.tls.is_some() => {
+                ctx.local_identity()
             }
-            Reporter::Source => (UNKNOWN, UNKNOWN),
+            _ => None,
         };
+        let [source_principal, dst_principal, policy] =
+            self.principals(&facts.connection, upstream.as_deref(), local.as_deref());
         let destination_workload = match self.reporter {
             Reporter::Destination => self.me.workload.as_str(),
             Reporter::Source => facts.cluster.as_deref().unwrap_or(UNKNOWN),
         };
-        let [
-            reporter,
-            dst_namespace,
-            dst_principal,
-            dst_canonical,
-            dst_revision,
-        ] = self.me.fixed.each_ref().map(String::as_str);
+        let [reporter, dst_namespace, dst_canonical, dst_revision] =
+            self.me.fixed.each_ref().map(String::as_str);
         // In the order of LABELS.
         let labels = [
             reporter,
             dst_namespace,
-            dst_principal,
             dst_canonical,
             dst_revision,
+            dst_principal,
             noted.source_workload,
             noted.source_namespace,
             source_principal,
@@ -950,6 +953,35 @@ impl Filter for Telemetry {
 }
 
 impl Telemetry {
+    /// `source_principal`, `destination_principal` and `connection_security_policy`
+    /// from the identities mutual TLS proved: the downstream client's (on its
+    /// `connection`), the upstream's, and the one this proxy presented downstream
+    /// (`local`). Identities a peer's certificate names are admitted like other
+    /// client-named values; the proxy's own is not a client's to vary.
+    fn principals<'a>(
+        &self,
+        connection: &'a Connection,
+        upstream: Option<&'a str>,
+        local: Option<&'a str>,
+    ) -> [&'a str; 3] {
+        let (secured, peer) = labels::security(connection);
+        let source = peer.map_or(UNKNOWN, |id| {
+            self.admit(ClientLabel::SourcePrincipal, cut(id, MAX_LABEL))
+        });
+        let destination = match (upstream, local, self.reporter) {
+            (Some(id), _, _) => self.admit(ClientLabel::DestinationPrincipal, cut(id, MAX_LABEL)),
+            (None, Some(me), Reporter::Destination) => cut(me, MAX_LABEL),
+            _ => UNKNOWN,
+        };
+        // A source reporter's downstream is its own workload: what secures the call is
+        // on the upstream side, and Istio's source reporter says `unknown`.
+        let policy = match self.reporter {
+            Reporter::Source => UNKNOWN,
+            Reporter::Destination => secured,
+        };
+        [source, destination, policy]
+    }
+
     /// Export this hop's span, with OpenTelemetry's attributes and Weft's.
     fn export_span(
         &self,
@@ -1244,6 +1276,7 @@ mod tests {
             ClientLabel::SourceCanonicalService,
             ClientLabel::SourceCanonicalRevision,
             ClientLabel::SourcePrincipal,
+            ClientLabel::DestinationPrincipal,
         ] {
             state::delete(label.keys().0);
         }
@@ -1306,6 +1339,72 @@ mod tests {
         assert_eq!(wide.note(&head).source_workload, "unknown");
     }
 
+    fn connection(peer: Option<&str>) -> Connection {
+        Connection {
+            peer_address: "10.0.0.1:5000".into(),
+            local_address: "10.0.0.2:8443".into(),
+            tls: peer.map(|id| weft_sdk::TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                sni: None,
+                alpn: None,
+                peer_identity: Some(id.into()),
+            }),
+            version: weft_sdk::HttpVersion::Http2,
+        }
+    }
+
+    #[test]
+    fn principals_name_what_mutual_tls_proved() {
+        forget_admissions();
+        let desk = "spiffe://bank.example/ns/trading/sa/desk";
+        let banking = "spiffe://bank.example/ns/bank/sa/banking";
+        let ledger = "spiffe://bank.example/ns/bank/sa/ledger";
+        let inbound: Telemetry = weft_sdk::from_config(r#"{"max_label_values": 2}"#).unwrap();
+        let mtls = connection(Some(desk));
+        let clear = connection(None);
+        // The caller proved desk; this proxy presented banking to it.
+        assert_eq!(
+            inbound.principals(&mtls, None, Some(banking)),
+            [desk, banking, "mutual_tls"]
+        );
+        // The upstream's own proof wins over the proxy's.
+        assert_eq!(
+            inbound.principals(&mtls, Some(ledger), Some(banking)),
+            [desk, ledger, "mutual_tls"]
+        );
+        assert_eq!(
+            inbound.principals(&clear, None, None),
+            ["unknown", "unknown", "none"]
+        );
+        // A source knows its callee only by what the callee proved.
+        let outbound: Telemetry =
+            weft_sdk::from_config(r#"{"reporter": "source", "workload": "trading"}"#).unwrap();
+        assert_eq!(
+            outbound.principals(&clear, Some(banking), Some(desk)),
+            ["unknown", banking, "unknown"]
+        );
+        assert_eq!(
+            outbound.principals(&clear, None, Some(desk)),
+            ["unknown", "unknown", "unknown"]
+        );
+        // Identities a peer's certificate names are bounded like a client's names
+        // (counted afresh: the filter's instances share their admissions).
+        forget_admissions();
+        let bounded: Telemetry = weft_sdk::from_config(r#"{"max_label_values": 2}"#).unwrap();
+        for i in 0..5 {
+            let id = format!("spiffe://bank.example/ns/x/sa/s{i}");
+            let conn = connection(Some(&id));
+            let [source, destination, _] = bounded.principals(&conn, Some(&id), None);
+            let want = if i < 2 { id.as_str() } else { "unknown" };
+            assert_eq!((source, destination), (want, want), "{i}");
+        }
+        // The proxy's own identity is not a peer's to vary, and is cut like a label.
+        let long = format!("spiffe://bank.example/{}", "a".repeat(300));
+        let [_, me, _] = inbound.principals(&mtls, None, Some(&long));
+        assert_eq!(me.len(), MAX_LABEL);
+    }
+
     #[test]
     fn the_proxys_own_names_and_a_qualified_service() {
         let t: Telemetry = weft_sdk::from_config(
@@ -1313,10 +1412,7 @@ mod tests {
                 "service": "reviews", "qualify_service": true}"#,
         )
         .unwrap();
-        assert_eq!(
-            t.me.fixed,
-            ["destination", "bookinfo", "unknown", "reviews", "latest"]
-        );
+        assert_eq!(t.me.fixed, ["destination", "bookinfo", "reviews", "latest"]);
         let head = RequestHead::new("GET", "/").with_authority("x:80");
         let n = t.note(&head);
         assert_eq!(n.destination_service, "reviews.bookinfo.svc.cluster.local");
@@ -1331,7 +1427,7 @@ mod tests {
         );
         assert_eq!(
             t.me.fixed,
-            ["destination", "bookinfo", "unknown", "unknown", "unknown"]
+            ["destination", "bookinfo", "unknown", "unknown"]
         );
         // A bare name stays bare unless asked.
         let t: Telemetry =
@@ -1364,10 +1460,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.me.caller, "trading;markets;;v2");
-        assert_eq!(
-            t.me.fixed,
-            ["source", "unknown", "unknown", "unknown", "unknown"]
-        );
+        assert_eq!(t.me.fixed, ["source", "unknown", "unknown", "unknown"]);
         // A client's claim is no source reporter's business: its own names go.
         let head = RequestHead::new("GET", "/").with_header(SOURCE_HEADER, "mallory;x;y;z");
         let n = t.note(&head);
