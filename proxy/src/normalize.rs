@@ -25,7 +25,7 @@ fn bad(reason: &'static str, detail: String) -> ProxyError {
 }
 
 /// Settle the request's one authority, as described in the module docs.
-pub(crate) fn authority(parts: &mut Parts) -> Result<(), ProxyError> {
+pub fn authority(parts: &mut Parts) -> Result<(), ProxyError> {
     let mut hosts = parts.headers.get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -87,7 +87,7 @@ fn usable_host(host: &str) -> bool {
 
 /// Normalise the path of `parts.uri` in place (see the module docs); the query is
 /// kept as sent. Paths that need nothing cost one scan and no allocation.
-pub(crate) fn path(parts: &mut Parts) -> Result<(), ProxyError> {
+pub fn path(parts: &mut Parts) -> Result<(), ProxyError> {
     let Some(pq) = parts.uri.path_and_query() else {
         return Ok(());
     };
@@ -108,7 +108,7 @@ pub(crate) fn path(parts: &mut Parts) -> Result<(), ProxyError> {
 }
 
 /// The normal form of `path`, or `None` when it is already normal.
-pub(crate) fn normal_path(path: &str) -> Option<String> {
+pub fn normal_path(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
     if !bytes.starts_with(b"/") || !needs_work(bytes) {
         return None;
