@@ -318,9 +318,13 @@ impl EncryptionPolicy {
             Denial::DeniedBy(i) => format!("rules[{i}] denies it"),
             Denial::NoAllowMatched => "no allow rule matches".to_owned(),
         };
-        let caller = caller.map_or("none", |c| cut(c, MAX_LOGGED));
+        // Quoted, so that whatever a certificate names reads as one value.
+        let caller = caller.map_or_else(
+            || "none".to_owned(),
+            |c| format!("{:?}", cut(c, MAX_LOGGED)),
+        );
         log::info(&format!(
-            "denied: {}: caller {caller:?} ({why})",
+            "denied: {}: caller {caller} ({why})",
             denial.message()
         ));
         Action::Respond(LocalResponse::new(403).text(format!("{}\n", denial.message())))
