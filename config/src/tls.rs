@@ -165,14 +165,14 @@ impl Config {
     ) -> Result<(), ConfigError> {
         let key = |k: &str| format!("clusters[{i}].tls{k}");
         match t.mode {
-            TlsMode::Terminate if t.ca.is_none() => {
-                self.invalid(at, key(".ca"), "ordinary TLS needs the CA file to trust")
-            }
             TlsMode::Terminate if t.identity.is_some() => self.invalid(
                 at,
                 key(".identity"),
                 "an identity is proven by mutual TLS: set mode: mesh",
             ),
+            TlsMode::Terminate if t.ca.is_none() => {
+                self.invalid(at, key(".ca"), "ordinary TLS needs the CA file to trust")
+            }
             TlsMode::Mesh if t.ca.is_some() || t.server_name.is_some() => self.invalid(
                 at,
                 key(""),

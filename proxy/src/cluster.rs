@@ -600,7 +600,12 @@ impl Cluster {
                 Conn::Http2(mut sender) => {
                     let mut uri = http::uri::Parts::default();
                     uri.scheme = Some(self.scheme.clone());
-                    uri.authority = Some(endpoint.authority.clone());
+                    // HTTP/2 names the target in `:authority`, where HTTP/1 has
+                    // `host`: the host the client named, else the endpoint. Both
+                    // at once must agree, so `host` goes.
+                    let host = req.headers_mut().remove(http::header::HOST);
+                    let named = host.and_then(|h| Authority::try_from(h.as_bytes()).ok());
+                    uri.authority = Some(named.unwrap_or_else(|| endpoint.authority.clone()));
                     uri.path_and_query = Some(pq.clone());
                     *req.uri_mut() =
                         http::Uri::from_parts(uri).expect("scheme, authority and path are set");

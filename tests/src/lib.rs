@@ -36,6 +36,9 @@ use tokio::net::TcpListener;
 
 pub use weft_testkit::*;
 
+/// Mutual TLS: a mesh CA, a recording relay, TLS clients.
+pub mod mesh;
+
 /// Paths of the guest components built for the tests.
 pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
