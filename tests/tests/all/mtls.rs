@@ -199,6 +199,26 @@ async fn openssl_without_a_client_certificate_is_served_when_permissive() {
     assert!(out.contains("banking-app"), "{out}");
 }
 
+/// STRICT: the same client is refused by a listener whose policy requires a proven
+/// identity, and served once it presents a workload certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_without_a_client_certificate_is_refused_when_strict() {
+    let (_ca, dir) = workloads(&[("banking", BANKING), ("trading", TRADING)]);
+    let app = backend("banking-app").start().await;
+    let strict =
+        r#"[{ name: policy, module: "builtin:encryption-policy", config: { mode: strict } }]"#;
+    let callee = inbound(&dir.0, "banking", &app, strict).await;
+    let bundle = dir.0.join("bundle.pem");
+    let out = s_client(callee.addr, &bundle, None).await;
+    assert!(out.contains("HTTP/1.1 403"), "{out}");
+    assert!(out.contains("mutual TLS required"), "{out}");
+    assert_eq!(app.requests(), 0);
+    let (cert, key) = (dir.0.join("trading.pem"), dir.0.join("trading-key.pem"));
+    let out = s_client(callee.addr, &bundle, Some((&cert, &key))).await;
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    assert_eq!(app.requests(), 1);
+}
+
 /// Run `openssl s_client` against `addr` with one HTTP/1.1 request on stdin,
 /// optionally presenting `client` (cert and key files); its output.
 pub(crate) async fn s_client(
@@ -207,14 +227,9 @@ pub(crate) async fn s_client(
     client: Option<(&Path, &Path)>,
 ) -> String {
     let mut cmd = std::process::Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-connect",
-        &addr.to_string(),
-        "-quiet",
-    ])
-    .arg("-CAfile")
-    .arg(ca);
+    cmd.args(["s_client", "-connect", &addr.to_string(), "-quiet"])
+        .arg("-CAfile")
+        .arg(ca);
     if let Some((cert, key)) = client {
         cmd.arg("-cert").arg(cert).arg("-key").arg(key);
     }
