@@ -33,6 +33,7 @@
 
 mod cache;
 mod error;
+mod identity;
 mod instance;
 mod report;
 
@@ -84,6 +85,9 @@ pub struct Options {
     /// none: not on disk (a restart then waits for the server to release the node
     /// id).
     pub state_dir: Option<PathBuf>,
+    /// Ask the config server for a workload certificate (see `identity`) even
+    /// before a mesh config with an `identity` section asks for one.
+    pub identity: bool,
     /// First wait before reconnecting; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     /// Longest wait before reconnecting.
@@ -100,6 +104,7 @@ impl Options {
             service: service.to_owned(),
             labels: BTreeMap::new(),
             state_dir: None,
+            identity: false,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
         }
@@ -218,6 +223,8 @@ struct Subscriber {
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     /// The secret the server binds the node id to.
     instance: instance::Instance,
+    /// Gets and renews the workload certificate.
+    identity: identity::Renewal,
     applied: Applied,
     version_tx: watch::Sender<Option<u64>>,
     cache: Option<Arc<cache::DiskCache>>,
@@ -276,6 +283,21 @@ pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, Agent
         .state_dir
         .clone()
         .map(|dir| Arc::new(cache::DiskCache::new(dir)));
+    let renewal = identity::start(
+        proxy.identity(),
+        identity::Settings {
+            endpoint: &endpoint,
+            server: &options.server,
+            authorization: authorization.clone(),
+            node: &options.node,
+            instance: &instance.secret,
+            state_dir: options.state_dir.as_deref(),
+            wanted: options.identity,
+            min_backoff: options.min_backoff,
+            max_backoff: options.max_backoff,
+        },
+    )
+    .await;
     let mut subscriber = Subscriber {
         proxy,
         options,
@@ -283,6 +305,7 @@ pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, Agent
         addr,
         authorization,
         instance,
+        identity: renewal,
         applied: Applied::default(),
         version_tx,
         cache,
@@ -420,6 +443,7 @@ impl Subscriber {
         let server = self.options.server.clone();
         self.warned = None;
         tracing::info!(server, node = %self.options.node, "subscribed to the config server");
+        self.identity.subscribed();
         // Reports count from now: what was served while no server listened is not
         // told to this one as if it had just happened.
         let hub = self.proxy.engine().metrics();
@@ -504,6 +528,7 @@ impl Subscriber {
         let filters = snapshot.filters;
         let mesh = MeshConfig::parse(&snapshot.mesh, &format!("mesh v{version}"))
             .map_err(|e| e.to_string())?;
+        self.identity.want(mesh.identity.is_some());
         let group = mesh
             .select(&self.options.service, &self.options.labels)
             .ok_or_else(|| {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod certs;
 mod check;
 mod client;
 mod demo;
@@ -116,6 +117,9 @@ enum Command {
     /// route across the mesh, from the traffic proxies report to the config server;
     /// redrawn live in a terminal.
     Stat(stat::StatArgs),
+    /// Make a development CA and workload certificates (SPIFFE IDs) in one folder,
+    /// for demos and tests; a CA already there is reused.
+    Certs(certs::CertsArgs),
     /// Make an earlier version current again (as a new version).
     Rollback {
         /// The version to return to.
@@ -173,6 +177,17 @@ struct ConfigServerArgs {
     /// to those, so that no web page can reach it by a name made to resolve here.
     #[arg(long = "allow-host", value_name = "NAME")]
     allow_hosts: Vec<String>,
+    /// The mesh CA's certificate (PEM), which signs the proxies' workload
+    /// certificates [default: ca.pem in the data folder, made on first start].
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The mesh CA's private key (PKCS#8 PEM) [default: ca-key.pem in the data folder].
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// More CA certificates (PEM) for the trust bundle proxies get: the old CA while
+    /// the trust anchor is rotated (see docs/identity.md).
+    #[arg(long, value_name = "FILE")]
+    trust_bundle: Option<PathBuf>,
     #[command(flatten)]
     runtime: Runtime,
 }
@@ -192,6 +207,9 @@ impl ConfigServerArgs {
         };
         options.report_interval = self.report_interval;
         options.allowed_hosts = self.allow_hosts;
+        options.ca_cert = self.ca_cert;
+        options.ca_key = self.ca_key;
+        options.trust_bundle = self.trust_bundle;
         options
     }
 }
@@ -349,6 +367,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::ProxyConfig(args) => inspect::proxy_config(&args).await,
         Command::Check(args) => check::check(&args).await,
         Command::Stat(args) => stat::stat(&args).await,
+        Command::Certs(args) => certs::run(&args),
         Command::Rollback { version, server } => client::rollback(&server, version).await,
         Command::Demo {
             listen,

@@ -58,6 +58,9 @@ pub enum ServerError {
         /// The name given.
         name: String,
     },
+    /// The mesh CA could not be loaded or made.
+    #[error("mesh CA: {0}")]
+    Ca(#[from] crate::ca::CaError),
     /// A startup task died (a bug).
     #[error("internal error while starting: {0}")]
     Internal(String),

@@ -49,6 +49,8 @@
 
 mod api;
 mod auth;
+pub mod ca;
+mod certify;
 mod changes;
 mod checks;
 mod error;
@@ -101,6 +103,16 @@ pub struct Options {
     /// and for requests from this machine without a token otherwise, so that a page
     /// whose site name was made to resolve to this machine gets nothing.
     pub allowed_hosts: Vec<String>,
+    /// The mesh CA's certificate (PEM; the CA's first, then any intermediates up
+    /// to the root), with `ca_key`; none: the data folder's (`ca.pem`, made on
+    /// first start).
+    pub ca_cert: Option<PathBuf>,
+    /// The mesh CA's private key (PKCS#8 PEM), with `ca_cert`; none: the data
+    /// folder's (`ca-key.pem`, 0600).
+    pub ca_key: Option<PathBuf>,
+    /// More CA certificates (PEM) for the trust bundle proxies get, besides the
+    /// CA's own: the old CA during a trust-anchor rotation.
+    pub trust_bundle: Option<PathBuf>,
 }
 
 impl Options {
@@ -120,6 +132,9 @@ impl Options {
             limits: Limits::default(),
             report_interval: Self::DEFAULT_REPORT_INTERVAL,
             allowed_hosts: Vec::new(),
+            ca_cert: None,
+            ca_key: None,
+            trust_bundle: None,
         }
     }
 }
@@ -276,6 +291,8 @@ pub(crate) struct Shared {
     pub report_interval: Duration,
     pub hosts: auth::Hosts,
     pub stop: watch::Receiver<bool>,
+    /// Signs the proxies' workload certificates.
+    pub ca: Arc<ca::Ca>,
 }
 
 impl Shared {
@@ -304,6 +321,7 @@ impl Shared {
             hosts: auth::Hosts::new("127.0.0.1:0".parse().expect("an address"), &[])
                 .expect("no names to check"),
             stop,
+            ca: certify::test_ca(),
         })
     }
 }
@@ -337,6 +355,12 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
         current,
         engine,
     } = loaded;
+    let ca = {
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || certify::load_ca(&opts.data_dir, &opts))
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))??
+    };
     let (listener, addr) = bind(opts.listen).await?;
     let (stop, stop_rx) = watch::channel(false);
     let versions = state.versions.len();
@@ -354,6 +378,7 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
         report_interval: opts.report_interval,
         hosts,
         stop: stop_rx.clone(),
+        ca: Arc::new(ca),
     });
     let task = tokio::spawn(serve::serve(listener, app(shared), opts.limits, stop_rx));
     tracing::info!(%addr, data_dir = %opts.data_dir.display(), versions, "config server started");

@@ -289,6 +289,34 @@ impl Registry {
         }
     }
 
+    /// The service and labels of `node`, if its stream is live and bound to
+    /// `instance` (the secret of that stream's Hello): who a request on the
+    /// proxy's behalf outside its stream (a certificate) speaks for.
+    pub fn live(
+        &self,
+        node: &str,
+        instance: &str,
+    ) -> Result<(String, BTreeMap<String, String>), Status> {
+        let digest: [u8; 32] = Sha256::digest(instance.as_bytes()).into();
+        let inner = self.lock();
+        let Some(entry) = inner.proxies.get(node) else {
+            return Err(Status::failed_precondition(format!(
+                "node {node:?} has no Subscribe stream: subscribe first"
+            )));
+        };
+        if !auth::same(&entry.instance, &digest) {
+            return Err(Status::permission_denied(format!(
+                "node {node:?} is held by another proxy process (another instance secret)"
+            )));
+        }
+        if entry.live.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "node {node:?} has no live Subscribe stream: subscribe first"
+            )));
+        }
+        Ok((entry.view.service.clone(), entry.view.labels.clone()))
+    }
+
     /// Every proxy, by node id.
     pub fn list(&self) -> Vec<ProxyView> {
         self.lock()

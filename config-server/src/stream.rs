@@ -25,8 +25,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weft_api::proxy_message::Kind;
 use weft_api::{
-    Ack, Control, ControlServer, Hello, MAX_MESSAGE_SIZE, MAX_PROXY_MESSAGE_SIZE, Module, Nack,
-    ProxyMessage, Report, Snapshot,
+    Ack, CertifyRequest, CertifyResponse, Control, ControlServer, Hello, MAX_MESSAGE_SIZE,
+    MAX_PROXY_MESSAGE_SIZE, Module, Nack, ProxyMessage, Report, Snapshot,
 };
 
 use crate::checks::{check_ack, check_hello, module_set, truncate_error};
@@ -66,7 +66,7 @@ impl Control for ControlService {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
         // Nothing is read from a stream without the proxy token.
-        self.authorize(&request, peer)?;
+        self.authorize(&request, peer, "Subscribe")?;
         let mut inbound = request.into_inner();
         let hello = read_hello(&mut inbound).await?;
         let registered = self.register(&hello, peer)?;
@@ -85,12 +85,31 @@ impl Control for ControlService {
         self.tell_report_interval(&mut response);
         Ok(response)
     }
+
+    async fn certify(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        self.authorize(&request, peer, "Certify")?;
+        crate::certify::certify(&self.shared, request.into_inner(), peer)
+            .await
+            .map(Response::new)
+    }
 }
 
 impl ControlService {
-    /// Whether the stream carries the proxy token, and if not, what it carries
+    /// Whether the call `rpc` carries the proxy token, and if not, what it carries
     /// instead so the operator knows which token to give.
-    fn authorize<T>(&self, request: &Request<T>, peer: Option<SocketAddr>) -> Result<(), Status> {
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        peer: Option<SocketAddr>,
+        rpc: &str,
+    ) -> Result<(), Status> {
         let given = request
             .metadata()
             .get("authorization")
@@ -99,13 +118,13 @@ impl ControlService {
             return Ok(());
         }
         let why = if given.is_none() {
-            "Subscribe needs the proxy token: send the metadata `authorization: Bearer TOKEN`"
+            format!("{rpc} needs the proxy token: send the metadata `authorization: Bearer TOKEN`")
         } else if auth::bearer_matches(given, &self.shared.token) {
-            "this is the API token; Subscribe needs the proxy token"
+            format!("this is the API token; {rpc} needs the proxy token")
         } else {
-            "the proxy token is wrong"
+            "the proxy token is wrong".to_owned()
         };
-        tracing::warn!(?peer, "refused a proxy stream: {why}");
+        tracing::warn!(?peer, rpc, "refused a proxy's call: {why}");
         Err(Status::unauthenticated(why))
     }
 
