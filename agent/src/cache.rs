@@ -36,6 +36,12 @@ struct SnapshotFile {
     version: u64,
     mesh: String,
     filters: BTreeMap<String, String>,
+    /// Kept so that a restart with trusted keys checks the cached snapshot as it
+    /// checked it when it came; absent from files written before signatures.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    mesh_signature: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    module_signatures: BTreeMap<String, String>,
 }
 
 pub(crate) struct Cached {
@@ -107,6 +113,8 @@ impl DiskCache {
                 mesh: file.mesh,
                 filters: file.filters,
                 modules: Vec::new(),
+                mesh_signature: file.mesh_signature,
+                module_signatures: file.module_signatures,
             },
             modules,
         }))
@@ -118,6 +126,7 @@ impl DiskCache {
         version: u64,
         mesh: &str,
         filters: &BTreeMap<String, String>,
+        signatures: &crate::verify::Signatures,
         modules: &HashMap<String, Bytes>,
     ) -> Result<(), CacheError> {
         use std::os::unix::fs::DirBuilderExt;
@@ -137,6 +146,8 @@ impl DiskCache {
             version,
             mesh: mesh.to_owned(),
             filters: filters.clone(),
+            mesh_signature: signatures.mesh.clone(),
+            module_signatures: signatures.modules.clone(),
         };
         let json = serde_json::to_vec_pretty(&file).map_err(|e| CacheError::Corrupt {
             path: self.snapshot_file(),

@@ -16,7 +16,11 @@
 //!    workers, and requests in flight finish on the chain they started with.
 //! 3. When the server asks for them, the agent reports what the proxy's RED metrics
 //!    counted (see `report`) on the same stream, for `weft stat`.
-//! 4. [`Agent::applied`] tells which version is live. [`Agent::shutdown`] says
+//! 4. With trusted keys ([`Options::trusted_keys`]), every snapshot's mesh config
+//!    and every pushed module it uses must carry a signature by one of them (see
+//!    [`signature`]), checked against the bytes before anything is loaded; else the
+//!    snapshot is refused (NACK) and the proxy keeps serving its last good one.
+//! 5. [`Agent::applied`] tells which version is live. [`Agent::shutdown`] says
 //!    goodbye, so the server frees the node id at once; [`Agent::stop`] just ends.
 //!
 //! ```no_run
@@ -36,6 +40,8 @@ mod error;
 mod identity;
 mod instance;
 mod report;
+pub mod signature;
+mod verify;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -54,6 +60,8 @@ use weft_config::MeshConfig;
 use weft_proxy::RunningProxy;
 
 use error::StreamError;
+use signature::TrustedKeys;
+use verify::Signatures;
 
 /// A failure said once is said again after this long if it lasts: a reminder, not
 /// a line per retry.
@@ -92,6 +100,9 @@ pub struct Options {
     pub min_backoff: Duration,
     /// Longest wait before reconnecting.
     pub max_backoff: Duration,
+    /// A file of public keys (see [`signature::TrustedKeys`]); when set, a snapshot
+    /// whose mesh config or pushed modules no key of it signed is refused.
+    pub trusted_keys: Option<PathBuf>,
 }
 
 impl Options {
@@ -107,6 +118,7 @@ impl Options {
             identity: false,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            trusted_keys: None,
         }
     }
 }
@@ -145,6 +157,9 @@ pub enum AgentError {
     /// No random instance secret could be drawn.
     #[error("cannot draw a random instance secret from /dev/urandom: {0}")]
     Random(std::io::Error),
+    /// The trusted keys cannot be read.
+    #[error("trusted keys: {0}")]
+    TrustedKeys(#[from] signature::KeysError),
 }
 
 /// A running agent.
@@ -223,6 +238,8 @@ struct Subscriber {
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     /// The secret the server binds the node id to.
     instance: instance::Instance,
+    /// Whose signatures a snapshot needs; none: signatures are not checked.
+    trusted: Option<Arc<TrustedKeys>>,
     /// Gets and renews the workload certificate.
     identity: identity::Renewal,
     applied: Applied,
@@ -277,6 +294,10 @@ pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, Agent
         .await
         .map_err(|e| AgentError::Random(std::io::Error::other(e)))?
         .map_err(AgentError::Random)?;
+    let trusted = match &options.trusted_keys {
+        Some(path) => Some(Arc::new(TrustedKeys::load(path)?)),
+        None => None,
+    };
     let (version_tx, applied) = watch::channel(None);
     let (stop, stop_rx) = watch::channel(false);
     let cache = options
@@ -305,6 +326,7 @@ pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, Agent
         addr,
         authorization,
         instance,
+        trusted,
         identity: renewal,
         applied: Applied::default(),
         version_tx,
@@ -519,10 +541,15 @@ impl Subscriber {
     /// Apply one snapshot, all or nothing; the error says why it was refused.
     async fn apply(
         &mut self,
-        snapshot: Snapshot,
+        mut snapshot: Snapshot,
         mut received: HashMap<String, Bytes>,
     ) -> Result<(), String> {
         let version = snapshot.version;
+        let signatures = Signatures::take(&mut snapshot);
+        // Nothing of a snapshot is used before its signatures are checked.
+        if let Some(keys) = &self.trusted {
+            verify::mesh(keys, &snapshot.mesh, &signatures)?;
+        }
         // Received modules are not hashed here: the engine checks every module it
         // loads against the sha256 the configuration names, and refuses a mismatch.
         let filters = snapshot.filters;
@@ -544,8 +571,12 @@ impl Subscriber {
         let running = config.pushed_filters();
         let fingerprint = (snapshot.mesh.clone(), group, needed.clone());
         if self.applied.fingerprint.as_ref() == Some(&fingerprint) {
+            if let Some(keys) = &self.trusted {
+                verify::held(keys, &needed, &signatures, &running)?;
+            }
             // Another group or filter changed; this proxy's configuration did not.
-            self.mark_applied(version, snapshot.mesh, filters).await;
+            self.mark_applied(version, snapshot.mesh, filters, signatures)
+                .await;
             return Ok(());
         }
         let mut modules = HashMap::with_capacity(needed.len());
@@ -559,7 +590,11 @@ impl Subscriber {
         // Loading filters compiles and instantiates: keep it off the runtime's
         // workers, which are serving requests.
         let proxy = self.proxy.clone();
+        let check = (self.trusted.clone()).map(|keys| (keys, signatures.clone(), running.clone()));
         let modules = tokio::task::spawn_blocking(move || {
+            if let Some((keys, signatures, running)) = &check {
+                verify::modules(keys, &modules, signatures, running)?;
+            }
             proxy
                 .reload_with(&config, &modules)
                 .map(|()| modules)
@@ -571,7 +606,8 @@ impl Subscriber {
         self.applied.filters = running;
         self.applied.fingerprint = Some(fingerprint);
         self.proxy.set_ready(true);
-        self.mark_applied(version, snapshot.mesh, filters).await;
+        self.mark_applied(version, snapshot.mesh, filters, signatures)
+            .await;
         tracing::info!(version, "snapshot applied");
         Ok(())
     }
@@ -581,6 +617,7 @@ impl Subscriber {
         version: u64,
         mesh: String,
         filters: BTreeMap<String, String>,
+        signatures: Signatures,
     ) {
         self.applied.version = Some(version);
         self.proxy.set_config_version(version);
@@ -590,9 +627,10 @@ impl Subscriber {
         };
         // Writing and syncing files blocks: keep it off the workers serving requests.
         let modules = self.applied.modules.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || cache.store(version, &mesh, &filters, &modules))
-                .await;
+        let stored = tokio::task::spawn_blocking(move || {
+            cache.store(version, &mesh, &filters, &signatures, &modules)
+        })
+        .await;
         let stored = stored
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));

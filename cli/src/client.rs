@@ -1,6 +1,8 @@
 //! `weft push`, `apply`, `status`, `rollback`: the config server's HTTP API from the
 //! command line. Refusals print the server's reason and exit non-zero; so do
 //! `apply --wait` when a proxy refuses or is late, and `status` while one does.
+//! `push --sign KEYFILE` and `apply --sign KEYFILE` send an ed25519 signature of what
+//! they upload (see `keys`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use weft_agent::signature::{HEADER as SIGNATURE_HEADER, Signed};
+
+use crate::keys::Signer;
 
 /// Which config server, and the token for writes.
 #[derive(clap::Args)]
@@ -82,8 +87,22 @@ impl ServerArgs {
         path: &str,
         body: Option<(Bytes, &'static str)>,
     ) -> anyhow::Result<Answer> {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// [`ServerArgs::send`] with more request headers.
+    pub(crate) async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &'static str)>,
+        headers: &[(&'static str, String)],
+    ) -> anyhow::Result<Answer> {
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
         let mut req = Request::builder().method(method.clone()).uri(&url);
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
         if let Some(token) = self.token.token()? {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -123,7 +142,18 @@ impl ServerArgs {
         path: &str,
         body: Option<(Bytes, &'static str)>,
     ) -> anyhow::Result<Value> {
-        let answer = self.send(method.clone(), path, body).await?;
+        self.call_with(method, path, body, &[]).await
+    }
+
+    /// [`ServerArgs::call`] with more request headers.
+    pub(crate) async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &'static str)>,
+        headers: &[(&'static str, String)],
+    ) -> anyhow::Result<Value> {
+        let answer = self.send_with(method.clone(), path, body, headers).await?;
         if !answer.status.is_success() {
             bail!("{}", refusal(&method, path, &answer));
         }
@@ -167,13 +197,34 @@ pub(crate) fn text(v: &Value, key: &str) -> String {
     }
 }
 
-pub(crate) async fn push(server: &ServerArgs, file: &Path, name: &str) -> anyhow::Result<()> {
+/// The signature header of `content`, signed with the key in `key`, if one is given.
+fn signed(
+    key: Option<&Path>,
+    what: Signed,
+    content: &[u8],
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let Some(key) = key else {
+        return Ok(Vec::new());
+    };
+    let signer = Signer::load(key)?;
+    Ok(vec![(SIGNATURE_HEADER, signer.sign(what, content))])
+}
+
+/// `weft push FILE --name NAME [--sign KEYFILE]`.
+pub(crate) async fn push(
+    server: &ServerArgs,
+    file: &Path,
+    name: &str,
+    sign: Option<&Path>,
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let headers = signed(sign, Signed::Module, &bytes)?;
     let v = server
-        .call(
+        .call_with(
             Method::PUT,
             &format!("/v1/filters/{name}"),
             Some((bytes.into(), "application/wasm")),
+            &headers,
         )
         .await?;
     let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);
@@ -213,6 +264,10 @@ pub(crate) struct ApplyArgs {
     /// connected proxy has no group (without it these are warnings).
     #[arg(long)]
     strict: bool,
+    /// Sign the mesh config with this private key (`weft keys new`); a server with
+    /// --trusted-keys takes only signed configs.
+    #[arg(long, value_name = "KEYFILE")]
+    sign: Option<PathBuf>,
 }
 
 /// A mesh config applied.
@@ -228,14 +283,26 @@ pub(crate) async fn apply_file(
     file: &Path,
     strict: bool,
 ) -> anyhow::Result<Applied> {
+    apply_signed(server, file, strict, None).await
+}
+
+/// [`apply_file`], signed with the key in `sign` when one is given.
+pub(crate) async fn apply_signed(
+    server: &ServerArgs,
+    file: &Path,
+    strict: bool,
+    sign: Option<&Path>,
+) -> anyhow::Result<Applied> {
     let yaml = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let headers = signed(sign, Signed::Mesh, &yaml)?;
     let query = url_encode(&file.display().to_string());
     let strict = if strict { "&strict=true" } else { "" };
     let v = server
-        .call(
+        .call_with(
             Method::PUT,
             &format!("/v1/mesh?file={query}{strict}"),
             Some((yaml.into(), "application/yaml")),
+            &headers,
         )
         .await?;
     let version = v["version"]
@@ -257,7 +324,7 @@ pub(crate) fn warnings(v: &Value) -> Vec<String> {
 pub(crate) async fn apply(server: &ServerArgs, args: &ApplyArgs) -> anyhow::Result<()> {
     let file = (args.file.as_ref().or(args.path.as_ref()))
         .context("give the mesh YAML, as FILE or -f FILE")?;
-    let applied = apply_file(server, file, args.strict).await?;
+    let applied = apply_signed(server, file, args.strict, args.sign.as_deref()).await?;
     let version = applied.version;
     println!("applied {}: version {version}", file.display());
     for w in &applied.warnings {

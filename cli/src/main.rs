@@ -7,6 +7,7 @@ mod check;
 mod client;
 mod demo;
 mod inspect;
+mod keys;
 mod paths;
 mod stat;
 
@@ -70,6 +71,10 @@ enum Command {
         /// The name mesh configs use (`module: filter:NAME`).
         #[arg(long)]
         name: String,
+        /// Sign the module with this private key (`weft keys new`); a server with
+        /// --trusted-keys takes only signed filters.
+        #[arg(long, value_name = "KEYFILE")]
+        sign: Option<PathBuf>,
         #[command(flatten)]
         server: client::ServerArgs,
     },
@@ -120,6 +125,8 @@ enum Command {
     /// Make a development CA and workload certificates (SPIFFE IDs) in one folder,
     /// for demos and tests; a CA already there is reused.
     Certs(certs::CertsArgs),
+    /// Signing keys for pushes and applies: `weft keys new --out DIR`.
+    Keys(keys::KeysArgs),
     /// Make an earlier version current again (as a new version).
     Rollback {
         /// The version to return to.
@@ -177,6 +184,11 @@ struct ConfigServerArgs {
     /// to those, so that no web page can reach it by a name made to resolve here.
     #[arg(long = "allow-host", value_name = "NAME")]
     allow_hosts: Vec<String>,
+    /// Take only pushes and applies signed by a key of this file (one ed25519 public
+    /// key per line, 64 hex digits, as `weft keys new` writes; `#` comments); others
+    /// are refused (403).
+    #[arg(long, value_name = "FILE")]
+    trusted_keys: Option<PathBuf>,
     /// The mesh CA's certificate (PEM), which signs the proxies' workload
     /// certificates [default: ca.pem in the data folder, made on first start].
     #[arg(long, value_name = "FILE", requires = "ca_key")]
@@ -207,6 +219,7 @@ impl ConfigServerArgs {
         };
         options.report_interval = self.report_interval;
         options.allowed_hosts = self.allow_hosts;
+        options.trusted_keys = self.trusted_keys;
         options.ca_cert = self.ca_cert;
         options.ca_key = self.ca_key;
         options.trust_bundle = self.trust_bundle;
@@ -241,6 +254,11 @@ struct Identity {
     /// [default: $XDG_STATE_HOME/weft/proxy-NODE or ~/.local/state/weft/proxy-NODE].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Load only snapshots whose mesh config and pushed modules a key of this file
+    /// signed (one ed25519 public key per line); others are refused (NACK) and the
+    /// last good config keeps serving.
+    #[arg(long, value_name = "FILE")]
+    trusted_keys: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -354,7 +372,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             run_proxy(path, check, drain_delay).await
         }
         Command::ConfigServer(args) => run_config_server(args.options()).await,
-        Command::Push { file, name, server } => client::push(&server, &file, &name).await,
+        Command::Push {
+            file,
+            name,
+            sign,
+            server,
+        } => client::push(&server, &file, &name, sign.as_deref()).await,
+        Command::Keys(args) => keys::run(&args),
         Command::Apply { args, server } => client::apply(&server, &args).await,
         Command::Status {
             json,
@@ -425,16 +449,11 @@ async fn run_subscribed_proxy(
     let state_dir = identity
         .state_dir
         .unwrap_or_else(|| paths::state_dir(&format!("proxy-{node}")));
-    let (proxy, agent) = start_subscribed(
-        &url,
-        &token,
-        &node,
-        &identity.service,
-        identity.labels.into_iter().collect(),
-        &identity.admin,
-        Some(state_dir),
-    )
-    .await?;
+    let mut options = weft_agent::Options::new(&url, &token, &node, &identity.service);
+    options.labels = identity.labels.into_iter().collect();
+    options.state_dir = Some(state_dir);
+    options.trusted_keys = identity.trusted_keys;
+    let (proxy, agent) = start_subscribed_with(options, &identity.admin).await?;
     let result = serve_until_signal(proxy, None, drain_delay).await;
     // A goodbye frees the node id on the server at once, for whichever process
     // takes it next.
@@ -452,12 +471,20 @@ pub(crate) async fn start_subscribed(
     admin: &str,
     state_dir: Option<PathBuf>,
 ) -> anyhow::Result<(weft_proxy::RunningProxy, weft_agent::Agent)> {
-    let yaml = format!("admin:\n  address: {admin:?}\n");
-    let config = Config::from_str(&yaml, "--admin", None)?;
-    let proxy = weft_proxy::start(config).await?;
     let mut options = weft_agent::Options::new(url, token, node, service);
     options.labels = labels;
     options.state_dir = state_dir;
+    start_subscribed_with(options, admin).await
+}
+
+/// [`start_subscribed`] with every option of the agent.
+pub(crate) async fn start_subscribed_with(
+    options: weft_agent::Options,
+    admin: &str,
+) -> anyhow::Result<(weft_proxy::RunningProxy, weft_agent::Agent)> {
+    let yaml = format!("admin:\n  address: {admin:?}\n");
+    let config = Config::from_str(&yaml, "--admin", None)?;
+    let proxy = weft_proxy::start(config).await?;
     let agent = weft_agent::start(proxy.clone(), options).await?;
     Ok((proxy, agent))
 }

@@ -16,10 +16,11 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use weft_config::{Balancer, Config, FailurePolicy, UpstreamProtocol};
+use weft_config::{Balancer, Config, FailurePolicy, MeshConfig, UpstreamProtocol};
 
 use crate::changes::{Mode, too_large};
-use crate::error::ApiError;
+use crate::error::{ApiError, blocking};
+use crate::signing::Signed;
 use crate::store::FilterVersion;
 use crate::validate::{self, Member};
 use crate::{Current, Shared, auth};
@@ -151,6 +152,7 @@ async fn push_filter(
         ),
     })
     .await?;
+    signed_module(&shared, &name, &bytes, &headers).await?;
     let pushed = shared.push(name, bytes, by).await?;
     let status = if pushed.changed {
         StatusCode::CREATED
@@ -158,6 +160,87 @@ async fn push_filter(
         StatusCode::OK
     };
     Ok((status, Json(pushed)).into_response())
+}
+
+/// A pushed module's signature (see `signing`): checked, then kept before the push
+/// is made, so that the version it makes is never sent without it. With trusted
+/// keys, a push is also refused while the live mesh config is unsigned: the version
+/// it would make is one proxies refuse.
+async fn signed_module(
+    shared: &Arc<Shared>,
+    name: &str,
+    bytes: &Bytes,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let signature = shared.signing.check(Signed::Module, bytes, headers)?;
+    if let Some(signature) = signature {
+        keep(shared, Signed::Module, bytes.clone(), signature).await?;
+    }
+    if let Some(current) = &shared.snapshot().current {
+        let mut filters = current.version.filters.clone();
+        filters.insert(name.to_owned(), weft_engine::Engine::digest(bytes));
+        let mesh = (current.version.mesh.as_str(), &current.mesh);
+        shared.signing.check_version(mesh, &filters, None)?;
+    }
+    Ok(())
+}
+
+/// A mesh config's signature, checked, and kept unless this is a dry run; with
+/// trusted keys, the filter versions it would use must be signed too.
+async fn signed_mesh(
+    shared: &Arc<Shared>,
+    file: &str,
+    text: &str,
+    headers: &HeaderMap,
+    dry_run: bool,
+) -> Result<(), ApiError> {
+    let signature = shared
+        .signing
+        .check(Signed::Mesh, text.as_bytes(), headers)?;
+    // A config that does not parse is refused by the apply, with where it is wrong.
+    if let Ok(mesh) = MeshConfig::parse(text, file) {
+        let published = shared.snapshot();
+        // The filter versions the apply resolves to (see `changes`).
+        let mut filters = published.state.latest_filters();
+        if let Some(current) = &published.current {
+            filters.extend(current.version.filters.clone());
+        }
+        let given = signature.as_deref();
+        shared
+            .signing
+            .check_version((text, &mesh), &filters, given)?;
+    }
+    if let Some(signature) = signature
+        && !dry_run
+    {
+        keep(
+            shared,
+            Signed::Mesh,
+            Bytes::from(text.to_owned()),
+            signature,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Keep a signature in the data folder.
+async fn keep(
+    shared: &Arc<Shared>,
+    what: Signed,
+    content: Bytes,
+    signature: String,
+) -> Result<(), ApiError> {
+    let this = shared.clone();
+    blocking(move || this.signing.record(what, &content, signature))
+        .await?
+        .map_err(|e| {
+            ApiError::internal(format!(
+                "cannot keep the {}'s signature in {}: {e}",
+                what.noun(),
+                shared.store.dir().display()
+            ))
+        })
 }
 
 #[derive(Deserialize)]
@@ -201,6 +284,7 @@ async fn apply_mesh(
     let bytes = read_body(&headers, body, MAX_MESH_SIZE, within, too_big).await?;
     let text = String::from_utf8(bytes.into())
         .map_err(|e| ApiError::bad_request(format!("{file}: not UTF-8 text: {e}")))?;
+    signed_mesh(&shared, &file, &text, &headers, query.dry_run).await?;
     let mode = match (query.dry_run, query.strict) {
         (true, _) => Mode::DryRun,
         (false, true) => Mode::Strict,
@@ -288,6 +372,12 @@ async fn rollback(
     let Path(to) = version.map_err(|e| {
         ApiError::bad_request(format!("the version must be a number: {}", e.body_text()))
     })?;
+    // What the rollback would make live again must be signed as a push would be.
+    if let Some(old) = (shared.snapshot().state.versions.iter()).find(|v| v.version == to)
+        && let Ok(mesh) = MeshConfig::parse(&old.mesh, &old.mesh_file)
+    {
+        (shared.signing).check_version((&old.mesh, &mesh), &old.filters, None)?;
+    }
     let version = shared.rollback(to, author(&headers, peer)?).await?;
     Ok((
         StatusCode::CREATED,

@@ -61,6 +61,9 @@ pub enum ServerError {
     /// The mesh CA could not be loaded or made.
     #[error("mesh CA: {0}")]
     Ca(#[from] crate::ca::CaError),
+    /// The trusted-keys file cannot be read, or holds no key.
+    #[error("{0}")]
+    TrustedKeys(String),
     /// A startup task died (a bug).
     #[error("internal error while starting: {0}")]
     Internal(String),

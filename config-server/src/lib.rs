@@ -13,7 +13,10 @@
 //!    passes; each accepted change is a new numbered version. An apply answers with
 //!    warnings when a group selects no connected proxy or a connected proxy has no
 //!    group (`strict=true` refuses it then); `dry_run=true` checks and stores nothing.
-//!    [`check_mesh_offline`] runs the checks that need no server.
+//!    [`check_mesh_offline`] runs the checks that need no server. With
+//!    [`Options::trusted_keys`], a push or apply must carry an ed25519 signature
+//!    by a trusted key, else it is refused (403); every signature given is kept and
+//!    sent to proxies with what it signs, for them to check again (see `signing`).
 //! 3. Proxies subscribe over gRPC with the proxy token: each gets the current
 //!    snapshot for the group that selects it, with the modules it lacks, and every
 //!    later version; their ACKs and NACKs show in `GET /v1/proxies`, with where each
@@ -56,6 +59,7 @@ mod checks;
 mod error;
 mod registry;
 mod serve;
+mod signing;
 mod stats;
 mod store;
 mod stream;
@@ -103,6 +107,9 @@ pub struct Options {
     /// and for requests from this machine without a token otherwise, so that a page
     /// whose site name was made to resolve to this machine gets nothing.
     pub allowed_hosts: Vec<String>,
+    /// A file of ed25519 public keys, one per line (hex; `#` comments): when set,
+    /// every push and apply must be signed by one of them (403 otherwise).
+    pub trusted_keys: Option<PathBuf>,
     /// The mesh CA's certificate (PEM; the CA's first, then any intermediates up
     /// to the root), with `ca_key`; none: the data folder's (`ca.pem`, made on
     /// first start).
@@ -132,6 +139,7 @@ impl Options {
             limits: Limits::default(),
             report_interval: Self::DEFAULT_REPORT_INTERVAL,
             allowed_hosts: Vec::new(),
+            trusted_keys: None,
             ca_cert: None,
             ca_key: None,
             trust_bundle: None,
@@ -291,6 +299,8 @@ pub(crate) struct Shared {
     pub report_interval: Duration,
     pub hosts: auth::Hosts,
     pub stop: watch::Receiver<bool>,
+    /// The trusted keys, if pushes must be signed, and the signatures kept.
+    pub signing: signing::Signing,
     /// Signs the proxies' workload certificates.
     pub ca: Arc<ca::Ca>,
 }
@@ -321,6 +331,7 @@ impl Shared {
             hosts: auth::Hosts::new("127.0.0.1:0".parse().expect("an address"), &[])
                 .expect("no names to check"),
             stop,
+            signing: signing::Signing::none(&Store::open(dir).expect("the folder opens")),
             ca: certify::test_ca(),
         })
     }
@@ -361,6 +372,12 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
             .await
             .map_err(|e| ServerError::Internal(e.to_string()))??
     };
+    let signing = {
+        let (store, keys) = (store.clone(), opts.trusted_keys.clone());
+        tokio::task::spawn_blocking(move || signing::Signing::open(&store, keys.as_deref()))
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))??
+    };
     let (listener, addr) = bind(opts.listen).await?;
     let (stop, stop_rx) = watch::channel(false);
     let versions = state.versions.len();
@@ -378,6 +395,7 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
         report_interval: opts.report_interval,
         hosts,
         stop: stop_rx.clone(),
+        signing,
         ca: Arc::new(ca),
     });
     let task = tokio::spawn(serve::serve(listener, app(shared), opts.limits, stop_rx));

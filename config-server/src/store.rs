@@ -4,6 +4,10 @@
 //!   state that references them.
 //! - `state.json`: every pushed filter version and every mesh version.
 //! - `token`: the API token; `proxy-token`: the proxies' token.
+//! - `signatures.json`: the signatures pushes and applies came with, by the sha256
+//!   of what they sign (a module, a mesh config's text): a signature covers content,
+//!   not a version, so every version that holds the same module or mesh text
+//!   carries it, a rollback's included.
 //!
 //! The folder is 0700 and every file 0600: the state holds every mesh config, with
 //! the filters' configs and whatever secrets they carry.
@@ -23,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::ServerError;
 
 const STATE_FILE: &str = "state.json";
+const SIGNATURES_FILE: &str = "signatures.json";
 const MODULES_DIR: &str = "modules";
 
 /// Everything pushed and applied, as stored in `state.json`.
@@ -94,6 +99,18 @@ impl State {
             .get(name)
             .is_some_and(|v| v.iter().any(|f| f.sha256.eq_ignore_ascii_case(sha256)))
     }
+}
+
+/// Signatures (`KEYID:SIG`, see `signing`), as stored in `signatures.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Signatures {
+    /// A module's sha256 to its signature.
+    #[serde(default)]
+    pub modules: BTreeMap<String, String>,
+    /// The sha256 of a mesh config's text to its signature.
+    #[serde(default)]
+    pub meshes: BTreeMap<String, String>,
 }
 
 /// The data folder.
@@ -175,6 +192,26 @@ impl Store {
             }
         }
         Ok(state)
+    }
+
+    /// Read `signatures.json` (empty when absent).
+    pub fn load_signatures(&self) -> Result<Signatures, ServerError> {
+        let path = self.dir.join(SIGNATURES_FILE);
+        match std::fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text).map_err(|e| ServerError::CorruptState {
+                path,
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Signatures::default()),
+            Err(source) => Err(ServerError::Io { path, source }),
+        }
+    }
+
+    /// Replace `signatures.json`.
+    pub fn save_signatures(&self, signatures: &Signatures) -> io::Result<()> {
+        let mut text = serde_json::to_vec_pretty(signatures).map_err(io::Error::other)?;
+        text.push(b'\n');
+        write_atomic(&self.dir, SIGNATURES_FILE, &text, 0o600)
     }
 
     /// Replace `state.json`.
@@ -357,6 +394,24 @@ mod tests {
         std::fs::write(store.state_file(), state).unwrap();
         let err = store.load().unwrap_err().to_string();
         assert!(err.contains("is missing"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn signatures_round_trip_beside_the_state() {
+        let dir = temp_dir("signatures");
+        let store = Store::open(&dir).unwrap();
+        assert!(store.load_signatures().unwrap().modules.is_empty());
+        let mut signatures = Signatures::default();
+        signatures.modules.insert("ab".repeat(32), "k:s".into());
+        signatures.meshes.insert("cd".repeat(32), "k:m".into());
+        store.save_signatures(&signatures).unwrap();
+        let back = store.load_signatures().unwrap();
+        assert_eq!(back.modules, signatures.modules);
+        assert_eq!(back.meshes, signatures.meshes);
+        std::fs::write(dir.join(SIGNATURES_FILE), "{\"modules\": 1}").unwrap();
+        let err = store.load_signatures().unwrap_err().to_string();
+        assert!(err.contains("signatures.json"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

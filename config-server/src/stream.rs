@@ -409,6 +409,8 @@ async fn snapshot_for(
         .proxy_config(group, &version.filters)
         .map_err(|e| Status::internal(format!("version {}: {e}", version.version)))?
         .pushed_modules();
+    // Every module the proxy will run, held or sent: a proxy with trusted keys checks each.
+    let (mesh_signature, module_signatures) = shared.signing.for_snapshot(&version.mesh, &needed);
     let missing: Vec<String> = needed.into_iter().filter(|s| !has.contains(s)).collect();
     let store = shared.store.clone();
     let modules = tokio::task::spawn_blocking(move || {
@@ -432,5 +434,7 @@ async fn snapshot_for(
         mesh: version.mesh.clone(),
         filters: version.filters.clone(),
         modules,
+        mesh_signature,
+        module_signatures,
     })
 }
