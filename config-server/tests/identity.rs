@@ -71,7 +71,11 @@ async fn apply(server: &RunningServer, yaml: &str) {
     let resp = within(client.request(req)).await.unwrap();
     let status = resp.status();
     let body = within(resp.into_body().collect()).await.unwrap().to_bytes();
-    assert!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&body));
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        String::from_utf8_lossy(&body)
+    );
 }
 
 /// A proxy of `service` fed by `server`, keeping its state in `state`.
@@ -469,4 +473,105 @@ async fn a_server_with_a_given_ca_hands_out_the_old_anchor_too_during_a_rotation
         .to_string();
     assert!(e.contains("--ca-cert and --ca-key"), "{e}");
     server.shutdown().await;
+}
+
+/// `openssl s_client` to `addr` presenting `name`'s certificate from `dir`, verifying
+/// the proxy against `dir/bundle.pem`, with one request; what it printed.
+async fn s_client_as(addr: SocketAddr, dir: &Path, name: &str) -> String {
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-quiet",
+        "-verify_return_error",
+    ])
+    .arg("-CAfile")
+    .arg(dir.join("bundle.pem"))
+    .arg("-cert")
+    .arg(dir.join(format!("{name}.pem")))
+    .arg("-key")
+    .arg(dir.join(format!("{name}-key.pem")));
+    let request = b"GET / HTTP/1.1\r\nhost: banking\r\nconnection: close\r\n\r\n";
+    let out =
+        tokio::task::spawn_blocking(move || weft_testkit::output_with_input(&mut cmd, request))
+            .await
+            .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Rotation, step 3: the proxy's certificate comes from the new CA, its bundle holds
+/// the old and the new anchor, and callers still on an old certificate are served as
+/// well as those on a new one; a certificate of a CA outside the bundle is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_with_the_old_and_the_new_anchor_accepts_callers_certified_by_either() {
+    let old = Ca::generate("Weft mesh CA").unwrap();
+    let mut new = Ca::generate("Weft mesh CA").unwrap();
+    new.add_trust_anchors(old.cert_pem(), Path::new("old.pem"))
+        .unwrap();
+    let stranger = Ca::generate("Another mesh CA").unwrap();
+    let dir = TempDir::new();
+    let write = |name: &str, ca: &Ca, id: &str| {
+        let issued = ca
+            .issue_workload(id, &[], &[], Duration::from_secs(3600))
+            .unwrap();
+        weft_config_server::ca::write_pem(
+            &dir.0,
+            &format!("{name}.pem"),
+            &issued.issued.chain_pem,
+            false,
+        )
+        .unwrap();
+        weft_config_server::ca::write_pem(
+            &dir.0,
+            &format!("{name}-key.pem"),
+            &issued.key_pem,
+            true,
+        )
+        .unwrap();
+    };
+    write(
+        "banking",
+        &new,
+        "spiffe://bank.example/ns/default/sa/banking",
+    );
+    write(
+        "on-old",
+        &old,
+        "spiffe://bank.example/ns/default/sa/trading",
+    );
+    write(
+        "on-new",
+        &new,
+        "spiffe://bank.example/ns/default/sa/trading",
+    );
+    write(
+        "stranger",
+        &stranger,
+        "spiffe://bank.example/ns/default/sa/trading",
+    );
+    weft_config_server::ca::write_pem(&dir.0, "bundle.pem", new.bundle_pem(), false).unwrap();
+    let app = weft_tests::backend("banking-app").start().await;
+    let yaml = format!(
+        "{}listeners:\n  - name: inbound\n    address: 127.0.0.1:0\n    default_cluster: app\n    \
+         tls: {{ mode: mesh }}\nclusters:\n  - name: app\n    endpoints: [\"{}\"]\n",
+        weft_tests::mesh::identity_yaml(&dir.0, "banking"),
+        app.addr
+    );
+    let callee = weft_tests::proxy(&yaml).start().await;
+    for caller in ["on-old", "on-new"] {
+        let out = s_client_as(callee.addr, &dir.0, caller).await;
+        assert!(out.contains("HTTP/1.1 200"), "{caller}: {out}");
+    }
+    assert_eq!(app.requests(), 2);
+    let out = s_client_as(callee.addr, &dir.0, "stranger").await;
+    assert!(
+        !out.contains("HTTP/1.1"),
+        "a certificate of another CA is served: {out}"
+    );
+    assert_eq!(app.requests(), 2);
 }
