@@ -20,7 +20,11 @@
 //!    and every pushed module it uses must carry a signature by one of them (see
 //!    [`signature`]), checked against the bytes before anything is loaded; else the
 //!    snapshot is refused (NACK) and the proxy keeps serving its last good one.
-//! 5. [`Agent::applied`] tells which version is live. [`Agent::shutdown`] says
+//! 5. Once a mesh config with an `identity` section is applied (or
+//!    [`Options::identity`] is set), the agent gets the proxy's workload
+//!    certificate from the server's CA, keeps it in the state folder and renews it
+//!    at about half-life (see `identity`).
+//! 6. [`Agent::applied`] tells which version is live. [`Agent::shutdown`] says
 //!    goodbye, so the server frees the node id at once; [`Agent::stop`] just ends.
 //!
 //! ```no_run

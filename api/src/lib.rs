@@ -9,6 +9,10 @@
 //!    [`Ack`] right after the Hello when it already serves one).
 //! 4. A proxy that stops cleanly sends a [`Goodbye`], so the server frees its node id at
 //!    once.
+//! 5. A proxy with a live stream may call [`ControlClient::certify`] with a
+//!    [`CertifyRequest`] (a CSR, its node and instance secret, and the proxy token):
+//!    the server's CA answers with a workload certificate for the SPIFFE ID the mesh
+//!    config gives it, and the trust bundle ([`CertifyResponse`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -27,7 +27,11 @@
 //!    over a window (what `weft stat` shows).
 //!    Each proxy speaks only for the service it registered as, and what the server
 //!    keeps of the reports is bounded in memory (see `stats`).
-//! 5. [`RunningServer::shutdown`] ends the proxies' streams (they reconnect to the
+//! 5. Proxies ask the mesh CA ([`ca`]; made in the data folder on first start, or
+//!    [`Options::ca_cert`]) for their workload certificate with `Certify`: a proxy
+//!    with a live stream gets one for the SPIFFE ID its mesh group gives it, for the
+//!    mesh's `certificate_ttl` (see `certify`).
+//! 6. [`RunningServer::shutdown`] ends the proxies' streams (they reconnect to the
 //!    next server) and stops.
 //!
 //! ```no_run
