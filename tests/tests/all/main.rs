@@ -13,6 +13,7 @@ mod hardening;
 mod hostile;
 mod interop;
 mod limits;
+mod mesh_ca;
 mod mtls;
 mod protocols;
 mod retry;
