@@ -733,7 +733,10 @@ fn tls_connector(
     let mesh = t.mode == weft_config::TlsMode::Mesh;
     let mut client = match &t.ca {
         Some(ca) if !mesh => tls::client_config(&ca.value)?,
-        _ => tls::mesh_client_config(identity, t.identity.as_ref().map(|i| i.value.as_str()))?,
+        _ => crate::identity::mesh_client_config(
+            identity,
+            t.identity.as_ref().map(|i| i.value.as_str()),
+        )?,
     };
     client.alpn_protocols = match protocol {
         UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],

@@ -175,6 +175,40 @@ pub(crate) fn peer_id(certs: Option<&[CertificateDer<'_>]>) -> Option<Arc<str>> 
     spiffe_id_in(&cert).map(Arc::from)
 }
 
+/// A mesh listener's server config: the workload certificate, clients asked for
+/// theirs (optional: see `identity::Clients`).
+pub(crate) fn mesh_server_config(
+    identity: &Identity,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::new("tls", e))?
+        .with_client_cert_verifier(Arc::new(Clients(identity.clone())))
+        .with_cert_resolver(Arc::new(ServerCert(identity.clone())));
+    crate::tls::offer_h2_and_http1(&mut config);
+    Ok(Arc::new(config))
+}
+
+/// A mesh cluster's client config: the workload certificate, servers verified
+/// against the trust bundle and their SPIFFE ID against `expected`.
+pub(crate) fn mesh_client_config(
+    identity: &Identity,
+    expected: Option<&str>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let servers = Servers {
+        identity: identity.clone(),
+        expected: expected.map(Box::from),
+        provider: provider.clone(),
+    };
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::new("tls", e))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(servers))
+        .with_client_cert_resolver(Arc::new(ClientCert(identity.clone()))))
+}
+
 /// Presents the installed certificate on a mesh listener.
 #[derive(Debug)]
 pub(crate) struct ServerCert(pub(crate) Identity);

@@ -237,7 +237,7 @@ fn acceptor(
         source,
     };
     if t.mode == weft_config::TlsMode::Mesh {
-        let server = tls::mesh_server_config(identity).map_err(tls_error)?;
+        let server = identity::mesh_server_config(identity).map_err(tls_error)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
         return Ok(Some(conn::ListenerTls::Mesh(acceptor, identity.clone())));
     }

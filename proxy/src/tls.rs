@@ -1,7 +1,7 @@
 //! TLS settings, with ALPN so HTTP/2 is negotiated where both sides speak it:
-//! listeners that show their own certificates (one, or several chosen by SNI),
-//! mesh listeners and clusters that speak mutual TLS with the workload identity
-//! (see `identity`), and clusters that verify a server by its name.
+//! listeners that show their own certificates (one, or several chosen by SNI) and
+//! clusters that verify a server by its name. Mutual TLS with the workload identity
+//! builds on these in `identity`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,8 +11,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-
-use crate::identity::{self, Identity};
 
 /// TLS material that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +51,7 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// What a listener's server config offers: h2 first, then http/1.1.
-fn offer_h2_and_http1(config: &mut rustls::ServerConfig) {
+pub(crate) fn offer_h2_and_http1(config: &mut rustls::ServerConfig) {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 }
 
@@ -94,20 +92,6 @@ pub fn server_config(shown: &[Shown<'_>]) -> Result<Arc<rustls::ServerConfig>, T
     Ok(Arc::new(config))
 }
 
-/// A mesh listener's server config: the workload certificate, clients asked for
-/// theirs (optional: see `identity::Clients`).
-pub(crate) fn mesh_server_config(
-    identity: &Identity,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::new("tls", e))?
-        .with_client_cert_verifier(Arc::new(identity::Clients(identity.clone())))
-        .with_cert_resolver(Arc::new(identity::ServerCert(identity.clone())));
-    offer_h2_and_http1(&mut config);
-    Ok(Arc::new(config))
-}
-
 /// A client config trusting the CAs in `ca`.
 pub fn client_config(ca: &Path) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
@@ -121,26 +105,6 @@ pub fn client_config(ca: &Path) -> Result<rustls::ClientConfig, TlsError> {
         .map_err(|e| err(ca, e))?
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-/// A mesh cluster's client config: the workload certificate, servers verified
-/// against the trust bundle and their SPIFFE ID against `expected`.
-pub(crate) fn mesh_client_config(
-    identity: &Identity,
-    expected: Option<&str>,
-) -> Result<rustls::ClientConfig, TlsError> {
-    let provider = provider();
-    let servers = identity::Servers {
-        identity: identity.clone(),
-        expected: expected.map(Box::from),
-        provider: provider.clone(),
-    };
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::new("tls", e))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(servers))
-        .with_client_cert_resolver(Arc::new(identity::ClientCert(identity.clone()))))
 }
 
 /// The DNS names in a certificate's SAN.
