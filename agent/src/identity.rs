@@ -20,6 +20,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
@@ -68,6 +69,21 @@ pub(crate) struct Settings<'a> {
 pub(crate) struct Renewal {
     state: watch::Sender<Wanted>,
     task: JoinHandle<()>,
+    certificate: watch::Receiver<Option<Arc<Certificate>>>,
+}
+
+/// The workload certificate installed last (kept or issued), as PEM: the agent
+/// presents it to an https:// config server, and connects again when it changes.
+pub(crate) struct Certificate {
+    pub(crate) chain: Vec<u8>,
+    pub(crate) key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of every log.
+        f.debug_struct("Certificate").finish_non_exhaustive()
+    }
 }
 
 /// Whether a certificate is wanted, and whether a `Subscribe` stream is up (the
@@ -92,6 +108,11 @@ impl Renewal {
     pub(crate) fn subscribed(&self) {
         (self.state).send_if_modified(|s| !std::mem::replace(&mut s.subscribed, true));
     }
+
+    /// The certificate installed last, and each one installed after it.
+    pub(crate) fn certificate(&self) -> watch::Receiver<Option<Arc<Certificate>>> {
+        self.certificate.clone()
+    }
 }
 
 impl Drop for Renewal {
@@ -104,15 +125,17 @@ impl Drop for Renewal {
 /// background once a certificate is wanted.
 pub(crate) async fn start(identity: Identity, settings: Settings<'_>) -> Renewal {
     let kept = settings.state_dir.map(|d| Kept { dir: d.to_owned() });
+    let (certificate_tx, certificate) = watch::channel(None);
     if let Some(kept) = kept.clone() {
         let installed = identity.clone();
         // Reads files: off the workers serving requests.
         let restored = tokio::task::spawn_blocking(move || kept.restore(&installed)).await;
-        if let Ok(Some(id)) = restored {
+        if let Ok(Some((id, pem))) = restored {
             tracing::info!(
                 identity = &*id,
                 "serving with the kept workload certificate"
             );
+            certificate_tx.send_replace(Some(Arc::new(pem)));
         }
     }
     let (state, state_rx) = watch::channel(Wanted {
@@ -130,10 +153,12 @@ pub(crate) async fn start(identity: Identity, settings: Settings<'_>) -> Renewal
         min_backoff: settings.min_backoff,
         max_backoff: settings.max_backoff,
         warned: None,
+        certificate: certificate_tx,
     };
     Renewal {
         state,
         task: tokio::spawn(renewer.run(state_rx)),
+        certificate,
     }
 }
 
@@ -144,9 +169,9 @@ struct Kept {
 }
 
 impl Kept {
-    /// Install the kept certificate; its SPIFFE ID if it was installed. One that
-    /// expired, does not fit its key or chain to its bundle is left alone.
-    fn restore(&self, identity: &Identity) -> Option<std::sync::Arc<str>> {
+    /// Install the kept certificate; its SPIFFE ID and PEM if it was installed. One
+    /// that expired, does not fit its key or chain to its bundle is left alone.
+    fn restore(&self, identity: &Identity) -> Option<(Arc<str>, Certificate)> {
         let read = |name: &str| read_bounded(&self.dir.join(name));
         let files = (read(CHAIN_FILE), read(KEY_FILE), read(BUNDLE_FILE));
         let (chain, key, bundle) = match files {
@@ -159,7 +184,9 @@ impl Kept {
             }
         };
         match identity.install_pem(&chain, &key, &bundle) {
-            Ok(()) => identity.spiffe_id(),
+            Ok(()) => identity
+                .spiffe_id()
+                .map(|id| (id, Certificate { chain, key })),
             Err(e) => {
                 tracing::info!(
                     file = %self.dir.join(CHAIN_FILE).display(),
@@ -207,6 +234,8 @@ struct Renewer {
     max_backoff: Duration,
     /// The failure last said, and when.
     warned: Option<(String, tokio::time::Instant)>,
+    /// Where each certificate installed is told.
+    certificate: watch::Sender<Option<Arc<Certificate>>>,
 }
 
 /// A certificate the server issued, installed.
@@ -286,6 +315,10 @@ impl Renewer {
                 answer.bundle.as_bytes(),
             )
             .map_err(|e| format!("the certificate the config server issued is unusable: {e}"))?;
+        self.certificate.send_replace(Some(Arc::new(Certificate {
+            chain: answer.chain.clone().into_bytes(),
+            key: key_pem.clone().into_bytes(),
+        })));
         if let Some(kept) = self.kept.clone() {
             let stored = tokio::task::spawn_blocking(move || {
                 kept.store(&answer.chain, &key_pem, &answer.bundle)

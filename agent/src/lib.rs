@@ -5,7 +5,10 @@
 //! 1. [`start`] with a running proxy and [`Options`]. A snapshot cached on disk is
 //!    applied first, so the proxy serves before the server answers (or if it never
 //!    does).
-//! 2. The agent keeps one `Subscribe` stream open with the proxy token, reconnecting
+//! 2. The agent keeps one `Subscribe` stream open with the proxy token (over TLS to an
+//!    `https://` server, verified with [`Options::ca`], presenting the proxy's
+//!    workload certificate once it has one and connecting again with each new one),
+//!    reconnecting
 //!    with jittered exponential backoff, and says a failure that repeats once (see
 //!    `error`). The server binds the node id to an instance secret the agent keeps
 //!    in the state folder (see `instance`): no other process can take over this
@@ -40,6 +43,7 @@
 #![deny(missing_docs)]
 
 mod cache;
+mod connect;
 mod error;
 mod identity;
 mod instance;
@@ -57,7 +61,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::Streaming;
-use tonic::transport::Endpoint;
 use weft_api::proxy_message::Kind;
 use weft_api::{Ack, BoundListener, ControlClient, Goodbye, Hello, Nack, ProxyMessage, Snapshot};
 use weft_config::MeshConfig;
@@ -104,6 +107,10 @@ pub struct Options {
     pub min_backoff: Duration,
     /// Longest wait before reconnecting.
     pub max_backoff: Duration,
+    /// The CA certificate(s), PEM, that the config server's certificate chains to,
+    /// for an `https://` server (the server keeps its CA's as `ca.pem` in its data
+    /// folder).
+    pub ca: Option<PathBuf>,
     /// A file of public keys (see [`signature::TrustedKeys`]); when set, a snapshot
     /// whose mesh config or pushed modules no key of it signed is refused.
     pub trusted_keys: Option<PathBuf>,
@@ -123,6 +130,7 @@ impl Options {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             trusted_keys: None,
+            ca: None,
         }
     }
 }
@@ -144,16 +152,34 @@ pub enum AgentError {
         /// The address given.
         url: String,
     },
-    /// The server address has a scheme other than `http`.
+    /// The server address has a scheme other than `http` and `https`.
     #[error(
-        "config server {url:?}: the proxy speaks plain HTTP/2 (gRPC) to its config \
-         server, with no TLS of its own; give it as http://{rest}"
+        "config server {url:?}: the proxy speaks HTTP/2 (gRPC) to its config server, \
+         in plain text or over TLS; give it as http://{rest} or https://{rest}"
     )]
     Scheme {
         /// The address given.
         url: String,
         /// The address without its scheme.
         rest: String,
+    },
+    /// An `https://` server, and no CA to verify its certificate with.
+    #[error(
+        "config server {url:?}: over https the proxy needs the CA certificate that signed \
+         the server's, to know it is talking to the server: give it with --ca (the server \
+         keeps its CA's as ca.pem in its data folder)"
+    )]
+    NoCa {
+        /// The address given.
+        url: String,
+    },
+    /// The CA file cannot be read.
+    #[error("{}: {reason}", path.display())]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// The proxy token cannot be sent as metadata.
     #[error("the proxy token holds characters that cannot be sent: {0}")]
@@ -208,6 +234,8 @@ enum Ended {
     Closed { delivered: bool },
     /// The agent was told to stop, and said goodbye if it was connected.
     Stopped,
+    /// A new workload certificate was installed: connect again, presenting it.
+    Renewed,
 }
 
 /// A subscribed stream: where to send, what arrives, and how often to report.
@@ -235,7 +263,7 @@ struct Subscriber {
     proxy: RunningProxy,
     options: Options,
     /// The server, with the connection's settings.
-    endpoint: Endpoint,
+    server: connect::Server,
     /// Its host and port, for messages.
     addr: String,
     /// `authorization` metadata for every stream.
@@ -246,6 +274,8 @@ struct Subscriber {
     trusted: Option<Arc<TrustedKeys>>,
     /// Gets and renews the workload certificate.
     identity: identity::Renewal,
+    /// The workload certificate installed last, presented over TLS.
+    certificate: watch::Receiver<Option<Arc<identity::Certificate>>>,
     applied: Applied,
     version_tx: watch::Sender<Option<u64>>,
     cache: Option<Arc<cache::DiskCache>>,
@@ -256,37 +286,10 @@ struct Subscriber {
     warned: Option<(String, Instant)>,
 }
 
-/// The config server's endpoint, if `url` names one the agent can reach.
-fn endpoint(url: &str) -> Result<Endpoint, AgentError> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(AgentError::NoScheme {
-            url: url.to_owned(),
-        });
-    };
-    // Without TLS, an https:// URL would be dialled in plain text: the token must
-    // not go out so while the operator believes it encrypted.
-    if !scheme.eq_ignore_ascii_case("http") {
-        return Err(AgentError::Scheme {
-            url: url.to_owned(),
-            rest: rest.to_owned(),
-        });
-    }
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| AgentError::Server {
-        url: url.to_owned(),
-        // The transport's own words are "transport error"; the URI's are below.
-        reason: error::reason(&e),
-    })?;
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10)))
-}
-
 /// Apply the snapshot cached on disk (if any), then subscribe in the background.
 pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, AgentError> {
-    let endpoint = endpoint(&options.server)?;
-    let addr = endpoint
+    let server = connect::Server::new(&options.server, options.ca.as_deref()).await?;
+    let addr = (server.endpoint())
         .uri()
         .authority()
         .map_or_else(|| options.server.clone(), ToString::to_string);
@@ -311,7 +314,7 @@ pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, Agent
     let renewal = identity::start(
         proxy.identity(),
         identity::Settings {
-            endpoint: &endpoint,
+            endpoint: server.endpoint(),
             server: &options.server,
             authorization: authorization.clone(),
             node: &options.node,
@@ -326,7 +329,8 @@ pub async fn start(proxy: RunningProxy, options: Options) -> Result<Agent, Agent
     let mut subscriber = Subscriber {
         proxy,
         options,
-        endpoint,
+        server,
+        certificate: renewal.certificate(),
         addr,
         authorization,
         instance,
@@ -377,6 +381,10 @@ impl Subscriber {
         loop {
             match self.session().await {
                 Ok(Ended::Stopped) => return,
+                Ok(Ended::Renewed) => {
+                    backoff = self.options.min_backoff;
+                    continue;
+                }
                 Ok(Ended::Closed { delivered: true }) => backoff = self.options.min_backoff,
                 Ok(Ended::Closed { delivered: false }) => {}
                 Err(e) => self.warn(&e),
@@ -410,10 +418,17 @@ impl Subscriber {
     }
 
     /// Connect, say hello and subscribe.
-    async fn open(&self) -> Result<Opened, StreamError> {
+    async fn open(
+        &self,
+        certificate: Option<&identity::Certificate>,
+    ) -> Result<Opened, StreamError> {
         let server = &self.options.server;
-        let channel = self
-            .endpoint
+        let endpoint =
+            (self.server.presenting(certificate)).map_err(|reason| StreamError::Refused {
+                code: tonic::Code::InvalidArgument,
+                message: reason,
+            })?;
+        let channel = endpoint
             .connect()
             .await
             .map_err(|e| StreamError::connect(server, e))?;
@@ -444,7 +459,15 @@ impl Subscriber {
             .insert("authorization", self.authorization.clone());
         let response = match client.subscribe(request).await {
             Ok(response) => response,
-            Err(status) => return Err(StreamError::subscribe(server, &self.addr, status).await),
+            Err(status) => {
+                if status.code() == tonic::Code::PermissionDenied {
+                    // The server wants the proxy to prove who it is: get a
+                    // certificate, which the server grants while it holds the node.
+                    self.identity.want(true);
+                    self.identity.subscribed();
+                }
+                return Err(StreamError::subscribe(server, &self.addr, status).await);
+            }
         };
         let reports = report_interval(response.metadata());
         Ok(Opened {
@@ -457,8 +480,11 @@ impl Subscriber {
     /// One stream, until it ends or the agent is told to stop.
     async fn session(&mut self) -> Result<Ended, StreamError> {
         let mut stop = self.stop.clone();
+        // Each certificate installed from now on is one to connect again with.
+        let mut renewed = self.certificate.clone();
+        let presented = renewed.borrow_and_update().clone();
         let opened = tokio::select! {
-            opened = self.open() => opened?,
+            opened = self.open(presented.as_deref()) => opened?,
             () = stopped(&mut stop) => return Ok(Ended::Stopped),
         };
         let Opened {
@@ -494,6 +520,10 @@ impl Subscriber {
                 () = stopped(&mut stop) => {
                     goodbye(tx, snapshots).await;
                     return Ok(Ended::Stopped);
+                }
+                Ok(()) = renewed.changed(), if self.server.is_tls() => {
+                    tracing::info!("connecting again with the new workload certificate");
+                    return Ok(Ended::Renewed);
                 }
             };
             let Some(mut snapshot) = next else { break };
@@ -689,39 +719,5 @@ async fn goodbye(tx: mpsc::Sender<ProxyMessage>, mut snapshots: Streaming<Snapsh
     let ended = async { while let Ok(Some(_)) = snapshots.message().await {} };
     if tokio::time::timeout(GOODBYE_WAIT, ended).await.is_err() {
         tracing::debug!("the config server did not end the stream after the goodbye");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refused(url: &str) -> String {
-        endpoint(url).expect_err("refused").to_string()
-    }
-
-    #[test]
-    fn a_server_url_says_what_to_write() {
-        assert_eq!(
-            refused("127.0.0.1:7070"),
-            r#"config server "127.0.0.1:7070" needs a scheme: http://127.0.0.1:7070"#
-        );
-        assert_eq!(
-            refused("config.internal:7070"),
-            r#"config server "config.internal:7070" needs a scheme: http://config.internal:7070"#
-        );
-        let https = refused("https://config.internal:7070");
-        assert!(
-            https.contains("no TLS") && https.ends_with("give it as http://config.internal:7070"),
-            "{https}"
-        );
-        let bad = refused("http://exa mple:7070");
-        assert!(
-            bad.starts_with(r#"config server "http://exa mple:7070" is not a URL: "#)
-                && !bad.contains("transport error"),
-            "{bad}"
-        );
-        assert!(endpoint("http://127.0.0.1:7070").is_ok());
-        assert!(endpoint("HTTP://127.0.0.1:7070").is_ok());
     }
 }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
@@ -29,7 +30,8 @@ pub(crate) struct ServerArgs {
     pub(crate) token: TokenArgs,
 }
 
-/// The API token, for writes and for reads that show configs.
+/// The API token, for writes and for reads that show configs, and the CA an
+/// https:// server's certificate is verified with.
 #[derive(Clone, clap::Args)]
 pub(crate) struct TokenArgs {
     /// API token for writes [default: the token file of the config server's data
@@ -40,6 +42,11 @@ pub(crate) struct TokenArgs {
     /// Read the API token from this file.
     #[arg(long, conflicts_with = "token")]
     token_file: Option<PathBuf>,
+    /// For an https:// server: the CA certificate (PEM) its certificate chains to
+    /// [default: ca.pem in the config server's data folder, WEFT_DATA_DIR, else of a
+    /// config server on this machine with the default data folder].
+    #[arg(long, env = "WEFT_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 /// What the server answered.
@@ -76,6 +83,7 @@ impl ServerArgs {
             token: TokenArgs {
                 token: Some(token.to_owned()),
                 token_file: None,
+                ca: None,
             },
         }
     }
@@ -115,8 +123,7 @@ impl ServerArgs {
             .header(header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
             .with_context(|| format!("{url:?} is not a valid URL"))?;
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        let resp = tokio::time::timeout(Duration::from_secs(120), client.request(req))
+        let resp = tokio::time::timeout(Duration::from_secs(120), self.exchange(req))
             .await
             .with_context(|| format!("{method} {url}: no answer in 120 s"))?
             .with_context(|| format!("{method} {url}: cannot reach the config server"))?;
@@ -133,6 +140,16 @@ impl ServerArgs {
             headers: parts.headers,
             value,
         })
+    }
+
+    /// One request and its answer's head: over TLS to an https:// server.
+    async fn exchange(&self, req: Request<Full<Bytes>>) -> anyhow::Result<Response<Incoming>> {
+        if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            let ca = crate::https::ca_file(self.token.ca.as_deref())?;
+            return crate::https::send(req, &ca).await;
+        }
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Ok(client.request(req).await?)
     }
 
     /// Send a request; a refusal is an error with the server's reason.

@@ -6,6 +6,7 @@ mod certs;
 mod check;
 mod client;
 mod demo;
+mod https;
 mod inspect;
 mod keys;
 mod paths;
@@ -201,6 +202,8 @@ struct ConfigServerArgs {
     #[arg(long, value_name = "FILE")]
     trust_bundle: Option<PathBuf>,
     #[command(flatten)]
+    tls: https::ServeArgs,
+    #[command(flatten)]
     runtime: Runtime,
 }
 
@@ -223,6 +226,7 @@ impl ConfigServerArgs {
         options.ca_cert = self.ca_cert;
         options.ca_key = self.ca_key;
         options.trust_bundle = self.trust_bundle;
+        self.tls.apply(&mut options);
         options
     }
 }
@@ -259,6 +263,10 @@ struct Identity {
     /// last good config keeps serving.
     #[arg(long, value_name = "FILE")]
     trusted_keys: Option<PathBuf>,
+    /// For an https:// config server: the CA certificate (PEM) its certificate
+    /// chains to [default: ca.pem of a config server's data folder on this machine].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -453,6 +461,11 @@ async fn run_subscribed_proxy(
     options.labels = identity.labels.into_iter().collect();
     options.state_dir = Some(state_dir);
     options.trusted_keys = identity.trusted_keys;
+    options.ca = match identity.ca {
+        Some(ca) => Some(ca),
+        None if url.starts_with("https://") => https::ca_file(None).ok(),
+        None => None,
+    };
     let (proxy, agent) = start_subscribed_with(options, &identity.admin).await?;
     let result = serve_until_signal(proxy, None, drain_delay).await;
     // A goodbye frees the node id on the server at once, for whichever process
@@ -534,8 +547,8 @@ async fn run_config_server(mut options: weft_config_server::Options) -> anyhow::
         );
     }
     println!(
-        "weft config server on http://{} (data in {})",
-        server.addr(),
+        "weft config server on {} (data in {})",
+        server.url(),
         data_dir.display()
     );
     wait_for_stop().await?;

@@ -64,6 +64,10 @@ pub enum ServerError {
     /// The trusted-keys file cannot be read, or holds no key.
     #[error("{0}")]
     TrustedKeys(String),
+    /// TLS cannot be served as asked: a certificate or key that cannot be read or
+    /// issued, or proxy identities required without TLS.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A startup task died (a bug).
     #[error("internal error while starting: {0}")]
     Internal(String),

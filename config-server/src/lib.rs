@@ -6,7 +6,10 @@
 //!    and one port serves both the HTTP JSON API (described by
 //!    `GET /v1/openapi.yaml`) and the gRPC `Control` service. Every connection is
 //!    bounded in time and in number ([`Limits`]); a server on loopback answers only
-//!    to names of this machine ([`Options::allowed_hosts`]).
+//!    to names of this machine ([`Options::allowed_hosts`]). With [`Options::tls`]
+//!    the port serves TLS; with [`Options::require_proxy_identity`] each proxy's
+//!    stream must prove, with a client certificate of the mesh CA, the identity the
+//!    live mesh config gives that proxy (see `tls`).
 //! 2. Push filters (`PUT /v1/filters/{name}`) and apply a mesh config
 //!    (`PUT /v1/mesh`). Each change is checked the way a proxy would load it (every
 //!    module compiled, every filter's `init` given its config) and stored only if it
@@ -67,6 +70,7 @@ mod signing;
 mod stats;
 mod store;
 mod stream;
+mod tls;
 mod validate;
 
 use std::net::SocketAddr;
@@ -80,6 +84,7 @@ use weft_engine::Engine;
 
 pub use error::ServerError;
 use store::{State, Store, Version};
+pub use tls::ServingCert;
 pub use validate::{CheckError, CheckedFilter, FilterOutcome, MeshCheck, check_mesh_offline};
 
 /// How long [`RunningServer::shutdown`] waits for connections to close before it
@@ -114,6 +119,13 @@ pub struct Options {
     /// A file of ed25519 public keys, one per line (hex; `#` comments): when set,
     /// every push and apply must be signed by one of them (403 otherwise).
     pub trusted_keys: Option<PathBuf>,
+    /// Serve the HTTP API and the proxies' stream over TLS with this certificate;
+    /// none: plain text (for loopback demos).
+    pub tls: Option<ServingCert>,
+    /// Every Subscribe stream must come with a client certificate of the mesh CA
+    /// naming the identity the live mesh config gives that proxy, else it is refused
+    /// (PERMISSION_DENIED); a proxy without one gets one with `Certify`. Needs `tls`.
+    pub require_proxy_identity: bool,
     /// The mesh CA's certificate (PEM; the CA's first, then any intermediates up
     /// to the root), with `ca_key`; none: the data folder's (`ca.pem`, made on
     /// first start).
@@ -144,6 +156,8 @@ impl Options {
             report_interval: Self::DEFAULT_REPORT_INTERVAL,
             allowed_hosts: Vec::new(),
             trusted_keys: None,
+            tls: None,
+            require_proxy_identity: false,
             ca_cert: None,
             ca_key: None,
             trust_bundle: None,
@@ -212,12 +226,19 @@ pub struct RunningServer {
     created_proxy_token: Option<String>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// `https` when it serves TLS, else `http`.
+    scheme: &'static str,
 }
 
 impl RunningServer {
     /// Where it serves.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its URL: `https://ADDR` when it serves TLS, else `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The token, only when this start created it, so it is shown once.
@@ -305,6 +326,8 @@ pub(crate) struct Shared {
     pub stop: watch::Receiver<bool>,
     /// The trusted keys, if pushes must be signed, and the signatures kept.
     pub signing: signing::Signing,
+    /// Subscribe streams must prove their proxy's identity (see `tls`).
+    pub require_proxy_identity: bool,
     /// Signs the proxies' workload certificates.
     pub ca: Arc<ca::Ca>,
 }
@@ -336,6 +359,7 @@ impl Shared {
                 .expect("no names to check"),
             stop,
             signing: signing::Signing::none(&Store::open(dir).expect("the folder opens")),
+            require_proxy_identity: false,
             ca: certify::test_ca(),
         })
     }
@@ -382,6 +406,18 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
             .await
             .map_err(|e| ServerError::Internal(e.to_string()))??
     };
+    // Issuing a serving certificate makes a key and signs: off the workers.
+    let (ca, acceptor) = {
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || {
+            let acceptor = tls::serving(&opts, &ca);
+            (ca, acceptor)
+        })
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))?
+    };
+    let acceptor = acceptor?;
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     let (listener, addr) = bind(opts.listen).await?;
     let (stop, stop_rx) = watch::channel(false);
     let versions = state.versions.len();
@@ -400,10 +436,13 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
         hosts,
         stop: stop_rx.clone(),
         signing,
+        require_proxy_identity: opts.require_proxy_identity,
         ca: Arc::new(ca),
     });
-    let task = tokio::spawn(serve::serve(listener, app(shared), opts.limits, stop_rx));
-    tracing::info!(%addr, data_dir = %opts.data_dir.display(), versions, "config server started");
+    let app = app(shared);
+    let task = tokio::spawn(serve::serve(listener, app, opts.limits, acceptor, stop_rx));
+    let data_dir = opts.data_dir.display();
+    tracing::info!(%addr, scheme, %data_dir, versions, "config server started");
     Ok(RunningServer {
         addr,
         token_file,
@@ -412,6 +451,7 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
         created_proxy_token: created_proxy.then_some(proxy_token),
         stop,
         task: Some(task),
+        scheme,
     })
 }
 

@@ -11,6 +11,8 @@
 //!   request is in progress until its response body is dropped, so a proxy's gRPC
 //!   stream is never idle; HTTP/2 pings notice a proxy that is gone.
 //! - On shutdown every connection is closed gracefully: requests in flight finish.
+//! - With TLS (see `tls`), the handshake must end within the header timeout too, and
+//!   the identity a client certificate proved goes with each of its requests.
 
 use std::convert::Infallible;
 use std::io;
@@ -31,12 +33,15 @@ use hyper::service::Service as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::Limits;
+use crate::tls::{Proven, proven};
 
 /// Largest request head (HTTP/1 buffer, HTTP/2 header list): the API's requests and
 /// gRPC's are small.
@@ -48,13 +53,23 @@ const MAX_STREAMS: u32 = 64;
 /// How long a connection that was asked to close may take to finish.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
-/// Serve `app` on `listener` until `stop` turns true, then close every connection
-/// gracefully and return once they are all closed. Dropping the future (aborting its
-/// task) drops every connection at once.
+/// What every connection shares.
+struct Serving {
+    app: Router,
+    builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
+    /// None: plain text.
+    tls: Option<TlsAcceptor>,
+}
+
+/// Serve `app` on `listener` (over TLS with `tls`) until `stop` turns true, then
+/// close every connection gracefully and return once they are all closed. Dropping
+/// the future (aborting its task) drops every connection at once.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     stop: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -70,7 +85,12 @@ pub(crate) async fn serve(
         .keep_alive_timeout(limits.keepalive_timeout)
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(MAX_HEAD as u32);
-    let builder = Arc::new(builder);
+    let serving = Arc::new(Serving {
+        app,
+        builder,
+        limits,
+        tls,
+    });
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
     let mut stopping = stop.clone();
@@ -90,15 +110,7 @@ pub(crate) async fn serve(
         };
         // Small messages (ACKs, API answers) go out at once.
         let _ = stream.set_nodelay(true);
-        connections.spawn(connection(
-            stream,
-            peer,
-            app.clone(),
-            builder.clone(),
-            limits,
-            stop.clone(),
-            slot,
-        ));
+        connections.spawn(accepted(stream, peer, serving.clone(), stop.clone(), slot));
         // Reap finished connections so the set holds only live ones.
         while connections.try_join_next().is_some() {}
     }
@@ -131,25 +143,52 @@ async fn accept<T, F: Future<Output = io::Result<T>>>(mut accept: impl FnMut() -
     }
 }
 
-/// Serve one connection until it closes, goes idle, or the server stops.
-async fn connection(
+/// Serve one accepted connection, after its TLS handshake when there is one; it
+/// holds its `_slot` until it closes.
+async fn accepted(
     stream: TcpStream,
     peer: SocketAddr,
-    app: Router,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    serving: Arc<Serving>,
+    stop: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
 ) {
+    let Some(tls) = &serving.tls else {
+        return connection(stream, peer, None, &serving, stop).await;
+    };
+    let within = serving.limits.header_read_timeout;
+    match tokio::time::timeout(within, tls.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let proven = proven(stream.get_ref().1.peer_certificates());
+            connection(stream, peer, Some(proven), &serving, stop).await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+        Err(_) => tracing::debug!(%peer, "no TLS handshake within {within:?}"),
+    }
+}
+
+/// Serve one connection until it closes, goes idle, or the server stops.
+async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    proven: Option<Proven>,
+    serving: &Serving,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = serving.limits;
     // The number of requests in progress on this connection.
     let busy = Arc::new(watch::Sender::new(0usize));
     let mut in_progress = busy.subscribe();
-    let app = TowerToHyperService::new(app);
+    let app = TowerToHyperService::new(serving.app.clone());
     let service = hyper::service::service_fn({
         let busy = busy.clone();
         move |mut req: Request<Incoming>| {
             // Handlers and the gRPC service learn who is calling from this.
             req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(proven) = &proven {
+                req.extensions_mut().insert(proven.clone());
+            }
             let guard = Busy::start(busy.clone());
             let response = app.call(req);
             async move {
@@ -158,7 +197,7 @@ async fn connection(
             }
         }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = (serving.builder).serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     // Until the first request, the deadline is for its head; then, whenever no
     // request is in progress, for the next one to start.

@@ -67,9 +67,12 @@ impl Control for ControlService {
             .map(|c| c.0);
         // Nothing is read from a stream without the proxy token.
         self.authorize(&request, peer, "Subscribe")?;
+        let proven = request.extensions().get::<crate::tls::Proven>().cloned();
         let mut inbound = request.into_inner();
         let hello = read_hello(&mut inbound).await?;
         let registered = self.register(&hello, peer)?;
+        // A stream that must prove its proxy's identity and does not gets nothing.
+        let registered = crate::tls::admit(&self.shared, &hello, proven.as_ref(), registered)?;
         // Two: the snapshot being read and the next one; a proxy that reads no more
         // holds up only its own stream.
         let (tx, rx) = mpsc::channel(2);
