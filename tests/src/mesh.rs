@@ -89,6 +89,18 @@ impl Issued {
     }
 }
 
+/// A CA, and the identity files of `names` (each `(file name, SPIFFE ID)`) in a
+/// folder with the bundle, as [`identity_yaml`] names them.
+pub fn workloads(names: &[(&str, &str)]) -> (MeshCa, weft_testkit::TempDir) {
+    let ca = MeshCa::new("bank mesh CA");
+    let dir = weft_testkit::TempDir::new();
+    std::fs::write(dir.0.join("bundle.pem"), &ca.pem).expect("write the bundle");
+    for (name, id) in names {
+        ca.workload(id).write(&dir.0, name);
+    }
+    (ca, dir)
+}
+
 /// Replace a file whole, as a rotation does (write beside, rename over).
 pub fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");

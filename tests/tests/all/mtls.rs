@@ -10,24 +10,12 @@ use hyper_util::rt::TokioIo;
 use weft_testkit::{TempDir, eventually_async, output_with_input, within};
 use weft_tests::mesh::{
     MeshCa, Relay, client_config, contains, get_over, identity_yaml, mesh_client_config, presented,
-    tls_connect, write_atomically,
+    tls_connect, workloads, write_atomically,
 };
 use weft_tests::*;
 
 const BANKING: &str = "spiffe://bank.example/ns/banking/sa/banking";
 const TRADING: &str = "spiffe://bank.example/ns/trading/sa/trading";
-
-/// A CA, and the identity files of `names` (each `(file name, SPIFFE ID)`) in a
-/// folder with the bundle.
-fn workloads(names: &[(&str, &str)]) -> (MeshCa, TempDir) {
-    let ca = MeshCa::new("bank mesh CA");
-    let dir = TempDir::new();
-    std::fs::write(dir.0.join("bundle.pem"), &ca.pem).unwrap();
-    for (name, id) in names {
-        ca.workload(id).write(&dir.0, name);
-    }
-    (ca, dir)
-}
 
 /// A sidecar in front of `app`: a mesh listener, no filters.
 async fn inbound(dir: &Path, name: &str, app: &Backend, filters: &str) -> Proxy {

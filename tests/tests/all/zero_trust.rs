@@ -6,23 +6,12 @@
 
 use std::path::Path;
 
-use weft_tests::mesh::{MeshCa, identity_yaml};
+use weft_tests::mesh::{identity_yaml, workloads};
 use weft_tests::*;
 
 const BANKING: &str = "spiffe://bank.example/ns/banking/sa/banking";
 const TRADING: &str = "spiffe://bank.example/ns/trading/sa/trading";
 const AUDIT: &str = "spiffe://bank.example/ns/audit/sa/reader";
-
-/// A CA and the identity files of `names` (`(file name, SPIFFE ID)`), with the bundle.
-fn workloads(names: &[(&str, &str)]) -> (MeshCa, TempDir) {
-    let ca = MeshCa::new("bank mesh CA");
-    let dir = TempDir::new();
-    std::fs::write(dir.0.join("bundle.pem"), &ca.pem).unwrap();
-    for (name, id) in names {
-        ca.workload(id).write(&dir.0, name);
-    }
-    (ca, dir)
-}
 
 /// The callee's sidecar: a mesh listener in front of `app`, telemetry first, then a
 /// strict policy that lets the trading namespace place orders.
