@@ -673,9 +673,8 @@ def hook_key(k):
             hooks.index(k[1]) if k[1] in hooks else len(hooks), k[1])
 
 
-try:
-    main()
-finally:
+def stop_all():
+    """End every process this benchmark started (mtls.py uses it too)."""
     for p in list(procs):
         try:
             p.send_signal(signal.SIGTERM)
@@ -686,3 +685,10 @@ finally:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        stop_all()

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use weft_engine::{
-    ConnectionInfo, Engine, Exchange, Filter, FilterSpec, Outcome, RequestContext, RequestHead,
-    Responder, ResponseAction, ResponseHead, Summary,
+    Action, ConnectionInfo, Engine, Exchange, Filter, FilterSpec, Outcome, RequestContext,
+    RequestHead, Responder, ResponseAction, ResponseHead, Summary, TlsInfo,
 };
 
 const ROUTER: &str = r#"{"routes":[
@@ -17,6 +17,11 @@ const ROUTER: &str = r#"{"routes":[
 ]}"#;
 const FAULT: &str = r#"{"abort":{"status":503,"header":{"name":"x-weft-fault","value":"abort"}},
   "delay":{"duration":"500ms","header":{"name":"x-weft-fault","value":"delay"}}}"#;
+/// The encryption policy as `bench/run mtls` runs it on the inbound sidecar: strict,
+/// one allow rule naming the caller, the caller's identity forwarded.
+const POLICY: &str = r#"{"mode":"strict",
+  "rules":[{"action":"allow","principals":["spiffe://bench.example/ns/default/sa/sidecar-a"]}],
+  "forward_identity":{"header":"x-forwarded-client-cert"}}"#;
 
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
@@ -34,6 +39,11 @@ fn load_bytes(engine: &Engine, name: &str, bytes: &[u8], config: &str) -> Filter
 }
 
 fn request() -> Box<Exchange> {
+    request_over(None)
+}
+
+/// The request, on a connection with these TLS facts.
+fn request_over(tls: Option<TlsInfo>) -> Box<Exchange> {
     let req = http::Request::get("/api/users?id=7")
         .header("host", "bench.local")
         .header("user-agent", "criterion")
@@ -44,7 +54,7 @@ fn request() -> Box<Exchange> {
     let conn = Arc::new(ConnectionInfo {
         peer: addr,
         local: addr,
-        tls: None,
+        tls,
     });
     Box::new(Exchange {
         request: RequestHead { parts, body: None },
@@ -70,6 +80,18 @@ fn answered() -> Box<Exchange> {
         error: None,
     });
     ex
+}
+
+/// A mesh connection's facts: the caller proved its SPIFFE ID with its certificate.
+fn mutual_tls() -> TlsInfo {
+    TlsInfo {
+        version: "TLSv1.3",
+        cipher: "TLS13_AES_256_GCM_SHA384",
+        sni: None,
+        alpn: Some("http/1.1".into()),
+        peer_identity: Some("spiffe://bench.example/ns/default/sa/sidecar-a".into()),
+        local_identity: Some(Arc::from("spiffe://bench.example/ns/default/sa/sidecar-b")),
+    }
 }
 
 fn run(filter: &Filter, ex: Box<Exchange>) -> Box<Exchange> {
@@ -132,6 +154,17 @@ fn hooks(c: &mut Criterion) {
     c.bench_function("hook/telemetry on-done", |b| {
         b.iter(|| done = Some(telemetry.on_done(done.take().expect("exchange"), &summary)))
     });
+    // The policy lets the caller through (a refusal would be a local response) and
+    // sets the forwarded identity, replacing the one it set the time before.
+    let policy = load(&engine, "encryption-policy", POLICY);
+    let mut caller = Some(request_over(Some(mutual_tls())));
+    let (ex, outcome) = policy.on_request(caller.take().expect("caller"));
+    assert!(matches!(outcome, Outcome::Done(Action::Continue)));
+    caller = Some(ex);
+    c.bench_function(
+        "hook/encryption-policy on-request (strict, 1 rule, identity forwarded)",
+        |b| b.iter(|| caller = Some(run(&policy, caller.take().expect("caller")))),
+    );
     c.bench_function("load/router compiled in memory (instantiate + init)", |b| {
         b.iter(|| black_box(load(&engine, "router", ROUTER)))
     });
