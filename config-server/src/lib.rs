@@ -371,20 +371,10 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
     let token_file = opts.data_dir.join("token");
     let proxy_token_file = opts.data_dir.join("proxy-token");
     let loaded = {
-        let (data_dir, given) = (opts.data_dir.clone(), opts.token.clone());
-        let (token_file, proxy_token_file) = (token_file.clone(), proxy_token_file.clone());
-        let given_proxy = opts.proxy_token.clone();
-        tokio::task::spawn_blocking(move || {
-            Loaded::read(
-                &data_dir,
-                given,
-                &token_file,
-                given_proxy,
-                &proxy_token_file,
-            )
-        })
-        .await
-        .map_err(|e| ServerError::Internal(e.to_string()))??
+        let files = (opts.clone(), token_file.clone(), proxy_token_file.clone());
+        tokio::task::spawn_blocking(move || Loaded::read(&files.0, &files.1, &files.2))
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))??
     };
     let Loaded {
         store,
@@ -393,16 +383,11 @@ pub async fn start(opts: Options) -> Result<RunningServer, ServerError> {
         state,
         current,
         engine,
+        signing,
     } = loaded;
     let ca = {
         let opts = opts.clone();
         tokio::task::spawn_blocking(move || certify::load_ca(&opts.data_dir, &opts))
-            .await
-            .map_err(|e| ServerError::Internal(e.to_string()))??
-    };
-    let signing = {
-        let (store, keys) = (store.clone(), opts.trusted_keys.clone());
-        tokio::task::spawn_blocking(move || signing::Signing::open(&store, keys.as_deref()))
             .await
             .map_err(|e| ServerError::Internal(e.to_string()))??
     };
@@ -464,21 +449,22 @@ struct Loaded {
     state: State,
     current: Option<Arc<Current>>,
     engine: Engine,
+    signing: signing::Signing,
 }
 
 impl Loaded {
-    /// Open the data folder (creating it and the tokens on first start) and parse
-    /// the live version. Blocking: it reads and writes files.
+    /// Open the data folder (creating it and the tokens on first start), parse the
+    /// live version, and read the signatures kept and the trusted keys. Blocking:
+    /// it reads and writes files.
     fn read(
-        data_dir: &Path,
-        given: Option<String>,
+        opts: &Options,
         token_file: &Path,
-        given_proxy: Option<String>,
         proxy_token_file: &Path,
     ) -> Result<Self, ServerError> {
+        let data_dir = &opts.data_dir;
         let store = Store::open(data_dir)?;
-        let token = auth::load_token(given, data_dir, token_file)?;
-        let proxy_token = auth::load_token(given_proxy, data_dir, proxy_token_file)?;
+        let token = auth::load_token(opts.token.clone(), data_dir, token_file)?;
+        let proxy_token = auth::load_token(opts.proxy_token.clone(), data_dir, proxy_token_file)?;
         // One secret for both would let every proxy write, and every operator
         // token leak to proxies: the two roles stay apart.
         if auth::same_secret(&token.0, &proxy_token.0) {
@@ -487,6 +473,7 @@ impl Loaded {
         let state = store.load()?;
         let current = live_version(&store, &state)?;
         let engine = Engine::new()?;
+        let signing = signing::Signing::open(&store, opts.trusted_keys.as_deref())?;
         Ok(Self {
             store,
             token,
@@ -494,6 +481,7 @@ impl Loaded {
             state,
             current,
             engine,
+            signing,
         })
     }
 }
