@@ -164,8 +164,8 @@ async fn push_filter(
 
 /// A pushed module's signature (see `signing`): checked, then kept before the push
 /// is made, so that the version it makes is never sent without it. With trusted
-/// keys, a push is also refused while the live mesh config is unsigned: the version
-/// it would make is one proxies refuse.
+/// keys, a push that makes a new version is also refused while the live mesh config
+/// is unsigned: that version is one proxies refuse.
 async fn signed_module(
     shared: &Arc<Shared>,
     name: &str,
@@ -176,9 +176,14 @@ async fn signed_module(
     if let Some(signature) = signature {
         keep(shared, Signed::Module, bytes.clone(), signature).await?;
     }
-    if let Some(current) = &shared.snapshot().current {
+    let sha256 = weft_engine::Engine::digest(bytes);
+    // Signing again what is live changes nothing but its signature: always
+    // welcome, and the way out when what is live was pushed unsigned.
+    if let Some(current) = &shared.snapshot().current
+        && current.version.filters.get(name) != Some(&sha256)
+    {
         let mut filters = current.version.filters.clone();
-        filters.insert(name.to_owned(), weft_engine::Engine::digest(bytes));
+        filters.insert(name.to_owned(), sha256);
         let mesh = (current.version.mesh.as_str(), &current.mesh);
         shared.signing.check_version(mesh, &filters, None)?;
     }
