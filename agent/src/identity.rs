@@ -200,9 +200,10 @@ impl Kept {
     /// Keep a certificate for the next start. The key first: a chain without its
     /// key is of no use; a key without its chain is just not restored.
     fn store(&self, chain: &str, key: &str, bundle: &str) -> Result<(), cache::CacheError> {
+        // The certificate last: once it is there, so are its key and bundle.
         cache::write_atomic(&self.dir.join(KEY_FILE), key.as_bytes())?;
-        cache::write_atomic(&self.dir.join(CHAIN_FILE), chain.as_bytes())?;
-        cache::write_atomic(&self.dir.join(BUNDLE_FILE), bundle.as_bytes())
+        cache::write_atomic(&self.dir.join(BUNDLE_FILE), bundle.as_bytes())?;
+        cache::write_atomic(&self.dir.join(CHAIN_FILE), chain.as_bytes())
     }
 }
 
