@@ -26,6 +26,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
         "weft-test-guest-frozen-0-2",
         "tests/guests/frozen-0-2",
     ),
+    ("CHAOS", "weft-test-guest-chaos", "tests/guests/chaos"),
 ];
 
 fn main() {

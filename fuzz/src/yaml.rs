@@ -162,6 +162,26 @@ const COLLECTORS: &[&str] = &[
 ];
 const DNS_SERVERS: &[&str] = &["127.0.0.1:53", "\"[::1]:53\"", "8.8.8.8", "x:53"];
 const FILES: &[&str] = &["cert.pem", "/nonexistent/key.pem", "\"\""];
+const TLS_MODES: &[&str] = &["terminate", "mesh", "strict", "\"\""];
+const SPIFFE: &[&str] = &[
+    "spiffe://weft.local/ns/default/sa/web",
+    "spiffe://weft.local/ns/*",
+    "\"*\"",
+    "spiffe://",
+    "spiffe://UPPER/x",
+    "spiffe://td/a//b",
+    "spiffe://td/../x",
+    "web",
+    "\"\"",
+];
+const TRUST_DOMAINS: &[&str] = &[
+    "weft.local",
+    "bank.example",
+    "\"\"",
+    "UPPER",
+    "a/b",
+    "spiffe://x",
+];
 /// Scalars of a filter's free-form `config`, YAML's odd corners included.
 const ANY_SCALARS: &[&str] = &[
     "1",
@@ -197,12 +217,15 @@ fn quoted(c: &mut Choices<'_>, max: usize) -> Node {
     Node::Scalar(serde_json::to_string(&text).unwrap_or_else(|_| "\"\"".to_owned()))
 }
 
-/// A value from `list`, now and then an arbitrary string or a wrong shape instead.
+/// A value from `list`: its first, ordinary one most of the time, so that documents
+/// often get past their first error; now and then an arbitrary string or a wrong
+/// shape instead.
 fn value(c: &mut Choices<'_>, list: &[&str]) -> Node {
-    match c.below(40) {
+    match c.below(100) {
         0 => quoted(c, 12),
         1 => Node::Map(Vec::new()),
         2 => Node::Seq(vec![raw(c, list)]),
+        3..=72 => Node::Scalar(list[0].to_owned()),
         _ => raw(c, list),
     }
 }
@@ -244,12 +267,12 @@ impl<'c, 'a> MapBuilder<'c, 'a> {
 
     fn build(self) -> Node {
         let mut entries = self.entries;
-        if self.c.chance(4) {
+        if self.c.chance(2) {
             let key = self.c.text(8);
             let key = serde_json::to_string(&key).unwrap_or_default();
             entries.push((key, raw(self.c, ANY_SCALARS)));
         }
-        if self.c.chance(3) && !entries.is_empty() {
+        if self.c.chance(1) && !entries.is_empty() {
             // The same key twice.
             let i = self.c.below(entries.len());
             let again = entries[i].clone();
@@ -259,25 +282,24 @@ impl<'c, 'a> MapBuilder<'c, 'a> {
     }
 }
 
-/// Up to `max` items made by `make`.
+/// Up to `max` items made by `make`; one, ordinarily.
 fn list<'a>(c: &mut Choices<'a>, max: usize, make: impl Fn(&mut Choices<'a>) -> Node) -> Node {
-    let n = c.below(max + 1);
+    let n = if c.chance(15) { 0 } else { 1 + c.below(max) };
     Node::Seq((0..n).map(|_| make(c)).collect())
 }
 
 fn any_value(c: &mut Choices<'_>, depth: u32) -> Node {
     match c.below(if depth == 0 { 2 } else { 4 }) {
-        0 => raw(c, ANY_SCALARS),
+        0 => value(c, ANY_SCALARS),
         1 => quoted(c, 16),
         2 => list(c, 3, |c| any_value(c, depth - 1)),
         _ => {
-            let n = c.below(4);
-            let entries = (0..n)
-                .map(|_| {
-                    let key = c.pick(&["routes", "cluster", "match", "abort", "x", "api_key"]);
-                    ((*key).to_owned(), any_value(c, depth - 1))
-                })
-                .collect();
+            let mut entries = Vec::new();
+            for key in ["routes", "cluster", "match", "abort", "x", "api_key"] {
+                if c.chance(30) {
+                    entries.push((key.to_owned(), any_value(c, depth - 1)));
+                }
+            }
             Node::Map(entries)
         }
     }
@@ -314,16 +336,28 @@ fn limits(c: &mut Choices<'_>) -> Node {
         .build()
 }
 
+fn server_tls(c: &mut Choices<'_>) -> Node {
+    MapBuilder::new(c)
+        .raw("mode", 50, TLS_MODES)
+        .raw("cert", 50, FILES)
+        .raw("key", 50, FILES)
+        .with("certificates", 20, |c| {
+            list(c, 2, |c| {
+                MapBuilder::new(c)
+                    .with("server_names", 50, |c| list(c, 2, |c| value(c, NAMES)))
+                    .raw("cert", 100, FILES)
+                    .raw("key", 100, FILES)
+                    .build()
+            })
+        })
+        .build()
+}
+
 fn listener(c: &mut Choices<'_>) -> Node {
     MapBuilder::new(c)
         .raw("name", 100, NAMES)
         .raw("address", 100, LISTEN)
-        .with("tls", 5, |c| {
-            MapBuilder::new(c)
-                .raw("cert", 100, FILES)
-                .raw("key", 100, FILES)
-                .build()
-        })
+        .with("tls", 5, server_tls)
         .raw("default_cluster", 70, NAMES)
         .with("limits", 20, limits)
         .raw("normalize_path", 10, BOOLS)
@@ -386,8 +420,10 @@ fn cluster(c: &mut Choices<'_>) -> Node {
         .raw("protocol", 15, PROTOCOLS)
         .with("tls", 5, |c| {
             MapBuilder::new(c)
-                .raw("ca", 100, FILES)
-                .raw("server_name", 50, NAMES)
+                .raw("mode", 50, TLS_MODES)
+                .raw("ca", 50, FILES)
+                .raw("server_name", 30, NAMES)
+                .raw("identity", 30, SPIFFE)
                 .build()
         })
         .raw("connect_timeout", 10, DURATIONS)
@@ -443,7 +479,15 @@ pub fn proxy_config(c: &mut Choices<'_>) -> String {
                 .with("allow_hosts", 20, |c| list(c, 2, |c| value(c, NAMES)))
                 .build()
         })
-        .with("listeners", 80, |c| list(c, 3, listener));
+        .with("listeners", 80, |c| list(c, 3, listener))
+        .with("identity", 5, |c| {
+            MapBuilder::new(c)
+                .raw("cert", 100, FILES)
+                .raw("key", 100, FILES)
+                .raw("bundle", 100, FILES)
+                .raw("poll_interval", 30, DURATIONS)
+                .build()
+        });
     let doc = shared_sections(m).build();
     finish(c, &doc)
 }
@@ -465,12 +509,20 @@ fn group(c: &mut Choices<'_>) -> Node {
         .with("listeners", 80, |c| list(c, 2, listener))
         .with("access_log", 10, access_log)
         .with("shutdown", 10, shutdown)
+        .raw("identity", 10, SPIFFE)
         .build()
 }
 
 /// A mesh config (what the config server stores), as YAML text.
 pub fn mesh_config(c: &mut Choices<'_>) -> String {
-    let m = MapBuilder::new(c).with("proxies", 100, |c| list(c, 3, group));
+    let m = MapBuilder::new(c)
+        .with("proxies", 100, |c| list(c, 3, group))
+        .with("identity", 10, |c| {
+            MapBuilder::new(c)
+                .raw("trust_domain", 50, TRUST_DOMAINS)
+                .raw("certificate_ttl", 50, DURATIONS)
+                .build()
+        });
     let doc = shared_sections(m).build();
     finish(c, &doc)
 }
@@ -560,6 +612,11 @@ fn write_value(c: &mut Choices<'_>, value: &Node, indent: usize, out: &mut Strin
 /// `node` in flow style (`{a: 1, b: [x]}`).
 fn write_flow(node: &Node, out: &mut String) {
     match node {
+        // saphyr takes `a:b` in a flow collection for a key and its value: quoted,
+        // the plain scalars of block style mean the same in flow style.
+        Node::Scalar(s) if s.contains(':') && !s.starts_with(['"', '!', '&', '*']) => {
+            out.push_str(&serde_json::to_string(s).unwrap_or_default());
+        }
         Node::Scalar(s) => out.push_str(s),
         Node::Map(entries) => {
             out.push('{');

@@ -60,16 +60,35 @@ fn load_mesh_config(text: &str) {
             for config in &configs {
                 let _ = config.pushed_filters();
             }
+            assert_identities(&mesh, text);
         }
         Err(e) => assert_located(&e, MESH_FILE, text),
     }
-    let _ = mesh.select("web", &BTreeMap::new());
+}
+
+/// Every SPIFFE ID the mesh gives a proxy is one, whatever its service and labels.
+fn assert_identities(mesh: &MeshConfig, text: &str) {
+    for service in ["web", "", "a b", "x/y", "é", "..", "a%2F"] {
+        for namespace in [None, Some(""), Some("prod"), Some("a/b"), Some("..")] {
+            let labels: BTreeMap<String, String> = namespace
+                .map(|n| ("namespace".to_owned(), n.to_owned()))
+                .into_iter()
+                .collect();
+            let group = mesh.select(service, &labels);
+            if let Ok(id) = mesh.identity(group, service, &labels) {
+                assert!(
+                    weft_config::spiffe::check_id(&id).is_ok(),
+                    "{id:?} for {service:?} in {namespace:?}\n--- input:\n{text}"
+                );
+            }
+        }
+    }
 }
 
 #[test]
 fn proxy_config_from_bytes() {
     check!()
-        .with_iterations(cases(3000))
+        .with_iterations(cases(10_000))
         .with_max_len(2048)
         .for_each(|bytes: &[u8]| load_proxy_config(&String::from_utf8_lossy(bytes)));
 }
@@ -77,7 +96,7 @@ fn proxy_config_from_bytes() {
 #[test]
 fn mesh_config_from_bytes() {
     check!()
-        .with_iterations(cases(3000))
+        .with_iterations(cases(10_000))
         .with_max_len(2048)
         .for_each(|bytes: &[u8]| load_mesh_config(&String::from_utf8_lossy(bytes)));
 }
@@ -85,7 +104,7 @@ fn mesh_config_from_bytes() {
 #[test]
 fn proxy_config_from_the_model() {
     check!()
-        .with_iterations(cases(3000))
+        .with_iterations(cases(10_000))
         .with_max_len(4096)
         .for_each(|bytes: &[u8]| load_proxy_config(&yaml::proxy_config(&mut Choices::new(bytes))));
 }
@@ -93,7 +112,7 @@ fn proxy_config_from_the_model() {
 #[test]
 fn mesh_config_from_the_model() {
     check!()
-        .with_iterations(cases(3000))
+        .with_iterations(cases(10_000))
         .with_max_len(4096)
         .for_each(|bytes: &[u8]| load_mesh_config(&yaml::mesh_config(&mut Choices::new(bytes))));
 }
@@ -102,10 +121,10 @@ fn mesh_config_from_the_model() {
 /// targets above would test little past the first error.
 #[test]
 fn the_model_makes_documents_that_load() {
-    let mut loaded = 0;
+    let (mut loaded, mut with_filters) = (0, 0);
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..500 {
-        let bytes: Vec<u8> = (0..256)
+    for _ in 0..2000 {
+        let bytes: Vec<u8> = (0..512)
             .map(|_| {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
@@ -114,9 +133,31 @@ fn the_model_makes_documents_that_load() {
             })
             .collect();
         let text = yaml::proxy_config(&mut Choices::new(&bytes));
-        if Config::from_str(&text, FILE, None).is_ok_and(|c| !c.listeners.is_empty()) {
+        if let Ok(config) = Config::from_str(&text, FILE, None) {
             loaded += 1;
+            if config.listeners.iter().any(|l| !l.filters.is_empty()) {
+                with_filters += 1;
+            }
         }
     }
-    assert!(loaded >= 10, "only {loaded} of 500 documents loaded");
+    assert!(loaded >= 100, "only {loaded} of 2000 documents loaded");
+    assert!(with_filters >= 1, "no document with a filter chain loaded");
+}
+
+/// Found by the targets above: the `dns` and `access_log` sections are checked with
+/// no place in the file to point at, so their errors name line 0.
+#[test]
+fn errors_of_the_dns_and_access_log_sections_name_their_line() {
+    for text in [
+        "access_log:\n  sample: 2\n",
+        "dns:\n  max_addresses: 0\n",
+        "dns:\n  min_refresh: 10s\n  max_refresh: 1s\n",
+    ] {
+        let e = Config::from_str(text, FILE, None).expect_err(text);
+        assert_located(&e, FILE, text);
+        let e = MeshConfig::parse(&format!("proxies: [{{select: {{}}}}]\n{text}"), MESH_FILE)
+            .and_then(|m| m.validate(&BTreeMap::new()).map(|_| ()))
+            .expect_err(text);
+        assert_located(&e, MESH_FILE, text);
+    }
 }

@@ -31,7 +31,7 @@ fn made_path(c: &mut Choices<'_>) -> String {
         p.push('/');
     }
     for _ in 0..c.below(12) {
-        p.push_str(*c.pick(PATH_PIECES));
+        p.push_str(c.pick::<&str>(PATH_PIECES));
     }
     p
 }
@@ -82,7 +82,7 @@ fn check_path(p: &str) {
 #[test]
 fn path_normal_form() {
     check!()
-        .with_iterations(cases(20_000))
+        .with_iterations(cases(50_000))
         .with_max_len(256)
         .for_each(|bytes: &[u8]| {
             check_path(&made_path(&mut Choices::new(bytes)));
@@ -199,7 +199,7 @@ fn check_authority(mut parts: http::request::Parts) {
 #[test]
 fn authority_is_settled_once() {
     check!()
-        .with_iterations(cases(20_000))
+        .with_iterations(cases(50_000))
         .with_max_len(128)
         .for_each(|bytes: &[u8]| {
             if let Some(parts) = made_request(&mut Choices::new(bytes)) {

@@ -51,7 +51,7 @@ fn hex(c: &mut Choices<'_>, len: usize) -> String {
 }
 
 fn ows(c: &mut Choices<'_>) -> &'static str {
-    *c.pick(&["", "", "", " ", "\t", " \t "])
+    c.pick::<&str>(&["", "", "", " ", "\t", " \t "])
 }
 
 /// Something shaped like a `traceparent`: the four fields, a wrong version or field,
@@ -76,7 +76,7 @@ fn made_traceparent(c: &mut Choices<'_>) -> Vec<u8> {
 #[test]
 fn traceparent_round_trips() {
     check!()
-        .with_iterations(cases(20_000))
+        .with_iterations(cases(50_000))
         .with_max_len(128)
         .for_each(|bytes: &[u8]| {
             let made = made_traceparent(&mut Choices::new(bytes));
@@ -103,7 +103,7 @@ fn made_b3(c: &mut Choices<'_>) -> Vec<u8> {
     let mut s = format!("{}{}-{}", ows(c), hex(c, trace_len), hex(c, 16));
     if c.chance(60) {
         s.push('-');
-        s.push_str(*c.pick(&["1", "0", "d", "true", "", "2"]));
+        s.push_str(c.pick::<&str>(&["1", "0", "d", "true", "", "2"]));
         if c.chance(50) {
             s.push('-');
             s.push_str(&hex(c, 16));
@@ -118,7 +118,7 @@ fn made_b3(c: &mut Choices<'_>) -> Vec<u8> {
 #[test]
 fn b3_becomes_an_equal_traceparent() {
     check!()
-        .with_iterations(cases(20_000))
+        .with_iterations(cases(50_000))
         .with_max_len(128)
         .for_each(|bytes: &[u8]| {
             let mut c = Choices::new(bytes);
@@ -166,7 +166,7 @@ fn made_tracestate(c: &mut Choices<'_>) -> Vec<u8> {
 #[test]
 fn tracestate_is_judged_whole() {
     check!()
-        .with_iterations(cases(20_000))
+        .with_iterations(cases(50_000))
         .with_max_len(600)
         .for_each(|bytes: &[u8]| {
             let made = made_tracestate(&mut Choices::new(bytes));

@@ -8,7 +8,8 @@
 //! - **Path** (RFC 3986 §6.2.2): percent-encoded unreserved characters are decoded,
 //!   the hex digits of other escapes upper-cased, dot segments removed and runs of
 //!   slashes merged, as nginx does before it matches a location. `%2F` stays encoded:
-//!   it is data, not a separator.
+//!   it is data, not a separator; so is a `%` that starts no escape, written `%25`.
+//!   The normal form is normal: normalising it again changes nothing.
 //! - **Headers**: those that describe one connection (hop-by-hop) go, and those the
 //!   proxy sets on requests (`x-weft-attempt`, a caller's workload) are never a
 //!   client's to send.
@@ -132,6 +133,15 @@ pub fn normal_path(path: &str) -> Option<String> {
                 decoded.push(bytes[i + 2].to_ascii_uppercase());
             }
             i += 3;
+            continue;
+        }
+        if bytes[i] == b'%' {
+            // A `%` that starts no escape is data, written as one: else a character
+            // decoded after it could complete an escape (`%4%41` would become `%4A`,
+            // `%%32%65` a `%2e` that the next decoder takes for a dot), and what the
+            // upstream decodes would differ from what the filters matched.
+            decoded.extend_from_slice(b"%25");
+            i += 1;
             continue;
         }
         decoded.push(bytes[i]);
@@ -277,7 +287,14 @@ mod tests {
         assert_eq!(n("/%61dmin"), "/admin");
         assert_eq!(n("/a%2fb"), "/a%2Fb", "an encoded slash stays data");
         assert_eq!(n("/a%20b"), "/a%20b");
-        assert_eq!(n("/a%zzb"), "/a%zzb", "a broken escape is left alone");
+        assert_eq!(n("/a%zzb"), "/a%25zzb", "a stray % is data");
+        assert_eq!(
+            n("/a%4%41"),
+            "/a%254A",
+            "no escape is made of a decoded character"
+        );
+        assert_eq!(n("/%%32%65%%32%65/x"), "/%252e%252e/x");
+        assert_eq!(n("/a%"), "/a%25");
         assert_eq!(n("/a%7e"), "/a~");
     }
 
