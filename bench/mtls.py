@@ -424,8 +424,7 @@ def setups_for(tmp, d, backend):
     return {n: s for n, s in all_setups.items() if n in wanted}
 
 
-def main():
-    tmp = tempfile.mkdtemp(prefix="weft-bench-mtls-")
+def main(tmp):
     cache, d = os.path.join(tmp, "cache"), os.path.join(tmp, "certs")
     idle, load = c.idle_check(), open("/proc/loadavg").read().split()[0]
     made_by = make_certs(d)
@@ -586,7 +585,10 @@ def report_policy(results):
 
 
 if __name__ == "__main__":
+    workdir = tempfile.mkdtemp(prefix="weft-bench-mtls-")
     try:
-        main()
+        main(workdir)
     finally:
         c.stop_all()
+        # Keys, configs and the compile cache: nothing to keep.
+        shutil.rmtree(workdir, ignore_errors=True)
