@@ -2,9 +2,9 @@
 //! and documents built from the real model's keys. Whatever they are given, they
 //! return a config or an error; an error names the file and a line in it.
 //!
-//! Longer: `WEFT_FUZZ_CASES=200000 cargo test -p weft-fuzz --test config --release`,
-//! or coverage-guided on nightly: `cargo bolero test -p weft-fuzz --test config
-//! proxy_config_from_the_model`.
+//! Longer runs (`docs/fuzzing.md`):
+//! `WEFT_FUZZ_CASES=1000000 cargo test -p weft-fuzz --test config`, or on nightly,
+//! coverage-guided: `cargo bolero test -p weft-fuzz --test config proxy_config_from_the_model`.
 
 use std::collections::BTreeMap;
 

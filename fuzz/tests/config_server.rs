@@ -5,8 +5,9 @@
 //! is sent, the server answers: never a 5xx, and every refusal is a 4xx whose body is
 //! `{"error": "..."}`.
 //!
-//! Longer: `WEFT_FUZZ_CASES=5000 cargo test -p weft-fuzz --test config_server --release`,
-//! or `cargo bolero test -p weft-fuzz --test config_server api_answers_every_request`.
+//! Longer runs (`docs/fuzzing.md`):
+//! `WEFT_FUZZ_CASES=5000 cargo test -p weft-fuzz --test config_server`, or on nightly,
+//! coverage-guided: `cargo bolero test -p weft-fuzz --test config_server api_answers_every_request`.
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;

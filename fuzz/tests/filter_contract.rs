@@ -7,8 +7,9 @@
 //! well-formed HTTP (a status from 100 to 599) within a bound, no thread of it
 //! panics, and a listener without filters still serves a plain request.
 //!
-//! Longer: `WEFT_FUZZ_CASES=2000 cargo test -p weft-fuzz --test filter_contract --release`,
-//! or `cargo bolero test -p weft-fuzz --test filter_contract proxy_survives_random_filters`.
+//! Longer runs (`docs/fuzzing.md`):
+//! `WEFT_FUZZ_CASES=2000 cargo test -p weft-fuzz --test filter_contract`, or on nightly,
+//! coverage-guided: `cargo bolero test -p weft-fuzz --test filter_contract proxy_survives_random_filters`.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -8,8 +8,9 @@
 //!   origin-form URI, and settling it again changes nothing; the accepted text reads
 //!   back as the same authority.
 //!
-//! Longer: `WEFT_FUZZ_CASES=1000000 cargo test -p weft-fuzz --test normalize --release`,
-//! or `cargo bolero test -p weft-fuzz --test normalize path_normal_form`.
+//! Longer runs (`docs/fuzzing.md`):
+//! `WEFT_FUZZ_CASES=1000000 cargo test -p weft-fuzz --test normalize`, or on nightly,
+//! coverage-guided: `cargo bolero test -p weft-fuzz --test normalize path_normal_form`.
 
 use bolero::check;
 use http::uri::Authority;

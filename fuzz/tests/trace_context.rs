@@ -8,8 +8,9 @@
 //! `proxy/src/access.rs`) takes a request; the filter-contract target drives it with
 //! random headers through a real proxy.
 //!
-//! Longer: `WEFT_FUZZ_CASES=1000000 cargo test -p weft-fuzz --test trace_context --release`,
-//! or `cargo bolero test -p weft-fuzz --test trace_context traceparent_round_trips`.
+//! Longer runs (`docs/fuzzing.md`):
+//! `WEFT_FUZZ_CASES=1000000 cargo test -p weft-fuzz --test trace_context`, or on nightly,
+//! coverage-guided: `cargo bolero test -p weft-fuzz --test trace_context traceparent_round_trips`.
 
 use bolero::check;
 use weft_filter_telemetry::context::{
