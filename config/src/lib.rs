@@ -139,16 +139,25 @@ impl Config {
                 );
             }
         }
-        if !(1..=10_000).contains(&self.dns.max_addresses) {
+        let max_addresses = &self.dns.max_addresses;
+        if !(1..=10_000).contains(&max_addresses.value) {
             return self.invalid(
-                &serde_saphyr::Location::UNKNOWN,
+                &max_addresses.referenced,
                 "dns.max_addresses".into(),
                 "must be within 1 to 10000",
             );
         }
-        if self.dns.min_refresh.0.is_zero() || self.dns.min_refresh.0 > self.dns.max_refresh.0 {
+        let (min, max) = (&self.dns.min_refresh, &self.dns.max_refresh);
+        if min.value.0.is_zero() || min.value.0 > max.value.0 {
+            // One of the two was written, or the defaults would hold: point at
+            // `min_refresh` when the file gives it, else at `max_refresh`.
+            let at = if min.referenced == Location::UNKNOWN {
+                &max.referenced
+            } else {
+                &min.referenced
+            };
             return self.invalid(
-                &serde_saphyr::Location::UNKNOWN,
+                at,
                 "dns".into(),
                 "min_refresh must be above 0 and at most max_refresh",
             );
@@ -198,11 +207,11 @@ impl Config {
         let Some(a) = &self.access_log else {
             return Ok(());
         };
-        if !(0.0..=1.0).contains(&a.sample) {
+        if !(0.0..=1.0).contains(&a.sample.value) {
             return self.invalid(
-                &serde_saphyr::Location::UNKNOWN,
+                &a.sample.referenced,
                 "access_log.sample".into(),
-                format!("{} is not within 0 to 1", a.sample),
+                format!("{} is not within 0 to 1", a.sample.value),
             );
         }
         if let Some(fields) = &a.fields {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use serde_saphyr::Spanned;
+use serde_saphyr::{Location, Spanned};
 
 use crate::units::{Duration, Size};
 use crate::{ClientTlsConfig, IdentityConfig, ServerTlsConfig};
@@ -85,11 +85,16 @@ pub struct AccessLogConfig {
     pub fields: Option<Spanned<Vec<String>>>,
     /// Share of requests logged, 0 to 1, decided when each arrives.
     #[serde(default = "default_sample")]
-    pub sample: f64,
+    pub sample: Spanned<f64>,
 }
 
-fn default_sample() -> f64 {
-    1.0
+fn default_sample() -> Spanned<f64> {
+    unwritten(1.0)
+}
+
+/// A default: a value the file did not write, so it has no place in the file.
+fn unwritten<T>(value: T) -> Spanned<T> {
+    Spanned::new(value, Location::UNKNOWN, Location::UNKNOWN)
 }
 
 /// Span export over OTLP/gRPC.
@@ -185,14 +190,14 @@ pub struct DnsConfig {
     pub servers: Vec<Spanned<String>>,
     /// Names are resolved again when their TTL runs out, but not sooner than this.
     #[serde(default = "default_dns_min")]
-    pub min_refresh: Duration,
+    pub min_refresh: Spanned<Duration>,
     /// ... and not later than this.
     #[serde(default = "default_dns_max")]
-    pub max_refresh: Duration,
+    pub max_refresh: Spanned<Duration>,
     /// The most addresses one name becomes endpoints for; the rest of an answer
     /// (lowest addresses first) is left out and logged once.
     #[serde(default = "default_dns_max_addresses")]
-    pub max_addresses: usize,
+    pub max_addresses: Spanned<usize>,
 }
 
 impl Default for DnsConfig {
@@ -206,16 +211,16 @@ impl Default for DnsConfig {
     }
 }
 
-fn default_dns_min() -> Duration {
-    Duration(std::time::Duration::from_secs(1))
+fn default_dns_min() -> Spanned<Duration> {
+    unwritten(Duration(std::time::Duration::from_secs(1)))
 }
 
-fn default_dns_max_addresses() -> usize {
-    64
+fn default_dns_max_addresses() -> Spanned<usize> {
+    unwritten(64)
 }
 
-fn default_dns_max() -> Duration {
-    Duration(std::time::Duration::from_secs(300))
+fn default_dns_max() -> Spanned<Duration> {
+    unwritten(Duration(std::time::Duration::from_secs(300)))
 }
 
 /// A listener: an address, optional TLS, limits, and a filter chain.

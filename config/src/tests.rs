@@ -243,7 +243,18 @@ fn dns_endpoints_and_resolvers_are_checked() {
         "{e}"
     );
     let e = err("dns:\n  min_refresh: 10s\n  max_refresh: 1s\n");
-    assert!(e.contains("dns: min_refresh"), "{e}");
+    assert!(
+        e.starts_with("weft.yaml:2:") && e.contains("dns: min_refresh"),
+        "{e}"
+    );
+    // With `min_refresh` left at its default, the written `max_refresh` is at fault.
+    let e = err("dns:\n  servers: []\n  max_refresh: 500ms\n");
+    assert!(e.starts_with("weft.yaml:3:"), "{e}");
+    let e = err("dns:\n  max_addresses: 0\n");
+    assert!(
+        e.starts_with("weft.yaml:2:") && e.contains("dns.max_addresses"),
+        "{e}"
+    );
     let c = Config::from_str(
         "dns:\n  servers: [\"127.0.0.1:53\"]\nclusters:\n  - name: a\n    \
          endpoints: [{ dns: \"api.internal:80\", weight: 3 }, \"10.0.0.1:80\"]\n",
@@ -280,13 +291,13 @@ fn a_mesh_group_may_set_its_own_access_log_and_shutdown() {
     .unwrap();
     let none = std::collections::BTreeMap::new();
     let web = mesh.proxy_config(0, &none).unwrap();
-    assert_eq!(web.access_log.as_ref().unwrap().sample, 1.0);
+    assert_eq!(web.access_log.as_ref().unwrap().sample.value, 1.0);
     assert_eq!(
         web.shutdown.drain_delay.0,
         std::time::Duration::from_secs(5)
     );
     let other = mesh.proxy_config(1, &none).unwrap();
-    assert_eq!(other.access_log.as_ref().unwrap().sample, 0.5);
+    assert_eq!(other.access_log.as_ref().unwrap().sample.value, 0.5);
     assert_eq!(
         other.shutdown.drain_delay.0,
         std::time::Duration::from_secs(1)

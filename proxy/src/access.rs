@@ -95,7 +95,7 @@ impl AccessLog {
         Self {
             listener,
             fields,
-            sample: config.sample,
+            sample: config.sample.value,
         }
     }
 

@@ -86,9 +86,9 @@ impl Dns {
             .map_err(|e| format!("cannot set up the resolver: {e}"))?;
         Ok(Self {
             resolver,
-            min: config.min_refresh.0,
-            max: config.max_refresh.0,
-            max_addresses: config.max_addresses,
+            min: config.min_refresh.value.0,
+            max: config.max_refresh.value.0,
+            max_addresses: config.max_addresses.value,
             allow_link_local,
             wake: Notify::new(),
             answered: AtomicBool::new(false),
