@@ -251,6 +251,17 @@ impl ProxyError {
         )
     }
 
+    /// A filter's delay ran past the request's timeout: no upstream was asked.
+    pub(crate) fn delayed_past(timeout: Duration) -> Self {
+        Self::new(
+            Side::Filter,
+            StatusCode::GATEWAY_TIMEOUT,
+            "request timed out",
+            format!("a filter's delay ran past the request's timeout of {timeout:?}"),
+        )
+        .exchange(ExchangeError::Timeout)
+    }
+
     /// The request (`ExchangeError::Timeout`) or one attempt
     /// (`ExchangeError::PerTryTimeout`) ran out of time.
     pub(crate) fn timed_out(cluster: &str, after: Duration, kind: ExchangeError) -> Self {

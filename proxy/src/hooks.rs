@@ -72,6 +72,21 @@ pub(crate) enum Forward<'s> {
     Answered(Responder),
 }
 
+/// Wait out a filter's delay, but not past the request's timeout (a filter's, else
+/// the listener's), which counts from the request's arrival across every delay:
+/// past it the request ends with 504.
+async fn delay(lent: &Lent, delay: Duration, request_timeout: Duration) -> Result<(), ProxyError> {
+    let ctx = &lent.get().ctx;
+    let timeout = ctx.timeout.unwrap_or(request_timeout);
+    let deadline = ctx.received + timeout;
+    if std::time::Instant::now() + delay.min(MAX_DELAY) < deadline {
+        tokio::time::sleep(delay.min(MAX_DELAY)).await;
+        return Ok(());
+    }
+    tokio::time::sleep_until(deadline.into()).await;
+    Err(ProxyError::delayed_past(timeout))
+}
+
 /// What the response phase decided.
 pub(crate) enum Verdict {
     /// The response goes to the client as it is.
@@ -90,6 +105,7 @@ impl FilterChain {
         &self,
         lent: &mut Lent,
         clusters: &'s HashMap<String, Arc<Cluster>>,
+        request_timeout: Duration,
     ) -> Result<Forward<'s>, ProxyError> {
         let mut route = None;
         for &i in self.request_filters() {
@@ -103,7 +119,7 @@ impl FilterChain {
                 }
                 Outcome::Done(Action::Delay(ns)) => {
                     lent.decided(filter, "delay");
-                    tokio::time::sleep(Duration::from_nanos(ns).min(MAX_DELAY)).await;
+                    delay(lent, Duration::from_nanos(ns), request_timeout).await?;
                 }
                 Outcome::Done(Action::Respond(local)) => {
                     lent.decided(filter, "respond");
@@ -187,8 +203,17 @@ fn routed_to<'s>(
 /// A filter's local response as a response head, checked.
 fn local_response(filter: &str, local: LocalResponse) -> Result<ResponseHead, ProxyError> {
     let bad = |what: &str| ProxyError::invalid_local_response(filter, what);
-    let status =
-        StatusCode::from_u16(local.status).map_err(|_| bad(&format!("status {}", local.status)))?;
+    // Only a final status: an interim one (1xx) would leave the client waiting for
+    // the answer, or break its HTTP/2 stream; none past 599 means anything.
+    let status = StatusCode::from_u16(local.status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .ok_or_else(|| {
+            bad(&format!(
+                "status {} (a final status is 200 to 599)",
+                local.status
+            ))
+        })?;
     let mut builder = Response::builder().status(status);
     for h in local.headers {
         let name = HeaderName::from_bytes(h.name.as_bytes())

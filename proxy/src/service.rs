@@ -53,6 +53,7 @@ pub(crate) async fn serve(
     let mut req = req;
     let mut upgrade = Upgrade::of(&mut req, &state);
     let version = req.version();
+    let head = req.method() == http::Method::HEAD;
     let logged = state.access.as_ref().filter(|a| a.sampled());
     // A chain without hooks (or no chain) costs nothing: no context, no exchange,
     // unless the request is logged.
@@ -61,7 +62,7 @@ pub(crate) async fn serve(
             Ok(resp) => resp,
             Err(e) => fail(&state.name, e, id, grpc),
         };
-        return Ok(respond(&state, resp, upgrade, version));
+        return Ok(respond(&state, headless(head, resp), upgrade, version));
     }
     let (parts, body) = req.into_parts();
     let mut ctx = RequestContext::new(id, conn);
@@ -80,7 +81,7 @@ pub(crate) async fn serve(
             (fail(&state.name, e, id, grpc), Responder::Proxy(kind))
         }
     };
-    let resp = respond(&state, resp, upgrade, version);
+    let resp = respond(&state, headless(head, resp), upgrade, version);
     // The end phase: `on-done` runs once the response body has gone, whatever happened.
     Ok(match lent.into_inner() {
         Some(ex) if state.chain.done || logged.is_some() => {
@@ -101,7 +102,11 @@ async fn filtered(
 ) -> Result<(Response<ProxyBody>, Responder), ProxyError> {
     prepare(state, &mut lent.get_mut().request.parts)?;
     let (stream, arrival) = request_body(state, lent, body).await?;
-    let route = match state.chain.request_phase(lent, &state.clusters).await? {
+    let route = match state
+        .chain
+        .request_phase(lent, &state.clusters, state.request_timeout)
+        .await?
+    {
         Forward::Answered(responder) => return Ok((finish(lent, None), responder)),
         Forward::To(route) => route,
     };
@@ -379,6 +384,18 @@ where
     Box::pin(body::buffer(body, limit))
         .await
         .map_err(|e| ProxyError::unbuffered(side, limit, e))
+}
+
+/// The answer to a HEAD request has no body: HTTP/1.1 leaves it out by itself, but
+/// HTTP/2 would send a body the proxy or a filter made, and the client would reset
+/// the stream. An upstream's body is left to hyper, which reads none for HEAD (and
+/// so keeps the connection for the next request).
+fn headless(head: bool, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if !head || matches!(resp.body(), ProxyBody::Upstream(_)) {
+        return resp;
+    }
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, ProxyBody::empty())
 }
 
 /// The response to send: the exchange's response head with its body.

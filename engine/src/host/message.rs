@@ -162,6 +162,11 @@ impl types::HostResponse for HostState {
 
     fn set_status(&mut self, _: Resource<ResponseRef>, status: u16) -> Result<(), String> {
         let resp = self.resp().ok_or(NO_RESPONSE)?;
+        if !(200..=599).contains(&status) {
+            return Err(format!(
+                "invalid status {status}: a final status is 200 to 599"
+            ));
+        }
         resp.parts.status =
             http::StatusCode::from_u16(status).map_err(|_| format!("invalid status {status}"))?;
         Ok(())
