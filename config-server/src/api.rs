@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router, middleware};
 use bytes::Bytes;
+use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weft_config::{Balancer, Config, FailurePolicy, MeshConfig, UpstreamProtocol};
@@ -67,6 +69,24 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// A route's path parameters, refused as the API refuses anything else: axum's own
+/// `Path` answers in plain text (a segment that is not UTF-8 once decoded, one that
+/// does not parse), where clients of this API read `{"error": ...}`.
+struct Param<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Param<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            // What a client can cause is a 400; a route whose parameters do not fit
+            // its handler is this server's fault, and keeps axum's 500.
+            Err(e) => Err(ApiError::new(e.status(), e.body_text())),
+        }
+    }
+}
+
 pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!(
         "no such route: {}; see GET /v1/openapi.yaml",
@@ -101,7 +121,7 @@ async fn list_filters(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({ "filters": filters }))
 }
 
-async fn get_filter(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Reply {
+async fn get_filter(State(shared): State<Arc<Shared>>, Param(name): Param<String>) -> Reply {
     let published = shared.snapshot();
     let versions = published.state.filters.get(&name).ok_or_else(|| {
         ApiError::not_found(format!("no filter was pushed under the name {name:?}"))
@@ -137,7 +157,7 @@ fn author(headers: &HeaderMap, peer: SocketAddr) -> Result<Option<String>, ApiEr
 async fn push_filter(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
+    Param(name): Param<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Reply {
@@ -329,11 +349,9 @@ async fn snapshot(State(shared): State<Arc<Shared>>) -> Reply {
 /// secrets): it needs the token.
 async fn version(
     State(shared): State<Arc<Shared>>,
-    version: Result<Path<u64>, PathRejection>,
+    version: Result<Param<u64>, ApiError>,
 ) -> Reply {
-    let Path(number) = version.map_err(|e| {
-        ApiError::bad_request(format!("the version must be a number: {}", e.body_text()))
-    })?;
+    let Param(number) = version.map_err(not_a_version)?;
     let published = shared.snapshot();
     let versions = &published.state.versions;
     let found = versions.iter().find(|v| v.version == number);
@@ -344,6 +362,12 @@ async fn version(
         })
     })?;
     Ok(Json(&**found).into_response())
+}
+
+/// A `{version}` segment that is not a version number.
+fn not_a_version(e: ApiError) -> ApiError {
+    let message = format!("the version must be a number: {}", e.message);
+    ApiError { message, ..e }
 }
 
 /// Every version, without its mesh text (which holds filter configs): open like
@@ -372,11 +396,9 @@ async fn rollback(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    version: Result<Path<u64>, PathRejection>,
+    version: Result<Param<u64>, ApiError>,
 ) -> Reply {
-    let Path(to) = version.map_err(|e| {
-        ApiError::bad_request(format!("the version must be a number: {}", e.body_text()))
-    })?;
+    let Param(to) = version.map_err(not_a_version)?;
     // What the rollback would make live again must be signed as a push would be.
     if let Some(old) = (shared.snapshot().state.versions.iter()).find(|v| v.version == to)
         && let Ok(mesh) = MeshConfig::parse(&old.mesh, &old.mesh_file)
@@ -506,7 +528,7 @@ struct ConfigQuery {
 /// asked for with the API token.
 async fn proxy_config(
     State(shared): State<Arc<Shared>>,
-    Path(node): Path<String>,
+    Param(node): Param<String>,
     query: Result<Query<ConfigQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Reply {
