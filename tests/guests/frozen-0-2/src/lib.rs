@@ -31,7 +31,9 @@ static REQUESTS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 fn text(bytes: &[u8], start: u32, len: u32) -> String {
     let (start, len) = (start as usize, len as usize);
-    let slice = bytes.get(start..start.saturating_add(len)).unwrap_or_default();
+    let slice = bytes
+        .get(start..start.saturating_add(len))
+        .unwrap_or_default();
     String::from_utf8_lossy(slice).into_owned()
 }
 
