@@ -335,18 +335,39 @@ impl TrustedKeys {
     }
 }
 
+/// A signing key for tests: a fresh ed25519 pair and its public key.
+#[cfg(test)]
+pub(crate) struct TestKey(
+    pub(crate) ring::signature::Ed25519KeyPair,
+    pub(crate) PublicKey,
+);
+
+#[cfg(test)]
+impl TestKey {
+    pub(crate) fn new() -> Self {
+        use ring::signature::{Ed25519KeyPair, KeyPair};
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let public = PublicKey::from_bytes(pair.public_key().as_ref().try_into().unwrap());
+        Self(pair, public)
+    }
+
+    /// A signature of `content` as `what`, as the `x-weft-signature` header says it.
+    pub(crate) fn sign(&self, what: Signed, content: &[u8]) -> String {
+        let sig = self.0.sign(&what.message(content));
+        Signature::new(self.1.id(), sig.as_ref().try_into().unwrap()).to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use ring::rand::SystemRandom;
-    use ring::signature::{Ed25519KeyPair, KeyPair};
+    use ring::signature::Ed25519KeyPair;
 
     use super::*;
 
     fn key_pair() -> (Ed25519KeyPair, PublicKey) {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        let public = PublicKey::from_bytes(pair.public_key().as_ref().try_into().unwrap());
-        (pair, public)
+        let key = TestKey::new();
+        (key.0, key.1)
     }
 
     fn sign(pair: &Ed25519KeyPair, key: &PublicKey, what: Signed, content: &[u8]) -> String {

@@ -106,27 +106,8 @@ fn module_name(sha: &str, running: &BTreeMap<String, String>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use ring::rand::SystemRandom;
-    use ring::signature::{Ed25519KeyPair, KeyPair};
-
     use super::*;
-    use crate::signature::{PublicKey, Signature};
-
-    struct Key(Ed25519KeyPair, PublicKey);
-
-    impl Key {
-        fn new() -> Self {
-            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-            let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-            let public = PublicKey::from_bytes(pair.public_key().as_ref().try_into().unwrap());
-            Self(pair, public)
-        }
-
-        fn sign(&self, what: Signed, content: &[u8]) -> String {
-            let sig = self.0.sign(&what.message(content));
-            Signature::new(self.1.id(), sig.as_ref().try_into().unwrap()).to_string()
-        }
-    }
+    use crate::signature::TestKey as Key;
 
     #[test]
     fn a_module_changed_after_signing_is_refused_by_its_bytes_not_its_name() {

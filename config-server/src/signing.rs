@@ -240,27 +240,13 @@ fn forbidden_because(refusal: &Refusal, what: &str, fix: &str) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use ring::rand::SystemRandom;
-    use ring::signature::{Ed25519KeyPair, KeyPair};
-
     use super::*;
-    use signature::PublicKey;
+    use signature::TestKey as Key;
 
-    struct Key(Ed25519KeyPair, PublicKey);
-
-    impl Key {
-        fn new() -> Self {
-            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-            let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-            let public = PublicKey::from_bytes(pair.public_key().as_ref().try_into().unwrap());
-            Self(pair, public)
-        }
-
-        fn headers(&self, what: Signed, content: &[u8]) -> HeaderMap {
-            let sig = self.0.sign(&what.message(content));
-            let sig = Signature::new(self.1.id(), sig.as_ref().try_into().unwrap());
-            HeaderMap::from_iter([(HEADER.parse().unwrap(), sig.to_string().parse().unwrap())])
-        }
+    /// The headers of a push signed by `key`.
+    fn headers(key: &Key, what: Signed, content: &[u8]) -> HeaderMap {
+        let sig = key.sign(what, content);
+        HeaderMap::from_iter([(HEADER.parse().unwrap(), sig.parse().unwrap())])
     }
 
     fn signing(dir: &Path, key: Option<&Key>) -> Signing {
@@ -279,7 +265,7 @@ mod tests {
         let (ours, theirs) = (Key::new(), Key::new());
         let signing = signing(&dir.0, Some(&ours));
         let module = b"\0asm signed";
-        let signed = ours.headers(Signed::Module, module);
+        let signed = headers(&ours, Signed::Module, module);
         assert!(
             signing
                 .check(Signed::Module, module, &signed)
@@ -299,10 +285,10 @@ mod tests {
         );
         let changed = refused(b"\0asm changed", &signed);
         assert!(changed.contains("does not verify"), "{changed}");
-        let other = refused(module, &theirs.headers(Signed::Module, module));
+        let other = refused(module, &headers(&theirs, Signed::Module, module));
         assert!(other.contains("not a trusted key"), "{other}");
         // A mesh config's signature is no module's.
-        let mesh = ours.headers(Signed::Mesh, module);
+        let mesh = headers(&ours, Signed::Mesh, module);
         assert!(refused(module, &mesh).contains("does not verify"));
     }
 
@@ -316,9 +302,9 @@ mod tests {
             .check(Signed::Mesh, b"m", &HeaderMap::new())
             .unwrap();
         assert_eq!(bare, None);
-        let headers = key.headers(Signed::Mesh, b"proxies: []\n");
+        let mesh = headers(&key, Signed::Mesh, b"proxies: []\n");
         let sig = signing
-            .check(Signed::Mesh, b"proxies: []\n", &headers)
+            .check(Signed::Mesh, b"proxies: []\n", &mesh)
             .unwrap();
         signing
             .record(Signed::Mesh, b"proxies: []\n", sig.clone().unwrap())
@@ -330,7 +316,11 @@ mod tests {
         let module = b"\0asm";
         let module_sha = hex::encode(Sha256::digest(module));
         let module_sig = signing
-            .check(Signed::Module, module, &key.headers(Signed::Module, module))
+            .check(
+                Signed::Module,
+                module,
+                &headers(&key, Signed::Module, module),
+            )
             .unwrap()
             .unwrap();
         signing
