@@ -171,6 +171,16 @@ pub(crate) struct Attempt {
     pub(crate) identity: Option<Arc<str>>,
 }
 
+impl Attempt {
+    /// An attempt whose upstream must prove an identity matching `pattern`, if any.
+    pub(crate) fn requiring(pattern: Option<Box<str>>) -> Self {
+        Self {
+            required_identity: pattern,
+            ..Self::default()
+        }
+    }
+}
+
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Some(endpoint) = &self.endpoint else {

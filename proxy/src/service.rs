@@ -226,21 +226,16 @@ async fn attempts(
         }
         let per_try = ex.ctx.per_try_timeout;
         let sent_at = Instant::now();
-        let mut info = Attempt {
-            required_identity: ex.ctx.upstream_identity_required.clone(),
-            ..Attempt::default()
-        };
+        let mut info = Attempt::requiring(ex.ctx.upstream_identity_required.clone());
         let trailers = chain.response_trailers;
         let limits = (expire.as_mut(), timeout);
         let outcome =
             attempt::run(cluster, req, upgrade, trailers, per_try, limits, &mut info).await;
-        let ex = lent.get_mut();
-        ex.ctx.endpoint = info.endpoint.map(|e| e.authority.clone());
-        ex.ctx.connect_time = info.connect_time;
-        ex.ctx.upstream_identity = info.identity;
-        if outcome.is_ok() {
-            ex.ctx.first_byte_time = Some(sent_at.elapsed());
-        }
+        let ex = learned(
+            lent.get_mut(),
+            info,
+            outcome.is_ok().then(|| sent_at.elapsed()),
+        );
         let (mut head, mut rbody, responder) = shown(state, outcome, ex.ctx.id, grpc)?;
         if !chain.response {
             ex.response = Some(head);
@@ -287,6 +282,16 @@ fn begin<'e>(ex: &'e mut Exchange, cluster: &Cluster, n: u32) -> &'e mut Exchang
     ex.ctx.cluster = Some(cluster.name_arc());
     ex.ctx.connect_time = None;
     ex.ctx.first_byte_time = None;
+    ex
+}
+
+/// What the attempt learned, in its context: where it went, how long connecting
+/// and the first byte took, and what identity the upstream proved.
+fn learned(ex: &mut Exchange, info: Attempt, first_byte: Option<Duration>) -> &mut Exchange {
+    ex.ctx.endpoint = info.endpoint.map(|e| e.authority.clone());
+    ex.ctx.connect_time = info.connect_time;
+    ex.ctx.upstream_identity = info.identity;
+    ex.ctx.first_byte_time = first_byte;
     ex
 }
 
