@@ -169,10 +169,10 @@ fn spiffe_id_in(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<
 
 /// The SPIFFE ID a peer proved with its certificate chain (verified by rustls
 /// before this is asked).
-pub(crate) fn peer_id(certs: Option<&[CertificateDer<'_>]>) -> Option<Arc<str>> {
+pub(crate) fn peer_id(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(certs?.first()?).ok()?;
-    spiffe_id_in(&cert).map(Arc::from)
+    spiffe_id_in(&cert)
 }
 
 /// A mesh listener's server config: the workload certificate, clients asked for

@@ -181,9 +181,15 @@ async fn serve_connection(
     state: Arc<ArcSwap<ListenerState>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Served {
+        name,
+        peer,
+        local,
+        counts,
+    } = served;
     let info = ConnectionInfo {
-        peer: served.peer,
-        local: served.local,
+        peer,
+        local,
         tls: None,
     };
     let limits = conn.limits;
@@ -202,11 +208,10 @@ async fn serve_connection(
             }
         }
     };
-    let (name, peer) = (served.name.clone(), served.peer);
     let result = match acceptor {
         None => {
             let svc = request_service(state, Arc::new(info), watch.clone());
-            let io = Watched::new(stream, watch.clone()).counting(served.counts);
+            let io = Watched::new(stream, watch.clone()).counting(counts);
             drive(io, &conn.builder, svc, &limits, &watch, &mut stop).await
         }
         Some(acceptor) => {
@@ -228,7 +233,7 @@ async fn serve_connection(
             };
             let svc = request_service(state, Arc::new(info), watch.clone());
             // Counted after TLS: the bytes of HTTP, as the listener's filters see them.
-            let io = Watched::new(stream, watch.clone()).counting(served.counts);
+            let io = Watched::new(stream, watch.clone()).counting(counts);
             drive(io, &conn.builder, svc, &limits, &watch, &mut stop).await
         }
     };
@@ -267,9 +272,7 @@ fn tls_info(session: &rustls::ServerConnection, identity: Option<&crate::Identit
             .alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned()),
         // The client's chain was verified against the bundle in the handshake.
-        peer_identity: identity
-            .and_then(|_| crate::identity::peer_id(session.peer_certificates()))
-            .map(|id| id.to_string()),
+        peer_identity: identity.and_then(|_| crate::identity::peer_id(session.peer_certificates())),
         local_identity: identity.and_then(crate::Identity::spiffe_id),
     }
 }

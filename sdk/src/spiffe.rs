@@ -96,6 +96,9 @@ pub fn check_pattern(pattern: &str) -> Result<(), SpiffeError> {
     if pattern == "*" {
         return Ok(());
     }
+    if pattern.len() > MAX_ID_LEN {
+        return Err(SpiffeError::TooLong);
+    }
     let Some(prefix) = pattern.strip_suffix("/*") else {
         return check_id(pattern);
     };

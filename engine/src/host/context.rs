@@ -151,9 +151,7 @@ impl types::HostContext for HostState {
         if phase != Phase::Request || ctx.attempt > 0 {
             return Err(types::SettingError::TooLate);
         }
-        // `check_pattern` bounds IDs but not a bare trust domain's `spiffe://td/*`;
-        // the context keeps the pattern for the whole request, so bound it here.
-        if pattern.len() > spiffe::MAX_ID_LEN || spiffe::check_pattern(&pattern).is_err() {
+        if spiffe::check_pattern(&pattern).is_err() {
             return Err(types::SettingError::OutOfRange);
         }
         ctx.upstream_identity_required = Some(pattern.into_boxed_str());

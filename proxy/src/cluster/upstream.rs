@@ -283,7 +283,7 @@ impl Endpoint {
         if tls.mesh {
             // The verifier has checked the chain and the ID against the cluster's.
             let id = crate::identity::peer_id(stream.get_ref().1.peer_certificates());
-            self.proven.store(id.map(Arc::new));
+            self.proven.store(id.map(|id| Arc::new(Arc::from(id))));
         }
         Ok(stream)
     }
