@@ -29,6 +29,9 @@ mod error;
 mod exchange;
 mod filter;
 mod host;
+// The rules live with the SDK, whose native host (a filter's `cargo test`) applies
+// them too and is packaged on its own; one file, so both refuse the same things.
+#[path = "../../sdk/src/limits.rs"]
 mod limits;
 mod metrics;
 mod resources;

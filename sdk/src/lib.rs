@@ -47,7 +47,7 @@
 #[allow(missing_docs, unsafe_code)]
 pub mod __weft_bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "filter-world",
         pub_export_macro: true,
         export_macro_name: "__weft_export_world",
@@ -58,6 +58,9 @@ pub mod __weft_bindings {
 mod config;
 mod filter;
 mod host;
+// The proxy's rules on metric names and state; the engine includes this same file.
+#[cfg(not(target_arch = "wasm32"))]
+mod limits;
 #[cfg(not(target_arch = "wasm32"))]
 mod native;
 pub mod spiffe;

@@ -20,12 +20,7 @@ use crate::__weft_bindings::weft::filter::host::{
     Entry, Level, MetricError, MetricKind, StateError,
 };
 
-// The engine's own file of the rules on metric names and state, so this host refuses
-// what the proxy refuses, from the same source.
-#[path = "../../engine/src/limits.rs"]
-mod limits;
-
-use limits::{
+use crate::limits::{
     MAX_STATE_KEY, MAX_STATE_KEYS, MAX_STATE_VALUE, valid_bounds, valid_label, valid_name,
 };
 

@@ -1,6 +1,7 @@
 //! The rules a filter meets when it defines metrics and keeps state, in one file: the
-//! engine enforces them, and the SDK's native host (what a filter's `cargo test` calls)
-//! includes this same file, so a filter's tests are refused what the proxy refuses.
+//! SDK's native host (what a filter's `cargo test` calls) applies them, and the engine
+//! includes this same file to enforce them, so a filter's tests are refused what the
+//! proxy refuses. It lives in the SDK because the SDK is packaged on its own.
 //!
 //! It is compiled into both crates, so it names nothing from either.
 
