@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod capture;
 mod mesh;
 mod model;
 mod settings;
@@ -369,6 +370,9 @@ impl Config {
                 self.validate_server_tls(i, t, &l.name.referenced)?;
             }
             self.validate_filters(i, l)?;
+            if let Some(c) = &l.capture {
+                self.validate_capture(i, c, clusters)?;
+            }
         }
         Ok(())
     }
@@ -502,6 +506,17 @@ impl Config {
     }
 }
 
+impl ClusterConfig {
+    /// A cluster named `name` of the one endpoint `endpoint`, every other key at its
+    /// default: what an inbound capture listener makes for a port no cluster names.
+    pub fn of_endpoint(name: &str, endpoint: std::net::SocketAddr) -> Result<Self, ConfigError> {
+        parse_yaml(
+            &format!("name: {name:?}\nendpoints: [\"{endpoint}\"]\n"),
+            "<capture>",
+        )
+    }
+}
+
 /// Deserialize YAML, with errors that say where.
 fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
     serde_saphyr::from_str::<T>(text).map_err(|e| {
@@ -548,6 +563,13 @@ pub fn parse_endpoint(s: &str) -> Result<http::uri::Authority, String> {
     }
     s.parse::<http::uri::Authority>()
         .map_err(|e| format!("{s:?} is not host:port: {e}"))
+}
+
+/// An address as the kernel reports a connection's: an IPv4 address written as
+/// IPv4-mapped IPv6 (`[::ffff:10.0.0.1]:80`) is the IPv4 one. Capture listeners look
+/// original destinations up by it.
+pub fn canonical(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// For a `dns:` endpoint, its name must be a name, not an IP address: there is

@@ -266,6 +266,80 @@ pub struct ListenerConfig {
     /// The filter chain, in order.
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
+    /// Serve connections `weft init` redirected here (iptables `REDIRECT`), routed by
+    /// their original destination; none: an ordinary listener.
+    #[serde(default)]
+    pub capture: Option<CaptureConfig>,
+}
+
+/// A listener for captured traffic: the workload's connections, redirected by the
+/// rules `weft init` installs, each served by where it was going.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// `outbound`: the workload's calls, routed to the mesh cluster that owns their
+    /// original destination; `inbound`: calls to the workload, sent to its
+    /// application at `127.0.0.1:<original port>`.
+    pub direction: Spanned<CaptureDirection>,
+    /// What happens to a connection that cannot go through the filter chain:
+    /// outbound, one to an address outside the mesh, or one that does not speak
+    /// HTTP; inbound, one that speaks neither HTTP nor (on a mesh listener) TLS.
+    /// `allow` joins it as TCP to its original destination, `refuse` closes it (with
+    /// a 502 when it spoke HTTP). Default: `allow` outbound, `refuse` inbound (a
+    /// TCP passthrough would carry a caller past the inbound filters).
+    #[serde(default)]
+    pub passthrough: Option<Passthrough>,
+    /// Outbound: addresses that are not any cluster's endpoint but belong to one (a
+    /// Kubernetes Service's cluster IP, a virtual IP).
+    #[serde(default)]
+    pub services: Vec<Spanned<CaptureService>>,
+    /// Time to connect to a passthrough destination.
+    #[serde(default = "default_passthrough_connect")]
+    pub connect_timeout: Duration,
+}
+
+fn default_passthrough_connect() -> Duration {
+    Duration(std::time::Duration::from_secs(2))
+}
+
+impl CaptureConfig {
+    /// Whether connections that cannot go through the filter chain are joined as TCP.
+    pub fn allows_passthrough(&self) -> bool {
+        match self.passthrough {
+            Some(p) => p == Passthrough::Allow,
+            None => self.direction.value == CaptureDirection::Outbound,
+        }
+    }
+}
+
+/// Which side of the workload a capture listener serves.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureDirection {
+    /// The workload's own calls (iptables `OUTPUT`).
+    Outbound,
+    /// Calls to the workload (iptables `PREROUTING`).
+    Inbound,
+}
+
+/// What a capture listener does with what its filter chain cannot serve.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Passthrough {
+    /// Join it as TCP to its original destination.
+    Allow,
+    /// Close it, with a 502 when it spoke HTTP, and count it.
+    Refuse,
+}
+
+/// An address that belongs to a cluster without being one of its endpoints.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureService {
+    /// `ip:port`, as the workload dials it.
+    pub address: String,
+    /// The cluster connections to it go to.
+    pub cluster: String,
 }
 
 fn yes() -> bool {
