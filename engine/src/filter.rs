@@ -44,6 +44,9 @@ pub struct FilterSpec<'a> {
     pub max_idle: usize,
     /// How the filter's own metrics are named and bounded.
     pub metrics: crate::MetricsSpec,
+    /// The state to go on with, e.g. [`Filter::state`] of the filter this one
+    /// replaces; `None` starts empty.
+    pub state: Option<SharedState>,
 }
 
 impl<'a> FilterSpec<'a> {
@@ -60,6 +63,7 @@ impl<'a> FilterSpec<'a> {
             memory: 16 << 20,
             max_idle: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
             metrics: crate::MetricsSpec::default(),
+            state: None,
         }
     }
 }
@@ -147,7 +151,7 @@ impl Filter {
         let shared = Arc::new(FilterShared {
             name: name.clone(),
             metrics: (runtime.metrics).filter_metrics(spec.name, &digest, &spec.metrics),
-            state: SharedState::default(),
+            state: spec.state.clone().unwrap_or_default(),
             spans: runtime.spans.clone(),
             stats: Default::default(),
             digest: Arc::from(digest.as_str()),
@@ -244,6 +248,12 @@ impl Filter {
     pub fn may_route(&self, cluster: &str) -> bool {
         let declared = &self.inner.clusters;
         declared.is_empty() || declared.iter().any(|c| c.name == cluster)
+    }
+
+    /// Its shared state: pass it in the [`FilterSpec`] of a filter that replaces this
+    /// one, and that filter goes on with these keys.
+    pub fn state(&self) -> SharedState {
+        self.inner.shared.state.clone()
     }
 
     /// Its failure policy.

@@ -68,6 +68,7 @@ pub use host::HostState;
 pub use metrics::{DefinedSeries, MetricsHub, MetricsSpec, SeriesValue};
 pub use shared::ClusterRef;
 pub use spans::{SPAN_QUEUE, Span, SpanKind, SpanQueue};
+pub use state::SharedState;
 pub use stats::{HookReport, StatsReport};
 pub use weft_config::FailurePolicy;
 

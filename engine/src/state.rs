@@ -1,60 +1,90 @@
 //! State shared by every instance of one filter: counters, rate-limit buckets, caches.
+//! The map itself (versions, limits, time to live, listing) is the SDK's
+//! `state_map.rs`, which the SDK's native host runs too; this file gives it a lock, a
+//! clock, and a handle that a reload passes from a filter to its successor.
 //!
-//! A plain mutex is right here: each operation is a hash-map access of a few hundred
-//! nanoseconds and the lock is never held across an await or a guest call.
+//! A plain mutex is right here: each operation is a B-tree access of a few hundred
+//! nanoseconds (a listing, at most a page of keys plus the expired ones it reclaims)
+//! and the lock is never held across an await or a guest call.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::bindings::host_api::{Entry, StateError};
-use crate::limits::{MAX_STATE_KEY, MAX_STATE_KEYS, MAX_STATE_VALUE};
+use rustix::time::{ClockId, clock_gettime};
 
-#[derive(Default)]
-struct Inner {
-    map: HashMap<String, (Vec<u8>, u64)>,
-    version: u64,
+use crate::bindings::host_api::{Entry, StateError};
+
+#[path = "../../sdk/src/state_map.rs"]
+mod map;
+
+use map::{Refusal, StateMap};
+
+/// One filter's key-value state, cheap to clone: clones are the same state. A reload
+/// hands it from a filter to the filter that replaces it ([`crate::FilterSpec::state`]),
+/// so counters and buckets outlive a change of configuration or module.
+#[derive(Clone)]
+pub struct SharedState {
+    inner: Arc<Mutex<StateMap>>,
+    /// Milliseconds on a monotonic clock, for time to live.
+    clock: fn() -> u64,
 }
 
-/// One filter's key-value state, cheap to clone.
-#[derive(Clone, Default)]
-pub(crate) struct SharedState {
-    inner: Arc<Mutex<Inner>>,
+impl Default for SharedState {
+    fn default() -> Self {
+        Self::with_clock(StateMap::default(), coarse_millis)
+    }
+}
+
+impl std::fmt::Debug for SharedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedState").finish_non_exhaustive()
+    }
+}
+
+/// The coarse monotonic clock, in milliseconds: a read of a page the kernel updates
+/// every tick, with no system call and no fence, a few nanoseconds. Its few
+/// milliseconds of resolution are plenty for a time to live.
+fn coarse_millis() -> u64 {
+    let t = clock_gettime(ClockId::MonotonicCoarse);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
+}
+
+fn refused(r: Refusal) -> StateError {
+    match r {
+        Refusal::TooLarge => StateError::TooLarge,
+        Refusal::Full => StateError::Full,
+        Refusal::NotANumber => StateError::NotANumber,
+    }
 }
 
 impl SharedState {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // The map stays consistent even if a holder panicked: every write is one insert.
+    fn with_clock(map: StateMap, clock: fn() -> u64) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(map)),
+            clock,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StateMap> {
+        // The map stays consistent even if a holder panicked: no operation panics
+        // between its changes to the map and to its expiry order.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<Entry> {
-        self.lock().map.get(key).map(|(value, version)| Entry {
-            value: value.clone(),
-            version: *version,
-        })
+        let (value, version) = self.lock().get(key, self.clock)?;
+        Some(Entry { value, version })
     }
 
-    fn check(inner: &Inner, key: &str, value: &[u8]) -> Result<(), StateError> {
-        if key.len() > MAX_STATE_KEY || value.len() > MAX_STATE_VALUE {
-            return Err(StateError::TooLarge);
-        }
-        if inner.map.len() >= MAX_STATE_KEYS && !inner.map.contains_key(key) {
-            return Err(StateError::Full);
-        }
-        Ok(())
-    }
-
-    fn write(inner: &mut Inner, key: String, value: Vec<u8>) -> u64 {
-        inner.version += 1;
-        let version = inner.version;
-        inner.map.insert(key, (value, version));
-        version
-    }
-
-    pub(crate) fn set(&self, key: String, value: Vec<u8>) -> Result<u64, StateError> {
-        let mut inner = self.lock();
-        Self::check(&inner, &key, &value)?;
-        Ok(Self::write(&mut inner, key, value))
+    /// Write a key, with a time to live in milliseconds when given.
+    pub(crate) fn set(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<u64, StateError> {
+        (self.lock().set(key, value, ttl_ms, self.clock)).map_err(refused)
     }
 
     pub(crate) fn compare_and_swap(
@@ -62,82 +92,29 @@ impl SharedState {
         key: String,
         expected: Option<u64>,
         value: Vec<u8>,
+        ttl_ms: Option<u64>,
     ) -> Result<Option<u64>, StateError> {
-        let mut inner = self.lock();
-        Self::check(&inner, &key, &value)?;
-        let current = inner.map.get(&key).map(|(_, v)| *v);
-        if current != expected {
-            return Ok(None);
-        }
-        Ok(Some(Self::write(&mut inner, key, value)))
+        let mut map = self.lock();
+        (map.compare_and_swap(key, expected, value, ttl_ms, self.clock)).map_err(refused)
     }
 
     pub(crate) fn increment(&self, key: String, delta: i64) -> Result<i64, StateError> {
-        let mut inner = self.lock();
-        let current = match inner.map.get(&key) {
-            None => 0,
-            Some((bytes, _)) => {
-                let bytes: [u8; 8] = bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StateError::NotANumber)?;
-                i64::from_le_bytes(bytes)
-            }
-        };
-        let next = current.wrapping_add(delta);
-        let value = next.to_le_bytes().to_vec();
-        Self::check(&inner, &key, &value)?;
-        Self::write(&mut inner, key, value);
-        Ok(next)
+        (self.lock().increment(key, delta, self.clock)).map_err(refused)
     }
 
     pub(crate) fn delete(&self, key: &str) -> bool {
-        self.lock().map.remove(key).is_some()
+        self.lock().delete(key, self.clock)
+    }
+
+    pub(crate) fn keys(&self, prefix: &str, after: Option<&str>, limit: u32) -> Vec<String> {
+        self.lock().keys(prefix, after, limit, self.clock)
+    }
+
+    /// Whether two handles are the same state.
+    pub fn same(&self, other: &SharedState) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compare_and_swap_checks_versions() {
-        let s = SharedState::default();
-        let v1 = s.compare_and_swap("k".into(), None, b"a".to_vec()).unwrap();
-        assert!(v1.is_some());
-        assert_eq!(
-            s.compare_and_swap("k".into(), None, b"b".to_vec()).unwrap(),
-            None
-        );
-        let v2 = s.compare_and_swap("k".into(), v1, b"c".to_vec()).unwrap();
-        assert!(v2 > v1);
-        assert_eq!(s.get("k").unwrap().value, b"c");
-    }
-
-    #[test]
-    fn increment_is_numeric() {
-        let s = SharedState::default();
-        assert_eq!(s.increment("n".into(), 5).unwrap(), 5);
-        assert_eq!(s.increment("n".into(), -2).unwrap(), 3);
-        s.set("t".into(), b"text".to_vec()).unwrap();
-        assert!(matches!(
-            s.increment("t".into(), 1),
-            Err(StateError::NotANumber)
-        ));
-        assert!(s.delete("n"));
-        assert!(!s.delete("n"));
-    }
-
-    #[test]
-    fn limits_hold() {
-        let s = SharedState::default();
-        assert!(matches!(
-            s.set("k".repeat(MAX_STATE_KEY + 1), vec![]),
-            Err(StateError::TooLarge)
-        ));
-        assert!(matches!(
-            s.set("k".into(), vec![0; MAX_STATE_VALUE + 1]),
-            Err(StateError::TooLarge)
-        ));
-    }
-}
+mod tests;

@@ -206,22 +206,53 @@ pub mod metrics {
 /// (one filter's state is not another's). Writes are versioned, so instances can
 /// update a value without losing each other's writes.
 ///
+/// The state outlives a reload that changes the filter's configuration or its
+/// module: the filter that replaces this one (same name, same listener) goes on with
+/// these keys, unless its entry says `state: reset`. Keys may be given a time to live
+/// ([`set_with_ttl`], [`compare_and_swap_with_ttl`]), and [`keys`] lists them by page.
+/// At most 10,000 keys of 256 bytes with values of 64 KiB; an expired key does not
+/// count once reclaimed, which happens soon after it expires.
+///
 /// ```no_run
+/// use std::time::Duration;
 /// use weft_sdk::state;
 /// let seen = state::increment("requests", 1)?;
+/// // A one-minute window per client: made with a time to live, counted up in it.
+/// let key = "window/203.0.113.7";
+/// let zero = 0i64.to_le_bytes();
+/// state::compare_and_swap_with_ttl(key, None, &zero, Duration::from_secs(60))?;
+/// let in_window = state::increment(key, 1)?;
+/// for client in state::keys("window/", None, 100) {
+///     weft_sdk::log::debug(&client);
+/// }
 /// # Ok::<(), weft_sdk::state::StateError>(())
 /// ```
 pub mod state {
+    use std::time::Duration;
+
     use super::{imp, raw};
     pub use raw::{Entry, StateError};
+
+    /// Whole milliseconds, rounded up so that a time to live never falls short.
+    fn millis(ttl: Duration) -> u64 {
+        let ms = ttl.as_nanos().div_ceil(1_000_000);
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
 
     /// Read a key.
     pub fn get(key: &str) -> Option<Entry> {
         imp::state_get(key)
     }
-    /// Write a key; returns its new version.
+    /// Write a key; returns its new version. The key has no time to live, even if it
+    /// had one.
     pub fn set(key: &str, value: &[u8]) -> Result<u64, StateError> {
         imp::state_set(key, value)
+    }
+    /// Write a key that expires `ttl` from now (zero: at once); returns its new
+    /// version. Expired keys are gone for every call at once; the clock is coarse,
+    /// so a key may outlive its time by a few milliseconds, never fall short of it.
+    pub fn set_with_ttl(key: &str, value: &[u8], ttl: Duration) -> Result<u64, StateError> {
+        imp::state_set_with_ttl(key, value, millis(ttl))
     }
     /// Write a key only if its version is `expected` (`None`: only if it is absent).
     /// Returns the new version, or `Ok(None)` when the version did not match.
@@ -232,14 +263,30 @@ pub mod state {
     ) -> Result<Option<u64>, StateError> {
         imp::state_compare_and_swap(key, expected, value)
     }
+    /// [`compare_and_swap`], and on success the key expires `ttl` from now, as
+    /// [`set_with_ttl`] says.
+    pub fn compare_and_swap_with_ttl(
+        key: &str,
+        expected: Option<u64>,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<u64>, StateError> {
+        imp::state_compare_and_swap_with_ttl(key, expected, value, millis(ttl))
+    }
     /// Add `delta` to a key holding an integer (absent counts as 0), atomically;
-    /// returns the new value.
+    /// returns the new value. A key keeps its time to live.
     pub fn increment(key: &str, delta: i64) -> Result<i64, StateError> {
         imp::state_increment(key, delta)
     }
     /// Remove a key; true if it was there.
     pub fn delete(key: &str) -> bool {
         imp::state_delete(key)
+    }
+    /// A page of the keys that start with `prefix`, in byte order, after `after`
+    /// when given: at most `limit`, never more than 1,000. Pass a page's last key as
+    /// `after` for the next; a page shorter than `limit` is the last.
+    pub fn keys(prefix: &str, after: Option<&str>, limit: u32) -> Vec<String> {
+        imp::state_keys(prefix, after, limit)
     }
 }
 

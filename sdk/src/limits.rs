@@ -11,6 +11,8 @@ pub const MAX_STATE_KEY: usize = 256;
 pub const MAX_STATE_VALUE: usize = 64 * 1024;
 /// Most state keys one filter may hold.
 pub const MAX_STATE_KEYS: usize = 10_000;
+/// Most keys one page of a state listing holds.
+pub const MAX_STATE_PAGE: usize = 1_000;
 /// Most buckets a histogram may have.
 pub const MAX_BUCKETS: usize = 64;
 

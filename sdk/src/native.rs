@@ -5,7 +5,8 @@
 //! - logs go to standard error;
 //! - metrics are checked as the proxy checks them (names, kinds, label counts) and
 //!   otherwise dropped;
-//! - state is a map private to the thread, with the proxy's versions and limits;
+//! - state is a map private to the thread, the proxy's own (`state_map.rs`): its
+//!   versions, limits, time to live (on the native monotonic clock) and listing;
 //! - clocks are the system's, and random numbers come from the standard library's
 //!   per-process random keys.
 //!
@@ -13,22 +14,18 @@
 //! call (they exist only in wasm).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::__weft_bindings::weft::filter::host::{
     Entry, Level, MetricError, MetricKind, StateError,
 };
 
-use crate::limits::{
-    MAX_STATE_KEY, MAX_STATE_KEYS, MAX_STATE_VALUE, valid_bounds, valid_label, valid_name,
-};
+use crate::limits::{valid_bounds, valid_label, valid_name};
 
 #[derive(Default)]
 struct Host {
     metrics: Vec<(String, MetricKind, usize)>,
-    state: HashMap<String, (Vec<u8>, u64)>,
-    version: u64,
+    state: StateMap,
 }
 
 thread_local! {
@@ -153,36 +150,38 @@ pub(crate) fn metric_observe(id: u32, labels: &[String], _value: f64) -> Result<
     use_metric(id, labels, &[MetricKind::Histogram])
 }
 
+// The SDK's own file of the state map, which the engine includes too: one
+// implementation of versions, limits, time to live and listing.
+#[path = "state_map.rs"]
+mod state_map;
+
+use state_map::{Refusal, StateMap};
+
+/// Time to live runs on the native monotonic clock, as the proxy's runs on its own.
+fn millis() -> u64 {
+    monotonic_now() / 1_000_000
+}
+
+fn refused(r: Refusal) -> StateError {
+    match r {
+        Refusal::TooLarge => StateError::TooLarge,
+        Refusal::Full => StateError::Full,
+        Refusal::NotANumber => StateError::NotANumber,
+    }
+}
+
 pub(crate) fn state_get(key: &str) -> Option<Entry> {
-    with(|h| {
-        h.state.get(key).map(|(value, version)| Entry {
-            value: value.clone(),
-            version: *version,
-        })
-    })
-}
-
-fn check(h: &Host, key: &str, value: &[u8]) -> Result<(), StateError> {
-    if key.len() > MAX_STATE_KEY || value.len() > MAX_STATE_VALUE {
-        return Err(StateError::TooLarge);
-    }
-    if h.state.len() >= MAX_STATE_KEYS && !h.state.contains_key(key) {
-        return Err(StateError::Full);
-    }
-    Ok(())
-}
-
-fn write(h: &mut Host, key: &str, value: Vec<u8>) -> u64 {
-    h.version += 1;
-    h.state.insert(key.to_owned(), (value, h.version));
-    h.version
+    let (value, version) = with(|h| h.state.get(key, millis))?;
+    Some(Entry { value, version })
 }
 
 pub(crate) fn state_set(key: &str, value: &[u8]) -> Result<u64, StateError> {
-    with(|h| {
-        check(h, key, value)?;
-        Ok(write(h, key, value.to_vec()))
-    })
+    with(|h| h.state.set(key.to_owned(), value.to_vec(), None, millis)).map_err(refused)
+}
+
+pub(crate) fn state_set_with_ttl(key: &str, value: &[u8], ttl_ms: u64) -> Result<u64, StateError> {
+    let (key, value) = (key.to_owned(), value.to_vec());
+    with(|h| h.state.set(key, value, Some(ttl_ms), millis)).map_err(refused)
 }
 
 pub(crate) fn state_compare_and_swap(
@@ -190,35 +189,31 @@ pub(crate) fn state_compare_and_swap(
     expected: Option<u64>,
     value: &[u8],
 ) -> Result<Option<u64>, StateError> {
-    with(|h| {
-        check(h, key, value)?;
-        if h.state.get(key).map(|(_, v)| *v) != expected {
-            return Ok(None);
-        }
-        Ok(Some(write(h, key, value.to_vec())))
-    })
+    let (key, value) = (key.to_owned(), value.to_vec());
+    with(|h| h.state.compare_and_swap(key, expected, value, None, millis)).map_err(refused)
+}
+
+pub(crate) fn state_compare_and_swap_with_ttl(
+    key: &str,
+    expected: Option<u64>,
+    value: &[u8],
+    ttl_ms: u64,
+) -> Result<Option<u64>, StateError> {
+    let (key, value) = (key.to_owned(), value.to_vec());
+    with(|h| (h.state).compare_and_swap(key, expected, value, Some(ttl_ms), millis))
+        .map_err(refused)
 }
 
 pub(crate) fn state_increment(key: &str, delta: i64) -> Result<i64, StateError> {
-    with(|h| {
-        let current = match h.state.get(key) {
-            None => 0,
-            Some((bytes, _)) => i64::from_le_bytes(
-                bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StateError::NotANumber)?,
-            ),
-        };
-        let next = current.wrapping_add(delta);
-        check(h, key, &next.to_le_bytes())?;
-        write(h, key, next.to_le_bytes().to_vec());
-        Ok(next)
-    })
+    with(|h| h.state.increment(key.to_owned(), delta, millis)).map_err(refused)
 }
 
 pub(crate) fn state_delete(key: &str) -> bool {
-    with(|h| h.state.remove(key).is_some())
+    with(|h| h.state.delete(key, millis))
+}
+
+pub(crate) fn state_keys(prefix: &str, after: Option<&str>, limit: u32) -> Vec<String> {
+    with(|h| h.state.keys(prefix, after, limit, millis))
 }
 
 pub(crate) fn monotonic_now() -> u64 {
@@ -242,6 +237,7 @@ pub(crate) fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::MAX_STATE_KEY;
 
     #[test]
     fn metrics_are_checked_as_the_proxy_checks_them() {
@@ -286,6 +282,18 @@ mod tests {
         assert!(!state_delete("n"));
         let long = "k".repeat(MAX_STATE_KEY + 1);
         assert!(matches!(state_set(&long, b""), Err(StateError::TooLarge)));
+        // Time to live and listing, as the proxy does them: a key of ttl 0 is gone at
+        // once, one of an hour is there, and listing pages in byte order.
+        state_set_with_ttl("t/gone", b"x", 0).unwrap();
+        assert!(state_get("t/gone").is_none());
+        state_set_with_ttl("t/hour", b"x", 3_600_000).unwrap();
+        assert!(matches!(
+            state_compare_and_swap_with_ttl("t/new", None, b"y", 3_600_000),
+            Ok(Some(_))
+        ));
+        state_set("t/plain", b"z").unwrap();
+        assert_eq!(state_keys("t/", None, 2), ["t/hour", "t/new"]);
+        assert_eq!(state_keys("t/", Some("t/new"), 2), ["t/plain"]);
         let draws: std::collections::HashSet<u64> = (0..8).map(|_| random_u64()).collect();
         assert!(draws.len() > 1, "random numbers repeat: {draws:?}");
     }

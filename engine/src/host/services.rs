@@ -96,7 +96,7 @@ impl host_api::Host for HostState {
     }
 
     fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<u64, host_api::StateError> {
-        self.shared.state.set(key, value)
+        self.shared.state.set(key, value, None)
     }
 
     fn state_compare_and_swap(
@@ -105,7 +105,9 @@ impl host_api::Host for HostState {
         expected: Option<u64>,
         value: Vec<u8>,
     ) -> Result<Option<u64>, host_api::StateError> {
-        self.shared.state.compare_and_swap(key, expected, value)
+        self.shared
+            .state
+            .compare_and_swap(key, expected, value, None)
     }
 
     fn state_increment(&mut self, key: String, delta: i64) -> Result<i64, host_api::StateError> {
@@ -114,6 +116,29 @@ impl host_api::Host for HostState {
 
     fn state_delete(&mut self, key: String) -> bool {
         self.shared.state.delete(&key)
+    }
+
+    fn state_set_with_ttl(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Result<u64, host_api::StateError> {
+        self.shared.state.set(key, value, Some(ttl_ms))
+    }
+
+    fn state_compare_and_swap_with_ttl(
+        &mut self,
+        key: String,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, host_api::StateError> {
+        (self.shared.state).compare_and_swap(key, expected, value, Some(ttl_ms))
+    }
+
+    fn state_keys(&mut self, prefix: String, after: Option<String>, limit: u32) -> Vec<String> {
+        self.shared.state.keys(&prefix, after.as_deref(), limit)
     }
 
     fn monotonic_now(&mut self) -> u64 {
