@@ -434,6 +434,23 @@ pub struct FilterConfig {
     /// How the metrics the filter defines are named and bounded.
     #[serde(default)]
     pub metrics: FilterMetricsConfig,
+    /// Whether a reload keeps the filter's shared state.
+    #[serde(default)]
+    pub state: StatePolicy,
+}
+
+/// What a reload does to a filter's shared state (its `state-*` keys). A filter is
+/// the same filter across reloads when its listener and its name stay: its position
+/// in the chain, its configuration and its module may change.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatePolicy {
+    /// The filter goes on with the keys it had: counters, rate-limit buckets and
+    /// caches outlive a change of configuration or module.
+    #[default]
+    Keep,
+    /// Every load starts with no keys, as the first one did.
+    Reset,
 }
 
 /// How a filter's own metrics are named and bounded.

@@ -303,3 +303,19 @@ fn a_mesh_group_may_set_its_own_access_log_and_shutdown() {
         std::time::Duration::from_secs(1)
     );
 }
+
+#[test]
+fn a_filter_keeps_its_state_unless_told_to_reset() {
+    let c = Config::from_str(GOOD, "weft.yaml", None).unwrap();
+    assert_eq!(c.listeners[0].filters[0].state, StatePolicy::Keep);
+    let reset = GOOD.replace("failure: fail-open", "state: reset");
+    let c = Config::from_str(&reset, "weft.yaml", None).unwrap();
+    assert_eq!(c.listeners[0].filters[0].state, StatePolicy::Reset);
+    let e = err(
+        "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    filters:\n      - name: f\n        module: builtin:router\n        state: forget\n",
+    );
+    assert!(
+        e.contains("weft.yaml:7:") && e.contains("forget") && e.contains("reset"),
+        "{e}"
+    );
+}
