@@ -7,6 +7,7 @@ mod check;
 mod client;
 mod demo;
 mod https;
+mod inject;
 mod inspect;
 mod keys;
 mod paths;
@@ -128,6 +129,10 @@ enum Command {
     Certs(certs::CertsArgs),
     /// Signing keys for pushes and applies: `weft keys new --out DIR`.
     Keys(keys::KeysArgs),
+    /// Add the Weft sidecar to the pods of a Kubernetes manifest (Deployment,
+    /// StatefulSet, DaemonSet, ReplicaSet, Pod): `weft inject -f app.yaml | kubectl
+    /// apply -f -`.
+    Inject(inject::InjectArgs),
     /// Make an earlier version current again (as a new version).
     Rollback {
         /// The version to return to.
@@ -387,6 +392,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             server,
         } => client::push(&server, &file, &name, sign.as_deref()).await,
         Command::Keys(args) => keys::run(&args),
+        Command::Inject(args) => inject::run(&args),
         Command::Apply { args, server } => client::apply(&server, &args).await,
         Command::Status {
             json,
