@@ -19,6 +19,8 @@ const GUESTS: &[(&str, &str, &str)] = &[
         "tests/guests/wrong-world",
     ),
     ("HELLO", "hello-filter", "examples/hello-filter"),
+    ("API_KEY", "api-key", "examples/api-key"),
+    ("RATE_LIMITER", "rate-limiter", "examples/rate-limiter"),
     ("TAG_ONE", "weft-test-guest-tag-one", "tests/guests/tag-one"),
     ("TAG_TWO", "weft-test-guest-tag-two", "tests/guests/tag-two"),
     (

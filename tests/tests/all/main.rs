@@ -6,6 +6,7 @@ mod config_errors;
 mod connect;
 mod discovery;
 mod encryption_policy;
+mod examples;
 mod fault;
 mod frozen_contract;
 mod grpc;
