@@ -152,6 +152,13 @@ impl RequestContext {
             .map(|(_, v)| &**v)
     }
 
+    /// Every property, in the order they were first set (a removal moves the last
+    /// one into the gap): what a request carries for tools that show it whole, such
+    /// as the filter test harness.
+    pub fn properties(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.properties.iter().map(|(k, v)| (&**k, &**v))
+    }
+
     /// Set a property, within the limits.
     pub fn set_property(&mut self, key: &str, value: &[u8]) -> Result<(), types::PropertyError> {
         if key.len() > MAX_PROPERTY_KEY || value.len() > MAX_PROPERTY_VALUE {

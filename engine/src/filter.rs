@@ -303,13 +303,23 @@ impl Filter {
 
     /// Run `on-done`. Nothing can change any more, so a failure is only logged.
     pub fn on_done(&self, ex: Box<Exchange>, summary: &types::Summary) -> Box<Exchange> {
-        let (ex, _) = self.run(ex, false, Phase::Done, |world, store| {
+        self.on_done_outcome(ex, summary).0
+    }
+
+    /// Run `on-done`, like [`Filter::on_done`], and say whether it failed: for tools
+    /// that report what a filter did, such as the filter test harness.
+    pub fn on_done_outcome(
+        &self,
+        ex: Box<Exchange>,
+        summary: &types::Summary,
+    ) -> (Box<Exchange>, Outcome<()>) {
+        let (ex, outcome) = self.run(ex, false, Phase::Done, |world, store| {
             world
                 .weft_filter_filter()
                 .call_on_done(store, Resource::new_borrow(0), summary)
                 .map(|()| Decision::Done)
         });
-        ex
+        (ex, outcome.map(|_| ()))
     }
 
     fn run(
