@@ -17,6 +17,8 @@ const VERSION_ANNOTATION: &str = "weft.dev/proxy-version";
 const SERVICE_ANNOTATION: &str = "weft.dev/service";
 /// Inbound ports (comma-separated) that reach the application without the proxy.
 const SKIP_INBOUND_ANNOTATION: &str = "weft.dev/skip-inbound-ports";
+/// Destination ports (comma-separated) the application reaches without the proxy.
+const SKIP_OUTBOUND_ANNOTATION: &str = "weft.dev/skip-outbound-ports";
 
 /// The user the proxy runs as; `weft init` lets its traffic out unredirected.
 const PROXY_UID: i64 = 1337;
@@ -61,11 +63,14 @@ pub(crate) fn inject(pod: &mut Node, settings: &Settings) -> Result<(), String> 
             Some(_) => Err(format!("the annotation {key} must be a string")),
         }
     };
-    let skip_inbound = match annotation(SKIP_INBOUND_ANNOTATION)? {
-        Some(ports) => parse_ports(&ports)
-            .map_err(|e| format!("the annotation {SKIP_INBOUND_ANNOTATION}: {e}"))?,
-        None => Vec::new(),
+    let ports = |key: &str| match annotation(key)? {
+        Some(ports) => parse_ports(&ports).map_err(|e| format!("the annotation {key}: {e}")),
+        None => Ok(Vec::new()),
     };
+    let skip = [
+        ports(SKIP_INBOUND_ANNOTATION)?,
+        ports(SKIP_OUTBOUND_ANNOTATION)?,
+    ];
     let service = annotation(SERVICE_ANNOTATION)?;
     let spec = pod
         .get_mut("spec")
@@ -76,7 +81,7 @@ pub(crate) fn inject(pod: &mut Node, settings: &Settings) -> Result<(), String> 
     list(spec, "containers")?.insert(0, proxy(settings, service));
     // Last among the init containers: those of the workload run before the
     // redirection exists, with the network they were written for.
-    list(spec, "initContainers")?.push(init(&skip_inbound, settings));
+    list(spec, "initContainers")?.push(init(&skip, settings));
     let volumes = list(spec, "volumes")?;
     volumes.push(Node::map([
         ("name", Node::str(IDENTITY_VOLUME)),
@@ -318,7 +323,8 @@ fn proxy(settings: &Settings, service: Option<String>) -> Node {
 }
 
 /// The init container: `weft init` installs the redirection, then exits.
-fn init(skip_inbound: &[u16], settings: &Settings) -> Node {
+/// `skip`: the inbound, then the outbound ports to leave uncaptured.
+fn init(skip: &[Vec<u16>; 2], settings: &Settings) -> Node {
     let (uid, inbound, outbound) = (
         PROXY_UID.to_string(),
         INBOUND_PORT.to_string(),
@@ -334,10 +340,15 @@ fn init(skip_inbound: &[u16], settings: &Settings) -> Node {
         &outbound,
     ];
     // The admin port is the proxy's own (kubelet's probes); the others the workload's.
-    let mut excluded = vec![ADMIN_PORT.to_string()];
-    excluded.extend(skip_inbound.iter().map(u16::to_string));
-    let excluded = excluded.join(",");
-    args.extend(["--exclude-inbound-ports", &excluded]);
+    let join = |ports: &[u16]| ports.iter().map(u16::to_string).collect::<Vec<_>>();
+    let skip_in = [vec![ADMIN_PORT.to_string()], join(&skip[0])]
+        .concat()
+        .join(",");
+    let skip_out = join(&skip[1]).join(",");
+    args.extend(["--exclude-inbound-ports", &skip_in]);
+    if !skip_out.is_empty() {
+        args.extend(["--exclude-outbound-ports", &skip_out]);
+    }
     Node::map([
         ("name", Node::str(INIT)),
         ("image", Node::str(&settings.image)),
