@@ -52,10 +52,14 @@ pub mod __weft_bindings {
         pub_export_macro: true,
         export_macro_name: "__weft_export_world",
         default_bindings_module: "weft_sdk::__weft_bindings",
+        // Hooks return these; tests compare them.
+        additional_derives: [PartialEq],
     });
 }
 
 mod config;
+#[cfg(not(target_arch = "wasm32"))]
+mod double;
 mod filter;
 mod host;
 // The proxy's rules on metric names and state; the engine includes this same file.
@@ -63,15 +67,24 @@ mod host;
 mod limits;
 #[cfg(not(target_arch = "wasm32"))]
 mod native;
+mod same_api;
 pub mod spiffe;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 mod types;
 pub mod units;
 
 pub use __weft_bindings::weft::filter::types::{
-    Action, BodyMode, Connection, Context, ExchangeError, ExchangeSetting, Facts, Header,
-    HeaderError, HttpVersion, Interest, LocalResponse, PropertyError, Request, Responder, Response,
-    ResponseAction, SettingError, Summary, TlsInfo,
+    Action, BodyMode, Connection, ExchangeError, ExchangeSetting, Facts, Header, HeaderError,
+    HttpVersion, Interest, LocalResponse, PropertyError, Responder, ResponseAction, SettingError,
+    Summary, TlsInfo,
 };
+// In a filter component the proxy lends its request, response and context; natively
+// (a filter crate's own tests) they are the SDK's test doubles, with the same methods.
+#[cfg(target_arch = "wasm32")]
+pub use __weft_bindings::weft::filter::types::{Context, Request, Response};
+#[cfg(not(target_arch = "wasm32"))]
+pub use double::{Context, Request, Response};
 pub use filter::{ClusterRef, Filter, from_config};
 pub use host::{log, metrics, random, state, time, trace};
 pub use serde;
@@ -89,8 +102,26 @@ pub mod prelude {
 /// What [`export!`] expands to needs; not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    #[cfg(target_arch = "wasm32")]
     pub use crate::__weft_bindings::exports::weft::filter::filter::Guest;
     pub use crate::filter::{Slot, init, on_done, on_request, on_response};
+
+    /// The generated export trait, natively: over the test doubles, so that the
+    /// glue [`export!`](crate::export) makes is type-checked in native builds too.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub trait Guest {
+        /// `init`.
+        fn init(config: String) -> Result<crate::Interest, String>;
+        /// `on-request`.
+        fn on_request(request: &crate::Request, context: &crate::Context) -> crate::Action;
+        /// `on-response`.
+        fn on_response(
+            response: &crate::Response,
+            context: &crate::Context,
+        ) -> crate::ResponseAction;
+        /// `on-done`.
+        fn on_done(context: &crate::Context, summary: crate::Summary);
+    }
 }
 
 /// Export a [`Filter`] type as this component's filter.

@@ -2,29 +2,27 @@
 //! no proxy is there to answer, so each call is answered here, the way the proxy
 //! answers it, within this thread.
 //!
-//! - logs go to standard error;
-//! - metrics are checked as the proxy checks them (names, kinds, label counts) and
-//!   otherwise dropped;
+//! - logs go to standard error and are kept for [`crate::testing::logs`];
+//! - metrics are checked as the proxy checks them (names, kinds, labels, bounds) and
+//!   their values kept for [`crate::testing::metric`];
 //! - state is a map private to the thread, the proxy's own (`state_map.rs`): its
 //!   versions, limits, time to live (on the native monotonic clock) and listing;
-//! - clocks are the system's, and random numbers come from the standard library's
-//!   per-process random keys.
+//! - clocks are the system's until a test sets its own ([`crate::testing::clock`]),
+//!   and random numbers come from the standard library's per-process random keys.
 //!
 //! Without this, the generated imports would abort the test binary on their first
 //! call (they exist only in wasm).
 
 use std::cell::RefCell;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::__weft_bindings::weft::filter::host::{
     Entry, Level, MetricError, MetricKind, StateError,
 };
 
-use crate::limits::{valid_bounds, valid_label, valid_name};
+use crate::testing::record::{self, Update};
 
 #[derive(Default)]
 struct Host {
-    metrics: Vec<(String, MetricKind, usize)>,
     state: StateMap,
 }
 
@@ -37,14 +35,12 @@ fn with<R>(f: impl FnOnce(&mut Host) -> R) -> R {
 }
 
 pub(crate) fn log(level: Level, message: &str) {
-    let level = match level {
-        Level::Trace => "TRACE",
-        Level::Debug => "DEBUG",
-        Level::Info => "INFO",
-        Level::Warn => "WARN",
-        Level::Error => "ERROR",
+    record::log(level, message);
+    let line = record::LogLine {
+        level,
+        message: message.to_owned(),
     };
-    eprintln!("{level} filter: {message}");
+    eprintln!("{line}");
 }
 
 pub(crate) fn define_metric(
@@ -53,69 +49,39 @@ pub(crate) fn define_metric(
     _help: &str,
     labels: &[String],
 ) -> Result<u32, MetricError> {
-    if !valid_name(name) || !labels.iter().all(|l| valid_label(l)) {
-        return Err(MetricError::InvalidName);
-    }
-    with(|h| {
-        if let Some(i) = h.metrics.iter().position(|(n, _, _)| n == name) {
-            let (_, k, n) = &h.metrics[i];
-            if *k != kind || *n != labels.len() {
-                return Err(MetricError::Conflict);
-            }
-            return Ok(i as u32);
-        }
-        h.metrics.push((name.to_owned(), kind, labels.len()));
-        Ok((h.metrics.len() - 1) as u32)
-    })
+    record::define(kind, name, labels, None)
 }
 
 pub(crate) fn define_histogram(
     name: &str,
-    help: &str,
+    _help: &str,
     labels: &[String],
     bounds: &[f64],
 ) -> Result<u32, MetricError> {
-    if !valid_bounds(bounds) {
-        return Err(MetricError::InvalidName);
-    }
-    define_metric(MetricKind::Histogram, name, help, labels)
+    record::define(MetricKind::Histogram, name, labels, Some(bounds))
 }
 
-/// A series handle natively: the metric's id, plus one.
 pub(crate) fn metric_series(id: u32, labels: &[String]) -> Result<u64, MetricError> {
-    let kinds = [
-        MetricKind::Counter,
-        MetricKind::Gauge,
-        MetricKind::Histogram,
-    ];
-    use_metric(id, labels, &kinds).map(|()| u64::from(id) + 1)
+    record::series(id, labels)
 }
 
-/// Check an update of series `handle` of one of these kinds.
-fn use_series(handle: u64, allowed: &[MetricKind]) -> Result<(), MetricError> {
-    let id = handle.checked_sub(1).and_then(|i| usize::try_from(i).ok());
-    with(|h| match id.and_then(|i| h.metrics.get(i)) {
-        None => Err(MetricError::UnknownMetric),
-        Some((_, kind, _)) if !allowed.contains(kind) => Err(MetricError::Conflict),
-        Some(_) => Ok(()),
-    })
+pub(crate) fn series_add(handle: u64, delta: i64) -> Result<(), MetricError> {
+    record::update_series(handle, Update::Add(delta))
 }
 
-pub(crate) fn series_add(handle: u64, _delta: i64) -> Result<(), MetricError> {
-    use_series(handle, &[MetricKind::Counter, MetricKind::Gauge])
+pub(crate) fn series_set(handle: u64, value: i64) -> Result<(), MetricError> {
+    record::update_series(handle, Update::Set(value))
 }
 
-pub(crate) fn series_set(handle: u64, _value: i64) -> Result<(), MetricError> {
-    use_series(handle, &[MetricKind::Gauge])
+pub(crate) fn series_observe(handle: u64, value: f64) -> Result<(), MetricError> {
+    record::update_series(handle, Update::Observe(value))
 }
 
-pub(crate) fn series_observe(handle: u64, _value: f64) -> Result<(), MetricError> {
-    use_series(handle, &[MetricKind::Histogram])
+/// Natively no proxy loads the filter: the clusters a filter declares are kept for
+/// [`crate::testing::declared_clusters`].
+pub(crate) fn declare_cluster(name: &str, key: &str) {
+    record::declare_cluster(name, key);
 }
-
-/// Natively no proxy loads the filter: the clusters a filter names are what
-/// [`crate::Filter::clusters`] returns, for its tests to check.
-pub(crate) fn declare_cluster(_name: &str, _key: &str) {}
 
 /// No proxy exports spans natively.
 pub(crate) fn spans_exported() -> bool {
@@ -127,27 +93,21 @@ pub(crate) fn export_span(_span: &crate::trace::Span) -> bool {
     false
 }
 
-/// Check a use of metric `id` with these labels and this operation.
-fn use_metric(id: u32, labels: &[String], allowed: &[MetricKind]) -> Result<(), MetricError> {
-    with(|h| match h.metrics.get(id as usize) {
-        None => Err(MetricError::UnknownMetric),
-        Some((_, kind, n)) if !allowed.contains(kind) || *n != labels.len() => {
-            Err(MetricError::LabelMismatch)
-        }
-        Some(_) => Ok(()),
-    })
+pub(crate) fn metric_add(id: u32, labels: &[String], delta: i64) -> Result<(), MetricError> {
+    record::update(id, labels, Update::Add(delta))
 }
 
-pub(crate) fn metric_add(id: u32, labels: &[String], _delta: i64) -> Result<(), MetricError> {
-    use_metric(id, labels, &[MetricKind::Counter, MetricKind::Gauge])
+pub(crate) fn metric_set(id: u32, labels: &[String], value: i64) -> Result<(), MetricError> {
+    record::update(id, labels, Update::Set(value))
 }
 
-pub(crate) fn metric_set(id: u32, labels: &[String], _value: i64) -> Result<(), MetricError> {
-    use_metric(id, labels, &[MetricKind::Gauge])
+pub(crate) fn metric_observe(id: u32, labels: &[String], value: f64) -> Result<(), MetricError> {
+    record::update(id, labels, Update::Observe(value))
 }
 
-pub(crate) fn metric_observe(id: u32, labels: &[String], _value: f64) -> Result<(), MetricError> {
-    use_metric(id, labels, &[MetricKind::Histogram])
+/// Forget this thread's state, as a new proxy process would have none.
+pub(crate) fn reset() {
+    with(|h| *h = Host::default());
 }
 
 // The SDK's own file of the state map, which the engine includes too: one
@@ -217,15 +177,11 @@ pub(crate) fn state_keys(prefix: &str, after: Option<&str>, limit: u32) -> Vec<S
 }
 
 pub(crate) fn monotonic_now() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    record::monotonic_now()
 }
 
 pub(crate) fn wall_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    record::wall_now()
 }
 
 pub(crate) fn random_u64() -> u64 {
@@ -255,7 +211,10 @@ mod tests {
             Err(MetricError::LabelMismatch)
         ));
         let set = metric_set(id, &labels, 1);
-        assert!(matches!(set, Err(MetricError::LabelMismatch)));
+        assert!(
+            matches!(set, Err(MetricError::Conflict)),
+            "a counter is not set"
+        );
         let unknown = metric_add(99, &labels, 1);
         assert!(matches!(unknown, Err(MetricError::UnknownMetric)));
     }

@@ -111,6 +111,34 @@ impl From<raw::ResponseHead> for ResponseHead {
     }
 }
 
+/// The raw head a host call returns, as the native doubles answer it.
+#[cfg(not(target_arch = "wasm32"))]
+impl RequestHead {
+    pub(crate) fn into_raw(self) -> raw::RequestHead {
+        raw::RequestHead {
+            text: self.text,
+            method: self.method,
+            path: self.path,
+            authority: self.authority,
+            headers: (!self.headers.is_empty()).then_some(self.headers),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ResponseHead {
+    pub(crate) fn into_raw(self) -> raw::ResponseHead {
+        raw::ResponseHead {
+            status: self.status,
+            attempt: self.attempt,
+            text: (!self.text.is_empty()).then_some(self.text),
+            headers: (!self.headers.is_empty()).then_some(self.headers),
+            trailers: self.trailers,
+            error: self.error,
+        }
+    }
+}
+
 impl RequestHead {
     /// A head as the proxy would give it, for a filter's unit tests: `method` and
     /// `path` (with its query), no authority and no headers.
