@@ -6,6 +6,7 @@ mod certs;
 mod check;
 mod client;
 mod demo;
+mod filter_test;
 mod https;
 mod inject;
 mod inspect;
@@ -127,6 +128,9 @@ enum Command {
     /// Make a development CA and workload certificates (SPIFFE IDs) in one folder,
     /// for demos and tests; a CA already there is reused.
     Certs(certs::CertsArgs),
+    /// Filter tools: `weft filter test FILE` runs a built filter on one request in
+    /// the proxy's engine, without a proxy, and prints what it did.
+    Filter(filter_test::FilterArgs),
     /// Signing keys for pushes and applies: `weft keys new --out DIR`.
     Keys(keys::KeysArgs),
     /// Add the Weft sidecar to the pods of a Kubernetes manifest (Deployment,
@@ -392,6 +396,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             server,
         } => client::push(&server, &file, &name, sign.as_deref()).await,
         Command::Keys(args) => keys::run(&args),
+        Command::Filter(args) => filter_test::run(&args),
         Command::Inject(args) => inject::run(&args),
         Command::Apply { args, server } => client::apply(&server, &args).await,
         Command::Status {

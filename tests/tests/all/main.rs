@@ -21,5 +21,6 @@ mod retry;
 mod routing;
 mod sandbox;
 mod sdk;
+mod stories;
 mod telemetry;
 mod zero_trust;
