@@ -335,6 +335,16 @@ impl Action {
     }
 }
 
+impl Action {
+    /// The local response, when the hook answered with one.
+    pub fn local_response(&self) -> Option<&LocalResponse> {
+        match self {
+            Action::Respond(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 impl From<LocalResponse> for Action {
     fn from(response: LocalResponse) -> Self {
         Action::Respond(response)
@@ -374,6 +384,16 @@ impl Context {
     /// Set the time each attempt has for its response head.
     pub fn set_per_try_timeout(&self, timeout: Duration) -> Result<(), SettingError> {
         self.configure(ExchangeSetting::PerTryTimeout(nanos(timeout)))
+    }
+}
+
+impl ResponseAction {
+    /// The replacement response, when the hook answered with one.
+    pub fn local_response(&self) -> Option<&LocalResponse> {
+        match self {
+            ResponseAction::Respond(r) => Some(r),
+            _ => None,
+        }
     }
 }
 
