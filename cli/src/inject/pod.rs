@@ -244,6 +244,51 @@ fn proxy(settings: &Settings, service: Option<String>) -> Node {
     if settings.https() {
         args.extend(["--ca", &ca]);
     }
+    let mut mounts = vec![Node::map([
+        ("name", Node::str(IDENTITY_VOLUME)),
+        ("mountPath", Node::str(IDENTITY_MOUNT)),
+    ])];
+    if settings.https() {
+        mounts.push(Node::map([
+            ("name", Node::str(CA_VOLUME)),
+            ("mountPath", Node::str(CA_MOUNT)),
+            ("readOnly", Node::Bool(true)),
+        ]));
+    }
+    Node::map([
+        ("name", Node::str(PROXY)),
+        ("image", Node::str(&settings.image)),
+        ("imagePullPolicy", Node::str("IfNotPresent")),
+        ("command", strings(&["weft"])),
+        ("args", strings(&args)),
+        ("env", proxy_env(service)),
+        (
+            "ports",
+            Node::Seq(vec![
+                port("weft-outbound", OUTBOUND_PORT),
+                port("weft-inbound", INBOUND_PORT),
+                port("weft-admin", ADMIN_PORT),
+            ]),
+        ),
+        ("readinessProbe", probe("/ready", 2)),
+        ("livenessProbe", probe("/live", 10)),
+        (
+            "resources",
+            Node::map([(
+                "requests",
+                Node::map([("cpu", Node::str("100m")), ("memory", Node::str("64Mi"))]),
+            )]),
+        ),
+        (
+            "securityContext",
+            security(false, PROXY_UID, Node::map([("drop", strings(&["ALL"]))])),
+        ),
+        ("volumeMounts", Node::Seq(mounts)),
+    ])
+}
+
+/// The proxy's environment: who it is, from the pod, and its token, from a Secret.
+fn proxy_env(service: Option<String>) -> Node {
     let service = match service {
         Some(name) => Node::map([
             ("name", Node::str("WEFT_SERVICE")),
@@ -251,7 +296,7 @@ fn proxy(settings: &Settings, service: Option<String>) -> Node {
         ]),
         None => field_env("WEFT_SERVICE", "spec.serviceAccountName"),
     };
-    let env = Node::Seq(vec![
+    Node::Seq(vec![
         field_env("WEFT_POD_NAME", "metadata.name"),
         field_env("WEFT_POD_NAMESPACE", "metadata.namespace"),
         service,
@@ -278,47 +323,6 @@ fn proxy(settings: &Settings, service: Option<String>) -> Node {
             ("name", Node::str("WEFT_WORKERS")),
             ("value", Node::str("2")),
         ]),
-    ]);
-    let mut mounts = vec![Node::map([
-        ("name", Node::str(IDENTITY_VOLUME)),
-        ("mountPath", Node::str(IDENTITY_MOUNT)),
-    ])];
-    if settings.https() {
-        mounts.push(Node::map([
-            ("name", Node::str(CA_VOLUME)),
-            ("mountPath", Node::str(CA_MOUNT)),
-            ("readOnly", Node::Bool(true)),
-        ]));
-    }
-    Node::map([
-        ("name", Node::str(PROXY)),
-        ("image", Node::str(&settings.image)),
-        ("imagePullPolicy", Node::str("IfNotPresent")),
-        ("command", strings(&["weft"])),
-        ("args", strings(&args)),
-        ("env", env),
-        (
-            "ports",
-            Node::Seq(vec![
-                port("weft-outbound", OUTBOUND_PORT),
-                port("weft-inbound", INBOUND_PORT),
-                port("weft-admin", ADMIN_PORT),
-            ]),
-        ),
-        ("readinessProbe", probe("/ready", 2)),
-        ("livenessProbe", probe("/live", 10)),
-        (
-            "resources",
-            Node::map([(
-                "requests",
-                Node::map([("cpu", Node::str("100m")), ("memory", Node::str("64Mi"))]),
-            )]),
-        ),
-        (
-            "securityContext",
-            security(false, PROXY_UID, Node::map([("drop", strings(&["ALL"]))])),
-        ),
-        ("volumeMounts", Node::Seq(mounts)),
     ])
 }
 
