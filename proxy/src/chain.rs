@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use weft_config::{Config, FilterConfig, ListenerConfig, ModuleRef};
-use weft_engine::{BodyMode, Engine, Filter, FilterSpec, LoadError};
+use weft_config::{Config, FilterConfig, ListenerConfig, ModuleRef, StatePolicy};
+use weft_engine::{BodyMode, Engine, Filter, FilterSpec, LoadError, SharedState};
 
 /// Where the modules of pushed filters (`filter:NAME` with a sha256) come from.
 pub trait ModuleStore: Send + Sync {
@@ -45,6 +45,39 @@ pub struct ChainError {
     pub source: Option<Box<LoadError>>,
 }
 
+/// The shared state of the filters running before a reload, by listener name and
+/// filter name: what the reload hands to the filters that replace them, unless their
+/// entry says `state: reset`. A filter keeps its state across changes of its config,
+/// its module and its place in the chain, as long as its listener and its name stay.
+///
+/// It is made when a reload begins and dropped when it ends: the state of a filter
+/// that left the configuration goes with the last request on its old chain.
+#[derive(Debug, Default)]
+pub struct KeptState {
+    by_filter: HashMap<(String, String), SharedState>,
+}
+
+impl KeptState {
+    /// Remember the state of every filter of a running listener's chain.
+    pub fn add(&mut self, listener: &str, chain: &FilterChain) {
+        for f in chain.filters() {
+            let key = (listener.to_owned(), f.name().to_owned());
+            self.by_filter.insert(key, f.state());
+        }
+    }
+
+    /// The state a filter of this listener's chain goes on with, if any.
+    fn of(&self, listener: &ListenerConfig, f: &FilterConfig) -> Option<SharedState> {
+        match f.state {
+            StatePolicy::Reset => None,
+            StatePolicy::Keep => {
+                let key = (listener.name.value.clone(), f.name.value.clone());
+                self.by_filter.get(&key).cloned()
+            }
+        }
+    }
+}
+
 /// The filters of one listener, in order.
 #[derive(Clone, Debug, Default)]
 pub struct FilterChain {
@@ -66,8 +99,8 @@ pub struct FilterChain {
 }
 
 impl FilterChain {
-    /// Load every filter of a listener. Fails on the first filter that cannot load,
-    /// naming it and where it is configured.
+    /// Load every filter of a listener, each with a state of its own. Fails on the
+    /// first filter that cannot load, naming it and where it is configured.
     pub fn load(
         engine: &Engine,
         config: &Config,
@@ -75,9 +108,30 @@ impl FilterChain {
         listener: &ListenerConfig,
         modules: &dyn ModuleStore,
     ) -> Result<Self, ChainError> {
+        Self::load_keeping(
+            engine,
+            config,
+            index,
+            listener,
+            modules,
+            &KeptState::default(),
+        )
+    }
+
+    /// [`FilterChain::load`], where each filter goes on with the state `kept` has for
+    /// it (see [`KeptState`]).
+    pub fn load_keeping(
+        engine: &Engine,
+        config: &Config,
+        index: usize,
+        listener: &ListenerConfig,
+        modules: &dyn ModuleStore,
+        kept: &KeptState,
+    ) -> Result<Self, ChainError> {
         let mut filters = Vec::with_capacity(listener.filters.len());
         for (j, f) in listener.filters.iter().enumerate() {
-            filters.push(load_filter(engine, config, modules, index, j, f)?);
+            let state = kept.of(listener, f);
+            filters.push(load_filter(engine, config, modules, (index, j), f, state)?);
         }
         Ok(Self::new(filters))
     }
@@ -136,15 +190,15 @@ impl FilterChain {
     }
 }
 
-/// Load one filter of a listener's chain: its module, its spec, then the engine's
-/// checks, with errors that point at the key at fault.
+/// Load one filter of a listener's chain (at `(listener, index)`): its module, its
+/// spec, then the engine's checks, with errors that point at the key at fault.
 fn load_filter(
     engine: &Engine,
     config: &Config,
     modules: &dyn ModuleStore,
-    listener: usize,
-    index: usize,
+    (listener, index): (usize, usize),
     f: &FilterConfig,
+    state: Option<SharedState>,
 ) -> Result<Filter, ChainError> {
     let key = |k: &str| config.listener_key(listener, &format!(".filters[{index}].{k}"));
     let module_at = config.locate(&f.module.referenced);
@@ -154,8 +208,10 @@ fn load_filter(
         message,
         source: None,
     })?;
+    let mut spec = spec_of(f, &source, &bytes);
+    spec.state = state;
     let filter = engine
-        .load(spec_of(f, &source, &bytes))
+        .load(spec)
         .map_err(|e| load_error(config, f, &module_at, &key, e))?;
     check_clusters(config, f, &filter, &key)?;
     Ok(filter)

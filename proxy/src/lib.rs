@@ -56,7 +56,7 @@ use weft_engine::Engine;
 pub use access::TARGET as ACCESS_LOG_TARGET;
 pub use body::ProxyBody;
 pub use body::UpstreamBody;
-pub use chain::{ChainError, FilterChain, ModuleStore, NoModules};
+pub use chain::{ChainError, FilterChain, KeptState, ModuleStore, NoModules};
 pub use cluster::{Cluster, ClusterError};
 pub use error::{ProxyError, Side};
 pub use identity::Identity;
@@ -114,21 +114,43 @@ impl From<ChainError> for StartError {
     }
 }
 
+/// What a reload carries over from the configuration running before it.
+#[derive(Default)]
+struct Carried {
+    /// The clusters, whose pools, health and estimates go on.
+    clusters: Option<Arc<HashMap<String, Arc<Cluster>>>>,
+    /// The filters' shared state, for the filters that replace them.
+    states: KeptState,
+}
+
+impl Carried {
+    fn from_running(running: &[Bound]) -> Self {
+        let mut states = KeptState::default();
+        for b in running {
+            states.add(&b.name, &b.state.load().chain);
+        }
+        Self {
+            clusters: running.first().map(|b| b.state.load().clusters.clone()),
+            states,
+        }
+    }
+}
+
 /// Build every listener's state (filters loaded, clusters set up, TLS read) without
 /// binding.
 fn build_states(
     engine: &Engine,
     config: &Config,
     modules: &dyn ModuleStore,
-    previous: Option<&HashMap<String, Arc<Cluster>>>,
+    carried: &Carried,
     draining: &Arc<AtomicBool>,
     identity: &Identity,
 ) -> Result<Vec<ListenerState>, StartError> {
-    let built = build_clusters(config, previous, identity)?;
+    let built = build_clusters(config, carried.clusters.as_deref(), identity)?;
     let clusters = Arc::new(built.clusters);
     let mut states = Vec::with_capacity(config.listeners.len());
     for (i, l) in config.listeners.iter().enumerate() {
-        let chain = FilterChain::load(engine, config, i, l, modules)?;
+        let chain = FilterChain::load_keeping(engine, config, i, l, modules, &carried.states)?;
         let tls = acceptor(config, i, l, identity)?;
         let conn = Arc::new(conn::ConnParts::new(tls, &settings(l)));
         states.push(ListenerState {
@@ -501,15 +523,13 @@ impl RunningProxy {
     ) -> Result<(), StartError> {
         let _one_at_a_time = lock(&self.inner.reloading);
         let _runtime = self.inner.runtime.enter();
-        let previous = lock(&self.inner.listeners)
-            .first()
-            .map(|b| b.state.load().clusters.clone());
+        let carried = Carried::from_running(&lock(&self.inner.listeners));
         let identity = identity_files(config)?;
         let states = build_states(
             &self.inner.engine,
             config,
             modules,
-            previous.as_deref(),
+            &carried,
             &self.inner.draining,
             &self.inner.identity,
         )?;
@@ -689,7 +709,7 @@ pub fn check(config: &Config) -> Result<usize, StartError> {
         &engine,
         config,
         &NoModules,
-        None,
+        &Carried::default(),
         &Arc::default(),
         &identity,
     )?
