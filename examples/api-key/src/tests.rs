@@ -1,7 +1,9 @@
-//! The filter's decisions on the host: its configuration, which key a request
-//! presents, whose it is, and the answer to a request without a good one.
+//! The filter on the host: its configuration, which key a request presents, whose it
+//! is, the answer to a request without a good one, and its hook run as the proxy
+//! runs it (`weft_sdk::testing`).
 
-use weft_sdk::RequestHead;
+use weft_sdk::testing::{self, Edit, Exchange};
+use weft_sdk::{RequestHead, ResponseHead};
 
 use super::*;
 
@@ -148,4 +150,99 @@ fn bad_configs_are_refused_at_their_key() {
     assert!(err(&format!(r#"{{"keys":{one},"realm":"a\"b"}}"#)).starts_with("realm:"));
     let typo = err(&format!(r#"{{"keys":{one},"hedaer":"x"}}"#));
     assert!(typo.starts_with("hedaer: unknown field"), "{typo}");
+}
+
+/// The README's two keys, loaded as the proxy loads the filter.
+fn exchange() -> Exchange<ApiKey> {
+    let config = format!(
+        r#"{{"keys":[{{"owner":"alice","key":"alice-secret-1"}},{{"owner":"bob","sha256":"{BOB_SHA256}"}}]}}"#
+    );
+    Exchange::init(&config)
+        .expect("a valid config")
+        .named("api-key")
+}
+
+fn upstream() -> Response {
+    Response::new(ResponseHead::new(200))
+}
+
+#[test]
+fn the_hook_names_the_owner_to_the_app_and_to_later_filters() {
+    let mut f = exchange();
+    // A client's own claim of an owner is removed before the filter's goes on.
+    let head = get()
+        .with_header("x-api-key", "alice-secret-1")
+        .with_header("x-api-key-owner", "admin");
+    let out = f.run(Request::new(head), upstream());
+    assert_eq!((out.status(), out.attempts), (200, 1));
+    assert_eq!(
+        out.request.header("x-api-key-owner").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        out.request.edits(),
+        [
+            Edit::RemoveHeader("x-api-key-owner".into()),
+            Edit::SetHeader {
+                name: "x-api-key-owner".into(),
+                value: "alice".into()
+            },
+        ]
+    );
+    assert_eq!(
+        out.context.get(OWNER_PROPERTY).as_deref(),
+        Some(&b"alice"[..])
+    );
+
+    let bearer = get().with_header("authorization", "Bearer bob-secret-2");
+    let out = f.run(Request::new(bearer), upstream());
+    assert_eq!(
+        out.request.header("x-api-key-owner").as_deref(),
+        Some("bob")
+    );
+    assert_eq!(
+        testing::metric_value("api_key_requests_total", &["allowed"]),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn the_hook_answers_401_itself_and_counts_why() {
+    let mut f = exchange();
+    let out = f.run(Request::new(get()), upstream());
+    assert_eq!(
+        (out.status(), out.attempts),
+        (401, 0),
+        "the app never sees it"
+    );
+    assert_eq!(
+        out.responder(),
+        &weft_sdk::Responder::Filter("api-key".into())
+    );
+    assert_eq!(
+        out.response.header("www-authenticate").as_deref(),
+        Some(r#"Bearer realm="api""#)
+    );
+    assert_eq!(out.context.get(OWNER_PROPERTY), None);
+
+    let wrong = get()
+        .with_header("x-api-key", "guess")
+        .with_header("x-api-key-owner", "alice");
+    let out = f.run(Request::new(wrong), upstream());
+    assert_eq!(out.status(), 401);
+    let body = String::from_utf8(out.response.body_now().unwrap_or_default()).unwrap();
+    assert!(body.contains("invalid_api_key"), "{body}");
+    assert_eq!(
+        out.request.header("x-api-key-owner"),
+        None,
+        "removed all the same"
+    );
+
+    let counts = ["allowed", "missing", "refused"]
+        .map(|r| testing::metric_value("api_key_requests_total", &[r]));
+    assert_eq!(counts, [Some(0.0), Some(1.0), Some(1.0)]);
+    assert_eq!(
+        testing::exported_name("api_key_requests_total", testing::MetricKind::Counter),
+        "weft_filter_api_key_requests_total"
+    );
 }

@@ -1,7 +1,11 @@
-//! The bucket's arithmetic, the client a request counts against, and the
-//! compare-and-swap loop against the SDK's own state on the host.
+//! The bucket's arithmetic, the client a request counts against, the
+//! compare-and-swap loop against the SDK's own state on the host, and the hooks run
+//! as the proxy runs them on a test clock (`weft_sdk::testing`).
 
-use weft_sdk::RequestHead;
+use std::time::UNIX_EPOCH;
+
+use weft_sdk::testing::{self, Exchange, clock};
+use weft_sdk::{RequestHead, ResponseHead};
 
 use super::*;
 
@@ -205,4 +209,79 @@ fn bad_configs_are_refused_at_their_key() {
             .starts_with("key.header:")
     );
     assert!(err(r#"{"capacity":1,"refill_every":"1s","key":"cookie"}"#).starts_with("key:"));
+}
+
+fn from(client: &str) -> Request {
+    Request::new(RequestHead::new("GET", "/").with_header("x-client-id", client))
+}
+
+fn upstream() -> Response {
+    Response::new(ResponseHead::new(200))
+}
+
+#[test]
+fn the_hooks_carry_the_tokens_left_to_the_response_and_refuse_when_empty() {
+    clock::set(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let config = r#"{"capacity":2,"refill_every":"10s","key":{"header":"x-client-id"}}"#;
+    let mut f = Exchange::<RateLimiter>::init(config)
+        .unwrap()
+        .named("rate-limiter");
+    for left in ["1", "0"] {
+        let out = f.run(from("acme"), upstream());
+        assert_eq!(out.status(), 200);
+        // Set by on_request, read by on_response: the context carried it.
+        assert_eq!(
+            out.context.get(REMAINING_PROPERTY),
+            Some(left.as_bytes().to_vec())
+        );
+        assert_eq!(
+            out.response.header("x-ratelimit-remaining").as_deref(),
+            Some(left)
+        );
+        assert_eq!(
+            out.response.header("x-ratelimit-limit").as_deref(),
+            Some("2")
+        );
+    }
+    let out = f.run(from("acme"), upstream());
+    assert_eq!((out.status(), out.attempts), (429, 0));
+    assert_eq!(out.response.header("retry-after").as_deref(), Some("10"));
+    assert!(
+        out.response_actions.is_empty(),
+        "its own 429 skips its on_response"
+    );
+
+    clock::advance(Duration::from_secs(4));
+    let out = f.run(from("acme"), upstream());
+    assert_eq!(out.response.header("retry-after").as_deref(), Some("6"));
+    clock::advance(Duration::from_secs(6));
+    let out = f.run(from("acme"), upstream());
+    assert_eq!(
+        out.response.header("x-ratelimit-remaining").as_deref(),
+        Some("0")
+    );
+
+    let counts = ["allowed", "limited", "untracked"]
+        .map(|r| testing::metric_value("rate_limiter_requests_total", &[r]));
+    assert_eq!(counts, [Some(3.0), Some(2.0), Some(0.0)]);
+}
+
+#[test]
+fn an_idle_bucket_expires_when_it_would_be_full_again() {
+    clock::set(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let mut f = Exchange::<RateLimiter>::init(r#"{"capacity":3,"refill_every":"1s"}"#).unwrap();
+    let req = Request::new(RequestHead::new("GET", "/"));
+    let ctx = Context::for_request(&req).with_peer_address("203.0.113.7:40000");
+    let out = f.run_in(req, ctx, [upstream()]);
+    assert_eq!(
+        out.response.header("x-ratelimit-remaining").as_deref(),
+        Some("2")
+    );
+    let key = state_key("peer/203.0.113.7");
+    assert!(state::get(&key).is_some(), "a bucket per peer address");
+    // Three tokens at one a second: after 3 s it would be full, and it is gone.
+    clock::advance(Duration::from_millis(2_900));
+    assert!(state::get(&key).is_some());
+    clock::advance(Duration::from_millis(200));
+    assert!(state::get(&key).is_none(), "idle clients do not hold state");
 }
