@@ -29,6 +29,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
         "tests/guests/frozen-0-2",
     ),
     ("CHAOS", "weft-test-guest-chaos", "tests/guests/chaos"),
+    ("COUNTER", "weft-test-guest-counter", "tests/guests/counter"),
 ];
 
 fn main() {

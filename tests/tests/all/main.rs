@@ -21,6 +21,7 @@ mod retry;
 mod routing;
 mod sandbox;
 mod sdk;
+mod state;
 mod stories;
 mod telemetry;
 mod zero_trust;
