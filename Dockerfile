@@ -20,6 +20,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # Run: the binary, iptables for the init container, and a user that is not root.
 # The sidecar runs as uid 1337, the uid `weft init --proxy-uid` leaves uncaptured.
 FROM debian:stable-slim
+# Versions are not pinned: stable's packages get security fixes, and a pinned one
+# would stop building when the archive moves on.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends iptables ca-certificates \
     && rm -rf /var/lib/apt/lists/*

