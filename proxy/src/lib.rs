@@ -24,6 +24,7 @@ mod access;
 mod admin;
 mod attempt;
 mod body;
+mod capture;
 mod chain;
 mod cluster;
 mod conn;
@@ -145,6 +146,7 @@ fn build_states(
     carried: &Carried,
     draining: &Arc<AtomicBool>,
     identity: &Identity,
+    capture_counts: &capture::CaptureCounts,
 ) -> Result<Vec<ListenerState>, StartError> {
     let built = build_clusters(config, carried.clusters.as_deref(), identity)?;
     let clusters = Arc::new(built.clusters);
@@ -173,6 +175,16 @@ fn build_states(
                 .access_log
                 .as_ref()
                 .map(|a| Arc::new(access::AccessLog::new(Arc::from(l.name.value.as_str()), a))),
+            capture: l.capture.as_ref().map(|c| {
+                Arc::new(capture::Capture::new(&capture::Setup {
+                    listener: l,
+                    capture: c,
+                    config,
+                    clusters: &clusters,
+                    identity,
+                    counts: capture_counts,
+                }))
+            }),
         });
     }
     // Only once everything loaded: a configuration that fails changes nothing.
@@ -347,6 +359,8 @@ struct Inner {
     identity: Identity,
     /// The identity files watched for changes, when the configuration names them.
     identity_watch: Mutex<Option<identity::Watch>>,
+    /// Capture listeners' connections by route, kept across reloads.
+    capture_counts: Arc<capture::CaptureCounts>,
 }
 
 /// A proxy that is serving; clones are handles to the same proxy.
@@ -384,6 +398,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     ));
     let mut tasks = Vec::new();
     let listeners: Arc<Mutex<Vec<Bound>>> = Arc::default();
+    let capture_counts: Arc<capture::CaptureCounts> = Arc::default();
     let mut admin = None;
     if let Some(a) = &config.admin {
         let bind_error = |source| StartError::Bind {
@@ -405,6 +420,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
             spans: engine.spans(),
             span_stats: span_stats.clone(),
         }));
+        registry.register_collector(Box::new(capture::CaptureMetrics(capture_counts.clone())));
         let state = Arc::new(admin::Admin {
             ready: false.into(),
             registry,
@@ -434,6 +450,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
             exporter: Mutex::new(Some(exporter)),
             identity: Identity::default(),
             identity_watch: Mutex::default(),
+            capture_counts,
         }),
     };
     if let Err(e) = proxy.reload(&config) {
@@ -532,6 +549,7 @@ impl RunningProxy {
             &carried,
             &self.inner.draining,
             &self.inner.identity,
+            &self.inner.capture_counts,
         )?;
         *lock(&self.inner.drain_delay) = config.shutdown.drain_delay.0;
         // Bind what is new first, so a taken port changes nothing.
@@ -712,6 +730,7 @@ pub fn check(config: &Config) -> Result<usize, StartError> {
         &Carried::default(),
         &Arc::default(),
         &identity,
+        &capture::CaptureCounts::default(),
     )?
     .len())
 }

@@ -187,12 +187,22 @@ async fn serve_connection(
         local,
         counts,
     } = served;
+    let limits = conn.limits;
+    // A capture listener serves a redirected connection as if it were its original
+    // destination, or joins it as TCP (or refuses it) there and then.
+    let capture = state.load().capture.clone();
+    let (stream, captured) = match capture {
+        None => (stream, None),
+        Some(capture) => match capture.intercept(stream, local, &limits, &counts).await {
+            Some(kept) => kept,
+            None => return,
+        },
+    };
     let info = ConnectionInfo {
         peer,
-        local,
+        local: captured.unwrap_or(local),
         tls: None,
     };
-    let limits = conn.limits;
     let watch = Arc::new(ConnWatch::new(limits.max_premature_resets));
     let (acceptor, identity) = match &conn.tls {
         None => (None, None),
@@ -210,7 +220,7 @@ async fn serve_connection(
     };
     let result = match acceptor {
         None => {
-            let svc = request_service(state, Arc::new(info), watch.clone());
+            let svc = request_service(state, Arc::new(info), captured, watch.clone());
             let io = Watched::new(stream, watch.clone()).counting(counts);
             drive(io, &conn.builder, svc, &limits, &watch, &mut stop).await
         }
@@ -231,7 +241,7 @@ async fn serve_connection(
                 tls: Some(tls_info(stream.get_ref().1, identity)),
                 ..info
             };
-            let svc = request_service(state, Arc::new(info), watch.clone());
+            let svc = request_service(state, Arc::new(info), captured, watch.clone());
             // Counted after TLS: the bytes of HTTP, as the listener's filters see them.
             let io = Watched::new(stream, watch.clone()).counting(counts);
             drive(io, &conn.builder, svc, &limits, &watch, &mut stop).await
@@ -278,10 +288,12 @@ fn tls_info(session: &rustls::ServerConnection, identity: Option<&crate::Identit
 }
 
 /// The per-request service of a data-plane connection: the request path, with the
-/// connection's count of requests in flight and of requests the client gave up on.
+/// connection's count of requests in flight and of requests the client gave up on,
+/// and the original destination of a captured connection.
 fn request_service(
     state: Arc<ArcSwap<ListenerState>>,
     info: Arc<ConnectionInfo>,
+    captured: Option<SocketAddr>,
     watch: Arc<ConnWatch>,
 ) -> impl Service<
     Request<Incoming>,
@@ -290,7 +302,7 @@ fn request_service(
     Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 > + Clone {
     service_fn(move |req| {
-        let request = service::serve(state.load_full(), info.clone(), req);
+        let request = service::serve(state.load_full(), info.clone(), captured, req);
         let watch = watch.clone();
         async move {
             let stream = InFlight::start(&watch);

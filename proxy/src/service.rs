@@ -18,6 +18,7 @@
 //! joined at the end (`upgrade.rs`).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,6 +46,7 @@ static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 pub(crate) async fn serve(
     state: Arc<ListenerState>,
     conn: Arc<ConnectionInfo>,
+    captured: Option<SocketAddr>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
@@ -58,7 +60,7 @@ pub(crate) async fn serve(
     // A chain without hooks (or no chain) costs nothing: no context, no exchange,
     // unless the request is logged.
     if !state.chain.has_hooks() && logged.is_none() {
-        let resp = match forward(&state, req, &mut upgrade).await {
+        let resp = match forward(&state, captured, req, &mut upgrade).await {
             Ok(resp) => resp,
             Err(e) => fail(&state.name, e, id, grpc),
         };
@@ -74,13 +76,14 @@ pub(crate) async fn serve(
         response: None,
         ctx,
     }));
-    let (resp, responder) = match filtered(&state, &mut lent, body, grpc, &mut upgrade).await {
-        Ok(done) => done,
-        Err(e) => {
-            let kind = e.exchange;
-            (fail(&state.name, e, id, grpc), Responder::Proxy(kind))
-        }
-    };
+    let (resp, responder) =
+        match filtered(&state, &mut lent, body, grpc, captured, &mut upgrade).await {
+            Ok(done) => done,
+            Err(e) => {
+                let kind = e.exchange;
+                (fail(&state.name, e, id, grpc), Responder::Proxy(kind))
+            }
+        };
     let resp = respond(&state, headless(head, resp), upgrade, version);
     // The end phase: `on-done` runs once the response body has gone, whatever happened.
     Ok(match lent.into_inner() {
@@ -98,6 +101,7 @@ async fn filtered(
     lent: &mut Lent,
     body: Incoming,
     grpc: bool,
+    captured: Option<SocketAddr>,
     upgrade: &mut Option<Upgrade>,
 ) -> Result<(Response<ProxyBody>, Responder), ProxyError> {
     prepare(state, &mut lent.get_mut().request.parts)?;
@@ -110,8 +114,10 @@ async fn filtered(
         Forward::Answered(responder) => return Ok((finish(lent, None), responder)),
         Forward::To(route) => route,
     };
-    // The upstream cluster: the last route a filter chose, or the listener's default.
-    let Some(cluster) = route.or(state.default_cluster.as_ref()) else {
+    // The upstream cluster: the last route a filter chose, else the one owning where
+    // a captured connection was going, else the listener's default.
+    let owner = captured_route(state, route, captured);
+    let Some(cluster) = route.or(owner.as_ref()).or(state.default_cluster.as_ref()) else {
         return Err(ProxyError::no_route(&state.name, &lent.get().request.parts));
     };
     let upstream = Upstream {
@@ -121,6 +127,19 @@ async fn filtered(
         grpc,
     };
     attempts(state, lent, upstream, upgrade).await
+}
+
+/// The cluster owning a captured connection's original destination, when no filter
+/// routed its request: a lookup in the listener's state, no lock taken.
+fn captured_route(
+    state: &ListenerState,
+    routed: Option<&Arc<Cluster>>,
+    captured: Option<SocketAddr>,
+) -> Option<Arc<Cluster>> {
+    match (routed, captured, &state.capture) {
+        (None, Some(destination), Some(capture)) => capture.route(destination),
+        _ => None,
+    }
 }
 
 /// The checks every request passes before anything else sees it.
@@ -340,6 +359,7 @@ fn shown(
 /// cluster, bounded in time.
 async fn forward(
     state: &ListenerState,
+    captured: Option<SocketAddr>,
     req: Request<Incoming>,
     upgrade: &mut Option<Upgrade>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -349,7 +369,8 @@ async fn forward(
     if let Some(u) = upgrade {
         u.ask(&mut parts.headers);
     }
-    let Some(cluster) = state.default_cluster.as_ref() else {
+    let owner = captured_route(state, None, captured);
+    let Some(cluster) = owner.as_ref().or(state.default_cluster.as_ref()) else {
         return Err(ProxyError::no_route(&state.name, &parts));
     };
     let (body, arrival) = stream_body(body, None, received);

@@ -45,6 +45,8 @@ pub struct ListenerState {
     pub(crate) conn: Arc<ConnParts>,
     /// The access log, when the configuration has one.
     pub(crate) access: Option<Arc<AccessLog>>,
+    /// Routes by original destination, on a capture listener.
+    pub(crate) capture: Option<Arc<crate::capture::Capture>>,
 }
 
 /// A bound listener.
