@@ -17,6 +17,27 @@ use crate::{
 /// Only [`Filter::on_request`] is required. By default the proxy calls it for every
 /// request, without the body, and never calls [`Filter::on_response`]: override
 /// [`Filter::interest`] to change that.
+///
+/// # The order of hooks
+///
+/// For one request, in a listener's chain of filters:
+///
+/// 1. `on_request` of each filter, first to last. `Continue`, `Route` and `Delay` go on
+///    to the next filter. A local response (`Action::Respond`) ends the request phase:
+///    no later filter's `on_request` runs and nothing goes upstream; then the
+///    `on_response` of the filters *before* this one (last first) see the local
+///    response, with attempt 0. The answering filter's own `on_response`, and those of
+///    the filters after it, are not called for it.
+/// 2. The upstream answers (or the proxy answers for a failed exchange, with
+///    [`ResponseHead::error`](crate::ResponseHead) set); `on_response` of every filter,
+///    last to first. A `ResponseAction::Respond` replaces the response, and the
+///    filters before it see the replacement. A `ResponseAction::retry` drops the
+///    response and runs every `on_response` again on the next attempt's.
+/// 3. `on_done` of every filter that asks for it, last to first, whatever happened
+///    before (a local response, a failure, a client gone).
+///
+/// In a native test, `weft_sdk::testing::Exchange` runs a filter through these
+/// steps, as the only filter of its chain.
 pub trait Filter: DeserializeOwned + 'static {
     /// Whether a key in the configuration that this type does not know is an error
     /// (the default) or ignored. Strict is what operators need: a misspelled
@@ -38,7 +59,34 @@ pub trait Filter: DeserializeOwned + 'static {
 
     /// Check and prepare the configuration after it was deserialized (compile
     /// patterns, define [`metrics`](crate::metrics)). An error is shown to the
-    /// operator as the reason the proxy refused the configuration.
+    /// operator as the reason the proxy refused the configuration: name the key at
+    /// fault first, and the proxy points at it in the operator's file.
+    ///
+    /// ```
+    /// use weft_sdk::prelude::*;
+    /// use weft_sdk::metrics::Counter;
+    ///
+    /// #[derive(Deserialize)]
+    /// #[serde(crate = "weft_sdk::serde")]
+    /// struct Limit { per_minute: u32, #[serde(skip)] refused: Option<Counter> }
+    ///
+    /// impl Filter for Limit {
+    ///     fn init(&mut self) -> Result<(), String> {
+    ///         if self.per_minute == 0 {
+    ///             return Err("per_minute: must be at least 1".into());
+    ///         }
+    ///         let refused = Counter::define("refused", "Requests refused.", &[])
+    ///             .map_err(|e| format!("cannot define a metric: {e}"))?;
+    ///         self.refused = Some(refused);
+    ///         Ok(())
+    ///     }
+    ///     fn on_request(&mut self, _: &Request, _: &Context) -> Action { Action::Continue }
+    /// }
+    ///
+    /// let err = weft_sdk::from_config::<Limit>(r#"{"per_minute":0}"#).err();
+    /// assert_eq!(err.as_deref(), Some("per_minute: must be at least 1"));
+    /// assert!(weft_sdk::from_config::<Limit>(r#"{"per_minute":60}"#).is_ok());
+    /// ```
     fn init(&mut self) -> Result<(), String> {
         Ok(())
     }
@@ -51,6 +99,28 @@ pub trait Filter: DeserializeOwned + 'static {
     /// it to get `on_response` or buffered bodies, for example
     /// `Interest::REQUEST.with_response()` or
     /// `Interest::REQUEST.with_response_body()`. It may depend on the configuration.
+    ///
+    /// ```
+    /// use weft_sdk::prelude::*;
+    ///
+    /// #[derive(Deserialize)]
+    /// #[serde(crate = "weft_sdk::serde")]
+    /// struct Audit { #[serde(default)] bodies: bool }
+    ///
+    /// impl Filter for Audit {
+    ///     fn interest(&self) -> Interest {
+    ///         // Only the headers named here are in `head()`: a head costs one call.
+    ///         let i = Interest::REQUEST.with_done().with_request_headers(["x-user"]);
+    ///         if self.bodies { i.with_request_body() } else { i }
+    ///     }
+    ///     fn on_request(&mut self, _: &Request, _: &Context) -> Action { Action::Continue }
+    /// }
+    ///
+    /// let audit = weft_sdk::testing::Exchange::<Audit>::init(r#"{"bodies":true}"#)?;
+    /// assert!(audit.interest().done);
+    /// assert_eq!(audit.interest().request_body, BodyMode::Buffered);
+    /// # Ok::<(), String>(())
+    /// ```
     fn interest(&self) -> Interest {
         Interest::REQUEST
     }
@@ -66,17 +136,29 @@ pub trait Filter: DeserializeOwned + 'static {
     /// The default names none: the filter may route to any cluster, and a route to
     /// one that does not exist fails when a request takes it.
     ///
-    /// ```no_run
-    /// # use weft_sdk::prelude::*;
-    /// # #[derive(Deserialize)] #[serde(crate = "weft_sdk::serde")] struct Canary { stable: String, canary: String }
-    /// # impl Filter for Canary { fn on_request(&mut self, _: &Request, _: &Context) -> Action { Action::Continue }
-    /// fn clusters(&self) -> Vec<ClusterRef> {
-    ///     vec![
-    ///         ClusterRef::new(&self.stable, "stable"),
-    ///         ClusterRef::new(&self.canary, "canary"),
-    ///     ]
+    /// ```
+    /// use weft_sdk::prelude::*;
+    /// use weft_sdk::testing;
+    ///
+    /// #[derive(Deserialize)]
+    /// #[serde(crate = "weft_sdk::serde")]
+    /// struct Canary { stable: String, canary: String }
+    ///
+    /// impl Filter for Canary {
+    ///     fn clusters(&self) -> Vec<ClusterRef> {
+    ///         vec![
+    ///             ClusterRef::new(&self.stable, "stable"),
+    ///             ClusterRef::new(&self.canary, "canary"),
+    ///         ]
+    ///     }
+    ///     fn on_request(&mut self, _: &Request, _: &Context) -> Action {
+    ///         Action::route(&self.canary)
+    ///     }
     /// }
-    /// # }
+    ///
+    /// testing::Exchange::<Canary>::init(r#"{"stable":"shop","canary":"shop-next"}"#)?;
+    /// assert_eq!(testing::declared_clusters()[1], ClusterRef::new("shop-next", "canary"));
+    /// # Ok::<(), String>(())
     /// ```
     fn clusters(&self) -> Vec<ClusterRef> {
         Vec::new()
@@ -85,20 +167,139 @@ pub trait Filter: DeserializeOwned + 'static {
     /// Called for every request. Return [`Action::Continue`] to pass it on. The
     /// [`Context`] is the request's own: its facts, its exchange settings, and the
     /// properties filters leave for later hooks.
+    ///
+    /// A local response ([`Action::respond`]) answers the client at once: later
+    /// filters and the upstream never see the request, and this filter's own
+    /// [`Filter::on_response`] is not called for it (see [the order of
+    /// hooks](Filter#the-order-of-hooks)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use weft_sdk::prelude::*;
+    /// use weft_sdk::{RequestHead, testing::Edit};
+    ///
+    /// #[derive(Deserialize)]
+    /// #[serde(crate = "weft_sdk::serde")]
+    /// struct Api { key: String }
+    ///
+    /// impl Filter for Api {
+    ///     fn interest(&self) -> Interest { Interest::REQUEST.with_request_headers(["x-api-key"]) }
+    ///     fn on_request(&mut self, req: &Request, ctx: &Context) -> Action {
+    ///         if req.head().header("x-api-key") != Some(self.key.as_str()) {
+    ///             return Action::respond(401, "missing or wrong x-api-key\n");
+    ///         }
+    ///         let _ = req.remove_header("x-api-key"); // not for the upstream
+    ///         let _ = ctx.set_timeout(Duration::from_secs(5));
+    ///         Action::Continue
+    ///     }
+    /// }
+    ///
+    /// let mut api: Api = weft_sdk::from_config(r#"{"key":"s3cret"}"#)?;
+    /// let req = Request::new(RequestHead::new("GET", "/v1").with_header("x-api-key", "s3cret"));
+    /// let ctx = Context::for_request(&req);
+    /// assert_eq!(api.on_request(&req, &ctx), Action::Continue);
+    /// assert_eq!(req.edits(), [Edit::RemoveHeader("x-api-key".into())]);
+    /// assert_eq!(ctx.timeout(), Some(Duration::from_secs(5)));
+    ///
+    /// let anonymous = Request::new(RequestHead::new("GET", "/v1"));
+    /// let action = api.on_request(&anonymous, &Context::for_request(&anonymous));
+    /// assert_eq!(action.local_response().map(|r| r.status), Some(401));
+    /// # Ok::<(), String>(())
+    /// ```
     fn on_request(&mut self, req: &Request, ctx: &Context) -> Action;
 
     /// Called for every response when [`Filter::interest`] asks for it: the
-    /// upstream's, a filter's local one, or one the proxy made because the exchange
-    /// failed ([`ResponseHead::error`](crate::ResponseHead) says why). Responses see
-    /// the filters in the reverse order of requests. Return
-    /// [`ResponseAction::retry`] to send the request again.
+    /// upstream's, one the proxy made because the exchange failed
+    /// ([`ResponseHead::error`](crate::ResponseHead) says why), or the local response
+    /// of a filter *later* in the chain. Responses see the filters in the reverse
+    /// order of requests. Return [`ResponseAction::retry`] to send the request again.
+    ///
+    /// It is not called for this filter's own local response from
+    /// [`Filter::on_request`], nor for one from a filter earlier in the chain: a
+    /// local response goes back only through the filters before the one that made it
+    /// (see [the order of hooks](Filter#the-order-of-hooks)).
+    ///
+    /// ```
+    /// use weft_sdk::prelude::*;
+    /// use weft_sdk::testing::Exchange;
+    /// use weft_sdk::{RequestHead, ResponseHead};
+    ///
+    /// #[derive(Deserialize)]
+    /// #[serde(crate = "weft_sdk::serde")]
+    /// struct Stamp {}
+    ///
+    /// impl Filter for Stamp {
+    ///     fn interest(&self) -> Interest { Interest::REQUEST.with_response() }
+    ///     fn on_request(&mut self, req: &Request, ctx: &Context) -> Action {
+    ///         if req.head().path() == "/teapot" { return Action::respond(418, ""); }
+    ///         let _ = ctx.set("seen-at", b"request");
+    ///         Action::Continue
+    ///     }
+    ///     fn on_response(&mut self, resp: &Response, ctx: &Context) -> ResponseAction {
+    ///         if resp.head().status >= 500 {
+    ///             return ResponseAction::respond(503, "try again later\n");
+    ///         }
+    ///         if ctx.get("seen-at").is_some() { let _ = resp.set_header("x-stamped", "1"); }
+    ///         ResponseAction::Continue
+    ///     }
+    /// }
+    ///
+    /// let mut stamp = Exchange::<Stamp>::init("null")?;
+    /// let get = |path| Request::new(RequestHead::new("GET", path));
+    /// let out = stamp.run(get("/"), Response::new(ResponseHead::new(200)));
+    /// assert_eq!(out.response.header("x-stamped").as_deref(), Some("1"));
+    /// let out = stamp.run(get("/"), Response::new(ResponseHead::new(500)));
+    /// assert_eq!(out.status(), 503);
+    /// let out = stamp.run(get("/teapot"), Response::new(ResponseHead::new(200)));
+    /// assert_eq!((out.status(), out.response_actions.len()), (418, 0));
+    /// # Ok::<(), String>(())
+    /// ```
     fn on_response(&mut self, resp: &Response, ctx: &Context) -> ResponseAction {
         let _ = (resp, ctx);
         ResponseAction::Continue
     }
 
     /// Called once when the request is over, when [`Filter::interest`] asks for it
-    /// (`with_done`): the place to record what happened.
+    /// (`with_done`): the place to record what happened. It runs whatever happened
+    /// before, a local response of this or another filter included, and can change
+    /// nothing.
+    ///
+    /// ```
+    /// use weft_sdk::prelude::*;
+    /// use weft_sdk::metrics::Counter;
+    /// use weft_sdk::testing::{self, Exchange};
+    /// use weft_sdk::{RequestHead, Responder, ResponseHead};
+    ///
+    /// #[derive(Deserialize)]
+    /// #[serde(crate = "weft_sdk::serde")]
+    /// struct Outcomes { #[serde(skip)] by_status: Option<Counter> }
+    ///
+    /// impl Filter for Outcomes {
+    ///     fn init(&mut self) -> Result<(), String> {
+    ///         let c = Counter::define("responses", "Responses by status.", &["status"]);
+    ///         self.by_status = Some(c.map_err(|e| e.to_string())?);
+    ///         Ok(())
+    ///     }
+    ///     fn interest(&self) -> Interest { Interest::NONE.with_done() }
+    ///     fn on_request(&mut self, _: &Request, _: &Context) -> Action { Action::Continue }
+    ///     fn on_done(&mut self, _: &Context, summary: &Summary) {
+    ///         if let Some(c) = &self.by_status {
+    ///             let _ = c.inc(&[&summary.status.to_string()]);
+    ///         }
+    ///         if summary.responder != Responder::Upstream {
+    ///             weft_sdk::log::info(&format!("answered by {:?}", summary.responder));
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let mut outcomes = Exchange::<Outcomes>::init("null")?;
+    /// let req = Request::new(RequestHead::new("GET", "/"));
+    /// outcomes.run(req, Response::new(ResponseHead::new(404)));
+    /// // A counter `responses` is `weft_filter_responses_total{filter="...",status="404"}`.
+    /// assert_eq!(testing::metric_value("responses", &["404"]), Some(1.0));
+    /// assert!(testing::logs().is_empty());
+    /// # Ok::<(), String>(())
+    /// ```
     fn on_done(&mut self, ctx: &Context, summary: &Summary) {
         let _ = (ctx, summary);
     }

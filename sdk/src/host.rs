@@ -51,14 +51,36 @@ pub mod log {
     }
 }
 
-/// Metrics on the proxy's admin `/metrics`, named `weft_filter_<name>` and labelled
-/// with the filter's name. Define them in [`crate::Filter::init`] and keep the
-/// handles in the filter value.
+/// Metrics on the proxy's admin `/metrics`. Define them in [`crate::Filter::init`]
+/// and keep the handles in the filter value.
 ///
-/// ```no_run
+/// # Exported names
+///
+/// Every series carries a `filter` label first, naming the filter as its listener's
+/// chain does, then the metric's own labels. With the default prefix `weft_filter_`
+/// (a filter's `metrics.prefix` in the configuration replaces it):
+///
+/// | defined as | on `/metrics` |
+/// |---|---|
+/// | `Counter::define("hits", ..)` | `weft_filter_hits_total{filter="..",..}` |
+/// | `Counter::define("hits_total", ..)` | the same: `_total` is not doubled |
+/// | `Gauge::define("open", ..)` | `weft_filter_open{filter="..",..}` |
+/// | `Histogram::define("latency", ..)` | `weft_filter_latency_bucket{filter="..",..,le=".."}`, `weft_filter_latency_sum`, `weft_filter_latency_count` |
+///
+/// A metric holds at most `metrics.max_series` label sets; an update of a new one past
+/// that is counted in the metric's overflow series (every label value `overflow`) and
+/// in `weft_engine_filter_metric_dropped{filter="..",metric="<name>"}`.
+///
+/// In a native test the values are kept for `weft_sdk::testing::metric_value`, and
+/// `weft_sdk::testing::exported_name` gives the exported name.
+///
+/// ```
 /// use weft_sdk::metrics::Counter;
-/// let hits = Counter::define("hits_total", "Requests seen.", &["kind"])?;
+/// let hits = Counter::define("hits", "Requests seen.", &["kind"])?;
 /// hits.inc(&["api"])?;
+/// // On the proxy: weft_filter_hits_total{filter="<its name>",kind="api"} 1
+/// # #[cfg(not(target_arch = "wasm32"))]
+/// assert_eq!(weft_sdk::testing::metric_value("hits", &["api"]), Some(1.0));
 /// # Ok::<(), weft_sdk::metrics::MetricError>(())
 /// ```
 pub mod metrics {

@@ -15,6 +15,9 @@
 //! 4. Export it with [`export!`].
 //! 5. Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file in
 //!    `target/wasm32-wasip2/release/` is the filter's `module`.
+//! 6. Test the hooks with `cargo test` on the host: there [`Request`], [`Response`] and
+//!    [`Context`] are test doubles you build and inspect, and `weft_sdk::testing` runs
+//!    a request through the filter as the proxy does (native builds only).
 //!
 //! ```no_run
 //! use weft_sdk::prelude::*;

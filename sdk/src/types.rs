@@ -318,7 +318,13 @@ impl Response {
 }
 
 impl Action {
-    /// Answer the client with this status and a `text/plain` body.
+    /// Answer the client with this status and a `text/plain` body, instead of the
+    /// upstream. Later filters and the upstream never see the request. On its way
+    /// back only the filters *before* this one in the chain see the response (their
+    /// `on_response`, with attempt 0); this filter's own
+    /// [`on_response`](crate::Filter::on_response) is not called for it, and
+    /// `on_done` runs as for any request. For other headers or a body that is not
+    /// text, build a [`LocalResponse`].
     pub fn respond(status: u16, body: impl AsRef<[u8]>) -> Self {
         Action::Respond(LocalResponse::new(status).text(body))
     }
@@ -403,13 +409,20 @@ impl From<LocalResponse> for ResponseAction {
     }
 }
 
+/// A filter's own response: from `on_request` ([`Action::Respond`]) it answers
+/// the client instead of the upstream, and skips the answering filter's own
+/// `on_response` (only filters before it in the chain see it); from `on_response`
+/// ([`ResponseAction::Respond`]) it replaces the response the filters before it see.
+/// The proxy refuses (500) a status outside 200 to 599 or an invalid header, and
+/// sets `content-length` itself.
 impl LocalResponse {
     /// A response with this status, no headers and an empty body.
     ///
-    /// ```no_run
+    /// ```
     /// # use weft_sdk::prelude::*;
     /// let r = LocalResponse::new(404).header("content-type", "text/plain").body("gone\n");
-    /// let action = Action::Respond(r);
+    /// let action = Action::from(r);
+    /// assert_eq!(action.local_response().map(|r| r.status), Some(404));
     /// ```
     pub fn new(status: u16) -> Self {
         Self {
