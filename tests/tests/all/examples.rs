@@ -137,24 +137,25 @@ async fn api_key_pushed_and_applied_lets_known_keys_through_names_their_owner_an
     proxy.shutdown_within(Duration::from_secs(5)).await;
 }
 
-/// The rate limiter's README proxy, on free ports, in front of `web`; its bucket
-/// refills once an hour, so no token comes back while a test runs.
-fn rate_limiter_proxy(web: &Backend) -> String {
+/// The rate limiter's README proxy, its listener at `listen` and its admin on a free
+/// port, in front of `web`; its bucket refills once an hour, so no token comes back
+/// while a test runs.
+fn rate_limiter_proxy(web: &Backend, listen: &str) -> String {
     include_str!("../../../examples/rate-limiter/weft.yaml")
         .replace(
             "../../target/wasm32-wasip2/release/rate_limiter.wasm",
             guests::RATE_LIMITER,
         )
         .replace("127.0.0.1:9001", &web.addr.to_string())
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:8080", listen)
         .replace("127.0.0.1:9901", "127.0.0.1:0")
         .replace("refill_every: 10s", "refill_every: 1h")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limiter_counts_down_per_client_then_answers_429_json_with_retry_after() {
+async fn rate_limiter_counts_down_per_client_answers_429_json_and_keeps_buckets_across_a_reload() {
     let web = backend("web").start().await;
-    let p = proxy(&rate_limiter_proxy(&web)).start().await;
+    let p = proxy(&rate_limiter_proxy(&web, ANY_PORT)).start().await;
     let c = client();
     let acme = [("x-client-id", "acme")];
 
@@ -193,12 +194,29 @@ async fn rate_limiter_counts_down_per_client_then_answers_429_json_with_retry_af
         total(&metrics, "weft_filter_rate_limiter_requests_total", &labels)
     };
     assert_eq!([count("allowed"), count("limited")], [5.0, 2.0]);
+
+    // A reload that changes only the filter's config (as SIGHUP or `weft apply` do;
+    // the listener's address as written stays, so it keeps its socket): the new
+    // config is in force, and acme's empty bucket is still empty.
+    let changed = rate_limiter_proxy(&web, ANY_PORT).replace("capacity: 3", "capacity: 4");
+    let config = weft_config::Config::from_str(&changed, "test.yaml", None).unwrap();
+    p.running().reload(&config).expect("the reload is taken");
+    let r = c.get_with(p.addr, "/", &acme).await;
+    assert_eq!(
+        r.status,
+        429,
+        "the bucket survived the reload: {}",
+        r.text()
+    );
+    assert_eq!(r.header("x-ratelimit-limit"), Some("4"));
+    let newcomer = c.get_with(p.addr, "/", &[("x-client-id", "new")]).await;
+    assert_eq!(newcomer.header("x-ratelimit-remaining"), Some("3"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrent_burst_gets_exactly_the_buckets_tokens_across_instances() {
     let web = backend("web").start().await;
-    let p = proxy(&rate_limiter_proxy(&web)).start().await;
+    let p = proxy(&rate_limiter_proxy(&web, ANY_PORT)).start().await;
     // Twenty at once from one client: the filter's instances race on one bucket, and
     // compare-and-swap lets exactly `capacity` of them through.
     let burst = (0..20).map(|_| {
