@@ -256,4 +256,17 @@ mod tests {
         let draws: std::collections::HashSet<u64> = (0..8).map(|_| random_u64()).collect();
         assert!(draws.len() > 1, "random numbers repeat: {draws:?}");
     }
+    #[test]
+    fn state_expires_on_the_test_clock() {
+        use crate::testing::clock;
+        use std::time::{Duration, UNIX_EPOCH};
+        clock::set(UNIX_EPOCH + Duration::from_secs(1_000));
+        state_set_with_ttl("ttl/k", b"v", 1_000).unwrap();
+        state_set("ttl/plain", b"v").unwrap();
+        clock::advance(Duration::from_millis(999));
+        assert_eq!(state_keys("ttl/", None, 10), ["ttl/k", "ttl/plain"]);
+        clock::advance(Duration::from_millis(1));
+        assert!(state_get("ttl/k").is_none(), "expired once its time is up");
+        assert_eq!(state_keys("ttl/", None, 10), ["ttl/plain"]);
+    }
 }
