@@ -8,6 +8,7 @@ mod client;
 mod demo;
 mod filter_test;
 mod https;
+mod init;
 mod inject;
 mod inspect;
 mod keys;
@@ -128,6 +129,10 @@ enum Command {
     /// Make a development CA and workload certificates (SPIFFE IDs) in one folder,
     /// for demos and tests; a CA already there is reused.
     Certs(certs::CertsArgs),
+    /// Capture this network namespace's TCP for a sidecar (iptables, as an init
+    /// container does): inbound to its port 15006, outbound to 15001, the sidecar's
+    /// own traffic left alone; `--remove` undoes it, `--dry-run` prints it.
+    Init(init::InitArgs),
     /// Filter tools: `weft filter test FILE` runs a built filter on one request in
     /// the proxy's engine, without a proxy, and prints what it did.
     Filter(filter_test::FilterArgs),
@@ -411,6 +416,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check(args) => check::check(&args).await,
         Command::Stat(args) => stat::stat(&args).await,
         Command::Certs(args) => certs::run(&args),
+        Command::Init(args) => init::run(&args),
         Command::Rollback { version, server } => client::rollback(&server, version).await,
         Command::Demo {
             listen,
