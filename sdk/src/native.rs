@@ -268,5 +268,6 @@ mod tests {
         clock::advance(Duration::from_millis(1));
         assert!(state_get("ttl/k").is_none(), "expired once its time is up");
         assert_eq!(state_keys("ttl/", None, 10), ["ttl/plain"]);
+        assert_eq!(with(|h| h.state.held()), 1, "the listing reclaimed it");
     }
 }
