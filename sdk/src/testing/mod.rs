@@ -65,6 +65,26 @@ pub use record::{LogLine, MetricValue};
 
 use crate::ClusterRef;
 
+/// Load filter `F` from its JSON configuration and run one request through it, the
+/// upstream answering `upstream`: [`Exchange::init`] then [`Exchange::run`].
+///
+/// ```
+/// # use weft_sdk::prelude::*;
+/// # use weft_sdk::{RequestHead, ResponseHead, testing};
+/// # #[derive(Deserialize)] #[serde(crate = "weft_sdk::serde")] struct Pass {}
+/// # impl Filter for Pass { fn on_request(&mut self, _: &Request, _: &Context) -> Action { Action::Continue } }
+/// let out = testing::run::<Pass>("null", Request::new(RequestHead::new("GET", "/")), Response::new(ResponseHead::new(204)))?;
+/// assert_eq!(out.status(), 204);
+/// # Ok::<(), String>(())
+/// ```
+pub fn run<F: crate::Filter>(
+    config_json: &str,
+    request: crate::Request,
+    upstream: crate::Response,
+) -> Result<Outcome, String> {
+    Ok(Exchange::<F>::init(config_json)?.run(request, upstream))
+}
+
 /// Forget what this thread recorded: logs, metrics, declared clusters, state, and the
 /// test clock (back to the system's). Each test runs on a thread of its own, so a test
 /// needs it only to start over within itself.
