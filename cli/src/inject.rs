@@ -109,7 +109,11 @@ fn read(input: &Path) -> anyhow::Result<(String, String)> {
 
 /// Inject every object of a manifest; say on standard error what became of each.
 fn inject_text(text: &str, file: &str, settings: &pod::Settings) -> anyhow::Result<String> {
-    let mut docs: Vec<Node> = serde_saphyr::from_multiple(text).map_err(|e| {
+    // Read as Kubernetes reads it (YAML 1.1): `defaultMode: 0644` is octal, 420,
+    // and must be written back so, not as 644.
+    let options = serde_saphyr::options! { legacy_octal_numbers: true };
+    let parsed = serde_saphyr::from_multiple_with_options(text, options);
+    let mut docs: Vec<Node> = parsed.map_err(|e| {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
         anyhow::anyhow!("{file}:{line}:{column}: {}", yaml_message(&e))
     })?;

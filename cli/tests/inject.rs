@@ -269,6 +269,27 @@ fn opted_out_workloads_and_other_kinds_pass_through_unchanged() {
 }
 
 #[test]
+fn values_keep_the_meaning_kubernetes_gives_them() {
+    // Kubernetes reads YAML 1.1: 0644 is octal, yes is true, and "8080" a string.
+    let manifest = pod("a: \"8080\", b: \"yes\", c: \"0644\"").replace(
+        "spec:\n",
+        "spec:\n  volumes:\n    - name: s\n      secret: { secretName: s, defaultMode: 0644 }\n  \
+         enableServiceLinks: yes\n",
+    );
+    let (out, _) = injected(&manifest, &[]);
+    for wanted in [
+        "defaultMode: 420\n",
+        "enableServiceLinks: true\n",
+        "a: \"8080\"\n",
+        "b: \"yes\"\n",
+        "c: \"0644\"\n",
+    ] {
+        assert!(out.contains(wanted), "no {wanted:?} in:\n{out}");
+    }
+    validate("a pod with YAML 1.1 values", &out);
+}
+
+#[test]
 fn mistakes_are_refused_with_where_they_are() {
     let dir = TempDir::new();
     let file = dir.0.join("app.yaml");
