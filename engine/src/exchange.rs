@@ -67,12 +67,9 @@ pub struct ResponseHead {
     pub error: Option<ExchangeError>,
 }
 
-/// Most properties a request may hold.
-pub const MAX_PROPERTIES: usize = 32;
-/// Most bytes of keys and values a request's properties may hold.
-pub const MAX_PROPERTY_BYTES: usize = 4096;
-const MAX_PROPERTY_KEY: usize = 64;
-const MAX_PROPERTY_VALUE: usize = 1024;
+// The limits on properties live with the rules a filter's native tests meet too.
+pub use crate::limits::{MAX_PROPERTIES, MAX_PROPERTY_BYTES};
+use crate::limits::{MAX_PROPERTY_KEY, MAX_PROPERTY_VALUE};
 
 /// One request's context: what the proxy knows, what filters set for the upstream
 /// exchange, and the properties filters share. Lives from arrival to the end.

@@ -40,3 +40,16 @@ pub fn valid_bounds(bounds: &[f64]) -> bool {
         && bounds.windows(2).all(|w| w[0] < w[1])
         && bounds.iter().all(|b| b.is_finite())
 }
+
+/// Longest key of a request's property, in bytes.
+pub const MAX_PROPERTY_KEY: usize = 64;
+/// Longest value of a request's property, in bytes.
+pub const MAX_PROPERTY_VALUE: usize = 1024;
+/// Most properties a request may hold.
+pub const MAX_PROPERTIES: usize = 32;
+/// Most bytes of keys and values a request's properties may hold.
+pub const MAX_PROPERTY_BYTES: usize = 4096;
+/// Longest route name a filter may set, in bytes; a longer one is cut.
+pub const MAX_ROUTE_NAME: usize = 128;
+/// The longest timeout a filter may set.
+pub const MAX_SETTING: std::time::Duration = std::time::Duration::from_secs(24 * 3600);

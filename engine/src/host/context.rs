@@ -10,11 +10,8 @@ use weft_config::spiffe;
 use super::{HostState, nanos, wall_now};
 use crate::bindings::types;
 use crate::exchange::{ConnectionInfo, Phase};
+use crate::limits::{MAX_ROUTE_NAME, MAX_SETTING};
 use crate::resources::ContextRef;
-
-const MAX_ROUTE_NAME: usize = 128;
-/// The longest timeout a filter may set.
-const MAX_SETTING: Duration = Duration::from_secs(24 * 3600);
 
 fn connection(c: &ConnectionInfo, version: http::Version) -> types::Connection {
     types::Connection {

@@ -13,14 +13,11 @@ use crate::{
     SettingError, TlsInfo,
 };
 
-// The proxy's limits on a request's properties, route name and settings
-// (engine/src/exchange.rs and engine/src/host/context.rs).
-const MAX_PROPERTY_KEY: usize = 64;
-const MAX_PROPERTY_VALUE: usize = 1024;
-const MAX_PROPERTIES: usize = 32;
-const MAX_PROPERTY_BYTES: usize = 4096;
-const MAX_ROUTE_NAME: usize = 128;
-const MAX_SETTING: Duration = Duration::from_secs(24 * 3600);
+// The proxy's own limits on a request's properties, route name and settings.
+use crate::limits::{
+    MAX_PROPERTIES, MAX_PROPERTY_BYTES, MAX_PROPERTY_KEY, MAX_PROPERTY_VALUE, MAX_ROUTE_NAME,
+    MAX_SETTING,
+};
 
 /// Which hook the context is lent to: settings change only before the request went
 /// upstream.
