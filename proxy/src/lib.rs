@@ -531,7 +531,9 @@ impl RunningProxy {
     /// Listeners that keep their name and address keep their socket: their new
     /// filter chain and clusters take over for new requests while requests in flight
     /// finish on the old ones. New listeners start; removed ones stop accepting and
-    /// drain. Loading filters can take milliseconds: call this from a blocking
+    /// drain. Each filter goes on with the shared state of the filter it replaces
+    /// (same listener, same name), unless its entry says `state: reset`
+    /// ([`KeptState`]). Loading filters can take milliseconds: call this from a blocking
     /// context when a runtime worker should not wait.
     pub fn reload_with(
         &self,
