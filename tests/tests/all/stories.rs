@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_testkit::{ANY_PORT, Log, Process, TempDir, eventually_async, raw_exchange, within};
+use weft_testkit::{ANY_PORT, Log, Process, TempDir, eventually_async, within};
 use weft_tests::mesh::{Issued, get_over, mesh_client_config, tls_connect};
 use weft_tests::*;
 
@@ -104,21 +104,16 @@ async fn config_server(data: &Path) -> weft_config_server::RunningServer {
 }
 
 /// `method path` on the server's HTTP API with the token; the answer's body, which
-/// must come with a 2xx.
+/// must come with a 2xx. (Applying a mesh loads every filter first: the answer may
+/// take a while on a busy machine.)
 async fn api(server: SocketAddr, method: &str, path: &str, body: &str) -> String {
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {server}\r\nauthorization: Bearer {TOKEN}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let answer = raw_exchange(server, request.as_bytes()).await;
-    assert!(
-        answer.starts_with("HTTP/1.1 2"),
-        "{method} {path}: {answer}"
-    );
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [("authorization", auth.as_str())];
+    let reply = client()
+        .send(server, method, path, &headers, body.to_owned().into())
+        .await;
+    assert!(reply.status.is_success(), "{method} {path}: {reply:?}");
+    reply.text()
 }
 
 /// A sidecar of `service` that knows nothing but the server (and its own admin
@@ -275,12 +270,19 @@ async fn trading_and_banking_one_order_across_the_mesh() {
     let caller = order["debit"]["caller"].as_str().unwrap_or_default();
     assert!(caller.ends_with(&format!(";URI={TRADING}")), "{order}");
 
-    // One trace across every hop: trading's inbound (server) and outbound (client)
-    // spans, and banking's, one per attempt (the fault's 503, then the 200), each
-    // banking span a child of trading's client span.
+    // One trace across every hop, banking's app included.
     let trace = order["trace_id"].as_str().expect("a trace id").to_owned();
     assert_eq!(order["debit"]["trace_id"], trace.as_str(), "banking's app");
-    let spans = spans_of(&spans, &trace).await;
+    one_trace(&spans, &trace).await;
+    refusals(&data.0, banking_in).await;
+    stats_show(server.addr(), &["banking", "trading"]).await;
+}
+
+/// The spans of `trace` link every hop: trading's inbound (server) and outbound
+/// (client) spans, and banking's, one per attempt (the fault's 503s, then the 200),
+/// each a child of trading's client span.
+async fn one_trace(collector: &Log, trace: &str) {
+    let spans = spans_of(collector, trace).await;
     let of = |service: &str, kind: &str| -> Vec<&Value> {
         (spans.iter())
             .filter(|s| s["service"] == service && s["kind"] == kind)
@@ -307,8 +309,6 @@ async fn trading_and_banking_one_order_across_the_mesh() {
     for s in &at_banking {
         assert_eq!(s["parent_span_id"], outbound_span[0]["span_id"], "{s}");
     }
-    refusals(&data.0, banking_in).await;
-    stats_show(server.addr(), &["banking", "trading"]).await;
 }
 
 /// Banking's sidecar refuses a caller that proves another identity of the same CA
@@ -408,10 +408,17 @@ async fn grpc_calls_cross_two_sidecars_over_mtls_and_unavailable_is_retried() {
         assert!(caller.ends_with(&format!(";URI={CLIENT}")), "{r}");
     }
 
-    // The gRPC status in the metrics: the greeter's sidecar saw each UNAVAILABLE and
-    // each OK, over mutual TLS from the client; the client's sidecar retried three
-    // times and its client got three OKs. (A request is counted once its response
-    // has gone, which may be just after the client read it.)
+    grpc_statuses_counted(&greeter_side, &client_side).await;
+}
+
+/// The gRPC status in the metrics: the greeter's sidecar saw each UNAVAILABLE and
+/// each OK, over mutual TLS from the client; the client's sidecar retried three
+/// times and its client got three OKs. (A request is counted once its response
+/// has gone, which may be just after the client read it.)
+async fn grpc_statuses_counted(
+    greeter_side: &weft_proxy::RunningProxy,
+    client_side: &weft_proxy::RunningProxy,
+) {
     let mtls = [
         ("source_principal", CLIENT),
         ("connection_security_policy", "mutual_tls"),
@@ -424,7 +431,7 @@ async fn grpc_calls_cross_two_sidecars_over_mtls_and_unavailable_is_retried() {
     let ok = [("reporter", "source"), ("grpc_response_status", "0")];
     let retries = [("cluster", "greeter")];
     eventually_async("every call counted by both sidecars", async || {
-        let (at_greeter, at_client) = (metrics(&greeter_side).await, metrics(&client_side).await);
+        let (at_greeter, at_client) = (metrics(greeter_side).await, metrics(client_side).await);
         let counts = [
             total(&at_greeter, "istio_requests_total", &with("14")),
             total(&at_greeter, "istio_requests_total", &with("0")),
