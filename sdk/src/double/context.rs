@@ -60,7 +60,8 @@ struct State {
 /// assert_eq!(ctx.timeout(), Some(Duration::from_secs(2)));
 /// assert_eq!(ctx.route().as_deref(), Some("home"));
 /// ```
-#[derive(Clone, Debug)]
+// Not `Clone`: the resource a filter gets in the proxy is not either.
+#[derive(Debug)]
 pub struct Context {
     state: Rc<RefCell<State>>,
 }

@@ -204,7 +204,8 @@ impl RequestState {
 /// assert_eq!(req.header("x-tenant").as_deref(), Some("acme"));
 /// assert_eq!(req.edits(), [Edit::SetHeader { name: "x-tenant".into(), value: "acme".into() }]);
 /// ```
-#[derive(Clone, Debug)]
+// Not `Clone`: the resource a filter gets in the proxy is not either.
+#[derive(Debug)]
 pub struct Request {
     state: Rc<RefCell<RequestState>>,
 }
@@ -415,7 +416,8 @@ struct ResponseState {
 /// assert_eq!(resp.status(), 203);
 /// assert_eq!(resp.body().as_deref(), Some(&b"hi"[..]));
 /// ```
-#[derive(Clone, Debug)]
+// Not `Clone`: the resource a filter gets in the proxy is not either.
+#[derive(Debug)]
 pub struct Response {
     state: Rc<RefCell<ResponseState>>,
 }
@@ -450,6 +452,13 @@ impl Response {
     pub fn with_body(self, body: impl AsRef<[u8]>) -> Self {
         self.state.borrow_mut().body = Some(body.as_ref().to_vec());
         self
+    }
+
+    /// Another handle on the same response, for what the test keeps.
+    pub(crate) fn share(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+        }
     }
 
     /// A filter's local response as the proxy shows it to response hooks: attempt 0.

@@ -213,11 +213,11 @@ impl<F: Filter> Exchange<F> {
             });
             let resp = answers
                 .pop()
-                .or_else(|| last.clone())
+                .or_else(|| last.as_ref().map(Response::share))
                 .unwrap_or_else(|| Response::new(ResponseHead::new(200)));
-            last = Some(resp.clone());
+            last = Some(resp.share());
             out.context.set_grpc_status(grpc_status(&resp));
-            out.response = resp.clone();
+            out.response = resp.share();
             if !self.interest.response {
                 return upstream_responder(&resp);
             }
