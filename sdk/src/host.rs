@@ -231,7 +231,9 @@ pub mod metrics {
 /// The state outlives a reload that changes the filter's configuration or its
 /// module: the filter that replaces this one (same name, same listener) goes on with
 /// these keys, unless its entry says `state: reset`. Keys may be given a time to live
-/// ([`set_with_ttl`], [`compare_and_swap_with_ttl`]), and [`keys`] lists them by page.
+/// ([`set_with_ttl`](state::set_with_ttl),
+/// [`compare_and_swap_with_ttl`](state::compare_and_swap_with_ttl)), and
+/// [`keys`](state::keys) lists them by page.
 /// At most 10,000 keys of 256 bytes with values of 64 KiB; an expired key does not
 /// count once reclaimed, which happens soon after it expires.
 ///
