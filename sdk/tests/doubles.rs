@@ -391,3 +391,15 @@ fn reset_forgets_what_the_thread_recorded() {
     assert!(weft_sdk::state::get("k").is_none());
     assert!(!testing::clock::is_set());
 }
+
+#[test]
+fn a_state_key_with_a_time_to_live_expires_on_the_test_clock() {
+    testing::clock::set(UNIX_EPOCH + Duration::from_secs(1_000));
+    let ttl = Duration::from_secs(30);
+    weft_sdk::state::set_with_ttl("session/ann", b"token", ttl).unwrap();
+    testing::clock::advance(Duration::from_secs(29));
+    assert!(weft_sdk::state::get("session/ann").is_some());
+    testing::clock::advance(Duration::from_secs(1));
+    assert!(weft_sdk::state::get("session/ann").is_none(), "expired");
+    assert!(weft_sdk::state::keys("session/", None, 10).is_empty());
+}
