@@ -403,3 +403,25 @@ fn a_state_key_with_a_time_to_live_expires_on_the_test_clock() {
     assert!(weft_sdk::state::get("session/ann").is_none(), "expired");
     assert!(weft_sdk::state::keys("session/", None, 10).is_empty());
 }
+
+#[test]
+fn an_invalid_local_response_is_answered_500_by_the_proxy() {
+    #[derive(Deserialize)]
+    #[serde(crate = "weft_sdk::serde")]
+    struct Broken {
+        status: u16,
+    }
+    impl Filter for Broken {
+        fn on_request(&mut self, _: &Request, _: &Context) -> Action {
+            Action::Respond(LocalResponse::new(self.status).header("x-bad\n", "v"))
+        }
+    }
+    for status in [200, 101] {
+        let config = format!(r#"{{"status":{status}}}"#);
+        let out = testing::run::<Broken>(&config, Request::new(get("/")), ok()).unwrap();
+        assert_eq!(
+            (out.status(), out.responder()),
+            (500, &Responder::Proxy(None))
+        );
+    }
+}

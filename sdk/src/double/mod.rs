@@ -60,7 +60,7 @@ const FORBIDDEN: [&str; 8] = [
 ];
 
 /// An HTTP token (RFC 9110), as the proxy's header names must be.
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
@@ -72,6 +72,13 @@ fn visible(value: &[u8]) -> bool {
     value
         .iter()
         .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// Bytes a header value may hold on the wire: no control character but tab.
+pub(crate) fn wire_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// A header name and value a filter may set, lower-cased as the proxy keeps names.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::double::Phase;
+use crate::double::{Phase, valid_name, wire_value};
 use crate::{
     Action, BodyMode, ClusterRef, Context, Filter, Interest, LocalResponse, Request, Responder,
     Response, ResponseAction, ResponseHead, Summary,
@@ -183,8 +183,9 @@ impl<F: Filter> Exchange<F> {
 
     /// The filter answered from its request hook.
     fn answered(&self, out: &mut Outcome, local: &LocalResponse) -> Responder {
+        // As the proxy checks a local response: a final status, valid header fields.
         let valid = (200..=599).contains(&local.status)
-            && (local.headers.iter()).all(|h| !h.name.is_empty() && !h.name.contains([' ', ':']));
+            && (local.headers.iter()).all(|h| valid_name(&h.name) && wire_value(&h.value));
         if !valid {
             out.response = proxy_answer(500, "filter sent an invalid response\n");
             return Responder::Proxy(None);
