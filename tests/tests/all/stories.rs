@@ -300,12 +300,21 @@ async fn one_trace(collector: &Log, trace: &str) {
         "trading's sidecar began it"
     );
     at_banking.sort_by_key(|s| s["start_ns"].as_u64());
-    let codes: Vec<&str> = (at_banking.iter())
-        .filter_map(|s| s["attributes"]["http.response.status_code"].as_str())
+    // Each attempt as banking's sidecar answered it: the fault's 503s, then the app's 200.
+    let answers: Vec<(&str, &str)> = (at_banking.iter())
+        .map(|s| &s["attributes"])
+        .filter_map(|a| {
+            let code = a["http.response.status_code"].as_str()?;
+            Some((code, a["weft.responder"].as_str()?))
+        })
         .collect();
-    assert!(codes.len() >= 2, "retried: {spans:#?}");
-    let (last, before) = codes.split_last().expect("banking's spans");
-    assert_eq!((*last, before.iter().all(|c| *c == "503")), ("200", true));
+    assert!(answers.len() >= 2, "retried: {spans:#?}");
+    let (last, before) = answers.split_last().expect("banking's spans");
+    assert_eq!(*last, ("200", "upstream"), "{spans:#?}");
+    assert!(
+        before.iter().all(|a| *a == ("503", "filter:fault")),
+        "{spans:#?}"
+    );
     for s in &at_banking {
         assert_eq!(s["parent_span_id"], outbound_span[0]["span_id"], "{s}");
     }
