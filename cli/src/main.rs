@@ -12,6 +12,7 @@ mod init;
 mod inject;
 mod inspect;
 mod keys;
+mod new;
 mod paths;
 mod stat;
 
@@ -138,6 +139,8 @@ enum Command {
     Filter(filter_test::FilterArgs),
     /// Signing keys for pushes and applies: `weft keys new --out DIR`.
     Keys(keys::KeysArgs),
+    /// Make a new filter crate of its own: `weft new filter NAME`.
+    New(new::NewArgs),
     /// Add the Weft sidecar to the pods of a Kubernetes manifest (Deployment,
     /// StatefulSet, DaemonSet, ReplicaSet, Pod): `weft inject -f app.yaml | kubectl
     /// apply -f -`.
@@ -402,6 +405,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => client::push(&server, &file, &name, sign.as_deref()).await,
         Command::Keys(args) => keys::run(&args),
         Command::Filter(args) => filter_test::run(&args),
+        Command::New(args) => new::run(&args),
         Command::Inject(args) => inject::run(&args),
         Command::Apply { args, server } => client::apply(&server, &args).await,
         Command::Status {

@@ -10,7 +10,8 @@ use crate::Harness;
 /// One series of a metric the filter defined.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
-    /// The metric's full name, prefix included (`weft_filter_hits_total`).
+    /// The metric's full name as `/metrics` shows it, prefix included, `_total`
+    /// ending a counter's (`weft_filter_hits_total`).
     pub name: String,
     /// The filter's label values by name, in the metric's order (without the
     /// `filter` label the proxy adds).
@@ -71,8 +72,15 @@ impl Harness {
                     sum,
                 },
             };
+            // As `/metrics` names it: the text format ends a counter's in `_total`.
+            let name = match s.value {
+                SeriesValue::Counter(_) if !s.name.ends_with("_total") => {
+                    format!("{}_total", s.name)
+                }
+                _ => s.name.to_owned(),
+            };
             out.push(Series {
-                name: s.name.to_owned(),
+                name,
                 labels,
                 value,
             });
