@@ -34,6 +34,8 @@ fn cargo(dir: &Path, args: &[&str]) -> bool {
     cmd.current_dir(dir)
         .args(args)
         .env("CARGO_TARGET_DIR", workspace().join("target/new-filter"))
+        // Also for the cargo the crate's harness test runs.
+        .env("CARGO_NET_OFFLINE", "true")
         .stdin(Stdio::null());
     // This test's own build settings are not the new crate's.
     for var in [
