@@ -85,6 +85,7 @@ impl Config {
         })?;
         let mut config = Self::parse(&text, &path.display().to_string())?;
         config.base_dir = path.parent().map(Path::to_owned);
+        config.anchor_cluster_cas();
         config.validate()?;
         Ok(config)
     }
@@ -101,8 +102,23 @@ impl Config {
     pub fn from_str(text: &str, file: &str, base_dir: Option<&Path>) -> Result<Self, ConfigError> {
         let mut config = Self::parse(text, file)?;
         config.base_dir = base_dir.map(Path::to_owned);
+        config.anchor_cluster_cas();
         config.validate()?;
         Ok(config)
+    }
+
+    /// A cluster's CA file, like every other path the file names, is relative to the
+    /// file's folder. Clusters are built without the configuration beside them, so the
+    /// path is made whole here, once.
+    fn anchor_cluster_cas(&mut self) {
+        let Some(base) = &self.base_dir else { return };
+        let cas = self
+            .clusters
+            .iter_mut()
+            .filter_map(|c| c.tls.as_mut()?.ca.as_mut());
+        for ca in cas.filter(|ca| ca.value.is_relative()) {
+            ca.value = base.join(&ca.value);
+        }
     }
 
     /// The key of listener `i` (plus `rest`) as it is written in the file.
