@@ -174,15 +174,82 @@ struct Lens {
     body: bool,
 }
 
+/// What a request and a response share: their headers, their body, what the filter
+/// may see of them and the changes it made; the header and body rules live here once.
+#[derive(Debug)]
+struct Message {
+    fields: Fields,
+    body: Option<Vec<u8>>,
+    lens: Lens,
+    edits: Vec<Edit>,
+}
+
+impl Message {
+    /// A message a test built alone: every header and the body visible.
+    fn new(fields: Fields) -> Self {
+        Message {
+            fields,
+            body: None,
+            lens: Lens {
+                names: None,
+                body: true,
+            },
+            edits: Vec::new(),
+        }
+    }
+
+    fn set_header(&mut self, name: &str, value: &str) -> Result<(), HeaderError> {
+        let name = checked(name, value)?;
+        self.fields.set(name.clone(), value);
+        let value = value.to_owned();
+        self.edits.push(Edit::SetHeader { name, value });
+        Ok(())
+    }
+
+    fn add_header(&mut self, name: &str, value: &str) -> Result<(), HeaderError> {
+        let name = checked(name, value)?;
+        self.fields.add(name.clone(), value);
+        let value = value.to_owned();
+        self.edits.push(Edit::AddHeader { name, value });
+        Ok(())
+    }
+
+    fn remove_header(&mut self, name: &str) -> bool {
+        if FORBIDDEN.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+            return false;
+        }
+        let removed = self.fields.remove(name);
+        if removed {
+            self.edits
+                .push(Edit::RemoveHeader(name.to_ascii_lowercase()));
+        }
+        removed
+    }
+
+    fn body(&self) -> Option<Vec<u8>> {
+        self.body.clone().filter(|_| self.lens.body)
+    }
+
+    fn set_body(&mut self, body: &[u8]) -> Result<(), String> {
+        if !self.lens.body || self.body.is_none() {
+            return Err(
+                "this filter did not ask for the body (interest body-mode buffered)".into(),
+            );
+        }
+        self.fields
+            .set("content-length".to_owned(), &body.len().to_string());
+        self.body = Some(body.to_vec());
+        self.edits.push(Edit::SetBody(body.to_vec()));
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct RequestState {
     method: String,
     path: String,
     authority: Option<String>,
-    fields: Fields,
-    body: Option<Vec<u8>>,
-    lens: Lens,
-    edits: Vec<Edit>,
+    msg: Message,
 }
 
 impl RequestState {
@@ -192,7 +259,7 @@ impl RequestState {
         if let Some(a) = &self.authority {
             head = head.with_authority(a);
         }
-        for (name, value) in self.fields.named(self.lens.names.as_deref()) {
+        for (name, value) in self.msg.fields.named(self.msg.lens.names.as_deref()) {
             head = head.with_header(name, value);
         }
         head.into_raw()
@@ -226,13 +293,7 @@ impl Request {
             method: head.method().to_owned(),
             path: head.path().to_owned(),
             authority: head.authority().map(str::to_owned),
-            fields: Fields::from_iter(head.headers()),
-            body: None,
-            lens: Lens {
-                names: None,
-                body: true,
-            },
-            edits: Vec::new(),
+            msg: Message::new(Fields::from_iter(head.headers())),
         };
         Self {
             state: Rc::new(RefCell::new(state)),
@@ -242,7 +303,7 @@ impl Request {
     /// This request with a body, buffered for the filter as when its interest asks
     /// for the request body.
     pub fn with_body(self, body: impl AsRef<[u8]>) -> Self {
-        self.state.borrow_mut().body = Some(body.as_ref().to_vec());
+        self.state.borrow_mut().msg.body = Some(body.as_ref().to_vec());
         self
     }
 
@@ -263,12 +324,12 @@ impl Request {
 
     /// Every change the filter made, in order (native only, for tests).
     pub fn edits(&self) -> Vec<Edit> {
-        self.state.borrow().edits.clone()
+        self.state.borrow().msg.edits.clone()
     }
 
     /// Lend this request to a filter with this interest, as the proxy does.
     pub(crate) fn lend(&self, interest: &Interest) {
-        self.state.borrow_mut().lens = Lens {
+        self.state.borrow_mut().msg.lens = Lens {
             names: Some(interest.request_headers.clone()),
             body: interest.request_body == crate::BodyMode::Buffered,
         };
@@ -281,16 +342,16 @@ impl Request {
     /// The body as it is now, whether or not it was lent to the filter (native only,
     /// for tests).
     pub fn body_now(&self) -> Option<Vec<u8>> {
-        self.state.borrow().body.clone()
+        self.state.borrow().msg.body.clone()
     }
 
     /// The body's length, which decides whether a retry can send it again.
     pub(crate) fn body_len(&self) -> usize {
-        self.state.borrow().body.as_ref().map_or(0, Vec::len)
+        self.state.borrow().msg.body.as_ref().map_or(0, Vec::len)
     }
 
     fn edit(&self, edit: Edit) {
-        self.state.borrow_mut().edits.push(edit);
+        self.state.borrow_mut().msg.edits.push(edit);
     }
 
     /// Method, path, authority and the headers named in the filter's interest, in
@@ -320,21 +381,22 @@ impl Request {
         }
         let mut s = self.state.borrow_mut();
         s.authority = Some(authority.to_owned());
-        s.fields.set("host".to_owned(), authority);
-        s.edits.push(Edit::SetAuthority(authority.to_owned()));
+        s.msg.fields.set("host".to_owned(), authority);
+        s.msg.edits.push(Edit::SetAuthority(authority.to_owned()));
         Ok(())
     }
 
     /// First value of a header, if present and valid UTF-8 (for a header the filter
     /// did not name in its interest).
     pub fn header(&self, name: &str) -> Option<String> {
-        self.state.borrow().fields.first_str(name)
+        self.state.borrow().msg.fields.first_str(name)
     }
 
     /// Every value of a header, in order, as bytes.
     pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
         self.state
             .borrow()
+            .msg
             .fields
             .all(name)
             .map(<[u8]>::to_vec)
@@ -343,60 +405,34 @@ impl Request {
 
     /// Every header, in order.
     pub fn headers(&self) -> Vec<Header> {
-        self.state.borrow().fields.list()
+        self.state.borrow().msg.fields.list()
     }
 
     /// Replace every value of a header with this one.
     pub fn set_header(&self, name: &str, value: &str) -> Result<(), HeaderError> {
-        let name = checked(name, value)?;
-        self.state.borrow_mut().fields.set(name.clone(), value);
-        let value = value.to_owned();
-        self.edit(Edit::SetHeader { name, value });
-        Ok(())
+        self.state.borrow_mut().msg.set_header(name, value)
     }
 
     /// Add a value to a header, keeping the existing ones.
     pub fn add_header(&self, name: &str, value: &str) -> Result<(), HeaderError> {
-        let name = checked(name, value)?;
-        self.state.borrow_mut().fields.add(name.clone(), value);
-        let value = value.to_owned();
-        self.edit(Edit::AddHeader { name, value });
-        Ok(())
+        self.state.borrow_mut().msg.add_header(name, value)
     }
 
     /// Remove every value of a header. Returns true if there was one.
     pub fn remove_header(&self, name: &str) -> bool {
-        if FORBIDDEN.iter().any(|f| f.eq_ignore_ascii_case(name)) {
-            return false;
-        }
-        let removed = self.state.borrow_mut().fields.remove(name);
-        if removed {
-            self.edit(Edit::RemoveHeader(name.to_ascii_lowercase()));
-        }
-        removed
+        self.state.borrow_mut().msg.remove_header(name)
     }
 
     /// The buffered request body; none unless the filter's `request-body` is
     /// `buffered` (natively: unless the test gave one).
     pub fn body(&self) -> Option<Vec<u8>> {
-        let s = self.state.borrow();
-        s.body.clone().filter(|_| s.lens.body)
+        self.state.borrow().msg.body()
     }
 
     /// Replace the buffered request body (and its `content-length`). Fails unless the
     /// filter's `request-body` is `buffered` (natively: unless the test gave a body).
     pub fn set_body(&self, body: &[u8]) -> Result<(), String> {
-        let mut s = self.state.borrow_mut();
-        if !s.lens.body || s.body.is_none() {
-            return Err(
-                "this filter did not ask for the body (interest body-mode buffered)".into(),
-            );
-        }
-        s.fields
-            .set("content-length".to_owned(), &body.len().to_string());
-        s.body = Some(body.to_vec());
-        s.edits.push(Edit::SetBody(body.to_vec()));
-        Ok(())
+        self.state.borrow_mut().msg.set_body(body)
     }
 }
 
@@ -405,11 +441,8 @@ struct ResponseState {
     status: u16,
     attempt: u32,
     error: Option<crate::ExchangeError>,
-    fields: Fields,
+    msg: Message,
     trailers: Option<Fields>,
-    body: Option<Vec<u8>>,
-    lens: Lens,
-    edits: Vec<Edit>,
 }
 
 /// The response a hook works on (natively: a test double, see the [module
@@ -440,14 +473,8 @@ impl Response {
             status: head.status,
             attempt: head.attempt,
             error: head.error,
-            fields: Fields::from_iter(head.headers()),
+            msg: Message::new(Fields::from_iter(head.headers())),
             trailers,
-            body: None,
-            lens: Lens {
-                names: None,
-                body: true,
-            },
-            edits: Vec::new(),
         };
         Self {
             state: Rc::new(RefCell::new(state)),
@@ -457,7 +484,7 @@ impl Response {
     /// This response with a body, buffered for the filter as when its interest asks
     /// for the response body.
     pub fn with_body(self, body: impl AsRef<[u8]>) -> Self {
-        self.state.borrow_mut().body = Some(body.as_ref().to_vec());
+        self.state.borrow_mut().msg.body = Some(body.as_ref().to_vec());
         self
     }
 
@@ -485,19 +512,19 @@ impl Response {
     /// The body as it is now, whether or not it was lent to the filter (native only,
     /// for tests).
     pub fn body_now(&self) -> Option<Vec<u8>> {
-        self.state.borrow().body.clone()
+        self.state.borrow().msg.body.clone()
     }
 
     /// Every change the filter made, in order (native only, for tests).
     pub fn edits(&self) -> Vec<Edit> {
-        self.state.borrow().edits.clone()
+        self.state.borrow().msg.edits.clone()
     }
 
     /// Its `grpc-status`, from the trailers or else the head, whatever the filter named.
     pub(crate) fn grpc_status_now(&self) -> Option<u32> {
         let s = self.state.borrow();
         let from_trailers = s.trailers.as_ref().and_then(|t| t.first_str("grpc-status"));
-        let status = from_trailers.or_else(|| s.fields.first_str("grpc-status"))?;
+        let status = from_trailers.or_else(|| s.msg.fields.first_str("grpc-status"))?;
         status.trim().parse().ok()
     }
 
@@ -510,7 +537,7 @@ impl Response {
     pub(crate) fn lend(&self, interest: &Interest, attempt: u32) {
         let mut s = self.state.borrow_mut();
         s.attempt = attempt;
-        s.lens = Lens {
+        s.msg.lens = Lens {
             names: Some(interest.response_headers.clone()),
             body: interest.response_body == crate::BodyMode::Buffered,
         };
@@ -520,17 +547,17 @@ impl Response {
     }
 
     fn edit(&self, edit: Edit) {
-        self.state.borrow_mut().edits.push(edit);
+        self.state.borrow_mut().msg.edits.push(edit);
     }
 
     /// Status, the headers named in the filter's interest, the trailers when known,
     /// and the exchange error, in one call.
     pub fn read_head(&self) -> raw::ResponseHead {
         let s = self.state.borrow();
-        let names = s.lens.names.as_deref();
+        let names = s.msg.lens.names.as_deref();
         let mut head = ResponseHead::new(s.status).with_attempt(s.attempt);
         head.error = s.error;
-        for (name, value) in s.fields.named(names) {
+        for (name, value) in s.msg.fields.named(names) {
             head = head.with_header(name, value);
         }
         let mut raw = head.clone().into_raw();
@@ -560,63 +587,37 @@ impl Response {
 
     /// First value of a header, if present and valid UTF-8.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.state.borrow().fields.first_str(name)
+        self.state.borrow().msg.fields.first_str(name)
     }
 
     /// Every header, in order.
     pub fn headers(&self) -> Vec<Header> {
-        self.state.borrow().fields.list()
+        self.state.borrow().msg.fields.list()
     }
 
     /// Replace every value of a header with this one.
     pub fn set_header(&self, name: &str, value: &str) -> Result<(), HeaderError> {
-        let name = checked(name, value)?;
-        self.state.borrow_mut().fields.set(name.clone(), value);
-        let value = value.to_owned();
-        self.edit(Edit::SetHeader { name, value });
-        Ok(())
+        self.state.borrow_mut().msg.set_header(name, value)
     }
 
     /// Add a value to a header, keeping the existing ones.
     pub fn add_header(&self, name: &str, value: &str) -> Result<(), HeaderError> {
-        let name = checked(name, value)?;
-        self.state.borrow_mut().fields.add(name.clone(), value);
-        let value = value.to_owned();
-        self.edit(Edit::AddHeader { name, value });
-        Ok(())
+        self.state.borrow_mut().msg.add_header(name, value)
     }
 
     /// Remove every value of a header. Returns true if there was one.
     pub fn remove_header(&self, name: &str) -> bool {
-        if FORBIDDEN.iter().any(|f| f.eq_ignore_ascii_case(name)) {
-            return false;
-        }
-        let removed = self.state.borrow_mut().fields.remove(name);
-        if removed {
-            self.edit(Edit::RemoveHeader(name.to_ascii_lowercase()));
-        }
-        removed
+        self.state.borrow_mut().msg.remove_header(name)
     }
 
     /// The buffered response body; none unless the filter's `response-body` is
     /// `buffered` (natively: unless the test gave one).
     pub fn body(&self) -> Option<Vec<u8>> {
-        let s = self.state.borrow();
-        s.body.clone().filter(|_| s.lens.body)
+        self.state.borrow().msg.body()
     }
 
     /// Replace the buffered response body (and its `content-length`).
     pub fn set_body(&self, body: &[u8]) -> Result<(), String> {
-        let mut s = self.state.borrow_mut();
-        if !s.lens.body || s.body.is_none() {
-            return Err(
-                "this filter did not ask for the body (interest body-mode buffered)".into(),
-            );
-        }
-        s.fields
-            .set("content-length".to_owned(), &body.len().to_string());
-        s.body = Some(body.to_vec());
-        s.edits.push(Edit::SetBody(body.to_vec()));
-        Ok(())
+        self.state.borrow_mut().msg.set_body(body)
     }
 }
