@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -121,9 +121,12 @@ impl Capture {
             }
         }
         let name = s.listener.name.value.as_str();
+        let outbound = s.capture.direction.value == CaptureDirection::Outbound;
+        let counts = s.counts.of(name);
+        counts.outbound.store(outbound, Ordering::Relaxed);
         Self {
             listener: Arc::from(name),
-            outbound: s.capture.direction.value == CaptureDirection::Outbound,
+            outbound,
             tls: s.listener.tls.is_some(),
             passthrough: s.capture.allows_passthrough(),
             connect_timeout: s.capture.connect_timeout.0,
@@ -135,7 +138,7 @@ impl Capture {
                 dns: s.config.dns.clone(),
                 identity: s.identity.clone(),
             },
-            counts: s.counts.of(name),
+            counts,
         }
     }
 
@@ -456,6 +459,8 @@ fn classify(first: &[u8]) -> Option<Speaks> {
 /// Captured connections of one listener, by what became of them.
 #[derive(Debug, Default)]
 pub(crate) struct ListenerCounts {
+    /// The listener captures outbound (as last loaded): which routes it can take.
+    outbound: AtomicBool,
     /// Outbound, served to the mesh cluster owning the destination.
     cluster: AtomicU64,
     /// Inbound, served to the workload's application.
@@ -504,9 +509,13 @@ impl Collector for CaptureMetrics {
             MetricType::Counter,
         )?;
         for (name, c) in &all {
+            // Each direction shows the routes it can take.
+            let served = match c.outbound.load(Ordering::Relaxed) {
+                true => ("cluster", &c.cluster),
+                false => ("local", &c.local),
+            };
             for (route, n) in [
-                ("cluster", &c.cluster),
-                ("local", &c.local),
+                served,
                 ("passthrough", &c.passthrough),
                 ("refused", &c.refused),
                 ("direct", &c.direct),

@@ -2,6 +2,7 @@
 
 mod admin;
 mod balance;
+mod capture;
 mod config_errors;
 mod connect;
 mod discovery;
