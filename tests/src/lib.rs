@@ -39,6 +39,9 @@ pub use weft_testkit::*;
 /// Mutual TLS: a mesh CA, a recording relay, TLS clients.
 pub mod mesh;
 
+/// A config server, its HTTP API and the sidecars it feeds.
+pub mod control;
+
 /// Paths of the guest components built for the tests.
 pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));

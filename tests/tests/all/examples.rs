@@ -3,58 +3,12 @@
 //! and applied with the example's own mesh file, the rate limiter in a proxy started
 //! from the example's own proxy file. Only addresses (and the module's path) change.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_testkit::{ANY_PORT, TempDir, eventually_async, within};
+use weft_testkit::{TempDir, eventually_async};
+use weft_tests::control::{api, apply, config_server, free_port, sidecar};
 use weft_tests::*;
-
-const TOKEN: &str = "admin-token";
-const PROXY_TOKEN: &str = "proxy-token";
-
-/// A free port on 127.0.0.1 for a listener the mesh config names.
-fn free_port() -> SocketAddr {
-    weft_testkit::listener().local_addr().unwrap()
-}
-
-/// `PUT path` on the config server's HTTP API with the API token; it must be
-/// accepted. (The server compiles a pushed module before it answers.)
-async fn put(server: SocketAddr, path: &str, body: &[u8]) {
-    let auth = format!("Bearer {TOKEN}");
-    let headers = [("authorization", auth.as_str())];
-    let body = bytes::Bytes::copy_from_slice(body);
-    let reply = client().send(server, "PUT", path, &headers, body).await;
-    assert!(reply.status.is_success(), "PUT {path}: {reply:?}");
-}
-
-/// A proxy with an admin listener and no listeners of its own, fed by the config
-/// server as `service`, its agent keeping state in `state`.
-async fn sidecar(
-    server: SocketAddr,
-    service: &str,
-    state: &Path,
-) -> (weft_proxy::RunningProxy, weft_agent::Agent) {
-    let yaml = "admin:\n  address: 127.0.0.1:0\nlisteners: []\n";
-    let config = weft_config::Config::from_str(yaml, "test", None).unwrap();
-    let proxy = within(weft_proxy::start(config))
-        .await
-        .expect("the proxy starts");
-    let mut options = weft_agent::Options::new(
-        &format!("http://{server}"),
-        PROXY_TOKEN,
-        &format!("{service}-1"),
-        service,
-    );
-    options.state_dir = Some(state.to_owned());
-    options.min_backoff = Duration::from_millis(50);
-    options.max_backoff = Duration::from_millis(200);
-    let agent = within(weft_agent::start(proxy.clone(), options))
-        .await
-        .expect("the agent starts");
-    (proxy, agent)
-}
 
 fn json(reply: &Reply) -> Value {
     serde_json::from_slice(&reply.body)
@@ -64,22 +18,17 @@ fn json(reply: &Reply) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_pushed_and_applied_lets_known_keys_through_names_their_owner_and_counts() {
     let data = TempDir::new();
-    let mut options = weft_config_server::Options::new(ANY_PORT.parse().unwrap(), data.0.clone());
-    options.token = Some(TOKEN.to_owned());
-    options.proxy_token = Some(PROXY_TOKEN.to_owned());
-    let server = within(weft_config_server::start(options))
-        .await
-        .expect("the server starts");
+    let server = config_server(&data.0).start().await;
     let web = backend("web").start().await;
     let inbound = free_port();
 
     // As the README: `weft push ... --name api-key`, then `weft apply -f mesh.yaml`.
     let module = std::fs::read(guests::API_KEY).expect("the built component");
-    put(server.addr(), "/v1/filters/api-key", &module).await;
+    api(server.addr(), "PUT", "/v1/filters/api-key", &module).await;
     let mesh = include_str!("../../../examples/api-key/mesh.yaml")
         .replace("127.0.0.1:9001", &web.addr.to_string())
         .replace("127.0.0.1:8080", &inbound.to_string());
-    put(server.addr(), "/v1/mesh?file=mesh.yaml", mesh.as_bytes()).await;
+    apply(server.addr(), &mesh).await;
     let state = TempDir::new();
     let (proxy, _agent) = sidecar(server.addr(), "web", &state.0).await;
     eventually_async("the proxy to serve the mesh", async || {

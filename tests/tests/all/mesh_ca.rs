@@ -4,15 +4,13 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use weft_testkit::{ANY_PORT, TempDir, eventually_async, raw_exchange, within};
+use weft_testkit::{TempDir, eventually_async};
+use weft_tests::control::{apply, config_server, free_port, sidecar};
 use weft_tests::mesh::{mesh_client_config, presented, tls_connect};
 use weft_tests::*;
 
-const TOKEN: &str = "admin-token";
-const PROXY_TOKEN: &str = "proxy-token";
 const TRADING: &str = "spiffe://bank.example/ns/default/sa/trading";
 
 /// The mesh: banking's inbound listener (mesh TLS, STRICT, only trading may call,
@@ -52,55 +50,10 @@ proxies:
     )
 }
 
-/// A free port on 127.0.0.1 for a listener the mesh config names.
-fn free_port() -> SocketAddr {
-    weft_testkit::listener().local_addr().unwrap()
-}
-
-/// Apply `yaml` through the HTTP API; it must be accepted.
-async fn apply(server: SocketAddr, yaml: &str) {
-    let request = format!(
-        "PUT /v1/mesh?file=mesh.yaml HTTP/1.1\r\nhost: {server}\r\nauthorization: Bearer {TOKEN}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{yaml}",
-        yaml.len()
-    );
-    let answer = raw_exchange(server, request.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 2"), "{answer}");
-}
-
-/// A proxy of `service` fed by the server, its agent keeping state in `state`.
-async fn sidecar(
-    server: SocketAddr,
-    service: &str,
-    state: &Path,
-) -> (weft_proxy::RunningProxy, weft_agent::Agent) {
-    let config = weft_config::Config::from_str("listeners: []\n", "test", None).unwrap();
-    let proxy = within(weft_proxy::start(config))
-        .await
-        .expect("the proxy starts");
-    let mut options = weft_agent::Options::new(
-        &format!("http://{server}"),
-        PROXY_TOKEN,
-        &format!("{service}-1"),
-        service,
-    );
-    options.state_dir = Some(state.to_owned());
-    options.min_backoff = Duration::from_millis(50);
-    options.max_backoff = Duration::from_millis(200);
-    let agent = within(weft_agent::start(proxy.clone(), options))
-        .await
-        .expect("the agent starts");
-    (proxy, agent)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_certified_by_the_mesh_ca_keep_talking_mtls_through_renewals() {
     let data = TempDir::new();
-    let mut options = weft_config_server::Options::new(ANY_PORT.parse().unwrap(), data.0.clone());
-    options.token = Some(TOKEN.to_owned());
-    options.proxy_token = Some(PROXY_TOKEN.to_owned());
-    let server = within(weft_config_server::start(options))
-        .await
-        .expect("the server starts");
+    let server = config_server(&data.0).start().await;
     let app = backend("banking-app").start().await;
     let (inbound, outbound) = (free_port(), free_port());
     apply(server.addr(), &mesh(app.addr, inbound, outbound)).await;

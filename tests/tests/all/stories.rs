@@ -12,12 +12,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_testkit::{ANY_PORT, Log, Process, TempDir, eventually_async, within};
+use weft_testkit::{ANY_PORT, Log, Process, TempDir, eventually_async};
+use weft_tests::control::{api, apply, config_server, free_port, sidecar};
 use weft_tests::mesh::{Issued, get_over, mesh_client_config, tls_connect};
 use weft_tests::*;
 
-const TOKEN: &str = "admin-token";
-const PROXY_TOKEN: &str = "proxy-token";
 const TRADING: &str = "spiffe://bank.example/ns/default/sa/trading";
 const CLIENT: &str = "spiffe://example.org/ns/default/sa/client";
 
@@ -63,11 +62,6 @@ fn mesh(file: &str, to: &[(&str, SocketAddr)]) -> String {
     out
 }
 
-/// A free port on 127.0.0.1 for a listener the mesh config names.
-fn free_port() -> SocketAddr {
-    weft_testkit::listener().local_addr().unwrap()
-}
-
 /// A Python script of an example, started with `args`; its standard output and
 /// error, read as they come.
 fn script(file: &str, args: &[&str], env: &[(&str, &str)]) -> (Process, Log, Log) {
@@ -90,57 +84,6 @@ fn listening(log: &Log) -> SocketAddr {
     let addr = line.rsplit(' ').next().unwrap_or_default();
     addr.parse()
         .unwrap_or_else(|e| panic!("{line:?}: not an address: {e}"))
-}
-
-/// A config server with its data in `data`, traffic reported every second.
-async fn config_server(data: &Path) -> weft_config_server::RunningServer {
-    let mut options = weft_config_server::Options::new(ANY_PORT.parse().unwrap(), data.into());
-    options.token = Some(TOKEN.to_owned());
-    options.proxy_token = Some(PROXY_TOKEN.to_owned());
-    options.report_interval = Duration::from_secs(1);
-    within(weft_config_server::start(options))
-        .await
-        .expect("the server starts")
-}
-
-/// `method path` on the server's HTTP API with the token; the answer's body, which
-/// must come with a 2xx. (Applying a mesh loads every filter first: the answer may
-/// take a while on a busy machine.)
-async fn api(server: SocketAddr, method: &str, path: &str, body: &str) -> String {
-    let auth = format!("Bearer {TOKEN}");
-    let headers = [("authorization", auth.as_str())];
-    let reply = client()
-        .send(server, method, path, &headers, body.to_owned().into())
-        .await;
-    assert!(reply.status.is_success(), "{method} {path}: {reply:?}");
-    reply.text()
-}
-
-/// A sidecar of `service` that knows nothing but the server (and its own admin
-/// listener), as `weft proxy --config-server` runs one.
-async fn sidecar(
-    server: SocketAddr,
-    service: &str,
-    state: &Path,
-) -> (weft_proxy::RunningProxy, weft_agent::Agent) {
-    let yaml = "admin:\n  address: 127.0.0.1:0\nlisteners: []\n";
-    let config = weft_config::Config::from_str(yaml, "test", None).unwrap();
-    let proxy = within(weft_proxy::start(config))
-        .await
-        .expect("the proxy starts");
-    let mut options = weft_agent::Options::new(
-        &format!("http://{server}"),
-        PROXY_TOKEN,
-        &format!("{service}-1"),
-        service,
-    );
-    options.state_dir = Some(state.to_owned());
-    options.min_backoff = Duration::from_millis(50);
-    options.max_backoff = Duration::from_millis(200);
-    let agent = within(weft_agent::start(proxy.clone(), options))
-        .await
-        .expect("the agent starts");
-    (proxy, agent)
 }
 
 /// Once each proxy serves `listener` and holds its workload certificate.
@@ -249,8 +192,11 @@ async fn trading_and_banking_one_order_across_the_mesh() {
         ],
     );
     let data = TempDir::new();
-    let server = config_server(&data.0).await;
-    api(server.addr(), "PUT", "/v1/mesh?file=mesh.yaml", &yaml).await;
+    let server = config_server(&data.0)
+        .report_interval(Duration::from_secs(1))
+        .start()
+        .await;
+    apply(server.addr(), &yaml).await;
     let (state_t, state_b) = (TempDir::new(), TempDir::new());
     let (trading, _agent_t) = sidecar(server.addr(), "trading", &state_t.0).await;
     let (banking, _agent_b) = sidecar(server.addr(), "banking", &state_b.0).await;
@@ -381,8 +327,11 @@ async fn grpc_calls_cross_two_sidecars_over_mtls_and_unavailable_is_retried() {
         ],
     );
     let data = TempDir::new();
-    let server = config_server(&data.0).await;
-    api(server.addr(), "PUT", "/v1/mesh?file=mesh.yaml", &yaml).await;
+    let server = config_server(&data.0)
+        .report_interval(Duration::from_secs(1))
+        .start()
+        .await;
+    apply(server.addr(), &yaml).await;
     let (state_c, state_g) = (TempDir::new(), TempDir::new());
     let (client_side, _agent_c) = sidecar(server.addr(), "client", &state_c.0).await;
     let (greeter_side, _agent_g) = sidecar(server.addr(), "greeter", &state_g.0).await;
