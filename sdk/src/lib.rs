@@ -64,6 +64,8 @@ mod config;
 #[cfg(not(target_arch = "wasm32"))]
 mod double;
 mod filter;
+// Which headers a filter may set; the engine includes this same file.
+pub mod header_rules;
 mod host;
 // The proxy's rules on metric names and state; the engine includes this same file.
 #[cfg(not(target_arch = "wasm32"))]

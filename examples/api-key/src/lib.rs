@@ -28,6 +28,7 @@
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use weft_sdk::header_rules::{is_token, settable};
 use weft_sdk::metrics::Counter;
 use weft_sdk::prelude::*;
 use weft_sdk::{RequestHead, log};
@@ -98,26 +99,6 @@ impl Verdict<'_> {
     }
 }
 
-/// Headers the proxy owns or that frame the message: a filter may not set them.
-const PROXY_HEADERS: [&str; 9] = [
-    "host",
-    "connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "content-length",
-    "keep-alive",
-    "proxy-connection",
-    "authorization",
-];
-
-/// An HTTP token (RFC 9110 §5.6.2), as header names are.
-fn token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 /// Printable ASCII without surrounding spaces: safe in a header value and a log line.
 fn printable(s: &str) -> bool {
     !s.is_empty() && s.trim() == s && s.bytes().all(|b| (0x20..0x7f).contains(&b))
@@ -175,14 +156,15 @@ impl ApiKey {
             self.known.push((digest, k.owner.clone()));
         }
         self.header = self.header.to_ascii_lowercase();
-        if !token(&self.header) || self.header == "authorization" {
+        if !is_token(&self.header) || self.header == "authorization" {
             return Err(format!(
                 "header: {:?} is not a header name (Authorization: Bearer is always read)",
                 self.header
             ));
         }
         self.owner_header = self.owner_header.to_ascii_lowercase();
-        if !token(&self.owner_header) || PROXY_HEADERS.contains(&self.owner_header.as_str()) {
+        // Authorization is the credential this filter reads and hides; never an owner.
+        if !settable(&self.owner_header) || self.owner_header == "authorization" {
             return Err(format!(
                 "owner_header: {:?} is not a header a filter may set",
                 self.owner_header

@@ -55,6 +55,7 @@
 
 pub mod rules;
 
+use weft_sdk::header_rules::{is_token, settable};
 use weft_sdk::metrics::Counter;
 use weft_sdk::prelude::*;
 use weft_sdk::{RequestHead, log, spiffe};
@@ -114,18 +115,6 @@ struct ForwardConfig {
 /// Longest caller identity a log line carries.
 const MAX_LOGGED: usize = 256;
 
-/// Headers the proxy owns or that frame the message: never a forward header.
-const PROXY_HEADERS: [&str; 8] = [
-    "host",
-    "connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "content-length",
-    "keep-alive",
-    "proxy-connection",
-];
-
 /// A list that, when given, names at least one thing: `[]` would match nothing,
 /// which is never what an operator meant by writing the key.
 fn non_empty<T>(key: &str, list: Option<Vec<T>>) -> Result<Option<Vec<T>>, String> {
@@ -133,13 +122,6 @@ fn non_empty<T>(key: &str, list: Option<Vec<T>>) -> Result<Option<Vec<T>>, Strin
         Some(l) if l.is_empty() => Err(format!("{key}: empty; leave it out to match any")),
         l => Ok(l),
     }
-}
-
-/// An HTTP token (RFC 9110 §5.6.2), as method and header names are.
-fn token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl RuleConfig {
@@ -162,7 +144,7 @@ impl RuleConfig {
         };
         let methods = non_empty(&format!("{key}.methods"), self.methods.clone())?;
         for (i, m) in methods.iter().flatten().enumerate() {
-            if !token(m) {
+            if !is_token(m) {
                 return Err(format!("{key}.methods[{i}]: {m:?} is not an HTTP method"));
             }
         }
@@ -282,7 +264,7 @@ impl EncryptionPolicy {
         }
         if let Some(f) = &self.forward_identity {
             let name = f.header.to_ascii_lowercase();
-            if !token(&name) || PROXY_HEADERS.contains(&name.as_str()) {
+            if !settable(&name) {
                 return Err(format!(
                     "forward_identity.header: {:?} is not a header a filter may set",
                     f.header

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::__weft_bindings::weft::filter::types as raw;
+use crate::header_rules::{is_proxy_owned, is_token};
 use crate::{Header, HeaderError, Interest, LocalResponse, RequestHead, ResponseHead};
 
 mod context;
@@ -47,26 +48,6 @@ pub enum Edit {
     SetStatus(u16),
 }
 
-/// Headers the proxy frames itself, and `host`, which changes only by `set-authority`.
-const FORBIDDEN: [&str; 8] = [
-    "host",
-    "connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "content-length",
-    "keep-alive",
-    "proxy-connection",
-];
-
-/// An HTTP token (RFC 9110), as the proxy's header names must be.
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 /// Visible ASCII, space and tab: what the proxy takes as a header value from a string.
 fn visible(value: &[u8]) -> bool {
     value
@@ -83,11 +64,11 @@ pub(crate) fn wire_value(value: &[u8]) -> bool {
 
 /// A header name and value a filter may set, lower-cased as the proxy keeps names.
 fn checked(name: &str, value: &str) -> Result<String, HeaderError> {
-    if !valid_name(name) {
+    if !is_token(name) {
         return Err(HeaderError::InvalidName);
     }
     let name = name.to_ascii_lowercase();
-    if FORBIDDEN.contains(&name.as_str()) {
+    if is_proxy_owned(&name) {
         return Err(HeaderError::Forbidden);
     }
     if !visible(value.as_bytes()) {
@@ -215,7 +196,7 @@ impl Message {
     }
 
     fn remove_header(&mut self, name: &str) -> bool {
-        if FORBIDDEN.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+        if is_proxy_owned(name) {
             return false;
         }
         let removed = self.fields.remove(name);

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::double::{Phase, valid_name, wire_value};
+use crate::double::{Phase, wire_value};
+use crate::header_rules::is_token;
 use crate::{
     Action, BodyMode, ClusterRef, Context, Filter, Interest, LocalResponse, Request, Responder,
     Response, ResponseAction, ResponseHead, Summary,
@@ -185,7 +186,7 @@ impl<F: Filter> Exchange<F> {
     fn answered(&self, out: &mut Outcome, local: &LocalResponse) -> Responder {
         // As the proxy checks a local response: a final status, valid header fields.
         let valid = (200..=599).contains(&local.status)
-            && (local.headers.iter()).all(|h| valid_name(&h.name) && wire_value(&h.value));
+            && (local.headers.iter()).all(|h| is_token(&h.name) && wire_value(&h.value));
         if !valid {
             out.response = proxy_answer(500, "filter sent an invalid response\n");
             return Responder::Proxy(None);
