@@ -28,6 +28,11 @@ mod deadline;
 mod error;
 mod exchange;
 mod filter;
+// Which headers a filter may set; the SDK's native host and filters' config checks
+// read this same file. The engine parses names with `http`, so takes only the list.
+#[path = "../../sdk/src/header_rules.rs"]
+#[allow(dead_code)]
+mod header_rules;
 mod host;
 // The rules live with the SDK, whose native host (a filter's `cargo test`) applies
 // them too and is packaged on its own; one file, so both refuse the same things.

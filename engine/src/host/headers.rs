@@ -11,15 +11,7 @@ use crate::bindings::types;
 /// itself, and the request's target has one home (`set-authority`), so that what
 /// filters decided on is what the upstream gets.
 pub(super) fn is_forbidden(name: &HeaderName) -> bool {
-    use http::header::*;
-    name == HOST
-        || name == CONNECTION
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || name == TE
-        || name == CONTENT_LENGTH
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+    crate::header_rules::is_proxy_owned(name.as_str())
 }
 
 pub(super) fn header_pair(
