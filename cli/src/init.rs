@@ -330,91 +330,53 @@ fn jump(op: &str, hook: &str, chain: &str) -> Vec<String> {
 
 /// The rules of each chain, in order: what is left alone first, the redirect last.
 fn chains(args: &InitArgs, family: Family) -> [(&'static str, Vec<Vec<String>>); 2] {
-    let mut inbound = Vec::new();
-    for port in &args.exclude_inbound_ports {
-        inbound.push(strings(&[
-            "-A",
-            INBOUND,
-            "-p",
-            "tcp",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "RETURN",
-        ]));
-    }
-    let to_inbound = args.inbound_port.to_string();
-    inbound.push(strings(&[
-        "-A",
-        INBOUND,
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &to_inbound,
-    ]));
+    let rule = |chain: &str, parts: &[&str]| strings(&[&["-A", chain][..], parts].concat());
+    let skip = |chain, port: &u16| {
+        rule(
+            chain,
+            &["-p", "tcp", "--dport", &port.to_string(), "-j", "RETURN"],
+        )
+    };
+    let redirect = |chain, port: u16| {
+        rule(
+            chain,
+            &[
+                "-p",
+                "tcp",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &port.to_string(),
+            ],
+        )
+    };
+    let owner = |which, id: u32| {
+        rule(
+            OUTBOUND,
+            &["-m", "owner", which, &id.to_string(), "-j", "RETURN"],
+        )
+    };
 
-    let mut outbound = Vec::new();
-    // The sidecar's own connections: to the mesh, to passthrough destinations, to
-    // the config server.
-    if let Some(uid) = args.proxy_uid {
-        outbound.push(strings(&[
-            "-A",
-            OUTBOUND,
-            "-m",
-            "owner",
-            "--uid-owner",
-            &uid.to_string(),
-            "-j",
-            "RETURN",
-        ]));
-    }
-    if let Some(gid) = args.proxy_gid {
-        outbound.push(strings(&[
-            "-A",
-            OUTBOUND,
-            "-m",
-            "owner",
-            "--gid-owner",
-            &gid.to_string(),
-            "-j",
-            "RETURN",
-        ]));
-    }
-    // Loopback: the workload's calls to itself, the sidecar's to the application.
-    outbound.push(strings(&["-A", OUTBOUND, "-o", "lo", "-j", "RETURN"]));
-    outbound.push(strings(&[
-        "-A",
-        OUTBOUND,
-        "-d",
-        family.loopback(),
-        "-j",
-        "RETURN",
-    ]));
-    for port in &args.exclude_outbound_ports {
-        outbound.push(strings(&[
-            "-A",
-            OUTBOUND,
-            "-p",
-            "tcp",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "RETURN",
-        ]));
-    }
-    let to_outbound = args.outbound_port.to_string();
-    outbound.push(strings(&[
-        "-A",
-        OUTBOUND,
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &to_outbound,
-    ]));
+    let mut inbound: Vec<_> = (args.exclude_inbound_ports.iter())
+        .map(|p| skip(INBOUND, p))
+        .collect();
+    inbound.push(redirect(INBOUND, args.inbound_port));
+
+    // The sidecar's own connections (to the mesh, to passthrough destinations, to
+    // the config server), then loopback (the workload's calls to itself, the
+    // sidecar's to the application), then the excluded ports.
+    let mut outbound: Vec<_> = (args.proxy_uid.map(|u| owner("--uid-owner", u)))
+        .into_iter()
+        .chain(args.proxy_gid.map(|g| owner("--gid-owner", g)))
+        .collect();
+    outbound.push(rule(OUTBOUND, &["-o", "lo", "-j", "RETURN"]));
+    outbound.push(rule(OUTBOUND, &["-d", family.loopback(), "-j", "RETURN"]));
+    outbound.extend(
+        args.exclude_outbound_ports
+            .iter()
+            .map(|p| skip(OUTBOUND, p)),
+    );
+    outbound.push(redirect(OUTBOUND, args.outbound_port));
     [(INBOUND, inbound), (OUTBOUND, outbound)]
 }
 
