@@ -32,6 +32,13 @@ pub fn valid_label(l: &str) -> bool {
     valid_name(l) && l != "filter"
 }
 
+/// Whether a metric may be defined with this name and these labels: a valid name, and
+/// valid labels that are all different.
+pub fn valid_metric(name: &str, labels: &[String]) -> bool {
+    let unique = (labels.iter().enumerate()).all(|(i, l)| !labels[..i].contains(l));
+    valid_name(name) && unique && labels.iter().all(|l| valid_label(l))
+}
+
 /// Whether `bounds` may be a histogram's bucket bounds: one to [`MAX_BUCKETS`] finite
 /// numbers, increasing.
 pub fn valid_bounds(bounds: &[f64]) -> bool {

@@ -25,7 +25,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use crate::bindings::host_api::{MetricError, MetricKind};
-use crate::limits::{valid_bounds, valid_label, valid_name};
+use crate::limits::{valid_bounds, valid_metric};
 
 /// Most metrics one filter may define.
 const MAX_METRICS: usize = 64;
@@ -449,11 +449,7 @@ impl FilterMetrics {
         labels: Vec<String>,
         bounds: Option<Vec<f64>>,
     ) -> Result<u32, MetricError> {
-        let unique = labels
-            .iter()
-            .enumerate()
-            .all(|(i, l)| !labels[..i].contains(l));
-        if !valid_name(name) || !unique || !labels.iter().all(|l| valid_label(l)) {
+        if !valid_metric(name, &labels) {
             return Err(MetricError::InvalidName);
         }
         let bounds: Arc<[f64]> = match (kind, bounds) {

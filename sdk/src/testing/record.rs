@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::__weft_bindings::weft::filter::host::{Level, MetricError, MetricKind};
-use crate::limits::{valid_bounds, valid_label, valid_name};
+use crate::limits::{valid_bounds, valid_metric};
 
 /// One line a filter logged.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,11 +146,7 @@ pub(crate) fn define(
     bounds: Option<&[f64]>,
 ) -> Result<u32, MetricError> {
     // As the proxy checks them: names, distinct labels, bucket bounds.
-    let unique = labels
-        .iter()
-        .enumerate()
-        .all(|(i, l)| !labels[..i].contains(l));
-    if !valid_name(name) || !unique || !labels.iter().all(|l| valid_label(l)) {
+    if !valid_metric(name, labels) {
         return Err(MetricError::InvalidName);
     }
     if bounds.is_some_and(|b| !valid_bounds(b)) {
