@@ -517,7 +517,10 @@ impl Lab {
     }
 
     fn nat_rules(&self, pod: &Pod) -> String {
-        self.run(self.in_pod(pod, "iptables").args(["-w", "-t", "nat", "-S"]))
+        self.run(
+            self.in_pod(pod, prerequisites::find("iptables").expect("iptables"))
+                .args(["-w", "-t", "nat", "-S"]),
+        )
     }
 
     /// `client.py` in the pod: one GET; its JSON line.
