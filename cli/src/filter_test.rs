@@ -194,20 +194,8 @@ fn response(s: &str) -> Result<Answer, String> {
             _ => Err(format!("{status} is not an HTTP status")),
         };
     }
-    let kind = match s {
-        "connect-failure" => ExchangeError::ConnectFailure,
-        "reset" => ExchangeError::Reset,
-        "timeout" => ExchangeError::Timeout,
-        "per-try-timeout" => ExchangeError::PerTryTimeout,
-        "overflow" => ExchangeError::Overflow,
-        "no-healthy-endpoint" => ExchangeError::NoHealthyEndpoint,
-        "protocol-error" => ExchangeError::ProtocolError,
-        _ => {
-            return Err(format!(
-                "{s:?} is neither a status nor a way an attempt fails"
-            ));
-        }
-    };
+    let kind = ExchangeError::from_name(s)
+        .ok_or_else(|| format!("{s:?} is neither a status nor a way an attempt fails"))?;
     Ok(Answer::Failed(kind))
 }
 
@@ -372,19 +360,7 @@ fn responder(r: &Responder) -> String {
         Responder::Upstream => "the upstream".to_owned(),
         Responder::Filter => "the filter".to_owned(),
         Responder::Proxy(None) => "the proxy".to_owned(),
-        Responder::Proxy(Some(kind)) => format!("the proxy ({})", exchange_error(*kind)),
-    }
-}
-
-fn exchange_error(kind: ExchangeError) -> &'static str {
-    match kind {
-        ExchangeError::ConnectFailure => "connect-failure",
-        ExchangeError::Reset => "reset",
-        ExchangeError::PerTryTimeout => "per-try-timeout",
-        ExchangeError::Timeout => "timeout",
-        ExchangeError::Overflow => "overflow",
-        ExchangeError::NoHealthyEndpoint => "no-healthy-endpoint",
-        ExchangeError::ProtocolError => "protocol-error",
+        Responder::Proxy(Some(kind)) => format!("the proxy ({})", kind.name()),
     }
 }
 
@@ -403,7 +379,7 @@ fn to_json(harness: &Harness, run: &Run) -> Json {
     let responder = match &run.response.responder {
         Responder::Upstream => json!("upstream"),
         Responder::Filter => json!("filter"),
-        Responder::Proxy(kind) => json!({"proxy": kind.map(exchange_error)}),
+        Responder::Proxy(kind) => json!({"proxy": kind.map(ExchangeError::name)}),
     };
     let metrics: Vec<Json> = (harness.metrics().iter())
         .map(|s| json!({"name": s.name, "labels": headers(&s.labels), "value": s.value.as_f64()}))

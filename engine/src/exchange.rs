@@ -54,6 +54,38 @@ pub struct RequestHead {
 /// Why an upstream exchange ended without an upstream response.
 pub use types::ExchangeError;
 
+impl ExchangeError {
+    /// Every way an exchange ends without an upstream response.
+    pub const ALL: [ExchangeError; 7] = [
+        ExchangeError::ConnectFailure,
+        ExchangeError::Reset,
+        ExchangeError::PerTryTimeout,
+        ExchangeError::Timeout,
+        ExchangeError::Overflow,
+        ExchangeError::NoHealthyEndpoint,
+        ExchangeError::ProtocolError,
+    ];
+
+    /// Its name as the WIT contract spells it (`connect-failure`): what access logs
+    /// write and `weft filter test` reads and prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeError::ConnectFailure => "connect-failure",
+            ExchangeError::Reset => "reset",
+            ExchangeError::PerTryTimeout => "per-try-timeout",
+            ExchangeError::Timeout => "timeout",
+            ExchangeError::Overflow => "overflow",
+            ExchangeError::NoHealthyEndpoint => "no-healthy-endpoint",
+            ExchangeError::ProtocolError => "protocol-error",
+        }
+    }
+
+    /// The error with this WIT name, if one has it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
 /// A response head, with its body when a filter asked for it.
 #[derive(Debug)]
 pub struct ResponseHead {

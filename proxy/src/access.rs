@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use weft_engine::{Exchange, ExchangeError, Responder, Summary};
+use weft_engine::{Exchange, Responder, Summary};
 
 /// The log target a subscriber picks the access log's lines up from: each event's
 /// message is one JSON object.
@@ -159,7 +159,7 @@ impl AccessLog {
             },
             Field::Responder => responder(out, &summary.responder),
             Field::Error => match &summary.responder {
-                Responder::Proxy(Some(kind)) => string(out, error_name(*kind)),
+                Responder::Proxy(Some(kind)) => string(out, kind.name()),
                 _ => out.push_str("null"),
             },
             Field::Decisions => decisions(out, ex),
@@ -276,19 +276,6 @@ fn optional(out: &mut String, s: Option<&str>) {
 
 fn number(out: &mut String, n: u64) {
     let _ = write!(out, "{n}");
-}
-
-/// The name of an exchange error, as the WIT contract spells it.
-pub(crate) fn error_name(e: ExchangeError) -> &'static str {
-    match e {
-        ExchangeError::ConnectFailure => "connect-failure",
-        ExchangeError::Reset => "reset",
-        ExchangeError::PerTryTimeout => "per-try-timeout",
-        ExchangeError::Timeout => "timeout",
-        ExchangeError::Overflow => "overflow",
-        ExchangeError::NoHealthyEndpoint => "no-healthy-endpoint",
-        ExchangeError::ProtocolError => "protocol-error",
-    }
 }
 
 /// `2026-12-01T06:40:12.345Z`, in UTC.
