@@ -287,6 +287,10 @@ fn dns_endpoints_and_resolvers_are_checked() {
         e.starts_with("weft.yaml:2:") && e.contains("dns.max_addresses"),
         "{e}"
     );
+}
+
+#[test]
+fn dns_endpoints_keep_their_weight_beside_addresses() {
     let c = Config::from_str(
         "dns:\n  servers: [\"127.0.0.1:53\"]\nclusters:\n  - name: a\n    \
          endpoints: [{ dns: \"api.internal:80\", weight: 3 }, \"10.0.0.1:80\"]\n",
