@@ -153,33 +153,16 @@ fn relative_modules_resolve_against_the_file() {
 #[test]
 fn a_clusters_ca_is_relative_to_the_file_too() {
     let yaml = "clusters:\n  - name: up\n    endpoints: [\"127.0.0.1:1\"]\n    tls: { mode: terminate, ca: certs/ca.pem }\n  - name: abs\n    endpoints: [\"127.0.0.1:2\"]\n    tls: { mode: terminate, ca: /etc/ca.pem }\n";
-    let c = Config::from_str(yaml, "conf/weft.yaml", Some(Path::new("conf"))).unwrap();
-    let ca = |i: usize| {
-        c.clusters[i]
-            .tls
-            .as_ref()
-            .unwrap()
-            .ca
-            .as_ref()
-            .unwrap()
-            .value
-            .clone()
+    let ca = |c: &Config, i: usize| -> PathBuf {
+        let tls = c.clusters[i].tls.as_ref().unwrap();
+        tls.ca.as_ref().unwrap().value.clone()
     };
-    assert_eq!(ca(0), PathBuf::from("conf/certs/ca.pem"));
-    assert_eq!(ca(1), PathBuf::from("/etc/ca.pem"));
+    let c = Config::from_str(yaml, "conf/weft.yaml", Some(Path::new("conf"))).unwrap();
+    assert_eq!(ca(&c, 0), PathBuf::from("conf/certs/ca.pem"));
+    assert_eq!(ca(&c, 1), PathBuf::from("/etc/ca.pem"));
     // Without a folder (a pushed configuration) the path stays as written.
     let c = Config::from_str(yaml, "pushed", None).unwrap();
-    assert_eq!(
-        c.clusters[0]
-            .tls
-            .as_ref()
-            .unwrap()
-            .ca
-            .as_ref()
-            .unwrap()
-            .value,
-        PathBuf::from("certs/ca.pem")
-    );
+    assert_eq!(ca(&c, 0), PathBuf::from("certs/ca.pem"));
 }
 
 const MESH: &str = r#"
